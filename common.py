@@ -1,0 +1,66 @@
+"""Small helpers every script shares: one error type for bad input, atomic writes, device choice."""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+
+class InputError(Exception):
+    """Bad input the user can fix. Its message is one line that names the file (and row)."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success rename it over `path`, on error delete it.
+
+    A crash or Ctrl-C never leaves a half-written file under the final name.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def select_device(requested: str = "auto") -> "torch.device":
+    """'auto' is the first visible CUDA GPU, else the CPU.
+
+    GPU choice belongs to the user's CUDA_VISIBLE_DEVICES, which we never set or override:
+    when it is unset, CUDA numbers the GPUs from 0 and 'cuda' is GPU 0.
+    """
+    import torch
+
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {requested}: no CUDA GPU is visible (CUDA_VISIBLE_DEVICES="
+                         f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
+    return device
+
+
+def run_cli(main: Callable[[], None]) -> None:
+    """Run a script's main; turn InputError into one 'error:' line on stderr and exit status 2."""
+    try:
+        main()
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,102 @@
+"""The preprocessed folder: the contract between preprocessing.py and train.py.
+
+    OUT_DIR/
+      train_X.npy      uint8 (N, 256, 256)  grayscale images, row-major (row = y, column = x)
+      train_y.npy      uint8 (N, 8)         0/1 labels in constants.CLASS_NAMES order
+      valid_X.npy      uint8 (M, 256, 256)
+      valid_y.npy      uint8 (M, 8)
+      valid_boxes.csv  ground-truth boxes of the validation images:
+                       image,label,x,y,w,h (1024-pixel frame; 'Infiltrate' already mapped)
+      meta.json        written last, so its presence means the folder is complete:
+                       {"format": "chexnet-preprocessed", "version": 1,
+                        "class_names": [...], "image_size": 256,
+                        "train_images": [...], "valid_images": [...],   # row order of the arrays
+                        "sources": {"images": ..., "data_entry": ..., "bbox_list": ...,
+                                    "train_list": ..., "valid_list": ...}}
+
+All .npy files are plain arrays (np.load with allow_pickle=False) and open as memory maps.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common import InputError
+from constants import CLASS_NAMES, STORED_SIZE
+
+FORMAT = "chexnet-preprocessed"
+VERSION = 1
+META = "meta.json"
+VALID_BOXES = "valid_boxes.csv"
+VALID_BOXES_HEADER = ("image", "label", "x", "y", "w", "h")
+
+
+def array_names(split: str) -> tuple[str, str]:
+    """File names of a split's images and labels: ('train_X.npy', 'train_y.npy')."""
+    return f"{split}_X.npy", f"{split}_y.npy"
+
+
+@dataclass
+class Split:
+    images: np.ndarray  # uint8 (N, 256, 256), a read-only memory map
+    labels: np.ndarray  # uint8 (N, 8)
+    names: list[str]
+
+
+@dataclass
+class Prepared:
+    folder: Path
+    meta: dict
+    train: Split
+    valid: Split
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.meta["class_names"])
+
+
+def load_prepared(folder: str | Path) -> Prepared:
+    """Open a preprocessed folder, checking meta.json and array shapes before anything else."""
+    folder = Path(folder)
+    meta_path = folder / META
+    if not meta_path.is_file():
+        raise InputError(f"{meta_path}: not found; is {folder} the output folder of preprocessing.py?")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(f"{meta_path}: not valid JSON ({err})") from None
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise InputError(f"{meta_path}: not a {FORMAT} v{VERSION} folder; run preprocessing.py again")
+    if list(meta["class_names"]) != list(CLASS_NAMES):
+        raise InputError(f"{meta_path}: class names {meta['class_names']} differ from {list(CLASS_NAMES)}")
+    return Prepared(folder, meta, _load_split(folder, meta, "train"), _load_split(folder, meta, "valid"))
+
+
+def _load_split(folder: Path, meta: dict, split: str) -> Split:
+    x_name, y_name = array_names(split)
+    names = list(meta[f"{split}_images"])
+    images = _load_array(folder / x_name, np.uint8, (len(names), STORED_SIZE, STORED_SIZE))
+    labels = _load_array(folder / y_name, np.uint8, (len(names), len(meta["class_names"])))
+    return Split(images, labels, names)
+
+
+def _load_array(path: Path, dtype, shape: tuple[int, ...]) -> np.ndarray:
+    if not path.is_file():
+        raise InputError(f"{path}: not found; run preprocessing.py again")
+    array = np.load(path, mmap_mode="r", allow_pickle=False)
+    if array.dtype != dtype or array.shape != shape:
+        raise InputError(f"{path}: expected {np.dtype(dtype).name} {shape}, found {array.dtype} {array.shape}")
+    return array
+
+
+def read_valid_boxes(folder: str | Path) -> list[dict]:
+    """Ground-truth boxes of the validation images, as dicts with image, label, x, y, w, h."""
+    path = Path(folder) / VALID_BOXES
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [{"image": r["image"], "label": r["label"],
+             **{k: float(r[k]) for k in ("x", "y", "w", "h")}} for r in rows]
