@@ -32,24 +32,38 @@ class TruthBox:
     h: float
 
 
-def read_image_list(path: str | os.PathLike) -> list[str]:
-    """One image name a line; blank lines, CRLF and labels after the name are tolerated."""
+def read_image_list_lines(path: str | os.PathLike) -> list[tuple[int, str]]:
+    """[(line number, image name)] of a list file, one name a line (numbered from 1).
+
+    Blank lines, CRLF, a byte-order mark and labels after the name are tolerated; an empty
+    list is an error.
+    """
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8-sig")
     except OSError as err:
         raise InputError(f"{path}: cannot read ({err.strerror})") from None
-    names = [line.split()[0] for line in text.splitlines() if line.strip()]
-    if not names:
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not a text file (expected one image name a line)") from None
+    entries = [(number, line.split()[0]) for number, line in enumerate(text.splitlines(), start=1)
+               if line.strip()]
+    if not entries:
         raise InputError(f"{path}: the list is empty")
-    return names
+    return entries
+
+
+def read_image_list(path: str | os.PathLike) -> list[str]:
+    """One image name a line; blank lines, CRLF and labels after the name are tolerated."""
+    return [name for _, name in read_image_list_lines(path)]
 
 
 def _read_csv(path: str | os.PathLike) -> list[list[str]]:
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.reader(f))
     except OSError as err:
         raise InputError(f"{path}: cannot read ({err.strerror})") from None
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise InputError(f"{path}: not a readable CSV file ({err})") from None
     if not rows:
         raise InputError(f"{path}: empty file")
     return rows
@@ -91,6 +105,8 @@ def read_bbox_list(path: str | os.PathLike) -> list[TruthBox]:
     for row_number, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
             continue
+        if len(row) < max(i_name, i_label, i_x + 3) + 1:
+            raise InputError(f"{path}: row {row_number}: too few columns (expected image, label, x, y, w, h)")
         label = BOX_TABLE_ALIASES.get(row[i_label], row[i_label])
         if label not in CLASS_NAMES:
             raise InputError(f"{path}: row {row_number}: unknown box label {row[i_label]!r}")
@@ -103,12 +119,17 @@ def read_bbox_list(path: str | os.PathLike) -> list[TruthBox]:
 
 
 def label_matrix(names: list[str], table: dict[str, LabelRow], list_path: str | os.PathLike,
-                 class_names=CLASS_NAMES) -> np.ndarray:
-    """uint8 (len(names), len(class_names)) 0/1 labels; a name absent from the table is an error."""
+                 class_names=CLASS_NAMES, line_numbers: list[int] | None = None) -> np.ndarray:
+    """uint8 (len(names), len(class_names)) 0/1 labels; a name absent from the table is an error.
+
+    line_numbers (from read_image_list_lines) make the error name the list file's real line;
+    without them the name's position in the list is given.
+    """
     y = np.zeros((len(names), len(class_names)), dtype=np.uint8)
     for i, name in enumerate(names):
         if name not in table:
-            raise InputError(f"{list_path}: line {i + 1}: {name} is not in the label table")
+            line = line_numbers[i] if line_numbers is not None else i + 1
+            raise InputError(f"{list_path}: line {line}: {name} is not in the label table")
         for label in table[name].labels:
             if label in class_names:
                 y[i, class_names.index(label)] = 1

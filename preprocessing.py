@@ -1,0 +1,269 @@
+"""Turn the NIH release into the preprocessed folder that train.py reads (see prepared.py).
+
+    python3 preprocessing.py IMAGES DATA_ENTRY BBOX_LIST TRAIN_TXT VALID_TXT OUT_DIR [--workers N]
+
+Everything is checked before anything is written: the tables, the lists (duplicates, names
+absent from the label table, empty lists) and the presence of every image. Images are then
+decoded by a pool of worker processes, in list order, and streamed into uint8 .npy files
+through short-lived memory-map windows, so peak memory does not grow with the number of
+images. Arrays are written under temporary names and renamed at the end; meta.json comes
+last, so a folder with meta.json is complete and a failed run leaves no such folder behind.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+import prepared
+from common import InputError, atomic_path, run_cli, write_text_atomic
+from constants import CLASS_NAMES, STORED_SIZE
+from images import load_stored
+from tables import LabelRow, TruthBox, label_matrix, read_bbox_list, read_data_entry, read_image_list_lines
+
+DEFAULT_WORKERS = min(os.cpu_count() or 1, 16)  # PNG decoding scales with cores; beyond ~16 the disk limits
+DEFAULT_CHUNK = 8  # images per task sent to a worker: amortises inter-process traffic, keeps order cheap
+WINDOW_IMAGES = 64  # images gathered before one memory-map window is written (64 x 64 KiB = 4 MiB)
+
+
+@dataclass
+class SplitPlan:
+    """One list, validated: names in list order, their label matrix and their image paths."""
+    name: str  # 'train' or 'valid'
+    list_path: str
+    names: list[str]
+    lines: list[int]  # line number in the list file of each name
+    labels: np.ndarray  # uint8 (N, 8)
+    paths: list[str]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("images", type=str, help="folder of the NIH PNGs (IMAGES)")
+    parser.add_argument("data_entry", type=str, help="label table, Data_Entry_2017.csv or its 2020 revision")
+    parser.add_argument("bbox_list", type=str, help="box table, BBox_List_2017.csv")
+    parser.add_argument("train_txt", type=str, help="training list, one image name a line")
+    parser.add_argument("valid_txt", type=str, help="validation list, one image name a line")
+    parser.add_argument("out_dir", type=str, help="output folder (the contract is in prepared.py)")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                        help="decoding processes; 1 decodes in this process "
+                             f"(default: the CPU count, at most 16: {DEFAULT_WORKERS} here)")
+    parser.add_argument("--chunk", type=int, default=DEFAULT_CHUNK,
+                        help=f"images per task handed to a worker (default: {DEFAULT_CHUNK})")
+    parser.add_argument("--quiet", action="store_true", default=False,
+                        help="no progress bar and no summary; warnings and errors still show (default: off)")
+    return parser
+
+
+# ---------------------------------------------------------------- validation (writes nothing)
+
+def plan_split(split: str, list_path: str, images: str, table: dict[str, LabelRow]) -> SplitPlan:
+    """Read and check one list: duplicates and unknown names are errors naming the line."""
+    entries = read_image_list_lines(list_path)
+    first_line: dict[str, int] = {}
+    for line, name in entries:
+        if name in first_line:
+            raise InputError(f"{list_path}: line {line}: {name} repeats line {first_line[name]}")
+        first_line[name] = line
+    names = [name for _, name in entries]
+    lines = [line for line, _ in entries]
+    labels = label_matrix(names, table, list_path, CLASS_NAMES, line_numbers=lines)
+    paths = [os.path.join(images, name) for name in names]
+    return SplitPlan(split, list_path, names, lines, labels, paths)
+
+
+def check_images_exist(plan: SplitPlan) -> None:
+    missing = [(path, line) for path, line in zip(plan.paths, plan.lines) if not os.path.isfile(path)]
+    if missing:
+        path, line = missing[0]
+        more = f" (and {len(missing) - 1} more of this list)" if len(missing) > 1 else ""
+        raise InputError(f"{path}: image not found (listed in {plan.list_path} line {line}){more}")
+
+
+def warn_leaks(train: SplitPlan, valid: SplitPlan, table: dict[str, LabelRow]) -> None:
+    """The split leaks when an image, or a patient, is in both lists: warn, the user decides."""
+    both = sorted(set(train.names) & set(valid.names))
+    if both:
+        warn(f"{len(both)} image(s) are in both {train.list_path} and {valid.list_path} "
+             f"(the split leaks), e.g. {', '.join(both[:3])}")
+    patients = sorted({table[n].patient_id for n in train.names} & {table[n].patient_id for n in valid.names})
+    if patients:
+        warn(f"{len(patients)} patient(s) have images in both {train.list_path} and {valid.list_path} "
+             f"(the split leaks by patient), e.g. patient {', '.join(patients[:3])}")
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------- decoding and streaming
+
+def _init_worker() -> None:
+    cv2.setNumThreads(1)  # one process per core already; OpenCV's own threads would oversubscribe
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops the pool, once
+
+
+def _load(path: str) -> np.ndarray:
+    """uint8 (256, 256) stored image; any decoder failure becomes an InputError naming the file."""
+    try:
+        return load_stored(path)
+    except cv2.error as err:
+        raise InputError(f"{path}: cannot decode ({str(err).strip().splitlines()[-1]})") from None
+
+
+def iter_stored(paths: list[str], workers: int, chunk: int) -> Iterator[np.ndarray]:
+    """Stored images in list order; with workers > 1 decoded by a process pool (imap keeps order)."""
+    if workers <= 1 or len(paths) <= 1:
+        yield from map(_load, paths)
+        return
+    with multiprocessing.Pool(min(workers, len(paths)), initializer=_init_worker) as pool:
+        yield from pool.imap(_load, paths, chunksize=chunk)
+
+
+class StoredArrayWriter:
+    """Writes a uint8 (N, 256, 256) .npy front to back through short-lived memory-map windows.
+
+    One long-lived memory map would keep every page it touched resident (RSS grows by 64 KiB
+    an image); mapping a window per WINDOW_IMAGES images and unmapping it keeps RSS flat, while
+    the kernel writes the pages back from its cache.
+    """
+
+    def __init__(self, path: Path, count: int):
+        self.path, self.count, self.filled = path, count, 0
+        header = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(count, STORED_SIZE, STORED_SIZE))
+        self.data_offset = header.offset  # bytes of the .npy header before the pixels
+        del header
+        self.buffer = np.empty((min(count, WINDOW_IMAGES), STORED_SIZE, STORED_SIZE), np.uint8)
+        self.buffered = 0
+
+    def append(self, image: np.ndarray) -> None:
+        self.buffer[self.buffered] = image
+        self.buffered += 1
+        if self.buffered == len(self.buffer):
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.buffered == 0:
+            return
+        image_bytes = STORED_SIZE * STORED_SIZE
+        window = np.memmap(self.path, dtype=np.uint8, mode="r+", offset=self.data_offset + self.filled * image_bytes,
+                           shape=(self.buffered, STORED_SIZE, STORED_SIZE))
+        window[:] = self.buffer[:self.buffered]
+        del window  # unmapped: the pages leave this process (the kernel's cache writes them back)
+        self.filled += self.buffered
+        self.buffered = 0
+
+    def close(self) -> None:
+        self._flush()
+        if self.filled != self.count:
+            raise RuntimeError(f"{self.path}: wrote {self.filled} of {self.count} images")
+
+
+def write_images(plan: SplitPlan, path: Path, args: argparse.Namespace) -> None:
+    writer = StoredArrayWriter(path, len(plan.paths))
+    progress = tqdm(total=len(plan.paths), desc=f"{plan.name} images", unit="img", disable=args.quiet,
+                    file=sys.stderr, dynamic_ncols=True)
+    with progress:
+        for image in iter_stored(plan.paths, args.workers, args.chunk):
+            writer.append(image)
+            progress.update(1)
+    writer.close()
+
+
+def write_boxes(path: Path, boxes: list[TruthBox], names: list[str]) -> int:
+    """valid_boxes.csv: the boxes of the listed images, in list order, then table order."""
+    order = {name: i for i, name in enumerate(names)}
+    mine = sorted((b for b in boxes if b.image in order), key=lambda b: order[b.image])
+    with open(path, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(prepared.VALID_BOXES_HEADER)
+        out.writerows((b.image, b.label, repr(b.x), repr(b.y), repr(b.w), repr(b.h)) for b in mine)
+    return len(mine)
+
+
+# ---------------------------------------------------------------- the folder
+
+def remove_stale_temporaries(out_dir: Path) -> None:
+    """Temporary files a killed run left (SIGKILL skips the clean-up of common.atomic_path)."""
+    finals = [*prepared.array_names("train"), *prepared.array_names("valid"), prepared.VALID_BOXES, prepared.META]
+    for final in finals:
+        for stale in out_dir.glob(f".{final}.*.tmp"):
+            stale.unlink(missing_ok=True)
+
+
+def write_folder(out_dir: Path, train: SplitPlan, valid: SplitPlan, boxes: list[TruthBox],
+                 args: argparse.Namespace) -> int:
+    """Write arrays and boxes under temporary names, rename them together, then meta.json."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)
+    with contextlib.ExitStack() as stack:
+        temp = {name: stack.enter_context(atomic_path(out_dir / name))
+                for name in (*prepared.array_names("train"), *prepared.array_names("valid"), prepared.VALID_BOXES)}
+        for plan in (train, valid):
+            x_name, y_name = prepared.array_names(plan.name)
+            with open(temp[y_name], "wb") as f:  # a file object: np.save would add .npy to a temp name
+                np.save(f, plan.labels, allow_pickle=False)
+            write_images(plan, temp[x_name], args)
+        box_count = write_boxes(temp[prepared.VALID_BOXES], boxes, valid.names)
+        # An older complete folder loses its meta.json before any of its files is replaced:
+        # a crash during the renames below leaves an incomplete folder, never a mixed one.
+        (out_dir / prepared.META).unlink(missing_ok=True)
+    write_text_atomic(out_dir / prepared.META, json.dumps(make_meta(train, valid, args), indent=1) + "\n")
+    return box_count
+
+
+def make_meta(train: SplitPlan, valid: SplitPlan, args: argparse.Namespace) -> dict:
+    return {"format": prepared.FORMAT, "version": prepared.VERSION, "class_names": list(CLASS_NAMES),
+            "image_size": STORED_SIZE, "train_images": train.names, "valid_images": valid.names,
+            "sources": {"images": args.images, "data_entry": args.data_entry, "bbox_list": args.bbox_list,
+                        "train_list": args.train_txt, "valid_list": args.valid_txt}}
+
+
+def print_summary(train: SplitPlan, valid: SplitPlan, box_count: int, out_dir: Path, seconds: float) -> None:
+    total = len(train.names) + len(valid.names)
+    print(f"wrote {out_dir}: {len(train.names)} train + {len(valid.names)} valid images, "
+          f"{box_count} validation boxes, in {seconds:.1f} s ({total / max(seconds, 1e-9):.1f} images/s)")
+    width = max(len(c) for c in CLASS_NAMES)
+    print(f"  {'positives':<{width}}  train  valid")
+    for k, name in enumerate(CLASS_NAMES):
+        print(f"  {name:<{width}}  {int(train.labels[:, k].sum()):5d}  {int(valid.labels[:, k].sum()):5d}")
+    print(f"  {'none of the 8':<{width}}  {int((train.labels.sum(1) == 0).sum()):5d}  "
+          f"{int((valid.labels.sum(1) == 0).sum()):5d}")
+
+
+def main(args: argparse.Namespace) -> None:
+    start = time.perf_counter()
+    if args.workers < 1:
+        raise InputError(f"--workers {args.workers}: must be at least 1")
+    if args.chunk < 1:
+        raise InputError(f"--chunk {args.chunk}: must be at least 1")
+    if not os.path.isdir(args.images):
+        raise InputError(f"{args.images}: image folder not found")
+    table = read_data_entry(args.data_entry)
+    boxes = read_bbox_list(args.bbox_list)
+    train = plan_split("train", args.train_txt, args.images, table)
+    valid = plan_split("valid", args.valid_txt, args.images, table)
+    check_images_exist(train)
+    check_images_exist(valid)
+    warn_leaks(train, valid, table)
+    out_dir = Path(args.out_dir)
+    box_count = write_folder(out_dir, train, valid, boxes, args)
+    if not args.quiet:
+        print_summary(train, valid, box_count, out_dir, time.perf_counter() - start)
+
+
+if __name__ == "__main__":
+    run_cli(lambda: main(get_args_parser().parse_args()))
