@@ -1,0 +1,184 @@
+"""The network and its checkpoints: DenseNet-121 with an N-class logit head, saved as plain dicts.
+
+Nothing runs on import. A checkpoint is a dict that rebuilds the model by itself:
+
+    {"format": "chexnet-checkpoint", "version": 1, "arch": "densenet121",
+     "model": state_dict, "class_names": [...], "input_size": 224,
+     "epoch": completed epochs | None, "optimizer": state | None, "metrics": {...},
+     "args": {...plain str/int/float/bool/None...}, "thresholds": [N floats] | None}
+
+train.py adds "scaler", "rng" and "best" for --resume. Files are written atomically and read
+with torch.load(weights_only=True) only. The original project's .pkl files (a bare state dict
+of torch.nn.DataParallel(DenseNet121(8)) in PyTorch-0.2 key names) load too.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models import DenseNet121_Weights, densenet121
+
+from common import InputError, atomic_path
+from constants import CLASS_NAMES, CROP_SIZE
+
+FORMAT = "chexnet-checkpoint"
+VERSION = 1
+ARCH = "densenet121"
+FEATURES = 1024  # width of DenseNet-121's pooled features, the classifier's input
+
+# Prefixes that wrappers add to every key: DataParallel/DDP ("module."), torch.compile
+# ("_orig_mod."), and the original project's wrapper class ("densenet121.").
+_PREFIXES = ("module.", "_orig_mod.", "densenet121.")
+# PyTorch <= 0.3 named a dense layer's modules "norm.1", "conv.2"; torchvision now says "norm1", "conv2".
+_LEGACY_LAYER = re.compile(r"(denselayer\d+\.(?:norm|relu|conv))\.([12])\.")
+# The original head was Sequential(Linear, Sigmoid): "classifier.0.weight" is our "classifier.weight".
+_LEGACY_HEAD = re.compile(r"^classifier\.0\.")
+
+
+def build_model(num_classes: int = len(CLASS_NAMES), weights: str = "imagenet") -> nn.Module:
+    """torchvision DenseNet-121 whose classifier is Linear(1024, num_classes); it returns logits.
+
+    weights: "imagenet" (torchvision's IMAGENET1K_V1 features; random init with one warning when
+    they cannot be loaded), "none" (random init), or a PATH to a DenseNet-121 state dict or a
+    checkpoint of ours, whose `features.*` tensors are loaded (the head stays random).
+    """
+    model = densenet121(weights=None)
+    model.classifier = nn.Linear(FEATURES, num_classes)
+    if weights == "imagenet":
+        state = _imagenet_state()
+        if state is not None:
+            _load_features(model, state, "ImageNet weights")
+    elif weights != "none":
+        state = _load_file(weights)
+        if isinstance(state, dict) and state.get("format") == FORMAT:
+            state = state["model"]
+        _load_features(model, state, str(weights))
+    return model
+
+
+def _imagenet_state() -> dict | None:
+    """torchvision's ImageNet state dict (download or hub cache), or None with one warning."""
+    spec = DenseNet121_Weights.IMAGENET1K_V1
+    try:
+        return spec.get_state_dict(progress=True, check_hash=True)
+    except (OSError, RuntimeError) as err:  # OSError covers URLError: offline, no cache
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(spec.url)
+        print(f"warning: ImageNet weights for DenseNet-121 could not be loaded ({type(err).__name__}: "
+              f"{err}); training starts from RANDOM initialisation. To use them, download {spec.url} "
+              f"to {cache}, or pass --weights PATH (a DenseNet-121 state dict), or --weights none "
+              f"to silence this warning.", file=sys.stderr)
+        return None
+
+
+def _load_features(model: nn.Module, state: dict, source: str) -> None:
+    """Load the `features.*` tensors of any DenseNet-121 state dict into model.features, strictly."""
+    state = normalize_keys(state)
+    features = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+    if not features:
+        raise InputError(f"{source}: no 'features.*' tensors; not a DenseNet-121 state dict")
+    try:
+        model.features.load_state_dict(features, strict=True)
+    except RuntimeError as err:
+        raise InputError(f"{source}: not DenseNet-121 features ({_first_line(err)})") from None
+
+
+def normalize_keys(state: dict) -> dict:
+    """Strip wrapper prefixes and rename PyTorch-0.2 keys to today's torchvision names."""
+    out = {}
+    for key, value in state.items():
+        stripped = True
+        while stripped:
+            stripped = False
+            for prefix in _PREFIXES:
+                if key.startswith(prefix):
+                    key, stripped = key[len(prefix):], True
+        key = _LEGACY_HEAD.sub("classifier.", _LEGACY_LAYER.sub(r"\1\2.", key))
+        out[key] = value
+    return out
+
+
+def save_checkpoint(path: str | os.PathLike, checkpoint: dict) -> None:
+    """torch.save through a temporary name and a rename: a crash never leaves half a file."""
+    with atomic_path(path) as tmp:
+        torch.save(checkpoint, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """A checkpoint dict, from our format or the original project's .pkl state dict.
+
+    Always torch.load(weights_only=True): a file that needs to unpickle code is refused.
+    """
+    obj = _load_file(path, map_location)
+    if not isinstance(obj, dict):
+        raise InputError(f"{path}: expected a checkpoint dict, found {type(obj).__name__}")
+    if "format" in obj:
+        if obj["format"] != FORMAT or obj.get("version") != VERSION:
+            raise InputError(f"{path}: format {obj.get('format')!r} v{obj.get('version')}; "
+                             f"expected {FORMAT!r} v{VERSION}")
+        return obj
+    return _from_state_dict(path, obj)
+
+
+def _load_file(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
+    if not Path(path).is_file():
+        raise InputError(f"{path}: checkpoint file not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise InputError(f"{path}: refused: loading it would run code or build objects that are not "
+                         f"tensors ({_first_line(err)}); only weights_only checkpoints load") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as err:
+        raise InputError(f"{path}: not a readable PyTorch checkpoint ({_first_line(err)})") from None
+
+
+def _from_state_dict(path: str | os.PathLike, state: dict) -> dict:
+    """Wrap a bare state dict (the original's .pkl, or model.state_dict()) as a checkpoint."""
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(f"{path}: neither a {FORMAT} dict nor a state dict of tensors")
+    state = normalize_keys(state)
+    head = state.get("classifier.weight")
+    if head is None or tuple(head.shape[1:]) != (FEATURES,):
+        raise InputError(f"{path}: no DenseNet-121 classifier.weight (1024 inputs) in this state dict")
+    if head.shape[0] != len(CLASS_NAMES):
+        raise InputError(f"{path}: the classifier has {head.shape[0]} outputs; a bare state dict must "
+                         f"have {len(CLASS_NAMES)} (the classes {', '.join(CLASS_NAMES)})")
+    _add_batch_counters(state)
+    return {"format": FORMAT, "version": VERSION, "arch": ARCH, "model": state,
+            "class_names": list(CLASS_NAMES), "input_size": CROP_SIZE, "epoch": None,
+            "optimizer": None, "metrics": {}, "args": {"converted_from": str(path)}, "thresholds": None}
+
+
+def _add_batch_counters(state: dict) -> None:
+    """PyTorch < 0.4 BatchNorm had no num_batches_tracked; add it (unused in eval) so strict loading works."""
+    for key in [k for k in state if k.endswith(".running_mean")]:
+        counter = key[: -len("running_mean")] + "num_batches_tracked"
+        state.setdefault(counter, torch.tensor(0, dtype=torch.long))
+
+
+def model_from_checkpoint(checkpoint: dict, source: str = "checkpoint") -> nn.Module:
+    """Rebuild the model a checkpoint describes, load it strictly, return it in eval mode."""
+    if checkpoint.get("arch") != ARCH:
+        raise InputError(f"{source}: architecture {checkpoint.get('arch')!r} is not supported; "
+                         f"only {ARCH!r}")
+    num_classes = len(checkpoint["class_names"])
+    if list(checkpoint["class_names"]) != list(CLASS_NAMES):
+        raise InputError(f"{source}: trained for {num_classes} classes {list(checkpoint['class_names'])}; "
+                         f"this pipeline needs the {len(CLASS_NAMES)} classes {list(CLASS_NAMES)}")
+    model = build_model(num_classes, weights="none")
+    try:
+        model.load_state_dict(checkpoint["model"], strict=True)
+    except RuntimeError as err:
+        raise InputError(f"{source}: weights do not fit DenseNet-121 with {num_classes} classes "
+                         f"({_first_line(err)})") from None
+    return model.eval()
+
+
+def _first_line(err: BaseException) -> str:
+    """The error's text on one line (load_state_dict spreads it over several), at most 300 characters."""
+    text = " ".join(str(err).split())
+    return text[:300] if text else type(err).__name__
