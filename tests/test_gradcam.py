@@ -1,0 +1,164 @@
+"""Grad-CAM: the one-forward/one-batched-backward maps equal a plain per-class loop, at every layer we offer."""
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+import images
+import transforms
+from constants import DEFAULT_TARGET_LAYER
+from gradcam import GradCAM, normalize_maps
+
+BLOCK3_LAYER = "features.denseblock3.denselayer24.conv2"
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return torchvision.models.densenet121(num_classes=8).eval()  # random init, torchvision names
+
+
+@pytest.fixture(scope="module")
+def batch():
+    names = ["00001933_000.png", "00008386_000.png"]
+    crops = [transforms.center_crop(images.load_stored(f"sample/images/{n}")) for n in names]
+    return transforms.normalize(torch.from_numpy(np.stack(crops)))  # (2, 3, 224, 224)
+
+
+def _reference_map(activation: np.ndarray, grad: np.ndarray) -> np.ndarray:
+    """Textbook Grad-CAM of one image and class, in float64: (ch, h, w) x2 -> (224, 224) in [0, 1]."""
+    weights = grad.mean(axis=(1, 2))
+    cam = np.maximum((weights[:, None, None] * activation).sum(axis=0), 0)
+    cam = cv2.resize(cam, (224, 224), interpolation=cv2.INTER_LINEAR)  # half-pixel centres, like torch
+    span = cam.max() - cam.min()
+    return (cam - cam.min()) / span if span > 0 else np.zeros_like(cam)
+
+
+def _loop_with_module_hooks(model, x, layer, classes):
+    """One forward and one backward per class, hooks on the module (the per-class loop of the original)."""
+    module = dict(model.named_modules())[layer]
+    store = {}
+    handles = [module.register_forward_hook(lambda m, i, o: store.__setitem__("a", o.detach().clone())),
+               module.register_full_backward_hook(lambda m, gi, go: store.__setitem__("g", go[0].detach()))]
+    maps = np.zeros((x.shape[0], len(classes), 224, 224))
+    try:
+        for j, k in enumerate(classes):
+            model.zero_grad()
+            model(x)[:, k].sum().backward()
+            for b in range(x.shape[0]):
+                maps[b, j] = _reference_map(store["a"][b].double().numpy(), store["g"][b].double().numpy())
+    finally:
+        for h in handles:
+            h.remove()
+    return maps
+
+
+def _loop_at_norm5(model, x, classes):
+    """norm5 without hooks: split torchvision's forward by hand (norm5, then ReLU, pool, classifier)."""
+    maps = np.zeros((x.shape[0], len(classes), 224, 224))
+    with torch.no_grad():
+        act = model.features(x)  # the output of norm5, before the in-place ReLU
+    for j, k in enumerate(classes):
+        a = act.clone().requires_grad_(True)
+        logits = model.classifier(torch.flatten(F.adaptive_avg_pool2d(F.relu(a), 1), 1))
+        (grad,) = torch.autograd.grad(logits[:, k].sum(), a)
+        for b in range(x.shape[0]):
+            maps[b, j] = _reference_map(a[b].detach().double().numpy(), grad[b].double().numpy())
+    return maps
+
+
+@pytest.mark.parametrize("layer, classes", [
+    (DEFAULT_TARGET_LAYER, list(range(8))),
+    ("features.norm5", [1, 2, 5, 6]),
+    (BLOCK3_LAYER, [2, 3, 6]),
+])
+def test_batched_maps_equal_per_class_loop(model, batch, layer, classes):
+    if layer == "features.norm5":
+        expected = _loop_at_norm5(model, batch, classes)
+    else:
+        expected = _loop_with_module_hooks(model, batch, layer, classes)
+    with GradCAM(model, layer) as cam:
+        logits, maps = cam.compute(batch, classes)
+    assert logits.shape == (2, 8) and maps.shape == (2, len(classes), 224, 224)
+    assert maps.dtype == torch.float32
+    assert np.abs(maps.numpy() - expected).max() < 1e-4
+    assert (expected.max(axis=(2, 3)) == 1).sum() >= 2  # some maps are not all zero: the check has teeth
+    assert torch.allclose(logits, model(batch), atol=1e-5)  # hooks changed nothing in the forward
+
+
+def test_per_class_fallback_equals_batched(model, batch):
+    with GradCAM(model, "features.norm5") as cam:
+        _, batched = cam.compute(batch, [1, 2, 5])
+    with GradCAM(model, "features.norm5", batched=False) as cam:
+        _, looped = cam.compute(batch, [1, 2, 5])
+    assert torch.allclose(batched, looped, atol=1e-6)
+
+
+def test_batch_equals_single_images(model, batch):
+    with GradCAM(model) as cam:
+        logits, maps = cam.compute(batch, [1, 2])
+        for b in range(batch.shape[0]):
+            one_logits, one_maps = cam.compute(batch[b:b + 1], [1, 2])
+            assert torch.allclose(one_logits[0], logits[b], atol=1e-4)
+            assert (one_maps[0] - maps[b]).abs().max() < 1e-4
+
+
+def test_two_step_api_and_defaults(model, batch):
+    with GradCAM(model) as cam:
+        logits = cam.forward(batch)
+        maps = cam.maps([3])
+        _, all_maps = cam.compute(batch)  # every class by default
+        empty = (cam.forward(batch), cam.maps([]))[1]
+    assert maps.shape == (2, 1, 224, 224) and all_maps.shape == (2, 8, 224, 224)
+    assert torch.allclose(maps[:, 0], all_maps[:, 3], atol=1e-6)
+    assert empty.shape == (2, 0, 224, 224)
+    assert maps.min() >= 0 and maps.max() <= 1
+
+
+def test_hooks_removed_and_model_left_as_found(model, batch):
+    model.train()
+    model.features.conv0.weight.requires_grad_(False)
+    layer = dict(model.named_modules())["features.norm5"]
+    try:
+        with GradCAM(model, "features.norm5") as cam:
+            assert len(layer._forward_hooks) == 1 and not model.training
+            cam.compute(batch[:1], [0])
+        assert len(layer._forward_hooks) == 0
+        assert model.training
+        flags = [p.requires_grad for p in model.parameters()]
+        assert flags[0] is False and all(flags[1:])
+    finally:
+        model.features.conv0.weight.requires_grad_(True)
+        model.eval()
+    with pytest.raises(RuntimeError, match="with"):
+        cam.forward(batch[:1])
+
+
+def test_zero_map_stays_zero_and_no_nan():
+    cam = torch.zeros(1, 2, 224, 224)
+    cam[0, 1, 10:20, 30:40] = 3.0
+    out = normalize_maps(cam)
+    assert torch.equal(out[0, 0], torch.zeros(224, 224))
+    assert out[0, 1].max() == 1 and out[0, 1].min() == 0 and not torch.isnan(out).any()
+
+
+def test_all_zero_activation_gives_zero_map(model, batch):
+    """A layer whose activation is all zero (weights zeroed) gives zero maps, not NaN."""
+    conv = model.features.denseblock4.denselayer16.conv2
+    saved = conv.weight.detach().clone()
+    with torch.no_grad():
+        conv.weight.zero_()
+    try:
+        with GradCAM(model) as cam:
+            _, maps = cam.compute(batch[:1], [0, 1])
+    finally:
+        with torch.no_grad():
+            conv.weight.copy_(saved)
+    assert torch.equal(maps, torch.zeros_like(maps))
+
+
+def test_unknown_layer_lists_valid_names(model):
+    with pytest.raises(ValueError, match="norm5"):
+        GradCAM(model, "features.denseblock9")
