@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Iterable, Protocol
 
 from boxfile import Box, ImageBoxes, read_box_file
-from common import InputError, atomic_path, run_cli, write_text_atomic
+from common import InputError, run_cli, write_text_atomic
 from constants import BOX_TABLE_ALIASES, CLASS_NAMES
 from tables import TruthBox, read_bbox_list
 
@@ -330,7 +330,11 @@ def main(args: argparse.Namespace) -> dict:
         raise InputError(f"{args.box_txt}: no such box file")
     if not Path(args.bbox_list).is_file():
         raise InputError(f"{args.bbox_list}: no such box table")
-    preds = predictions_by_image(args.box_txt, read_box_file(args.box_txt))
+    try:
+        entries = read_box_file(args.box_txt)
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{args.box_txt}: cannot read as a text box file ({err})") from None
+    preds = predictions_by_image(args.box_txt, entries)
     report = evaluate(preds, load_truth(args.bbox_list))
     report = {"box_file": str(args.box_txt), "bbox_list": str(args.bbox_list), **report}
     print(format_report(report), end="")
