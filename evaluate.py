@@ -182,11 +182,10 @@ class Tally:
     def summary(self, images: int) -> dict:
         n, m = self.pred_boxes, self.truth_boxes
         by_t = lambda counts, d: {f"{t:g}": _ratio(c, d) for t, c in zip(WANG_THRESHOLDS, counts)}
-        original = {"boxes": n, "mean_iou": _ratio(self.pred_iou_sum, n)}
-        for cut, count in zip(ORIGINAL_IOU_CUTS, self.pred_above):
-            original[f"iou>{cut:g}"] = _ratio(count, n)
-        shares = [original[f"iou>{cut:g}"] for cut in ORIGINAL_IOU_CUTS]
-        original["score"] = None if n == 0 else sum(shares) / len(shares)
+        shares = [_ratio(count, n) for count in self.pred_above]
+        original = {"boxes": n, **{f"iou>{cut:g}": v for cut, v in zip(ORIGINAL_IOU_CUTS, shares)},
+                    "score": None if n == 0 else sum(shares) / len(shares),
+                    "mean_iou": _ratio(self.pred_iou_sum, n)}
         return {"original": original, "truth_boxes": m, "mean_iou": _ratio(self.truth_iou_sum, m),
                 "acc_iou": by_t(self.hits_iou, m), "acc_iobb": by_t(self.hits_iobb, m),
                 "afp_iou": by_t(self.fp_iou, images), "afp_iobb": by_t(self.fp_iobb, images)}
