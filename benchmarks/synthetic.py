@@ -191,8 +191,10 @@ def make_image(index: int, labels: tuple[str, ...], seed: int,
                backgrounds: list[np.ndarray]) -> tuple[tuple[Planted, ...], np.ndarray, np.random.Generator]:
     """Image `index`: its findings, its uint8 (1024, 1024) pixels, and its generator (for the table's extras)."""
     rng = np.random.default_rng([seed, index])
-    findings = place_findings(labels, rng)
+    # The background first, with a fixed number of draws: the same index gives the same background
+    # whatever its labels (the tests compare an image with its finding-free twin).
     image = vary_background(backgrounds[int(rng.integers(len(backgrounds)))], rng)
+    findings = place_findings(labels, rng)
     for finding in findings:
         plant(image, finding)
     return findings, image, rng

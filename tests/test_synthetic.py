@@ -1,0 +1,145 @@
+"""The known-truth benchmark's dataset: consistent tables, findings drawn where their boxes say,
+and an evaluation that a wrong geometry (swapped axes, a dropped crop offset) cannot pass."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import evaluate
+from benchmarks import synthetic
+from boxfile import Box, ImageBoxes, read_box_file, write_box_file
+from constants import CROP_OFFSET, RESCALE_FACTOR
+from images import read_xray
+from tables import read_bbox_list, read_data_entry, read_image_list
+
+SIZES = {"train": 8, "valid": 8, "test": 8}
+SEED = 5
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> tuple[Path, list]:
+    out = tmp_path_factory.mktemp("synthetic")
+    records = synthetic.generate(out, SIZES, SEED, synthetic.ROOT / "sample" / "images")
+    return out, records
+
+
+def test_tables_and_lists_agree(dataset):
+    out, records = dataset
+    entries = read_data_entry(out / "Data_Entry_2017.csv")
+    boxes = read_bbox_list(out / "BBox_List_2017.csv")
+    lists = {split: read_image_list(out / f"{split}.txt") for split in synthetic.SPLITS}
+    assert {s: len(names) for s, names in lists.items()} == SIZES
+    every = [n for names in lists.values() for n in names]
+    assert len(set(every)) == len(every) == len(entries) == sum(SIZES.values())
+    assert sorted(p.name for p in (out / "images").iterdir()) == sorted(every)
+    for name, row in entries.items():
+        box_labels = sorted(b.label for b in boxes if b.image == name)
+        assert sorted(row.labels) == box_labels  # a box for every label and a label for every box
+        assert row.patient_id == name.split("_")[0]
+    # 8 images per split walk COMPOSITIONS once: 2 'No Finding', each class positive 3 times.
+    for names in lists.values():
+        assert sum(1 for n in names if not entries[n].labels) == 2
+        for label in synthetic.PLANTED_CLASSES:
+            assert sum(1 for n in names if label in entries[n].labels) == 3
+
+
+def test_boxes_inside_the_crop_apart_and_of_their_class_size(dataset):
+    _, records = dataset
+    lo, hi = synthetic.FIELD
+    assert (lo, hi) == (CROP_OFFSET * RESCALE_FACTOR, 1024 - CROP_OFFSET * RESCALE_FACTOR) == (64, 960)
+    for r in records:
+        assert len({f.label for f in r.findings}) == len(r.findings) <= 2
+        for f in r.findings:
+            kind = synthetic.PLANTED_CLASSES[f.label]
+            assert lo <= f.x and f.x + f.w <= hi and lo <= f.y and f.y + f.h <= hi
+            assert kind.size[0] <= f.w <= kind.size[1] and kind.size[0] <= f.h <= kind.size[1]
+            assert f.w == f.h or not kind.round
+        if len(r.findings) == 2:
+            assert not synthetic._overlap(*r.findings, margin=0)
+
+
+def test_findings_are_drawn_exactly_inside_their_boxes(dataset):
+    """Each file equals its finding-free twin (same index, no labels) outside the boxes, and
+    differs inside them in the class's direction: brighter for Nodule/Mass, darker for Pneumothorax."""
+    out, records = dataset
+    backgrounds = synthetic.load_backgrounds(synthetic.ROOT / "sample" / "images")
+    for index, r in enumerate(records[:SIZES["train"]]):
+        image = read_xray(out / "images" / r.name)
+        assert image.shape == (1024, 1024) and image.dtype == np.uint8
+        _, background, _ = synthetic.make_image(index, (), SEED, backgrounds)
+        inside = np.zeros(image.shape, bool)
+        for f in r.findings:
+            inside[f.y:f.y + f.h, f.x:f.x + f.w] = True
+            # The middle third of the box lies within the full-strength core of every kind.
+            core = np.s_[f.y + f.h // 3:f.y + 2 * f.h // 3, f.x + f.w // 3:f.x + 2 * f.w // 3]
+            kind, bg = synthetic.PLANTED_CLASSES[f.label], background[core].astype(float)
+            want = bg + kind.strength * (255 - bg) if kind.bright else bg * (1 - kind.strength)
+            assert np.abs(image[core] - want).max() <= 0.5 + 1e-6, (r.name, f)
+        assert (image[~inside] == background[~inside]).all(), r.name
+
+
+def test_nodule_disc_is_brighter_than_its_surroundings(dataset):
+    out, records = dataset
+    nodules = [(r.name, f) for r in records for f in r.findings if f.label == "Nodule"]
+    assert nodules
+    for name, f in nodules:
+        image = read_xray(out / "images" / name).astype(float)
+        core = image[f.y + f.h // 4:f.y + 3 * f.h // 4, f.x + f.w // 4:f.x + 3 * f.w // 4].mean()
+        ring = np.ones(image.shape, bool)  # a band 8..24 px around the recorded box
+        ring[f.y - 24:f.y + f.h + 24, f.x - 24:f.x + f.w + 24] = False
+        band = ~ring
+        band[f.y - 8:f.y + f.h + 8, f.x - 8:f.x + f.w + 8] = False
+        assert core > image[band].mean() + 20, (name, f)
+
+
+def test_same_seed_same_bytes_other_seed_other_images(dataset, tmp_path):
+    out, records = dataset
+    again = synthetic.generate(tmp_path / "a", {"train": 2, "valid": 1, "test": 1}, SEED,
+                               synthetic.ROOT / "sample" / "images")
+    assert again[:2] == records[:2]
+    assert (tmp_path / "a/images" / records[0].name).read_bytes() == (out / "images" / records[0].name).read_bytes()
+    other = synthetic.generate(tmp_path / "b", {"train": 2, "valid": 1, "test": 1}, SEED + 1,
+                               synthetic.ROOT / "sample" / "images")
+    assert [r.findings for r in other[:2]] != [r.findings for r in records[:2]]
+
+
+# ---------------------------------------------------------------- geometry sensitivity
+
+def _truth_and_scorer(tmp_path, n_images=400):
+    """Findings of n_images (positions only, no pixels), written and read back as the NIH box table."""
+    rng = np.random.default_rng(SEED)
+    records = [synthetic.Record(synthetic.image_name(i), "test",
+                                synthetic.place_findings(labels, np.random.default_rng([SEED, i])), 40, "F")
+               for i, labels in enumerate(synthetic.split_compositions(n_images, rng))]
+    table = tmp_path / "BBox_List_2017.csv"
+    table.write_text(synthetic.bbox_text(records))
+    truth = evaluate.load_truth(table)
+
+    def score(transform) -> dict:
+        entries = [ImageBoxes(f"images/{r.name}", [Box(f.label, *transform(f.x, f.y, f.w, f.h)) for f in r.findings])
+                   for r in records]
+        write_box_file(tmp_path / "boxes.txt", entries)
+        preds = evaluate.predictions_by_image("boxes.txt", read_box_file(tmp_path / "boxes.txt"))
+        return evaluate.evaluate(preds, truth)["classes"]
+    return score
+
+
+def test_perfect_prediction_scores_one_and_a_wrong_geometry_collapses(tmp_path):
+    score = _truth_and_scorer(tmp_path)
+    perfect = score(lambda x, y, w, h: (x, y, w, h))
+    for name in (*synthetic.PLANTED_CLASSES, evaluate.OVERALL):
+        assert perfect[name]["mean_iou"] == 1.0
+        assert set(perfect[name]["acc_iou"].values()) == {1.0}
+        assert perfect[name]["original"]["score"] == 1.0
+    # Swapping x and y moves each box to its mirror position across the diagonal: a small nodule
+    # is then almost never found; the large findings keep only the overlap of random placement.
+    swapped = score(lambda x, y, w, h: (y, x, h, w))
+    assert swapped["Nodule"]["acc_iou"]["0.1"] < 0.15
+    assert swapped[evaluate.OVERALL]["acc_iou"]["0.5"] < 0.2
+    assert swapped[evaluate.OVERALL]["mean_iou"] < 0.2
+    # Dropping the crop offset ((x224 + 16) * 4 computed as x224 * 4) shifts every box by -64 px
+    # on both axes: no box keeps IoU > 0.5, and no nodule overlaps its truth at all.
+    shift = CROP_OFFSET * RESCALE_FACTOR
+    no_offset = score(lambda x, y, w, h: (x - shift, y - shift, w, h))
+    assert no_offset[evaluate.OVERALL]["acc_iou"]["0.5"] < 0.01
+    assert no_offset["Nodule"]["acc_iou"]["0.1"] == 0.0
