@@ -1,0 +1,37 @@
+"""metrics.py on cases worked out by hand."""
+import numpy as np
+import pytest
+
+import metrics
+from constants import DEFAULT_THRESHOLD
+
+
+def test_auroc_undefined_classes_are_none_and_left_out_of_the_mean():
+    labels = np.array([[1, 0, 1], [0, 0, 1], [1, 0, 1], [0, 0, 1]])
+    scores = np.array([[0.9, 0.1, 0.2], [0.2, 0.3, 0.4], [0.4, 0.5, 0.6], [0.6, 0.7, 0.8]])
+    # class 0: positives 0.9, 0.4 vs negatives 0.2, 0.6 -> 3 of 4 pairs ordered: 0.75
+    assert metrics.per_class_auroc(labels, scores) == [0.75, None, None]
+    assert metrics.mean_auroc([0.75, None, 0.25]) == 0.5
+    assert metrics.mean_auroc([None, None]) is None
+    assert metrics.format_auroc(None) == "undefined"
+
+
+def test_youden_threshold_by_hand():
+    # scores 0.1 0.3 0.35 0.6 0.8 with labels 0 0 1 0 1: cutting at >= 0.35 gives tpr 1, fpr 1/3
+    # (J = 2/3, the best); the next lower score is 0.3, so '> 0.325' selects the same images.
+    labels = np.array([[0, 0], [0, 0], [1, 0], [0, 0], [1, 0]])
+    probs = np.array([[0.1, 0.1], [0.3, 0.2], [0.35, 0.3], [0.6, 0.4], [0.8, 0.5]])
+    t = metrics.youden_thresholds(labels, probs)
+    assert t.dtype == np.float32 and t.shape == (2,)
+    assert t[0] == pytest.approx(0.325)
+    assert t[1] == DEFAULT_THRESHOLD  # no positive: undefined
+    predicted = probs[:, 0] > t[0]
+    assert predicted.tolist() == [False, False, True, True, True]
+
+
+def test_youden_perfectly_separable_and_nan():
+    labels = np.array([[0], [0], [1], [1]])
+    t = metrics.youden_thresholds(labels, np.array([[0.1], [0.2], [0.7], [0.9]]))
+    assert t[0] == pytest.approx(0.45)
+    with pytest.raises(ValueError, match="NaN"):
+        metrics.per_class_auroc(labels, np.array([[0.1], [np.nan], [0.7], [0.9]]))
