@@ -1,0 +1,184 @@
+"""The figures: each is a valid PNG of its stated size, and what it draws lands where it says."""
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import draw_boxes
+import plots
+from boxfile import Box
+from common import InputError
+from constants import CLASS_NAMES
+from images import read_xray, resize_stored
+from tables import TruthBox, read_bbox_list
+
+WANG = Path(__file__).resolve().parent.parent / "docs" / "wang2017_localization_table4.csv"
+
+
+def read_rgb(path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of a written PNG; fails when the file is not a decodable image."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert bgr is not None, f"{path} is not a readable image"
+    return bgr[:, :, ::-1].astype(int)
+
+
+def bounding_rect(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(first column, first row, last column, last row) of the True pixels."""
+    rows, cols = np.nonzero(mask)
+    assert rows.size, "no pixel of the colour was drawn"
+    return cols.min(), rows.min(), cols.max(), rows.max()
+
+
+def blue(rgb):  # PRED_COLOR (0, 80, 255); never a gray X-ray pixel, nor the light-blue label text
+    return (rgb[..., 2] > 200) & (rgb[..., 0] < 60) & (rgb[..., 1] < 130)
+
+
+def red(rgb):  # TRUTH_COLOR (255, 26, 26)
+    return (rgb[..., 0] > 200) & (rgb[..., 1] < 90) & (rgb[..., 2] < 90)
+
+
+def assert_box_at(rect, box, scale: float, tol: float = 3.0):
+    """The drawn outline (line width ~2.8 px, centred on the edge) covers the box's pixels."""
+    expected = (box.x * scale, box.y * scale, (box.x + box.w) * scale, (box.y + box.h) * scale)
+    assert np.allclose(rect, expected, atol=tol), f"drawn at {rect}, box names {expected}"
+
+
+@pytest.mark.parametrize("size", [1024, 512])
+def test_boxes_land_on_the_pixels_they_name(tmp_path, size):
+    # x != y and w != h, so swapping rows and columns would move the box far off.
+    pred = Box("Nodule", 100.0, 300.0, 200.0, 80.0)
+    truth = TruthBox("a.png", "Mass", 640.0, 120.0, 90.0, 250.0)
+    out = tmp_path / "boxes.png"
+    plots.boxes_figure(np.zeros((1024, 1024), np.uint8), [pred], [truth], {"Nodule": 0.9}, out, "t", size=size)
+    rgb = read_rgb(out)
+    assert rgb.shape == (size, size, 3)
+    assert_box_at(bounding_rect(blue(rgb)), pred, size / 1024)
+    assert_box_at(bounding_rect(red(rgb)), truth, size / 1024)
+
+
+def test_truth_box_on_a_real_xray(tmp_path, sample_dir):
+    truth = [b for b in read_bbox_list(sample_dir / "BBox_List_2017.csv") if b.image == "00008386_000.png"]
+    image = read_xray(sample_dir / "images" / "00008386_000.png")
+    out = tmp_path / "real.png"
+    plots.boxes_figure(image, [], truth, None, out, "00008386_000.png")
+    rgb = read_rgb(out)
+    assert rgb.shape == (1024, 1024, 3)
+    assert not blue(rgb).any()
+    assert_box_at(bounding_rect(red(rgb)), truth[0], 1.0)
+    # Away from the box the X-ray itself is drawn, one image pixel per output pixel.
+    assert abs(rgb[900:1000, 100:200, 0] - image[900:1000, 100:200]).max() <= 2
+
+
+def test_heatmap_sits_on_the_centre_crop(tmp_path):
+    heatmap = np.zeros((224, 224), np.float32)
+    heatmap[100:120, 30:50] = 1.0  # rows 100-119, columns 30-49 of the crop
+    out = tmp_path / "heat.png"
+    plots.heatmap_overlay(np.zeros((256, 256), np.uint8), heatmap, "Mass", out, size=512)
+    rgb = read_rgb(out)
+    assert rgb.shape == (512, 512 + plots.COLORBAR_PX, 3)
+    image_part = rgb[:, :512]
+    # jet(1) is dark red: over a black image at alpha 0.4 it is about (51, 0, 0).
+    hot = (image_part[..., 0] > 25) & (image_part[..., 2] < 25)
+    # crop pixel c of 224 is 256-pixel c + 16, i.e. 1024-pixel (c + 16) * 4, i.e. output pixel (c + 16) * 2.
+    assert np.allclose(bounding_rect(hot), ((30 + 16) * 2, (100 + 16) * 2, (50 + 16) * 2, (120 + 16) * 2), atol=3)
+    # The map covers the crop only: the 16-pixel border of the 256 image (32 output px) stays untinted.
+    # (the caption sits at the top-left, so the bottom, right and lower-left borders are checked)
+    assert image_part[484:].max() == 0 and image_part[:, 484:].max() == 0 and image_part[100:, :28].max() == 0
+    assert image_part[40:470, 40:470].max(axis=2).min() > 0  # the whole crop is tinted (jet(0) is blue)
+
+
+def test_probability_chart(tmp_path):
+    out = tmp_path / "probs.png"
+    plots.probability_chart(np.linspace(0.05, 0.95, 8), np.full(8, 0.5), out, title="x")
+    assert read_rgb(out).shape == (380, 600, 3)
+
+
+def test_contact_sheet_on_real_images(tmp_path, sample_dir):
+    truth = read_bbox_list(sample_dir / "BBox_List_2017.csv")
+    rows = []
+    for name in ("Cardiomegaly", "Nodule"):
+        cells = [plots.SheetCell(resize_stored(read_xray(sample_dir / "images" / b.image)),
+                                 np.full((224, 224), 0.5, np.float32), [Box(name, b.x, b.y, b.w, b.h)], [b], b.image)
+                 for b in truth if b.label == name][:2]
+        rows.append((name, cells))
+    out = tmp_path / "sheet.png"
+    plots.contact_sheet(rows, out, cell=128)
+    assert read_rgb(out).shape == (2 * 128, plots.SHEET_LABEL_PX + 2 * 128 + plots.COLORBAR_PX, 3)
+
+
+def test_training_curves_skip_undefined_auroc(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    lines = []
+    for epoch in (1, 2, 3):
+        auroc = {name: (None if name == "Mass" else 0.5 + 0.1 * epoch) for name in CLASS_NAMES}
+        lines.append(json.dumps({"epoch": epoch, "train_loss": 0.6 / epoch, "valid_loss": 0.5 / epoch,
+                                 "auroc": auroc, "mean_auroc": 0.5 + 0.1 * epoch, "seconds": 1.0}))
+    metrics.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "curves.png"
+    plots.training_curves(metrics, out)
+    assert read_rgb(out).shape == (450, 1200, 3)
+
+
+def test_bad_metrics_line_names_file_and_line(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"epoch": 1, "train_loss": 0.5}\n{"epoch": 2, oops\n')
+    with pytest.raises(InputError, match=r"metrics.jsonl:2:"):
+        plots.training_curves(metrics, tmp_path / "c.png")
+
+
+def test_roc_curves_with_an_undefined_class(tmp_path):
+    rng = np.random.default_rng(0)
+    y_true = (rng.random((40, 8)) < 0.4).astype(np.uint8)
+    y_true[:, 4] = 0  # Mass: no positive example, no ROC curve
+    out = tmp_path / "roc.png"
+    plots.roc_curves(y_true, rng.random((40, 8)), np.full(8, 0.5), out)
+    assert read_rgb(out).shape == (700, 1400, 3)
+
+
+def test_wang_table_and_evaluation_bars(tmp_path):
+    wang = plots.read_wang_table(WANG)
+    assert sorted(wang) == [0.1, 0.25, 0.5, 0.75, 0.9]
+    assert wang[0.1]["Cardiomegaly"] == pytest.approx(0.9931) and set(wang[0.5]) == set(CLASS_NAMES)
+    results = {name: {t: (None if name == "Mass" else 0.5) for t in wang} for name in CLASS_NAMES}
+    out = tmp_path / "eval.png"
+    plots.evaluation_bars(results, wang, out)
+    assert read_rgb(out).shape == (5 * 260, 1200, 3)
+
+
+def test_image_figures_writes_each_picture(tmp_path, sample_dir):
+    image = read_xray(sample_dir / "images" / "00001933_000.png")
+    probs = np.linspace(0.1, 0.8, 8)
+    paths = plots.image_figures(tmp_path, "00001933_000.png", image, probs, np.full(8, 0.5),
+                                {6: np.zeros((224, 224), np.float32)}, [Box("Pneumonia", 500, 540, 220, 260)],
+                                size=256)
+    assert [p.name for p in paths] == ["00001933_000_boxes.png", "00001933_000_probs.png",
+                                       "00001933_000_heatmap_Pneumonia.png"]
+    assert read_rgb(paths[0]).shape == (256, 256, 3)
+    assert read_rgb(paths[2]).shape == (256, 256 + plots.COLORBAR_PX, 3)
+
+
+def test_draw_boxes_on_the_originals_box_file(tmp_path, sample_dir):
+    box_txt = tmp_path / "bounding_box.txt"
+    box_txt.write_text("../images/00008386_000.png 1\nNodule 300.0 500.0 120.0 60.0\n"
+                       "../images/00013125_000.png 0\n")
+    args = draw_boxes.get_args_parser().parse_args(
+        [str(box_txt), "--images", str(sample_dir / "images"), "--bbox-list", str(sample_dir / "BBox_List_2017.csv"),
+         "--out", str(tmp_path / "out"), "--size", "512"])
+    draw_boxes.main(args)
+    rgb = read_rgb(tmp_path / "out" / "00008386_000_boxes.png")
+    assert rgb.shape == (512, 512, 3)
+    assert_box_at(bounding_rect(blue(rgb)), Box("Nodule", 300.0, 500.0, 120.0, 60.0), 0.5)
+    assert red(rgb).any()  # its truth box from the table
+    assert (tmp_path / "out" / "00013125_000_boxes.png").is_file()
+
+
+def test_draw_boxes_names_a_missing_image(tmp_path, sample_dir):
+    box_txt = tmp_path / "b.txt"
+    box_txt.write_text("../images/99999999_000.png 0\n")
+    args = draw_boxes.get_args_parser().parse_args([str(box_txt), "--images", str(sample_dir / "images"),
+                                                    "--out", str(tmp_path / "out")])
+    with pytest.raises(InputError, match="99999999_000.png"):
+        draw_boxes.main(args)
+    assert not (tmp_path / "out").exists()
