@@ -34,7 +34,10 @@ from constants import CLASS_NAMES, STORED_SIZE
 from images import load_stored
 from tables import LabelRow, TruthBox, label_matrix, read_bbox_list, read_data_entry, read_image_list_lines
 
-DEFAULT_WORKERS = min(os.cpu_count() or 1, 16)  # PNG decoding scales with cores; beyond ~16 the disk limits
+# PNG decoding scales with cores; beyond ~16 processes the disk is the limit. CPUs this process
+# may use (its affinity, as a batch scheduler sets it) rather than all the machine has.
+_USABLE_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+DEFAULT_WORKERS = min(_USABLE_CPUS, 16)
 DEFAULT_CHUNK = 8  # images per task sent to a worker: amortises inter-process traffic, keeps order cheap
 WINDOW_IMAGES = 64  # images gathered before one memory-map window is written (64 x 64 KiB = 4 MiB)
 
@@ -60,7 +63,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("out_dir", type=str, help="output folder (the contract is in prepared.py)")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
                         help="decoding processes; 1 decodes in this process "
-                             f"(default: the CPU count, at most 16: {DEFAULT_WORKERS} here)")
+                             f"(default: the usable CPUs, at most 16: {DEFAULT_WORKERS} here)")
     parser.add_argument("--chunk", type=int, default=DEFAULT_CHUNK,
                         help=f"images per task handed to a worker (default: {DEFAULT_CHUNK})")
     parser.add_argument("--quiet", action="store_true", default=False,
