@@ -173,3 +173,13 @@ def test_decode_error_aborts_and_keeps_the_previous_folder(sample_dir, tmp_path)
     assert f"error: {bad}: cannot decode" in result.stderr
     assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)  # no temporary left behind
     assert all((out / name).read_bytes() == data for name, data in before.items())
+
+
+def test_rerun_after_a_killed_run_removes_its_temporaries(sample_dir, tmp_path):
+    out = tmp_path / "prep"
+    out.mkdir()
+    (out / ".train_X.npy.k1ll3d.tmp").write_bytes(b"\x93NUMPY half")  # what SIGKILL leaves behind
+    (out / "notes.txt").write_text("the user's own file")
+    run_main([*inputs(sample_dir, train=["00000100_000.png"], valid=["00026911_000.png"], tmp_path=tmp_path), out])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*OUTPUTS, "notes.txt"])
+    assert load_prepared(out).valid.names == ["00026911_000.png"]
