@@ -162,7 +162,7 @@ def probability_chart(probs: np.ndarray, thresholds: np.ndarray, out_path: str |
     fig, ax = plt.subplots(figsize=(6.0, 3.8), dpi=DPI)
     rows = np.arange(len(class_names))
     ax.barh(rows, probs, color=np.where(active, PRED_COLOR, "#b0b0b0"), height=0.6)
-    ax.scatter(thresholds, rows, marker="|", s=300, color="black", linewidths=2, label="threshold", zorder=3)
+    ax.scatter(thresholds, rows, marker="|", s=300, color="black", linewidths=2, zorder=3)
     for row, p, t in zip(rows, probs, thresholds):
         ax.text(min(max(p, t), 1.0) + 0.015, row, f"{p:.2f}", va="center", fontsize=8)
     ax.set_yticks(rows, class_names)
@@ -170,8 +170,7 @@ def probability_chart(probs: np.ndarray, thresholds: np.ndarray, out_path: str |
         tick.set_fontweight("bold" if on else "normal")
     ax.invert_yaxis()  # first class on top
     ax.set_xlim(0, 1.08)
-    ax.set_xlabel("probability (blue: at or above its threshold)")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.set_xlabel("probability (black tick: the class's threshold; blue: at or above it)", fontsize=9)
     ax.set_title(title or "class probabilities", fontsize=10)
     fig.tight_layout()
     _save(fig, out_path)
@@ -328,9 +327,11 @@ def evaluation_bars(results: dict[str, dict[float, float | None]], wang_table: d
                     out_path: str | os.PathLike, metric: str = "IoBB") -> None:
     """Per-class localization accuracy at each threshold: ours (blue) beside Wang et al. (gray).
 
-    results is {class: {threshold: accuracy or None}}; one panel per threshold, stacked
+    results is {class: {threshold (float or its string): accuracy or None}} (results_from_report
+    turns evaluate.py's report into it); one panel per threshold, stacked
     (1200 px wide, 260 px per threshold). A None accuracy (no truth box) draws no bar.
     """
+    results = {name: {float(t): v for t, v in per_t.items()} for name, per_t in results.items()}  # '0.1' -> 0.1
     names = [n for n in CLASS_NAMES if n in results] + [n for n in results if n not in CLASS_NAMES]
     thresholds = sorted({t for per_t in results.values() for t in per_t})
     if not thresholds:
@@ -339,18 +340,20 @@ def evaluation_bars(results: dict[str, dict[float, float | None]], wang_table: d
     x = np.arange(len(names))
     for ax, t in zip(axes[:, 0], thresholds):
         ours = [results[n].get(t) for n in names]
-        wang = [(wang_table or {}).get(t, {}).get(n) for n in names]
-        for offset, values, color, label in ((-0.2, ours, PRED_COLOR, "this run"),
-                                             (0.2, wang, "#9a9a9a", "Wang et al. 2017")):
+        series = [(0.0, ours, PRED_COLOR, "this run")]
+        if wang_table is not None:  # ours left, Wang et al. right of each class's tick
+            series = [(-0.2, ours, PRED_COLOR, "this run"),
+                      (0.2, [wang_table.get(t, {}).get(n) for n in names], "#9a9a9a", "Wang et al. 2017")]
+        for offset, values, color, label in series:
             xs = [i + offset for i, v in enumerate(values) if v is not None]
             ys = [v for v in values if v is not None]
             bars = ax.bar(xs, ys, width=0.38, color=color, label=label)
             ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
             for i, v in enumerate(values):
-                if v is None and (label == "this run" or wang_table):
+                if v is None and (label == "this run" or names[i] in CLASS_NAMES):
                     ax.text(i + offset, 0.02, "n/a", ha="center", fontsize=7, color="dimgray")
         ax.set_xticks(x, names, fontsize=8)
-        ax.set(ylim=(0, 1.15), ylabel="accuracy")
+        ax.set(ylim=(0, 1.3), yticks=np.linspace(0, 1, 6), ylabel="accuracy")  # headroom for the legend
         ax.set_title(f"{metric} > {t:g}", fontsize=9, loc="left")
         ax.legend(fontsize=7, loc="upper right", ncol=2)
         ax.grid(axis="y", alpha=0.3)
@@ -393,4 +396,24 @@ def training_figures(out_dir: str | os.PathLike, metrics_jsonl: str | os.PathLik
     if y_true is not None and y_prob is not None and thresholds is not None:
         paths.append(out / "roc_curves.png")
         roc_curves(y_true, y_prob, thresholds, paths[1])
+    return paths
+
+
+def results_from_report(report: dict, table: str = "acc_iobb") -> dict[str, dict[float, float | None]]:
+    """evaluate.py's report ({'classes': {name: {'acc_iobb': {'0.1': acc, ...}}}}) -> evaluation_bars' results.
+
+    The 'overall' row is kept, drawn as the last group (Wang et al. give no overall figure).
+    """
+    return {name: {float(t): v for t, v in summary[table].items()} for name, summary in report["classes"].items()}
+
+
+def evaluation_figures(out_dir: str | os.PathLike, report: dict,
+                       wang_csv: str | os.PathLike | None = None) -> list[Path]:
+    """localization_iobb.png (beside Wang et al.'s Table 4 when wang_csv is given) and
+    localization_iou.png (Table 4 as copied holds IoBB only) from evaluate.py's report."""
+    out = Path(out_dir)
+    wang = read_wang_table(wang_csv) if wang_csv is not None else None
+    paths = [out / "localization_iobb.png", out / "localization_iou.png"]
+    evaluation_bars(results_from_report(report, "acc_iobb"), wang, paths[0], metric="IoBB")
+    evaluation_bars(results_from_report(report, "acc_iou"), None, paths[1], metric="IoU")
     return paths

@@ -182,3 +182,14 @@ def test_draw_boxes_names_a_missing_image(tmp_path, sample_dir):
     with pytest.raises(InputError, match="99999999_000.png"):
         draw_boxes.main(args)
     assert not (tmp_path / "out").exists()
+
+
+def test_evaluation_figures_from_an_evaluator_report(tmp_path):
+    # The shape of evaluate.py's report: accuracies keyed by the threshold's string, None where undefined.
+    accuracy = {"0.1": 0.9, "0.25": 0.7, "0.5": 0.4, "0.75": None, "0.9": 0.0}
+    report = {"classes": {name: {"acc_iobb": accuracy, "acc_iou": accuracy} for name in CLASS_NAMES + ("overall",)}}
+    assert plots.results_from_report(report)["Mass"][0.25] == 0.7
+    paths = plots.evaluation_figures(tmp_path, report, WANG)
+    assert [p.name for p in paths] == ["localization_iobb.png", "localization_iou.png"]
+    for path in paths:
+        assert read_rgb(path).shape == (5 * 260, 1200, 3)
