@@ -154,11 +154,12 @@ def probability_chart(probs: np.ndarray, thresholds: np.ndarray, out_path: str |
                       title: str = "", class_names: Sequence[str] = CLASS_NAMES) -> None:
     """Horizontal bars of the 8 probabilities; a black tick marks each class's threshold.
 
-    A class is active (blue bar, bold name) when its probability reaches its threshold.
+    A class is active (blue bar, bold name) when its probability exceeds its threshold, the rule
+    of localization (metrics.youden_thresholds).
     600 x 380 px.
     """
     probs, thresholds = np.asarray(probs, float), np.asarray(thresholds, float)
-    active = probs >= thresholds
+    active = probs > thresholds
     fig, ax = plt.subplots(figsize=(6.0, 3.8), dpi=DPI)
     rows = np.arange(len(class_names))
     ax.barh(rows, probs, color=np.where(active, PRED_COLOR, "#b0b0b0"), height=0.6)
@@ -170,7 +171,7 @@ def probability_chart(probs: np.ndarray, thresholds: np.ndarray, out_path: str |
         tick.set_fontweight("bold" if on else "normal")
     ax.invert_yaxis()  # first class on top
     ax.set_xlim(0, 1.08)
-    ax.set_xlabel("probability (black tick: the class's threshold; blue: at or above it)", fontsize=9)
+    ax.set_xlabel("probability (black tick: the class's threshold; blue: above it)", fontsize=9)
     ax.set_title(title or "class probabilities", fontsize=10)
     fig.tight_layout()
     _save(fig, out_path)
@@ -274,8 +275,8 @@ def roc_curves(y_true: np.ndarray, y_prob: np.ndarray, thresholds: np.ndarray,
                out_path: str | os.PathLike, class_names: Sequence[str] = CLASS_NAMES) -> None:
     """One ROC panel per class (2 x 4, 1400 x 700 px) with the threshold's operating point marked.
 
-    The operating point counts a prediction positive when prob >= threshold. A class without
-    a positive or a negative example has no ROC curve: its panel says so.
+    The operating point counts a prediction positive when prob > threshold (as localization
+    does). A class without a positive or a negative example has no ROC curve: its panel says so.
     """
     from sklearn.metrics import roc_auc_score, roc_curve  # sklearn is slow to import: only when used
 
@@ -295,7 +296,7 @@ def roc_curves(y_true: np.ndarray, y_prob: np.ndarray, thresholds: np.ndarray,
             continue
         fpr, tpr, _ = roc_curve(truth, score)
         ax.plot(fpr, tpr, color=PRED_COLOR, linewidth=1.5)
-        on = score >= t
+        on = score > t
         ax.plot(on[~truth].mean(), on[truth].mean(), "o", color=TRUTH_COLOR, label=f"threshold {t:.3f}")
         ax.set_title(f"{name}  AUROC {roc_auc_score(truth, score):.3f}\n{positives} pos / {negatives} neg",
                      fontsize=9)
