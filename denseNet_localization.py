@@ -1,0 +1,87 @@
+"""Localize findings: python3 denseNet_localization.py TEST_TXT IMAGES [--model model/best.pt].
+
+For every image of TEST_TXT (read from IMAGES): the 8 probabilities, the active classes
+(probability > the class's threshold), a Grad-CAM heatmap per active class, then the original's
+boxes: for each active class in class order, the class's average box, then one box of the average
+size per strong peak of its heatmap. Writes bounding_box.txt: per image `[IMAGES/name] [count]`,
+then `[disease] [x] [y] [width] [height]` lines, '%.1f', in pixels of the 1024x1024 original.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from tqdm import tqdm
+
+import boxes
+import localize
+import model as model_lib
+import tables
+from boxfile import ImageBoxes, write_box_file
+from common import InputError, run_cli, select_device
+from constants import DEFAULT_TARGET_LAYER
+
+DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("test_txt", type=str, help="list of image names, one a line (TEST_TXT)")
+    p.add_argument("images", type=str, help="folder of the images (IMAGES); output paths are IMAGES/name")
+    p.add_argument("--model", type=str, default="model/best.pt",
+                   help="checkpoint (ours, or the original's .pkl) (default: model/best.pt, where train.py writes)")
+    p.add_argument("--thresholds", type=str, default=None,
+                   help="a .npy of 8 probabilities, or one number for every class (default: thresholds.npy "
+                        "beside --model, else the checkpoint's own thresholds)")
+    p.add_argument("--bbox-list", type=str, default=None,
+                   help="BBox_List_2017.csv: box sizes = its per-class mean boxes (default: box_sizes.json "
+                        "beside --model if present, else the original's table)")
+    p.add_argument("--out", type=str, default="bounding_box.txt",
+                   help="box file to write (default: bounding_box.txt in the working folder)")
+    p.add_argument("--method", type=str, default="peaks", choices=sorted(boxes.METHODS),
+                   help="how heatmaps become boxes (default: peaks, the original's heuristic)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
+    p.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                   help=f"image-decoding processes; 0 decodes in the main process (default: min(4, CPUs) "
+                        f"= {DEFAULT_WORKERS})")
+    p.add_argument("--layer", type=str, default=DEFAULT_TARGET_LAYER,
+                   help=f"Grad-CAM target layer, a name from model.named_modules() (default: {DEFAULT_TARGET_LAYER})")
+    return p
+
+
+def main(args: argparse.Namespace) -> None:
+    if args.batch_size < 1 or args.workers < 0:
+        raise InputError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size}, {args.workers}")
+    names = tables.read_image_list(args.test_txt)
+    paths = [os.path.join(args.images, name) for name in names]  # as the original writes them
+    localize.check_images(paths, args.test_txt)
+    device = select_device(args.device)
+    checkpoint = model_lib.load_checkpoint(args.model)
+    net = model_lib.model_from_checkpoint(checkpoint, source=args.model)
+    thresholds, thresholds_from = localize.resolve_thresholds(args.thresholds, args.model, checkpoint)
+    box_sizes, sizes_from = localize.resolve_box_sizes(args.bbox_list, args.model)
+    if args.layer not in dict(net.named_modules()):
+        raise InputError(f"--layer {args.layer}: not a layer of the model (e.g. {DEFAULT_TARGET_LAYER}, features.norm5)")
+    print(f"{len(paths)} images, model {args.model} on {device}, thresholds from {thresholds_from}, "
+          f"box sizes from {sizes_from}", file=sys.stderr)
+
+    start = time.perf_counter()
+    results = localize.iter_localize(net, paths, thresholds, box_sizes, device, batch_size=args.batch_size,
+                                     target_layer=args.layer, workers=args.workers, method=args.method)
+    entries, detections = [], 0
+    for result in tqdm(results, total=len(paths), unit="image", file=sys.stderr, desc="localize"):
+        entries.append(ImageBoxes(result.image_path, result.boxes))
+        detections += len(result.heatmaps)
+    write_box_file(args.out, entries)
+    seconds = time.perf_counter() - start
+    n_boxes = sum(len(e.boxes) for e in entries)
+    print(f"wrote {args.out}: {len(entries)} images, {detections} active classes, {n_boxes} boxes "
+          f"in {seconds:.1f} s ({len(entries) / seconds:.1f} images/s)")
+
+
+if __name__ == "__main__":
+    run_cli(lambda: main(get_args_parser().parse_args()))
