@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import evaluate
+from benchmarks import localization_benchmark as bench
 from benchmarks import synthetic
 from boxfile import Box, ImageBoxes, read_box_file, write_box_file
 from constants import CROP_OFFSET, RESCALE_FACTOR
@@ -105,7 +106,7 @@ def test_same_seed_same_bytes_other_seed_other_images(dataset, tmp_path):
 
 # ---------------------------------------------------------------- geometry sensitivity
 
-def _truth_and_scorer(tmp_path, n_images=400):
+def _truth(tmp_path, n_images=400) -> dict:
     """Findings of n_images (positions only, no pixels), written and read back as the NIH box table."""
     rng = np.random.default_rng(SEED)
     records = [synthetic.Record(synthetic.image_name(i), "test",
@@ -113,33 +114,59 @@ def _truth_and_scorer(tmp_path, n_images=400):
                for i, labels in enumerate(synthetic.split_compositions(n_images, rng))]
     table = tmp_path / "BBox_List_2017.csv"
     table.write_text(synthetic.bbox_text(records))
-    truth = evaluate.load_truth(table)
+    return evaluate.load_truth(table)
 
-    def score(transform) -> dict:
-        entries = [ImageBoxes(f"images/{r.name}", [Box(f.label, *transform(f.x, f.y, f.w, f.h)) for f in r.findings])
-                   for r in records]
-        write_box_file(tmp_path / "boxes.txt", entries)
-        preds = evaluate.predictions_by_image("boxes.txt", read_box_file(tmp_path / "boxes.txt"))
-        return evaluate.evaluate(preds, truth)["classes"]
-    return score
+
+def _through_box_file(tmp_path, preds: dict) -> dict:
+    """The predictions written as a box file (images/NAME paths) and read back as evaluate.py reads it."""
+    write_box_file(tmp_path / "boxes.txt", [ImageBoxes(f"images/{k}", v) for k, v in preds.items()])
+    return evaluate.predictions_by_image("boxes.txt", read_box_file(tmp_path / "boxes.txt"))
 
 
 def test_perfect_prediction_scores_one_and_a_wrong_geometry_collapses(tmp_path):
-    score = _truth_and_scorer(tmp_path)
-    perfect = score(lambda x, y, w, h: (x, y, w, h))
+    truth = _truth(tmp_path)
+    perfect = _through_box_file(tmp_path, bench.planted(truth))
+    scores = bench.score(perfect, truth)
     for name in (*synthetic.PLANTED_CLASSES, evaluate.OVERALL):
-        assert perfect[name]["mean_iou"] == 1.0
-        assert set(perfect[name]["acc_iou"].values()) == {1.0}
-        assert perfect[name]["original"]["score"] == 1.0
+        assert scores[name]["mean_iou"] == 1.0
+        assert set(scores[name]["acc_iou"].values()) == set(scores[name]["acc_iobb"].values()) == {1.0}
     # Swapping x and y moves each box to its mirror position across the diagonal: a small nodule
     # is then almost never found; the large findings keep only the overlap of random placement.
-    swapped = score(lambda x, y, w, h: (y, x, h, w))
+    swapped = bench.score(_through_box_file(tmp_path, bench.each_box(perfect, bench.swap_xy)), truth)
     assert swapped["Nodule"]["acc_iou"]["0.1"] < 0.15
     assert swapped[evaluate.OVERALL]["acc_iou"]["0.5"] < 0.2
     assert swapped[evaluate.OVERALL]["mean_iou"] < 0.2
     # Dropping the crop offset ((x224 + 16) * 4 computed as x224 * 4) shifts every box by -64 px
     # on both axes: no box keeps IoU > 0.5, and no nodule overlaps its truth at all.
-    shift = CROP_OFFSET * RESCALE_FACTOR
-    no_offset = score(lambda x, y, w, h: (x - shift, y - shift, w, h))
-    assert no_offset[evaluate.OVERALL]["acc_iou"]["0.5"] < 0.01
-    assert no_offset["Nodule"]["acc_iou"]["0.1"] == 0.0
+    shifted = bench.score(_through_box_file(tmp_path, bench.each_box(perfect, bench.drop_crop_offset)), truth)
+    assert shifted[evaluate.OVERALL]["acc_iou"]["0.5"] < 0.01
+    assert shifted["Nodule"]["acc_iou"]["0.1"] == 0.0
+    # The chance row: the right boxes at random places are about as bad as the swapped ones.
+    rng = np.random.default_rng(0)
+    chance = bench.score(bench.random_positions(perfect, rng), truth)
+    assert chance[evaluate.OVERALL]["acc_iou"]["0.5"] < 0.2 and chance["Nodule"]["acc_iou"]["0.1"] < 0.15
+
+
+# ---------------------------------------------------------------- the runner's pieces
+
+def test_box_methods_are_read_from_the_help_text():
+    assert bench.box_methods("  --method {peaks}   how heatmaps") == ("--method", ["peaks"])
+    assert bench.box_methods("[--box-method {peaks,threshold}]") == ("--box-method", ["peaks", "threshold"])
+    assert bench.box_methods("usage: x [--out OUT]") == (None, ["default"])
+
+
+def test_controls_change_only_what_they_claim():
+    average = {"Nodule": np.array([676.0, 580.3, 66.3, 66.3])}
+    preds = {"a.png": [Box("Nodule", 676.0, 580.3, 66.3, 66.3), Box("Nodule", 100.0, 200.0, 64.0, 64.0),
+                       Box("Mass", 300.0, 400.0, 250.0, 280.0)],
+             "b.png": []}
+    heat, removed = bench.heatmap_only(preds, average)
+    assert removed == 1 and heat == {"a.png": preds["a.png"][1:], "b.png": []}
+    assert bench.average_only(preds, average) == {"a.png": [Box("Nodule", 676.0, 580.3, 66.3, 66.3)], "b.png": []}
+    assert bench.swap_xy(Box("Mass", 300.0, 400.0, 250.0, 280.0)) == Box("Mass", 400.0, 300.0, 280.0, 250.0)
+    assert bench.drop_crop_offset(Box("Mass", 300.0, 400.0, 250.0, 280.0)) == Box("Mass", 236.0, 336.0, 250.0, 280.0)
+    moved = bench.random_positions(preds, np.random.default_rng(1))["a.png"]
+    lo, hi = synthetic.FIELD
+    for before, after in zip(preds["a.png"], moved):
+        assert (after.label, after.w, after.h) == (before.label, before.w, before.h)
+        assert lo <= after.x <= hi - after.w and lo <= after.y <= hi - after.h
