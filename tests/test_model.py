@@ -11,6 +11,15 @@ from common import InputError
 from constants import CLASS_NAMES
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Oversubscribed OpenMP threads spin on this shared 2-core machine: one thread is far faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def net():
     torch.manual_seed(0)
