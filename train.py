@@ -42,7 +42,7 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", type=str, help="preprocessed folder written by preprocessing.py")
     p.add_argument("--out", type=str, default="model",

@@ -151,3 +151,10 @@ def test_loss_weights_formulas():
     assert train.bce_loss(logits, targets, None).item() == pytest.approx(np.log(2))
     weighted = train.bce_loss(logits, targets, train.loss_weights(labels, "wang")).item()
     assert weighted == pytest.approx(np.log(2) * (2 + 2 + 2 + 2 + 1 + 1 + 1 + 1) / 8)
+
+
+def test_cpu_runs_in_fp32_without_scaler():
+    autocast, scaler, name = train.amp_setup(torch.device("cpu"), "auto")
+    assert name == "fp32" and not scaler.is_enabled()
+    with autocast():
+        assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32
