@@ -37,21 +37,32 @@ def _reference_map(activation: np.ndarray, grad: np.ndarray) -> np.ndarray:
 
 
 def _loop_with_module_hooks(model, x, layer, classes):
-    """One forward and one backward per class, hooks on the module (the per-class loop of the original)."""
+    """One forward and one backward per class, a hook on the layer's output (the per-class loop).
+
+    Only the hooked module's own parameters require grad, so each backward stops there (a shorter test)."""
     module = dict(model.named_modules())[layer]
+    own = {id(p) for p in module.parameters()}
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(id(p) in own)
     store = {}
-    handles = [module.register_forward_hook(lambda m, i, o: store.__setitem__("a", o.detach().clone())),
-               module.register_full_backward_hook(lambda m, gi, go: store.__setitem__("g", go[0].detach()))]
+
+    def keep(m, i, out):
+        store["a"] = out.detach().clone()
+        out.register_hook(lambda grad: store.__setitem__("g", grad.detach()))
+
+    handle = module.register_forward_hook(keep)
     maps = np.zeros((x.shape[0], len(classes), 224, 224))
     try:
         for j, k in enumerate(classes):
-            model.zero_grad()
             model(x)[:, k].sum().backward()
             for b in range(x.shape[0]):
                 maps[b, j] = _reference_map(store["a"][b].double().numpy(), store["g"][b].double().numpy())
     finally:
-        for h in handles:
-            h.remove()
+        handle.remove()
+        for p, flag in flags:
+            p.grad = None
+            p.requires_grad_(flag)
     return maps
 
 
@@ -70,7 +81,7 @@ def _loop_at_norm5(model, x, classes):
 
 
 @pytest.mark.parametrize("layer, classes", [
-    (DEFAULT_TARGET_LAYER, list(range(8))),
+    (DEFAULT_TARGET_LAYER, [0, 1, 3, 5, 7]),
     ("features.norm5", [1, 2, 5, 6]),
     (BLOCK3_LAYER, [2, 3, 6]),
 ])
