@@ -1,0 +1,101 @@
+"""Decode + resize to 256: the original way against ours, on the same real PNGs, in one run.
+
+    python3 benchmarks/bench_preprocess.py [--reps 5] [--images sample/images ../shared/nih/images]
+
+Per image, one core (OpenCV's threads set to 1, as in preprocessing.py's workers):
+  original   imageio decode + skimage.transform.resize to float64 (+ /255), the original's path
+  ours       images.load_stored: OpenCV grayscale decode + INTER_AREA resize to uint8
+  decode     cv2.imread alone (the floor: PNG decoding)
+Then preprocessing.iter_stored over the list repeated --scale-images long with 1 and 2 workers
+(the speed-up from a second process), and a check that the arrays of 1 and 2 workers and of a
+plain single-process loop are equal, pixel for pixel. Peak memory: benchmarks/preprocess_memory.py.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+
+import timing  # noqa: F401  (puts the project root on sys.path)
+from timing import DEFAULT_FOLDERS, Timings, machine, ratio_line, real_pngs, set_threads
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+import preprocessing  # noqa: E402
+from common import run_cli  # noqa: E402
+from images import load_stored  # noqa: E402
+from original_way import original_load  # noqa: E402
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--images", type=str, nargs="+", default=DEFAULT_FOLDERS,
+                   help="folders of real 1024x1024 PNGs, each name used once (default: sample/images and "
+                        "../shared/nih/images when present)")
+    p.add_argument("--reps", type=int, default=5, help="passes over the images per method (default: 5)")
+    p.add_argument("--scale-images", type=int, default=300,
+                   help="length of the list (the PNGs repeated) for the 1- vs 2-worker runs (default: 300)")
+    p.add_argument("--workers", type=int, default=2, help="workers to compare with 1 (default: 2)")
+    return p
+
+
+def per_image(paths: list[str], reps: int) -> Timings:
+    t = Timings("image")
+    methods = {"original (imageio+skimage, float64)": original_load,
+               "ours (cv2 gray + INTER_AREA, uint8)": load_stored,
+               "decode alone (cv2.imread)": lambda p: cv2.imread(p, cv2.IMREAD_UNCHANGED)}
+    for fn in methods.values():
+        fn(paths[0])  # warm-up: imports, page cache
+    for _ in range(reps):
+        for name, fn in methods.items():
+            t.run(name, lambda: [fn(p) for p in paths], units=len(paths))
+    return t
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and of its finished children (the pool's workers)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def scaling(paths: list[str], reps: int, workers: int) -> tuple[Timings, Timings, dict[int, np.ndarray]]:
+    """Wall time and CPU time per image of iter_stored with 1 and `workers` processes."""
+    wall, cpu = Timings("image"), Timings("image")
+    arrays = {}
+    for _ in range(reps):
+        for w in (1, workers):
+            out = []
+            name = f"iter_stored, {w} worker(s)"
+            before = cpu_seconds()
+            wall.run(name, lambda: out.extend(preprocessing.iter_stored(paths, w, 8)), units=len(paths))
+            cpu.add(name, cpu_seconds() - before, len(paths))
+            arrays[w] = np.stack(out)
+    return wall, cpu, arrays
+
+
+def main(args: argparse.Namespace) -> None:
+    set_threads(1)  # one core per process: the per-core comparison, as preprocessing's workers do
+    paths = real_pngs(args.images)
+    print(f"machine: {machine()}; OpenCV threads 1")
+    print(f"{len(paths)} real PNGs ({sum(1 for p in paths if cv2.imread(p, cv2.IMREAD_UNCHANGED).ndim == 3)} RGB/RGBA)")
+    t = per_image(paths, args.reps)
+    print(t.table("original (imageio+skimage, float64)", "decode + resize to 256, one core"))
+    ours, decode = t.median("ours (cv2 gray + INTER_AREA, uint8)"), t.median("decode alone (cv2.imread)")
+    print(ratio_line("ours / decode alone", ours / decode, "<= 1.15", ours / decode <= 1.15))
+    print(f"  stored bytes per image: original float64 {256 * 256 * 8:,}, ours uint8 {256 * 256:,} (8x less)")
+
+    long_list = [paths[i % len(paths)] for i in range(args.scale_images)]
+    s, cpu, arrays = scaling(long_list, max(2, args.reps // 2), args.workers)
+    print(s.table("iter_stored, 1 worker(s)", f"preprocessing.iter_stored over {len(long_list)} images, wall time"))
+    print(cpu.table("iter_stored, 1 worker(s)", "the same runs, CPU time (all processes): the work a worker adds"))
+    speedup = s.median("iter_stored, 1 worker(s)") / s.median(f"iter_stored, {args.workers} worker(s)")
+    print(ratio_line(f"{args.workers} workers vs 1", speedup, ">= 1.8 with 2", speedup >= 1.8))
+    plain = np.stack([load_stored(p) for p in long_list])
+    same = all(np.array_equal(a, plain) for a in arrays.values())
+    print(f"  arrays of 1 and {args.workers} workers equal a single-process loop pixel for pixel: {same}")
+    if not same:
+        raise SystemExit("arrays differ")
+
+
+if __name__ == "__main__":
+    run_cli(lambda: main(get_args_parser().parse_args()))
