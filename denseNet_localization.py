@@ -50,7 +50,30 @@ def get_args_parser() -> argparse.ArgumentParser:
                         f"= {DEFAULT_WORKERS})")
     p.add_argument("--layer", type=str, default=DEFAULT_TARGET_LAYER,
                    help=f"Grad-CAM target layer, a name from model.named_modules() (default: {DEFAULT_TARGET_LAYER})")
+    p.add_argument("--plots", type=str, default=None,
+                   help="folder for pictures: per image the boxes (predicted blue, --bbox-list's true boxes "
+                        "red), a heatmap per detected class, the probability chart; and contact_sheet.png, "
+                        "one row per class (default: None, no pictures)")
+    p.add_argument("--plot-images", type=int, default=20,
+                   help="with --plots: per-image pictures for the first N images only; the contact sheet "
+                        "looks at all of them (default: 20)")
     return p
+
+
+def make_plotter(args: argparse.Namespace, thresholds):
+    """plots.LocalizationPlots for --plots (None without it), with --bbox-list's boxes as the truth."""
+    if args.plots is None:
+        return None
+    if args.plot_images < 0:
+        raise InputError(f"--plot-images {args.plot_images}: must be 0 or more")
+    import plots  # matplotlib loads only when pictures are asked for
+
+    truth = None
+    if args.bbox_list is not None:
+        truth = {}
+        for box in tables.read_bbox_list(args.bbox_list):
+            truth.setdefault(box.image, []).append(box)
+    return plots.LocalizationPlots(args.plots, thresholds, truth, max_images=args.plot_images)
 
 
 def main(args: argparse.Namespace) -> None:
@@ -69,6 +92,7 @@ def main(args: argparse.Namespace) -> None:
     print(f"{len(paths)} images, model {args.model} on {device}, thresholds from {thresholds_from}, "
           f"box sizes from {sizes_from}", file=sys.stderr)
 
+    plotter, plot_seconds = make_plotter(args, thresholds), 0.0
     start = time.perf_counter()
     results = localize.iter_localize(net, paths, thresholds, box_sizes, device, batch_size=args.batch_size,
                                      target_layer=args.layer, workers=args.workers, method=args.method)
@@ -76,11 +100,22 @@ def main(args: argparse.Namespace) -> None:
     for result in tqdm(results, total=len(paths), unit="image", file=sys.stderr, desc="localize"):
         entries.append(ImageBoxes(result.image_path, result.boxes))
         detections += len(result.heatmaps)
+        if plotter is not None:
+            tick = time.perf_counter()
+            plotter.add(result.image_path, result.probs, result.heatmaps, result.boxes)
+            plot_seconds += time.perf_counter() - tick
     write_box_file(args.out, entries)
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - start - plot_seconds  # the rate below is localization's alone
     n_boxes = sum(len(e.boxes) for e in entries)
     print(f"wrote {args.out}: {len(entries)} images, {detections} active classes, {n_boxes} boxes "
           f"in {seconds:.1f} s ({len(entries) / seconds:.1f} images/s)")
+    if plotter is not None:
+        tick = time.perf_counter()
+        sheet = plotter.finish()
+        plot_seconds += time.perf_counter() - tick
+        print(f"wrote pictures of {min(plotter.seen, plotter.max_images)} images into {args.plots}"
+              + (f", and {sheet}" if sheet else " (no contact sheet: no detection, no true box)")
+              + f" in {plot_seconds:.1f} s")
 
 
 if __name__ == "__main__":

@@ -418,3 +418,67 @@ def evaluation_figures(out_dir: str | os.PathLike, report: dict,
     evaluation_bars(results_from_report(report, "acc_iobb"), wang, paths[0], metric="IoBB")
     evaluation_bars(results_from_report(report, "acc_iou"), None, paths[1], metric="IoU")
     return paths
+
+
+class LocalizationPlots:
+    """Pictures of a localization run, fed one engine result at a time (denseNet_localization.py --plots).
+
+    The first `max_images` images get image_figures (boxes, probability chart, one heatmap per
+    detected class). The contact sheet keeps at most `per_class` cells per class, images with a
+    true box of the class first, then images where it was detected; a cell holds the (256, 256)
+    image and one (224, 224) heatmap, so memory stays bounded however many images stream past.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, thresholds: np.ndarray,
+                 truth: dict[str, list[TruthBox]] | None, max_images: int = 20, per_class: int = 4,
+                 size: int = 512):
+        self.out, self.thresholds, self.truth = Path(out_dir), np.asarray(thresholds, float), truth
+        self.max_images, self.per_class, self.size = max_images, per_class, size
+        self.seen = 0
+        self._cells: dict[str, tuple[list[SheetCell], list[SheetCell]]] = {n: ([], []) for n in CLASS_NAMES}
+
+    def _wanted(self, truth: Sequence[TruthBox], heatmaps: dict[int, np.ndarray]) -> list[int]:
+        """Classes whose sheet row still has room for this image."""
+        labels = {b.label for b in truth}
+        return [k for k, name in enumerate(CLASS_NAMES) if (name in labels or k in heatmaps)
+                and len(self._cells[name][0 if name in labels else 1]) < self.per_class]
+
+    def add(self, image_path: str, probs: np.ndarray, heatmaps: dict[int, np.ndarray],
+            predicted: Sequence[Box]) -> list[Path]:
+        """Draw this image's figures (while under max_images) and keep its sheet cells; returns the paths."""
+        from images import read_xray, resize_stored  # OpenCV only when pictures are drawn
+
+        name = Path(image_path).name
+        truth = self.truth.get(name, []) if self.truth is not None else None
+        wanted = self._wanted(truth or (), heatmaps)
+        paths: list[Path] = []
+        if self.seen >= self.max_images and not wanted:
+            self.seen += 1
+            return paths  # nothing to draw: the image is not even decoded
+        image = read_xray(image_path)  # (1024, 1024) uint8
+        if self.seen < self.max_images:
+            paths = image_figures(self.out, name, image, probs, self.thresholds, heatmaps, predicted, truth,
+                                  size=self.size)
+        self.seen += 1
+        small = resize_stored(image) if wanted else None  # one (256, 256) copy shared by this image's cells
+        for k in wanted:
+            label = CLASS_NAMES[k]
+            class_truth = [b for b in truth or () if b.label == label]
+            cell = SheetCell(small, heatmaps.get(k), [b for b in predicted if b.label == label], class_truth,
+                             f"{Path(name).stem}  p={float(probs[k]):.2f}")
+            self._cells[label][0 if class_truth else 1].append(cell)
+        return paths
+
+    def rows(self) -> list[tuple[str, list[SheetCell]]]:
+        """Classes with at least one cell, in class order: truth-bearing images first."""
+        return [(name, (with_truth + detected)[:self.per_class])
+                for name, (with_truth, detected) in self._cells.items() if with_truth or detected]
+
+    def finish(self, cell: int = 256) -> Path | None:
+        """Write contact_sheet.png (None when no class was detected and no true box was seen)."""
+        rows = self.rows()
+        if not rows:
+            return None
+        path = self.out / "contact_sheet.png"
+        contact_sheet(rows, path, cell=cell)
+        return path
