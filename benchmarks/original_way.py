@@ -71,20 +71,31 @@ class OriginalGradCAM:
             handle.remove()
         self.handles = []
 
-    def image_maps(self, image: torch.Tensor, classes) -> tuple[np.ndarray, np.ndarray]:
-        """image (3, 224, 224) -> (probabilities (C,), maps float32 (K, 224, 224)), one backward per class."""
-        x = image.unsqueeze(0).clone().requires_grad_(True)
+    def forward(self, image: torch.Tensor) -> np.ndarray:
+        """image (3, 224, 224) -> probabilities (C,); the input requires grad, as the original's did."""
+        self.x = image.unsqueeze(0).clone().requires_grad_(True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # non-full backward hooks are deprecated
+            self.probs = torch.sigmoid(self.model(self.x))  # (1, C): the original's model ended in a Sigmoid
+        return self.probs.detach().cpu().numpy()[0]
+
+    def maps(self, classes) -> np.ndarray:
+        """Maps float32 (K, 224, 224) of the last forward's image, one full backward per class."""
         maps = []
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # non-full backward hooks; a flat map divides 0 by 0 (NaN), as it did
-            probs = torch.sigmoid(self.model(x))  # (1, C): the original's model ended in a Sigmoid
+            warnings.simplefilter("ignore")  # a flat map divides 0 by 0 (NaN), as the original's did
             for k in classes:
                 self.model.zero_grad()
-                one_hot = torch.zeros_like(probs)
+                one_hot = torch.zeros_like(self.probs)
                 one_hot[0, k] = 1.0
-                probs.backward(gradient=one_hot, retain_graph=True)
-                maps.append(self._generate(x.shape[-2:]))
-        return probs.detach().cpu().numpy()[0], np.stack(maps) if maps else np.zeros((0,) + tuple(x.shape[-2:]))
+                self.probs.backward(gradient=one_hot, retain_graph=True)
+                maps.append(self._generate(self.x.shape[-2:]))
+        return np.stack(maps) if maps else np.zeros((0,) + tuple(self.x.shape[-2:]), np.float32)
+
+    def image_maps(self, image: torch.Tensor, classes) -> tuple[np.ndarray, np.ndarray]:
+        """image (3, 224, 224) -> (probabilities (C,), maps float32 (K, 224, 224))."""
+        probs = self.forward(image)
+        return probs, self.maps(classes)
 
     def _generate(self, size) -> np.ndarray:
         fmap = self.fmaps[self.target_layer][0]  # (ch, h, w)

@@ -1,0 +1,174 @@
+"""Training steps: train.py's data path against tensors already in memory; NCHW against channels_last;
+on CUDA, fp32 against mixed precision.
+
+    python3 benchmarks/bench_train.py [--steps 3] [--batch-size 16] [--device cpu] [--amp off]
+    python3 benchmarks/bench_train.py --device cuda --amp both --batch-size 64 --steps 20
+
+A temporary uint8 (N, 256, 256) .npy is made from real PNGs (repeated to fill the steps). Timed:
+  data path     train.CropDataset over the memory map (random crop/flip per image), DataLoader with
+                --workers processes and pinned memory on CUDA, train.to_input, forward, BCE, backward,
+                Adam step: what train.py does in an epoch
+  in memory     the same steps on the same batches, already cropped, normalised and on the device
+Each run starts after the loader's first batch (worker start-up, paid once an epoch, is left out
+of both). Then, in memory: the model and input in NCHW against channels_last, and with --amp both
+on CUDA, fp32 against train.amp_setup's mixed precision (bf16 where supported), cudnn.benchmark on.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import timing  # noqa: F401  (puts the project root on sys.path)
+from timing import DEFAULT_FOLDERS, Timings, machine, ratio_line, real_pngs, set_threads, sync, time_once
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+import train  # noqa: E402
+from common import run_cli, select_device  # noqa: E402
+from constants import ADAM_BETAS, LEARNING_RATE  # noqa: E402
+from images import load_stored  # noqa: E402
+from model import build_model  # noqa: E402
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--images", type=str, nargs="+", default=DEFAULT_FOLDERS,
+                   help="folders of real PNGs (default: sample/images and ../shared/nih/images when present)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per step (default: 16)")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per run (default: 3)")
+    p.add_argument("--reps", type=int, default=3, help="runs of each variant (default: 3)")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="DataLoader processes, as train.py's default (default: min(4, CPU count))")
+    p.add_argument("--device", type=str, default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    p.add_argument("--amp", type=str, default="off", choices=["off", "on", "both"],
+                   help="CUDA only: off = fp32, on = train.amp_setup('auto'), both = time each (default: off)")
+    p.add_argument("--threads", type=int, default=1, help="torch and OpenCV threads; 1 is steadiest on a shared machine (default: 1)")
+    p.add_argument("--skip-layout", action="store_true", help="skip NCHW vs channels_last (default: run it)")
+    return p
+
+
+class Stepper:
+    """One model + Adam + loss; step(x, y) is train.py's step on an already prepared batch."""
+
+    def __init__(self, device, layout, amp_mode: str):
+        torch.manual_seed(0)
+        self.model = build_model(weights="none").to(device, memory_format=layout).train()
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=LEARNING_RATE, betas=ADAM_BETAS)
+        self.autocast, self.scaler, self.precision = train.amp_setup(device, amp_mode)
+
+    def step(self, x, y) -> None:
+        with self.autocast():
+            logits = self.model(x)
+        loss = train.bce_loss(logits, y, None)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+
+def make_memmap(folder: Path, paths: list[str], count: int) -> tuple[Path, np.ndarray]:
+    stored = np.stack([load_stored(p) for p in paths])
+    images = stored[np.arange(count) % len(stored)]  # (count, 256, 256) uint8
+    path = folder / "train_X.npy"
+    np.save(path, images, allow_pickle=False)
+    labels = np.random.default_rng(0).integers(0, 2, size=(count, 8)).astype(np.uint8)
+    return path, labels
+
+
+def data_path_run(stepper, dataset, batches, device, workers) -> float:
+    """Seconds for all batches but the first (worker start-up excluded)."""
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda",
+                        persistent_workers=False)
+    it = iter(loader)
+    images, targets = next(it)
+    stepper.step(train.to_input(images, device), targets.to(device))
+    sync(device)
+    start = time.perf_counter()
+    for images, targets in it:
+        stepper.step(train.to_input(images, device), targets.to(device, non_blocking=True))
+    sync(device)
+    return time.perf_counter() - start
+
+
+def in_memory(dataset, batches, device, layout):
+    """The same batches, cropped, normalised and on the device: [(x, y)]."""
+    out = []
+    for keys in batches:
+        items = [dataset[k] for k in keys]
+        x = train.to_input(torch.stack([i[0] for i in items]), device).contiguous(memory_format=layout)
+        out.append((x, torch.stack([i[1] for i in items]).to(device)))
+    return out
+
+
+def memory_run(stepper, prepared) -> None:
+    for x, y in prepared[1:]:
+        stepper.step(x, y)
+
+
+def bench_data_path(args, device, dataset, amp_mode) -> Timings:
+    t = Timings("step")
+    stepper = Stepper(device, torch.channels_last, amp_mode)
+    steps = args.steps + 1
+    batches = train.epoch_batches(steps * args.batch_size, args.batch_size, 0, 1)
+    prepared = in_memory(dataset, batches, device, torch.channels_last)
+    memory_run(stepper, prepared[:2])  # warm-up
+    for _ in range(args.reps):
+        t.add("in memory", time_once(lambda: memory_run(stepper, prepared), device), args.steps)
+        t.add(f"data path ({args.workers} workers)", data_path_run(stepper, dataset, batches, device, args.workers),
+              args.steps)
+    return t
+
+
+def bench_variants(args, device, dataset, variants: dict) -> Timings:
+    """In-memory steps of each (layout, amp mode) variant, interleaved."""
+    t = Timings("step")
+    batches = train.epoch_batches((args.steps + 1) * args.batch_size, args.batch_size, 0, 1)
+    ready = {}
+    for name, (layout, amp_mode) in variants.items():
+        stepper = Stepper(device, layout, amp_mode)
+        prepared = in_memory(dataset, batches, device, layout)
+        memory_run(stepper, prepared[:2])  # warm-up (and cudnn.benchmark's search)
+        ready[name] = (stepper, prepared)
+    for _ in range(args.reps):
+        for name, (stepper, prepared) in ready.items():
+            t.run(name, lambda: memory_run(stepper, prepared), args.steps, device)
+    return t
+
+
+def main(args: argparse.Namespace) -> None:
+    set_threads(args.threads)
+    device = select_device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    amp_modes = {"off": ["off"], "on": ["auto"], "both": ["off", "auto"]}[args.amp]
+    paths = real_pngs(args.images)
+    print(f"machine: {machine()}; device {device}"
+          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+          + f"; batch {args.batch_size}, {args.steps} timed steps a run")
+    with tempfile.TemporaryDirectory() as folder:
+        npy, labels = make_memmap(Path(folder), paths, (args.steps + 1) * args.batch_size)
+        dataset = train.CropDataset(npy, labels, np.arange(len(labels)), True, 0)
+        t = bench_data_path(args, device, dataset, amp_modes[-1])
+        print(t.table("in memory", "train.py's data path vs in-memory tensors "
+                                   f"({train.amp_setup(device, amp_modes[-1])[2]}, channels_last)"))
+        over = t.median(f"data path ({args.workers} workers)") / t.median("in memory") - 1
+        print(ratio_line("data path overhead", 1 + over, "<= 1.10", over <= 0.10))
+        variants = {} if args.skip_layout else {"NCHW": (torch.contiguous_format, amp_modes[0]),
+                                                "channels_last": (torch.channels_last, amp_modes[0])}
+        if device.type == "cuda" and args.amp == "both":
+            precision = train.amp_setup(device, "auto")[2]
+            variants[f"channels_last + {precision}"] = (torch.channels_last, "auto")
+        if variants:
+            v = bench_variants(args, device, dataset, variants)
+            print(v.table(next(iter(v.samples)), "in-memory step time by layout and precision"))
+            for name in v.samples:
+                print(f"  {name}: {args.batch_size / v.median(name):.1f} images/s")
+
+
+if __name__ == "__main__":
+    run_cli(lambda: main(get_args_parser().parse_args()))
