@@ -58,8 +58,9 @@ def box_at(centre_rc: tuple[float, float], size_wh: tuple[float, float]) -> XYWH
     corner is truncated, right/bottom are clipped at 224.
     """
     row, col = centre_rc
-    w = int(size_wh[0] / RESCALE_FACTOR)  # crop pixels
-    h = int(size_wh[1] / RESCALE_FACTOR)
+    # crop pixels; at least one, so a size under 4 px (one crop pixel) still gives a box, not 0 x 0
+    w = max(1, int(size_wh[0] / RESCALE_FACTOR))
+    h = max(1, int(size_wh[1] / RESCALE_FACTOR))
     top = int(max(row - h / 2, 0.0))
     left = int(max(col - w / 2, 0.0))
     right = min(left + w, CROP_SIZE)
