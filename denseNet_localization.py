@@ -57,6 +57,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot-images", type=int, default=20,
                    help="with --plots: per-image pictures for the first N images only; the contact sheet "
                         "looks at all of them (default: 20)")
+    p.add_argument("--sheet-cell", type=int, default=256,
+                   help="with --plots: side in pixels of each contact-sheet picture; 4 per class (default: 256)")
     return p
 
 
@@ -64,8 +66,9 @@ def make_plotter(args: argparse.Namespace, thresholds):
     """plots.LocalizationPlots for --plots (None without it), with --bbox-list's boxes as the truth."""
     if args.plots is None:
         return None
-    if args.plot_images < 0:
-        raise InputError(f"--plot-images {args.plot_images}: must be 0 or more")
+    if args.plot_images < 0 or args.sheet_cell < 32:
+        raise InputError(f"--plot-images must be >= 0 and --sheet-cell >= 32, got {args.plot_images}, "
+                         f"{args.sheet_cell}")
     import plots  # matplotlib loads only when pictures are asked for
 
     truth = None
@@ -111,7 +114,7 @@ def main(args: argparse.Namespace) -> None:
           f"in {seconds:.1f} s ({len(entries) / seconds:.1f} images/s)")
     if plotter is not None:
         tick = time.perf_counter()
-        sheet = plotter.finish()
+        sheet = plotter.finish(cell=args.sheet_cell)
         plot_seconds += time.perf_counter() - tick
         print(f"wrote pictures of {min(plotter.seen, plotter.max_images)} images into {args.plots}"
               + (f", and {sheet}" if sheet else " (no contact sheet: no detection, no true box)")

@@ -187,6 +187,7 @@ class SheetCell(NamedTuple):
 
 
 SHEET_LABEL_PX = 150  # left strip holding each row's class name
+SHEET_GAP_PX = 3  # white line between neighbouring cells, so captions and edges do not run together
 
 
 def contact_sheet(rows: Sequence[tuple[str, Sequence[SheetCell]]], out_path: str | os.PathLike,
@@ -205,7 +206,7 @@ def contact_sheet(rows: Sequence[tuple[str, Sequence[SheetCell]]], out_path: str
         bottom = height - (r + 1) * cell
         fig.text(8 / width, (bottom + cell / 2) / height, class_name, fontsize=11, va="center", ha="left")
         for c, item in enumerate(cells):
-            ax = _image_axes(fig, SHEET_LABEL_PX + c * cell, bottom, cell)
+            ax = _image_axes(fig, SHEET_LABEL_PX + c * cell, bottom + SHEET_GAP_PX, cell - SHEET_GAP_PX)
             _show_xray(ax, item.image)
             if item.heatmap is not None:
                 _show_heatmap(ax, item.heatmap)
