@@ -21,12 +21,15 @@ XYWH = tuple[float, float, float, float]
 
 
 def check_heatmap(heatmap: np.ndarray) -> np.ndarray:
-    """The heatmap as float64 (224, 224); a wrong shape or a NaN is a ValueError, never skipped."""
+    """The heatmap as float64 (224, 224); a wrong shape, a NaN or a value outside [0, 1] is a ValueError."""
     data = np.asarray(heatmap, dtype=np.float64)
     if data.shape != (CROP_SIZE, CROP_SIZE):
         raise ValueError(f"heatmap must be ({CROP_SIZE}, {CROP_SIZE}) on the centre crop, got {data.shape}")
     if not np.isfinite(data).all():
         raise ValueError(f"heatmap has {int((~np.isfinite(data)).sum())} NaN/inf values")
+    low, high = data.min(), data.max()
+    if low < 0 or high > 1:  # negative weights would put a blob's centre of mass off the map
+        raise ValueError(f"heatmap values must lie in [0, 1] (a min-max normalised map), got {low:g} to {high:g}")
     return data
 
 
