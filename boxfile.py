@@ -66,10 +66,25 @@ def read_box_file(path: str | os.PathLike) -> list[ImageBoxes]:
 
 
 def _parse_header(path, index: int, line: str) -> tuple[ImageBoxes, int]:
+    if _looks_like_box(line):  # 'Mass 1 2 3 4' would read as image 'Mass 1 2 3' with 4 boxes
+        raise InputError(f"{path}:{index + 1}: a box line where '[image_path] [number_of_detection]' was "
+                         f"expected (the count of the header above is smaller than its box lines): {line!r}")
     parts = line.rsplit(None, 1)
     if len(parts) != 2 or not parts[1].isdigit():
         raise InputError(f"{path}:{index + 1}: expected '[image_path] [number_of_detection]', got {line!r}")
     return ImageBoxes(parts[0]), int(parts[1])
+
+
+def _looks_like_box(line: str) -> bool:
+    """Five fields, the last four numbers: a box line, never an image header."""
+    parts = line.split()
+    if len(parts) != 5:
+        return False
+    try:
+        [float(v) for v in parts[1:]]
+    except ValueError:
+        return False
+    return True
 
 
 def _parse_box(path, index: int, line: str) -> Box:
