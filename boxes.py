@@ -3,19 +3,27 @@
 A heatmap is float (224, 224) in [0, 1] on the network's centre crop: rows are y, columns x.
 A crop pixel (row, col) is the original's pixel ((col + 16) * 4, (row + 16) * 4) as (x, y).
 
-Box methods share one signature, `method(heatmap, size_wh) -> [(x, y, w, h), ...]` in the 1024
-frame, and live in METHODS, so the CLI can offer them by name; "peaks" is the original heuristic.
+Box methods live in METHODS, so the CLI can offer them by name: "peaks" is the original heuristic
+(one box of the class's average size per strong peak), "threshold" the bounding rectangles of the
+connected regions above a fraction of the map's maximum. Each is called as
+`method(heatmap, size_wh, param=None) -> [(x, y, w, h), ...]` in the 1024 frame, and is split in
+two so that calibrate.py can search sizes without recomputing the slow part: `locate(heatmap,
+param)` (size-free anchors) and `place(anchors, size_wh)`. Crop pixels become 1024 pixels in one
+place only, crop_rect_to_original. For both methods, localization writes the class's average box
+first (class_boxes): the file reads the same whichever method made it, and the evaluator's
+difference between the methods is their heatmap boxes alone.
 """
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 from scipy import ndimage
 
 from boxfile import Box
 from constants import (CLASS_NAMES, CROP_OFFSET, CROP_SIZE, PEAK_CONTRAST, PEAK_DILATIONS,
-                       PEAK_KEEP_FRACTION, PEAK_NEIGHBORHOOD, RESCALE_FACTOR)
+                       PEAK_KEEP_FRACTION, PEAK_NEIGHBORHOOD, RESCALE_FACTOR, THRESHOLD_FRACTION)
 
 XYWH = tuple[float, float, float, float]
 
@@ -33,12 +41,13 @@ def check_heatmap(heatmap: np.ndarray) -> np.ndarray:
     return data
 
 
-def find_peaks(heatmap: np.ndarray) -> list[tuple[float, float]]:
+def find_peaks(heatmap: np.ndarray, keep_fraction: float = PEAK_KEEP_FRACTION) -> list[tuple[float, float]]:
     """The original's strong local maxima: intensity-weighted centres (row, col) in crop pixels.
 
     A pixel is a maximum where it equals the max filter (size 100) and the filter window spans more
     than 0.1 (max - min); five dilations merge nearby maxima; each labelled blob's centre is the
-    heatmap-weighted centre of mass; a centre is kept where the map there exceeds 0.9 of its max.
+    heatmap-weighted centre of mass; a centre is kept where the map there exceeds keep_fraction
+    (the original's 0.9) of its max.
     """
     data = check_heatmap(heatmap)
     data_max = ndimage.maximum_filter(data, PEAK_NEIGHBORHOOD)
@@ -51,7 +60,7 @@ def find_peaks(heatmap: np.ndarray) -> list[tuple[float, float]]:
     centres = ndimage.center_of_mass(data, labeled, range(1, count + 1))
     top = data.max()
     return [(r, c) for r, c in centres
-            if np.isfinite(r) and data[int(r), int(c)] > PEAK_KEEP_FRACTION * top]
+            if np.isfinite(r) and data[int(r), int(c)] > keep_fraction * top]
 
 
 def box_at(centre_rc: tuple[float, float], size_wh: tuple[float, float]) -> XYWH:
@@ -68,17 +77,67 @@ def box_at(centre_rc: tuple[float, float], size_wh: tuple[float, float]) -> XYWH
     left = int(max(col - w / 2, 0.0))
     right = min(left + w, CROP_SIZE)
     bottom = min(top + h, CROP_SIZE)
+    return crop_rect_to_original(left, top, right, bottom)
+
+
+def crop_rect_to_original(left: int, top: int, right: int, bottom: int) -> XYWH:
+    """Crop pixels [left, right) x [top, bottom) (columns x, rows y) -> (x, y, w, h) in 1024 px."""
     return (float((left + CROP_OFFSET) * RESCALE_FACTOR), float((top + CROP_OFFSET) * RESCALE_FACTOR),
             float((right - left) * RESCALE_FACTOR), float((bottom - top) * RESCALE_FACTOR))
 
 
-def peak_boxes(heatmap: np.ndarray, size_wh: tuple[float, float]) -> list[XYWH]:
+def place_peaks(centres: list[tuple[float, float]], size_wh: tuple[float, float]) -> list[XYWH]:
+    return [box_at(centre, size_wh) for centre in centres]
+
+
+def peak_boxes(heatmap: np.ndarray, size_wh: tuple[float, float], keep_fraction: float | None = None) -> list[XYWH]:
     """The original heuristic: one box of the class's average size per strong peak, in 1024 px."""
-    return [box_at(centre, size_wh) for centre in find_peaks(heatmap)]
+    return place_peaks(find_peaks(heatmap, PEAK_KEEP_FRACTION if keep_fraction is None else keep_fraction), size_wh)
 
 
-METHODS: dict[str, Callable[[np.ndarray, tuple[float, float]], list[XYWH]]] = {
-    "peaks": peak_boxes,
+def threshold_rects(heatmap: np.ndarray, fraction: float = THRESHOLD_FRACTION) -> list[tuple[int, int, int, int]]:
+    """Bounding rectangles (left, top, right, bottom) in crop pixels of the 8-connected regions where
+    the map is at least `fraction` of its maximum, the region with the highest value first.
+
+    A flat map (zero or constant) says nothing about where: no region, like the peaks method.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"threshold fraction must be in (0, 1], got {fraction}")
+    data = check_heatmap(heatmap)
+    top_value = data.max()
+    if top_value <= 0 or top_value == data.min():
+        return []
+    labeled, count = ndimage.label(data >= fraction * top_value, structure=np.ones((3, 3)))
+    slices = ndimage.find_objects(labeled)
+    strength = ndimage.maximum(data, labeled, range(1, count + 1))
+    order = sorted(range(count), key=lambda i: -strength[i])  # stable: ties keep row-major order
+    return [(slices[i][1].start, slices[i][0].start, slices[i][1].stop, slices[i][0].stop) for i in order]
+
+
+def place_rects(rects: list[tuple[int, int, int, int]], size_wh: tuple[float, float]) -> list[XYWH]:
+    return [crop_rect_to_original(*rect) for rect in rects]  # the rectangle is the size: size_wh unused
+
+
+def threshold_boxes(heatmap: np.ndarray, size_wh: tuple[float, float], fraction: float | None = None) -> list[XYWH]:
+    """The bounding rectangles of the map's regions above `fraction` of its maximum, in 1024 px."""
+    return place_rects(threshold_rects(heatmap, THRESHOLD_FRACTION if fraction is None else fraction), size_wh)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A box method: its tunable parameter (name, default) and its two stages."""
+    parameter: str
+    default: float
+    locate: Callable[[np.ndarray, float], list[Any]]  # (heatmap, param) -> anchors; the slow part
+    place: Callable[[list[Any], tuple[float, float]], list[XYWH]]  # (anchors, size_wh) -> boxes
+
+    def __call__(self, heatmap: np.ndarray, size_wh: tuple[float, float], param: float | None = None) -> list[XYWH]:
+        return self.place(self.locate(heatmap, self.default if param is None else param), size_wh)
+
+
+METHODS: dict[str, Method] = {
+    "peaks": Method("keep_fraction", PEAK_KEEP_FRACTION, find_peaks, place_peaks),
+    "threshold": Method("fraction", THRESHOLD_FRACTION, threshold_rects, place_rects),
 }
 
 
@@ -89,10 +148,11 @@ def average_box(class_index: int, box_table: np.ndarray) -> Box:
 
 
 def class_boxes(class_index: int, heatmap: np.ndarray, box_table: np.ndarray,
-                method: str = "peaks") -> list[Box]:
-    """All lines of one active class, in the original's order: its average box, then its heatmap boxes."""
+                method: str = "peaks", param: float | None = None) -> list[Box]:
+    """All lines of one active class, in the original's order: its average box, then its heatmap boxes.
+    param: the method's parameter for this class (None: its default)."""
     if method not in METHODS:
         raise ValueError(f"unknown box method {method!r}; choose from {', '.join(METHODS)}")
     first = average_box(class_index, box_table)
-    found = METHODS[method](heatmap, (first.w, first.h))
+    found = METHODS[method](heatmap, (first.w, first.h), param)
     return [first] + [Box(first.label, *xywh) for xywh in found]
