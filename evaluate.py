@@ -1,6 +1,6 @@
 """Score a box file against the ground-truth box table (BBox_List_2017.csv).
 
-    python3 evaluate.py BOX_TXT BBOX_LIST [--out DIR]
+    python3 evaluate.py BOX_TXT BBOX_LIST [--out DIR] [--plots DIR]
 
 Images are matched by file name alone (`../images/X.png` in the box file is `X.png` in the
 table). Only images of the box file that the table has boxes for are evaluated: the table
@@ -61,6 +61,8 @@ WANG_THRESHOLDS = (0.1, 0.25, 0.5, 0.75, 0.9)
 ORIGINAL_TOP_K = 10
 ORIGINAL_IOU_CUTS = (0.25, 0.5)
 OVERALL = "overall"
+# Wang et al.'s Table 4 (IoBB accuracy), drawn beside ours; the file names its source.
+WANG_TABLE = Path(__file__).resolve().parent / "docs" / "wang2017_localization_table4.csv"
 
 
 class XYWH(Protocol):
@@ -320,8 +322,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("box_txt", type=str, help="box file (ours or the original's); images matched by file name")
     parser.add_argument("bbox_list", type=str, help="ground-truth table BBox_List_2017.csv (or .csv.gz)")
     parser.add_argument("--out", type=str, default=None,
-                        help="folder for evaluation.csv and evaluation.json (default: None, print only)")
+                        help="folder for evaluation.csv and evaluation.json, and the figures unless --plots "
+                             "names another folder (default: None, print only)")
+    parser.add_argument("--plots", type=str, default=None,
+                        help="folder for localization_iobb.png (beside Wang et al.'s Table 4) and "
+                             "localization_iou.png (default: None, --out when given, else no figures)")
     return parser
+
+
+def write_figures(report: dict, out_dir: str | os.PathLike) -> list[Path]:
+    """Per-class accuracy at each threshold as grouped bars, IoBB beside Wang et al.'s Table 4."""
+    import plots  # matplotlib loads only when figures are asked for
+
+    return plots.evaluation_figures(out_dir, report, WANG_TABLE)
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -339,6 +352,10 @@ def main(args: argparse.Namespace) -> dict:
     print(format_report(report), end="")
     if args.out is not None:
         for path in write_outputs(report, args.out):
+            print(f"wrote {path}")
+    figures = args.plots if args.plots is not None else args.out
+    if figures is not None:
+        for path in write_figures(report, figures):
             print(f"wrote {path}")
     return report
 

@@ -6,7 +6,9 @@ channel tiled 3 times, ImageNet normalisation; Adam lr 2e-4 betas (0.9, 0.999), 
 10 epochs, BCE on logits. Every epoch validates on the centre crop and prints per-class and
 mean AUROC. Writes into --out: last.pt, best.pt (best mean AUROC; lowest validation loss when
 no class has a defined AUROC), thresholds.npy (float32 (8,), Youden's J of the best epoch)
-and metrics.jsonl (one JSON object per epoch).
+and metrics.jsonl (one JSON object per epoch); unless --no-plots, training_curves.png (loss
+and AUROC per epoch, redrawn after each epoch) and roc_curves.png (validation ROC per class at
+the best epoch, its threshold marked).
 
 Reproducible: the batch order of epoch e is a permutation drawn from (seed, e) and each
 image's crop/flip from (seed, e, image), so results do not depend on --workers, and
@@ -69,6 +71,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", type=str, default="auto", choices=AMP_MODES,
                    help="mixed precision on CUDA: auto = bf16 where supported, else fp16 with a gradient "
                         "scaler; off = fp32. Ignored on the CPU (default: auto)")
+    p.add_argument("--no-plots", dest="plots", action="store_false",
+                   help="do not draw training_curves.png and roc_curves.png into --out (default: draw them "
+                        "after each epoch, outside the timed part)")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="data-loading processes, 0 = in the main process (default: min(4, CPU count))")
     return p
@@ -272,6 +277,14 @@ def resume(out: Path, args, model, optimizer, scaler) -> tuple[int, dict | None,
     return ckpt["epoch"], ckpt.get("best"), read_metrics(out / "metrics.jsonl", ckpt["epoch"])
 
 
+def draw_plots(out: Path, roc: tuple[np.ndarray, np.ndarray, np.ndarray] | None) -> None:
+    """training_curves.png from metrics.jsonl; roc_curves.png too when roc = (labels, probs, thresholds)
+    of a new best epoch ((N, 8), (N, 8), (8,)). A second or so per epoch."""
+    import plots  # matplotlib loads only when pictures are drawn
+
+    plots.training_figures(out, out / "metrics.jsonl", *(roc or (None, None, None)))
+
+
 def report(record: dict, epochs: int) -> None:
     print(f"epoch {record['epoch']}/{epochs}: train loss {record['train_loss']:.4f}, valid loss "
           f"{record['valid_loss']:.4f}, mean AUROC {metrics.format_auroc(record['mean_auroc'])} "
@@ -330,7 +343,8 @@ def main(args) -> None:
         records.append(record)
         write_metrics(out / "metrics.jsonl", records)
         report(record, args.epochs)
-        if best is None or score(record) > best["score"]:
+        improved = best is None or score(record) > best["score"]
+        if improved:
             best = {"epoch": epoch, "score": score(record)}
             thresholds = metrics.youden_thresholds(result["labels"], result["probs"])
             save_thresholds(out / "thresholds.npy", thresholds)
@@ -340,6 +354,8 @@ def main(args) -> None:
         save_checkpoint(out / "last.pt", make_checkpoint(model, args, epoch, record, None, {
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "best": best,
             "rng": {"torch": torch.get_rng_state()}}))
+        if args.plots:
+            draw_plots(out, (result["labels"], result["probs"], thresholds) if improved else None)
     print(f"done: best epoch {best['epoch']} ({out / 'best.pt'})")
 
 

@@ -5,6 +5,7 @@ import sys
 from argparse import Namespace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -74,7 +75,11 @@ def full_run(data_dir, tmp_path_factory) -> Path:
 
 def test_outputs(full_run, data_dir):
     names = sorted(p.name for p in full_run.iterdir())
-    assert names == ["best.pt", "last.pt", "metrics.jsonl", "thresholds.npy"]  # no temporaries left
+    assert names == ["best.pt", "last.pt", "metrics.jsonl", "roc_curves.png", "thresholds.npy",
+                     "training_curves.png"]  # no temporaries left
+    for name, shape in (("training_curves.png", (450, 1200, 3)), ("roc_curves.png", (700, 1400, 3))):
+        picture = cv2.imread(str(full_run / name), cv2.IMREAD_COLOR)
+        assert picture is not None and picture.shape == shape, name
     records = [json.loads(line) for line in (full_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
     for r in records:
@@ -99,7 +104,8 @@ def test_outputs(full_run, data_dir):
 
 def test_resume_gives_the_same_metrics(full_run, data_dir, tmp_path):
     # the same run stopped after epoch 1 (workers 0 this time: results must not depend on them)
-    train.main(_args(data_dir, tmp_path, "--epochs", "1", "--workers", "0"))
+    train.main(_args(data_dir, tmp_path, "--epochs", "1", "--workers", "0", "--no-plots"))
+    assert not list(tmp_path.glob("*.png"))
     with open(tmp_path / "metrics.jsonl", "a") as f:  # a line of an epoch that never checkpointed
         f.write(json.dumps({"epoch": 2, "stale": True}) + "\n")
     torch.manual_seed(12345)  # whatever the process did meanwhile, resume restores its RNG
