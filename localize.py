@@ -61,11 +61,12 @@ class _CropDataset(Dataset):
 def iter_localize(model: torch.nn.Module, image_paths: Sequence[str], thresholds: np.ndarray,
                   box_sizes: np.ndarray, device: torch.device, batch_size: int = 16,
                   target_layer: str = DEFAULT_TARGET_LAYER, workers: int = 0,
-                  method: str = "peaks") -> Iterator[ImageResult]:
+                  method: str = "peaks", method_params: np.ndarray | None = None) -> Iterator[ImageResult]:
     """Yield one ImageResult per path, in input order. The model is moved to `device`.
 
     thresholds: (C,) probabilities; box_sizes: (C, 4) average boxes (x, y, w, h) in 1024 px whose
-    w, h size the heatmap boxes. While the generator is open the model carries the Grad-CAM hook.
+    w, h size the heatmap boxes; method_params: (C,) the box method's parameter per class (None: its
+    default; see resolve_box_params). While the generator is open the model carries the Grad-CAM hook.
     """
     thresholds = np.asarray(thresholds, dtype=np.float64)
     box_sizes = np.asarray(box_sizes, dtype=np.float64)
@@ -84,7 +85,8 @@ def iter_localize(model: torch.nn.Module, image_paths: Sequence[str], thresholds
             batch_paths = paths[start:start + len(crops)]
             start += len(crops)
             probs, maps, classes = _network(cam, crops.to(device, non_blocking=True), thresholds)
-            job = pool.submit(_results, batch_paths, probs, maps, classes, thresholds, box_sizes, method)
+            job = pool.submit(_results, batch_paths, probs, maps, classes, thresholds, box_sizes, method,
+                              method_params)
             if pending is not None:
                 yield from pending.result()  # boxes of the previous batch, made during this batch's pass
             pending = job
@@ -105,7 +107,8 @@ def _network(cam: GradCAM, crops: torch.Tensor, thresholds: np.ndarray
 
 
 def _results(paths: list[str], probs: np.ndarray, maps: np.ndarray, classes: np.ndarray,
-             thresholds: np.ndarray, box_sizes: np.ndarray, method: str) -> list[ImageResult]:
+             thresholds: np.ndarray, box_sizes: np.ndarray, method: str,
+             method_params: np.ndarray | None = None) -> list[ImageResult]:
     """Per image: the heatmaps of its own active classes and their box lines, in class order."""
     results = []
     for b, path in enumerate(paths):
@@ -116,7 +119,8 @@ def _results(paths: list[str], probs: np.ndarray, maps: np.ndarray, classes: np.
             if probs[b, k] > thresholds[k]:
                 result.heatmaps[int(k)] = maps[b, j].copy()
                 try:
-                    result.boxes += boxes.class_boxes(int(k), maps[b, j], box_sizes, method)
+                    param = None if method_params is None else float(method_params[k])
+                    result.boxes += boxes.class_boxes(int(k), maps[b, j], box_sizes, method, param)
                 except ValueError as err:
                     raise InputError(f"{path}: {CLASS_NAMES[k]}: {err}") from None
         results.append(result)
@@ -204,8 +208,46 @@ def read_box_sizes(path: str | os.PathLike) -> np.ndarray:
     return table
 
 
-def write_box_sizes(path: str | os.PathLike, table: np.ndarray) -> None:
-    """The inverse of read_box_sizes, written atomically."""
+def write_box_sizes(path: str | os.PathLike, table: np.ndarray, method: str | None = None,
+                    params: np.ndarray | None = None, calibration: dict | None = None) -> None:
+    """The inverse of read_box_sizes (and read_box_params), written atomically. box_sizes.json:
+    {"class_names": [...], "boxes": [[x, y, w, h], ...],              always
+     "method": "peaks", "parameter": "keep_fraction", "params": [C],  optional: tuned for that method
+     "calibration": {...}}                                            optional: calibrate.py's record"""
     table = np.asarray(table, dtype=np.float64)
     data = {"class_names": list(CLASS_NAMES), "boxes": [[round(float(v), 3) for v in row] for row in table]}
+    if method is not None:
+        values = np.asarray(params, dtype=np.float64)
+        data.update(method=method, parameter=boxes.METHODS[method].parameter,
+                    params=[round(float(v), 6) for v in values])
+    if calibration is not None:
+        data["calibration"] = calibration
     write_text_atomic(path, json.dumps(data, indent=1) + "\n")
+
+
+def read_box_params(path: str | os.PathLike, method: str) -> np.ndarray | None:
+    """The per-class parameters (C,) that box_sizes.json holds for `method`; None if it has none for it."""
+    try:
+        data = json.loads(Path(path).read_text())
+        if data.get("method") != method:
+            return None
+        values = np.asarray(data.get("params"), dtype=np.float64)
+    except (OSError, ValueError, TypeError, AttributeError) as err:
+        raise InputError(f"{path}: not a box-size file ({type(err).__name__}: {err})") from None
+    if values.shape != (len(CLASS_NAMES),) or not ((values > 0) & (values <= 1)).all():
+        raise InputError(f"{path}: 'params' must be {len(CLASS_NAMES)} numbers in (0, 1], got {data.get('params')}")
+    return values
+
+
+def resolve_box_params(bbox_list: str | os.PathLike | None, model_path: str | os.PathLike | None,
+                       method: str) -> tuple[np.ndarray | None, str]:
+    """(per-class parameters of `method` or None for its default, where they came from): from the
+    box_sizes.json that resolve_box_sizes reads, i.e. only when no box table is given."""
+    default = f"{boxes.METHODS[method].parameter} {boxes.METHODS[method].default:g} (the default)"
+    if bbox_list is not None or model_path is None:
+        return None, default
+    beside = Path(model_path).parent / BOX_SIZES_FILE
+    if not beside.is_file():
+        return None, default
+    params = read_box_params(beside, method)
+    return (None, f"{default}; {beside} has none for {method}") if params is None else (params, str(beside))
