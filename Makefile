@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= output
 
-.PHONY: demo test env clean
+.PHONY: demo readme-figures test env clean
 
 env: $(VENV)/.installed
 
@@ -19,10 +19,27 @@ demo: env
 		sample/train.txt sample/valid.txt $(OUT)/preprocessed
 	$(PY) train.py $(OUT)/preprocessed --out $(OUT)/model --epochs 2 --batch-size 8 --seed 0
 	$(PY) denseNet_localization.py sample/test.txt sample/images \
-		--model $(OUT)/model/best.pt --bbox-list sample/BBox_List_2017.csv --out $(OUT)/bounding_box.txt
+		--model $(OUT)/model/best.pt --bbox-list sample/BBox_List_2017.csv --out $(OUT)/bounding_box.txt \
+		--plots $(OUT)/plots --sheet-cell 160
+	$(PY) evaluate.py $(OUT)/bounding_box.txt sample/BBox_List_2017.csv --out $(OUT)/evaluation
+	$(MAKE) --no-print-directory readme-figures
+
+# The few small pictures that README.md shows (the only tracked files under output/), copied from
+# this demo's run: one test image's boxes, probabilities and heatmap (its true class's when that
+# class was detected, else its first detected class's), the contact sheet, the training curves.
+FIG_IMAGE ?= 00009745_000
+FIG_CLASS ?= Cardiomegaly
+readme-figures:
+	mkdir -p $(OUT)/README_figures
+	rm -f $(OUT)/README_figures/heatmap.png
+	cp $(OUT)/plots/$(FIG_IMAGE)_boxes.png $(OUT)/README_figures/boxes.png
+	cp $(OUT)/plots/$(FIG_IMAGE)_probs.png $(OUT)/README_figures/probabilities.png
+	for f in $(OUT)/plots/$(FIG_IMAGE)_heatmap_$(FIG_CLASS).png $(OUT)/plots/$(FIG_IMAGE)_heatmap_*.png; do \
+		if [ -f "$$f" ]; then cp "$$f" $(OUT)/README_figures/heatmap.png; break; fi; done
+	cp $(OUT)/plots/contact_sheet.png $(OUT)/model/training_curves.png $(OUT)/README_figures/
 
 test: env
 	$(PY) -m pytest -q tests
 
 clean:
-	rm -rf $(OUT)/preprocessed $(OUT)/model $(OUT)/bounding_box.txt
+	rm -rf $(OUT)/preprocessed $(OUT)/model $(OUT)/bounding_box.txt $(OUT)/plots $(OUT)/evaluation
