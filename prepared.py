@@ -71,6 +71,9 @@ def load_prepared(folder: str | Path) -> Prepared:
         raise InputError(f"{meta_path}: not valid JSON ({err})") from None
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
         raise InputError(f"{meta_path}: not a {FORMAT} v{VERSION} folder; run preprocessing.py again")
+    missing = [key for key in ("class_names", "train_images", "valid_images") if key not in meta]
+    if missing:
+        raise InputError(f"{meta_path}: missing {', '.join(missing)}; run preprocessing.py again")
     if list(meta["class_names"]) != list(CLASS_NAMES):
         raise InputError(f"{meta_path}: class names {meta['class_names']} differ from {list(CLASS_NAMES)}")
     return Prepared(folder, meta, _load_split(folder, meta, "train"), _load_split(folder, meta, "valid"))
@@ -87,7 +90,10 @@ def _load_split(folder: Path, meta: dict, split: str) -> Split:
 def _load_array(path: Path, dtype, shape: tuple[int, ...]) -> np.ndarray:
     if not path.is_file():
         raise InputError(f"{path}: not found; run preprocessing.py again")
-    array = np.load(path, mmap_mode="r", allow_pickle=False)
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:  # truncated, not a .npy, or an object (pickle) array
+        raise InputError(f"{path}: not a readable uint8 .npy array ({err}); run preprocessing.py again") from None
     if array.dtype != dtype or array.shape != shape:
         raise InputError(f"{path}: expected {np.dtype(dtype).name} {shape}, found {array.dtype} {array.shape}")
     return array
@@ -96,7 +102,17 @@ def _load_array(path: Path, dtype, shape: tuple[int, ...]) -> np.ndarray:
 def read_valid_boxes(folder: str | Path) -> list[dict]:
     """Ground-truth boxes of the validation images, as dicts with image, label, x, y, w, h."""
     path = Path(folder) / VALID_BOXES
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return [{"image": r["image"], "label": r["label"],
-             **{k: float(r[k]) for k in ("x", "y", "w", "h")}} for r in rows]
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise InputError(f"{path}: cannot read ({getattr(err, 'strerror', None) or err}); "
+                         f"run preprocessing.py again") from None
+    boxes = []
+    for row_number, r in enumerate(rows, start=2):
+        try:
+            boxes.append({"image": r["image"], "label": r["label"],
+                          **{k: float(r[k]) for k in ("x", "y", "w", "h")}})
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"{path}: row {row_number}: expected {','.join(VALID_BOXES_HEADER)}") from None
+    return boxes
