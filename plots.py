@@ -355,6 +355,7 @@ def evaluation_bars(results: dict[str, dict[float, float | None]], wang_table: d
                 if v is None and (label == "this run" or names[i] in CLASS_NAMES):
                     ax.text(i + offset, 0.02, "n/a", ha="center", fontsize=7, color="dimgray")
         ax.set_xticks(x, names, fontsize=8)
+        ax.set_xlim(-0.6, len(names) - 0.4)  # every group's slot, even where no bar is drawn
         ax.set(ylim=(0, 1.3), yticks=np.linspace(0, 1, 6), ylabel="accuracy")  # headroom for the legend
         ax.set_title(f"{metric} > {t:g}", fontsize=9, loc="left")
         ax.legend(fontsize=7, loc="upper right", ncol=2)
