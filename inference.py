@@ -193,7 +193,7 @@ def main(args: argparse.Namespace) -> None:
     if args.check_bundle is not None:
         manifest = verify_path(args.check_bundle)
         built = manifest.get("built_with", {})
-        print(f"{args.check_bundle}: OK, {len(manifest['files'])} files as built on {manifest.get('created')} "
+        print(f"{args.check_bundle}: OK, {len(manifest['files'])} files and {MANIFEST}, as built on {manifest.get('created')} "
               f"with torch {built.get('torch')}, torchvision {built.get('torchvision')}, numpy {built.get('numpy')}")
         return
     if args.build_bundle is not None:
@@ -230,7 +230,7 @@ def localization_args(args: argparse.Namespace) -> argparse.Namespace:
     else:
         extra = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in ("model", "thresholds", "bbox_list")
                  if getattr(args, k) is not None]
-    argv = ["--out", args.out, "--device", args.device] + extra
+    argv = [f"--out={args.out}", f"--device={args.device}"] + extra
     argv += ["--batch-size", str(args.batch_size)] if args.batch_size is not None else []
     argv += ["--workers", str(args.workers)] if args.workers is not None else []
     # "--" ends the options: a test list or folder whose name starts with "-" stays a path.

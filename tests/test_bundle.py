@@ -195,9 +195,10 @@ def test_option_beats_environment_beats_default():
 
 def test_project_mode_passes_options_to_the_local_run(tmp_path):
     args = inference.get_args_parser({"CHEXNET_IMAGES": "imgs"}).parse_args(
-        ["--test-list=-odd.txt", "--model", "m.pt", "--batch-size", "3"])
+        ["--test-list=-odd.txt", "--model", "m.pt", "--batch-size", "3", "--out=-out.txt"])
     local = inference.localization_args(args)
     assert (local.test_txt, local.images, local.model, local.batch_size) == ("-odd.txt", "imgs", "m.pt", 3)
+    assert local.out == "-out.txt" and local.device == "auto"
     assert local.thresholds is None and local.workers == denseNet_localization.DEFAULT_WORKERS
 
 
