@@ -33,6 +33,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def remove_stale_temporaries(folder: str | os.PathLike, final_names) -> None:
+    """Delete the temporaries atomic_path left for these names when a run was killed (SIGKILL
+    skips its clean-up). Call it before writing into a folder that an earlier run may have used."""
+    for name in final_names:
+        for stale in Path(folder).glob(f".{name}.*.tmp"):
+            stale.unlink(missing_ok=True)
+
+
 def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

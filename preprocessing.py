@@ -29,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 import prepared
-from common import InputError, atomic_path, run_cli, write_text_atomic
+from common import InputError, atomic_path, remove_stale_temporaries, run_cli, write_text_atomic
 from constants import CLASS_NAMES, STORED_SIZE
 from images import load_stored
 from tables import LabelRow, TruthBox, label_matrix, read_bbox_list, read_data_entry, read_image_list_lines
@@ -199,19 +199,12 @@ def write_boxes(path: Path, boxes: list[TruthBox], names: list[str]) -> int:
 
 # ---------------------------------------------------------------- the folder
 
-def remove_stale_temporaries(out_dir: Path) -> None:
-    """Temporary files a killed run left (SIGKILL skips the clean-up of common.atomic_path)."""
-    finals = [*prepared.array_names("train"), *prepared.array_names("valid"), prepared.VALID_BOXES, prepared.META]
-    for final in finals:
-        for stale in out_dir.glob(f".{final}.*.tmp"):
-            stale.unlink(missing_ok=True)
-
-
 def write_folder(out_dir: Path, train: SplitPlan, valid: SplitPlan, boxes: list[TruthBox],
                  args: argparse.Namespace) -> int:
     """Write arrays and boxes under temporary names, rename them together, then meta.json."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out_dir)
+    remove_stale_temporaries(out_dir, [*prepared.array_names("train"), *prepared.array_names("valid"),
+                                       prepared.VALID_BOXES, prepared.META])  # left by a killed run
     with contextlib.ExitStack() as stack:
         temp = {name: stack.enter_context(atomic_path(out_dir / name))
                 for name in (*prepared.array_names("train"), *prepared.array_names("valid"), prepared.VALID_BOXES)}

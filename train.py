@@ -35,12 +35,14 @@ from tqdm import tqdm
 import metrics
 import prepared
 import transforms
-from common import InputError, atomic_path, run_cli, select_device, write_text_atomic
+from common import InputError, atomic_path, remove_stale_temporaries, run_cli, select_device, write_text_atomic
 from constants import ADAM_BETAS, BATCH_SIZE, CLASS_NAMES, CROP_SIZE, EPOCHS, LEARNING_RATE
 from model import ARCH, FORMAT, VERSION, build_model, load_checkpoint, save_checkpoint
 
 LOSS_WEIGHTS = ("none", "chexnet", "wang")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+# What train.py writes into --out (the pictures come from plots.training_figures).
+OUTPUT_FILES = ("best.pt", "last.pt", "thresholds.npy", "metrics.jsonl", "training_curves.png", "roc_curves.png")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -325,6 +327,7 @@ def setup(args):
 def main(args) -> None:
     device, model, optimizer, scaler, autocast, train_set, valid_loader, weights, loader_kw = setup(args)
     out = Path(args.out)
+    remove_stale_temporaries(out, OUTPUT_FILES)  # a run killed while saving leaves ~85 MB temporaries
     done, best, records = 0, None, []
     if args.resume:
         done, best, records = resume(out, args, model, optimizer, scaler)

@@ -408,3 +408,16 @@ def test_a_write_killed_midway_never_shows_under_the_final_name(tmp_path):
         kill(process, signal.SIGKILL)
         assert (final.read_bytes() if final.exists() else None) == before
         temp.unlink()
+
+
+def test_stale_temporaries_of_named_outputs_are_removed_and_nothing_else(tmp_path):
+    from common import remove_stale_temporaries
+
+    stale = tmp_path / ".last.pt.k2j3.tmp"
+    other = tmp_path / ".notes.txt.k2j3.tmp"
+    final = tmp_path / "last.pt"
+    for path in (stale, other, final):
+        path.write_text("x")
+    remove_stale_temporaries(tmp_path, ["last.pt", "best.pt"])
+    assert not stale.exists()
+    assert other.exists() and final.exists()
