@@ -1,0 +1,169 @@
+"""calibrate.py: the grid search finds a known best size, heatmaps.npz round-trips without pickle,
+and end to end on the real sample its box_sizes.json changes what denseNet_localization.py writes."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import boxes
+import calibrate
+import evaluate
+import localize
+import model as model_lib
+from boxfile import read_box_file
+from common import InputError
+from constants import AVERAGE_BOXES, CLASS_NAMES
+from tables import TruthBox
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "sample"
+MASS = CLASS_NAMES.index("Mass")
+
+
+def blob(row: float, col: float, sigma: float = 8.0) -> np.ndarray:
+    rr, cc = np.mgrid[0:224, 0:224]
+    return np.exp(-((rr - row) ** 2 + (cc - col) ** 2) / (2 * sigma ** 2)).astype(np.float32)
+
+
+def truth_at(image: str, xywh) -> dict:
+    return {image: [TruthBox(image, "Mass", *xywh)]}
+
+
+def test_search_finds_the_known_size_width_and_height_apart():
+    # One peak at (row 30, col 35); the true box is the peak's box at 1.5 x the average width and
+    # 0.75 x its height: a search that swapped rows and columns would pick 0.75 x 1.5.
+    base = np.array(AVERAGE_BOXES[MASS])
+    truth_xywh = boxes.box_at((30, 35), (base[2] * 1.5, base[3] * 0.75))
+    choice = calibrate.search_class(MASS, {"a.png": blob(30, 35)}, truth_at("a.png", truth_xywh), base, "peaks")
+    assert (choice.scale_w, choice.scale_h) == (1.5, 0.75)
+    assert choice.param == boxes.METHODS["peaks"].default  # one blob: every keep fraction ties, default kept
+    # the average box (first line) misses, the heatmap box is exact: half the lines above both cuts
+    assert choice.score == 0.5 and choice.mean_iou == pytest.approx(0.5)
+
+
+def test_search_finds_the_known_threshold_fraction():
+    heatmap = blob(100, 120, sigma=12)
+    truth_xywh = boxes.threshold_boxes(heatmap, (1, 1), 0.3)[0]
+    choice = calibrate.search_class(MASS, {"a.png": heatmap}, truth_at("a.png", truth_xywh),
+                                    np.array(AVERAGE_BOXES[MASS]), "threshold")
+    assert choice.param == 0.3
+
+
+def test_search_scores_the_lines_localization_writes():
+    """The search's fast path (locate once, place per size) scores what boxes.class_boxes writes."""
+    heatmaps = {"a.png": np.maximum(blob(60, 60), 0.95 * blob(150, 170)), "b.png": blob(100, 100)}
+    truth = {"a.png": [TruthBox("a.png", "Mass", 300, 250, 200, 180)], "b.png": []}
+    for method in boxes.METHODS:
+        choice = calibrate.search_class(MASS, heatmaps, truth, np.array(AVERAGE_BOXES[MASS]), method)
+        table = calibrate.tuned_table([choice if k == MASS else calibrate.Choice(1, 1, 0.5, None, None)
+                                       for k in range(len(CLASS_NAMES))])
+        preds = {n: boxes.class_boxes(MASS, m, table, method, choice.param) for n, m in heatmaps.items()}
+        got = evaluate.evaluate(preds, truth)["classes"]["Mass"]["original"]
+        assert (got["score"], got["mean_iou"]) == pytest.approx((choice.score, choice.mean_iou))
+
+
+def test_scaled_row_keeps_the_centre():
+    x, y, w, h = calibrate.scaled_row(np.array([100.0, 200.0, 40.0, 60.0]), 1.5, 0.5)
+    assert (x + w / 2, y + h / 2, w, h) == (120.0, 230.0, 60.0, 30.0)
+    assert calibrate.scaled_row(np.array(AVERAGE_BOXES[0]), 1.0, 1.0).tolist() == list(AVERAGE_BOXES[0])
+
+
+def test_heatmaps_round_trip_without_pickle(tmp_path):
+    rng = np.random.default_rng(0)
+    hm = calibrate.Heatmaps(["x.png", "y.png"], rng.random((2, 8)).astype(np.float32),
+                            rng.random((2, 8, 224, 224)).astype(np.float16))
+    path = tmp_path / "heatmaps.npz"
+    calibrate.save_heatmaps(path, hm)
+    with np.load(path, allow_pickle=False) as data:
+        assert data["y.png/Mass"].dtype == np.float16
+        assert np.array_equal(data["y.png/Mass"], hm.maps[1, MASS])
+    back = calibrate.load_heatmaps(path)
+    assert back.images == hm.images and np.array_equal(back.maps, hm.maps) and np.array_equal(back.probs, hm.probs)
+    with np.load(path) as data:
+        partial = {k: data[k] for k in data.files if k != "x.png/Nodule"}
+    np.savez(tmp_path / "partial.npz", **partial)
+    with pytest.raises(InputError, match="x.png/Nodule"):
+        calibrate.load_heatmaps(tmp_path / "partial.npz")
+
+
+def test_holdout_split():
+    tune, hold = calibrate.split_rows(10, 0.3, seed=1)
+    assert len(hold) == 3 and sorted(tune + hold) == list(range(10))
+    assert calibrate.split_rows(10, 0.0, 0) == (list(range(10)), [])
+    with pytest.raises(InputError):
+        calibrate.split_rows(1, 0.5, 0)
+
+
+# ---------------------------------------------------------------- end to end on the real sample
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """preprocessing.py on sample/, and a random-init model/best.pt with zero thresholds (all active)."""
+    root = tmp_path_factory.mktemp("calibrate")
+    done = subprocess.run([sys.executable, str(ROOT / "preprocessing.py"), SAMPLE / "images",
+                           SAMPLE / "Data_Entry_2017.csv", SAMPLE / "BBox_List_2017.csv", SAMPLE / "train.txt",
+                           SAMPLE / "valid.txt", root / "prep", "--workers", "1", "--quiet"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    torch.manual_seed(0)
+    net = model_lib.build_model(len(CLASS_NAMES), weights="none")
+    model_lib.save_checkpoint(root / "model" / "best.pt", {
+        "format": model_lib.FORMAT, "version": model_lib.VERSION, "arch": model_lib.ARCH,
+        "model": net.state_dict(), "class_names": list(CLASS_NAMES), "input_size": 224, "epoch": 1,
+        "optimizer": None, "metrics": {}, "args": {}, "thresholds": None})
+    np.save(root / "model" / "thresholds.npy", np.zeros(8, dtype=np.float32))
+    return root
+
+
+def _script(name, *args, cwd):
+    done = subprocess.run([sys.executable, str(ROOT / name), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_end_to_end_box_sizes_json_drives_localization(run_dir):
+    model = run_dir / "model" / "best.pt"
+    done = _script("calibrate.py", run_dir / "prep", "--model", model, "--device", "cpu", cwd=run_dir)
+    assert "6 validation images with true boxes" in done.stderr
+    assert "tuned on these same images" in done.stdout  # the optimism warning
+    assert "Effusion" in done.stdout and "no true box in the tuning images: defaults kept" in done.stdout
+    sizes_path = run_dir / "model" / "box_sizes.json"
+    table = localize.read_box_sizes(sizes_path)
+    params = localize.read_box_params(sizes_path, "peaks")
+    record = json.loads(sizes_path.read_text())["calibration"]
+    assert record["images"] == 6 and set(record["tuning"]) == set(CLASS_NAMES) | {"overall"}
+    changed = [k for k in range(8) if not np.allclose(table[k], AVERAGE_BOXES[k], atol=1e-3)]
+    assert changed, "the search kept every size: the test would prove nothing"
+    assert record["choices"]["Effusion"] == {"scale_w": 1.0, "scale_h": 1.0, "keep_fraction": 0.9,
+                                             "note": "no true box in the tuning images: defaults kept"}
+    assert (run_dir / "model" / "heatmaps.npz").is_file()
+
+    after = _script("denseNet_localization.py", SAMPLE / "valid.txt", SAMPLE / "images", "--model", model,
+                    "--out", run_dir / "after.txt", "--workers", "0", cwd=run_dir)
+    assert f"box sizes from {sizes_path}" in after.stderr and f"parameters from {sizes_path}" in after.stderr
+    for entry in read_box_file(run_dir / "after.txt"):
+        for k, name in enumerate(CLASS_NAMES):
+            lines = [b for b in entry.boxes if b.label == name]
+            assert (lines[0].w, lines[0].h) == pytest.approx(tuple(table[k, 2:]), abs=0.051)  # written '%.1f'
+            for b in lines[1:]:  # peaks' boxes: the tuned size in whole crop pixels, or clipped at the crop
+                assert b.w <= int(table[k, 2] / 4) * 4 and b.h <= int(table[k, 3] / 4) * 4
+                if 64 < b.x and b.x + b.w < 960:
+                    assert b.w == int(table[k, 2] / 4) * 4
+    k = changed[0]  # a tuned class: its opening line is no longer the table's size (test_localization's)
+    firsts = [next(b for b in e.boxes if b.label == CLASS_NAMES[k]) for e in read_box_file(run_dir / "after.txt")]
+    assert len(firsts) == 8 and all((b.w, b.h) != pytest.approx(AVERAGE_BOXES[k][2:], abs=0.051) for b in firsts)
+
+    # Re-tuning from the saved heatmaps, without the network, gives the same file.
+    again = run_dir / "again"
+    calibrate.main(calibrate.get_args_parser().parse_args(
+        [str(run_dir / "prep"), "--model", str(model), "--heatmaps", str(run_dir / "model" / "heatmaps.npz"),
+         "--out", str(again)]))
+    assert json.loads((again / "box_sizes.json").read_text()) == json.loads(sizes_path.read_text())
+    assert not (again / "heatmaps.npz").exists()
+    assert params is not None and params.shape == (8,)
