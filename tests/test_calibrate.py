@@ -1,7 +1,6 @@
 """calibrate.py: the grid search finds a known best size, heatmaps.npz round-trips without pickle,
 and end to end on the real sample its box_sizes.json changes what denseNet_localization.py writes."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
