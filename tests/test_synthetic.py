@@ -1,5 +1,7 @@
 """The known-truth benchmark's dataset: consistent tables, findings drawn where their boxes say,
 and an evaluation that a wrong geometry (swapped axes, a dropped crop offset) cannot pass."""
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -170,3 +172,32 @@ def test_controls_change_only_what_they_claim():
     for before, after in zip(preds["a.png"], moved):
         assert (after.label, after.w, after.h) == (before.label, before.w, before.h)
         assert lo <= after.x <= hi - after.w and lo <= after.y <= hi - after.h
+
+
+# ---------------------------------------------------------------- the whole chain, tiny
+
+@pytest.mark.skipif(os.environ.get("CHEXNET_PIPELINE_TESTS") != "1",
+                    reason="the whole chain takes ~90 s of CPU (5 min on a busy 2-core machine): "
+                           "set CHEXNET_PIPELINE_TESTS=1 to run it")
+def test_quick_benchmark_runs_the_real_scripts_end_to_end(tmp_path):
+    """--quick: synthetic data, preprocessing.py, train.py, denseNet_localization.py, evaluate.py.
+    The model is far too small to localize; what must hold is the plumbing and the bookkeeping."""
+    result = bench.main(bench.get_args_parser().parse_args(["--quick", "--work", str(tmp_path)]))
+    assert result == json.loads((tmp_path / "benchmark.json").read_text())
+    rows, methods = result["rows"], result["methods"]
+    assert "peaks" in methods and len(result["training"]) == 1
+    truth = read_bbox_list(tmp_path / "bbox_test.csv")
+    assert {b.image for b in truth} <= set(read_image_list(tmp_path / "data" / "test.txt"))
+    oracle = rows["planted boxes (oracle)"]
+    assert oracle[evaluate.OVERALL]["truth_boxes"] == len(truth)
+    assert set(oracle[evaluate.OVERALL]["acc_iou"].values()) == {1.0}
+    for method in methods:
+        assert (tmp_path / f"evaluation_{method}" / "evaluation.json").is_file()
+        whole, heat = rows[f"{method}: box file as written"], rows[f"{method}: heatmap boxes only"]
+        for c in whole:  # dropping boxes can only lose hits
+            assert all(whole[c]["acc_iou"][t] >= heat[c]["acc_iou"][t] for t in whole[c]["acc_iou"]
+                       if whole[c]["acc_iou"][t] is not None)
+        # The original format writes one average box first for each class detected in an image.
+        preds = bench.load_preds(tmp_path / f"boxes_{method}.txt")
+        detected = sum(len({b.label for b in boxes if b.label in bench.CLASSES}) for boxes in preds.values())
+        assert result["average_boxes_removed"][method] == detected
