@@ -34,7 +34,6 @@ import inference
 import localize
 import model as model_lib
 from common import InputError, atomic_path
-from constants import CLASS_NAMES
 
 ROOT = Path(__file__).resolve().parent
 ENTRY = "inference.py"
@@ -89,6 +88,8 @@ def build_bundle(out: str | Path, model_path: str | Path, thresholds_spec: str |
     checkpoint = model_lib.load_checkpoint(model_path)
     model_lib.model_from_checkpoint(checkpoint, source=str(model_path))  # fail here, not on the platform
     thresholds, thresholds_from = localize.resolve_thresholds(thresholds_spec, model_path, checkpoint)
+    if box_sizes_path is None and bbox_list is None and (Path(model_path).parent / localize.BOX_SIZES_FILE).is_file():
+        box_sizes_path = Path(model_path).parent / localize.BOX_SIZES_FILE  # calibrated: method and params too
     if box_sizes_path is not None:
         sizes, sizes_from = localize.read_box_sizes(box_sizes_path), str(box_sizes_path)
     else:
@@ -101,7 +102,10 @@ def build_bundle(out: str | Path, model_path: str | Path, thresholds_spec: str |
             shutil.copyfile(ROOT / name, stage / name)
         model_lib.save_checkpoint(stage / inference.CHECKPOINT, _inference_checkpoint(checkpoint, thresholds))
         np.save(stage / localize.THRESHOLDS_FILE, thresholds.astype(np.float64), allow_pickle=False)
-        _write_box_sizes(stage / localize.BOX_SIZES_FILE, sizes)
+        if box_sizes_path is not None:  # as calibrated: sizes, box method and its per-class parameters
+            shutil.copyfile(box_sizes_path, stage / localize.BOX_SIZES_FILE)
+        else:
+            localize.write_box_sizes(stage / localize.BOX_SIZES_FILE, sizes)
         manifest = {
             "format": inference.BUNDLE_FORMAT, "version": inference.BUNDLE_VERSION,
             "created": created.isoformat(), "entry": ENTRY, "built_with": build_versions(),
@@ -126,13 +130,6 @@ def _inference_checkpoint(checkpoint: dict, thresholds: np.ndarray) -> dict:
     slim["optimizer"] = None
     slim["thresholds"] = [float(t) for t in thresholds]  # the bundle's thresholds.npy, also inside
     return slim
-
-
-def _write_box_sizes(path: Path, sizes: np.ndarray) -> None:
-    """localize's box_sizes.json schema, but with floats in full (repr) precision, not rounded: the
-    bundle must size boxes exactly as the local run does."""
-    data = {"class_names": list(CLASS_NAMES), "boxes": np.asarray(sizes, dtype=np.float64).tolist()}
-    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
 
 
 def _check_stage(stage: Path, thresholds: np.ndarray, sizes: np.ndarray) -> None:

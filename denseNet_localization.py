@@ -42,10 +42,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "calibrate.py tuned, else the original's table)")
     p.add_argument("--out", type=str, default="bounding_box.txt",
                    help="box file to write (default: bounding_box.txt in the working folder)")
-    p.add_argument("--method", type=str, default="peaks", choices=sorted(boxes.METHODS),
+    p.add_argument("--method", type=str, default=None, choices=sorted(boxes.METHODS),
                    help="how heatmaps become boxes: peaks, the original's heuristic, or threshold, the "
                         "rectangles of the regions above a fraction of the map's maximum; either way each "
-                        "active class opens with its average box (default: peaks)")
+                        "active class opens with its average box (default: the method box_sizes.json beside "
+                        "--model was calibrated for, else peaks)")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
     p.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
@@ -93,16 +94,17 @@ def main(args: argparse.Namespace) -> None:
     net = model_lib.model_from_checkpoint(checkpoint, source=args.model)
     thresholds, thresholds_from = localize.resolve_thresholds(args.thresholds, args.model, checkpoint)
     box_sizes, sizes_from = localize.resolve_box_sizes(args.bbox_list, args.model)
-    params, params_from = localize.resolve_box_params(args.bbox_list, args.model, args.method)
+    method = args.method or localize.calibrated_method(args.bbox_list, args.model) or "peaks"
+    params, params_from = localize.resolve_box_params(args.bbox_list, args.model, method)
     if args.layer not in dict(net.named_modules()):
         raise InputError(f"--layer {args.layer}: not a layer of the model (e.g. {DEFAULT_TARGET_LAYER}, features.norm5)")
     print(f"{len(paths)} images, model {args.model} on {device}, thresholds from {thresholds_from}, "
-          f"box sizes from {sizes_from}, {args.method} parameters from {params_from}", file=sys.stderr)
+          f"box sizes from {sizes_from}, {method} parameters from {params_from}", file=sys.stderr)
 
     plotter, plot_seconds = make_plotter(args, thresholds), 0.0
     start = time.perf_counter()
     results = localize.iter_localize(net, paths, thresholds, box_sizes, device, batch_size=args.batch_size,
-                                     target_layer=args.layer, workers=args.workers, method=args.method,
+                                     target_layer=args.layer, workers=args.workers, method=method,
                                      method_params=params)
     entries, detections = [], 0
     for result in tqdm(results, total=len(paths), unit="image", file=sys.stderr, desc="localize"):

@@ -215,11 +215,12 @@ def write_box_sizes(path: str | os.PathLike, table: np.ndarray, method: str | No
      "method": "peaks", "parameter": "keep_fraction", "params": [C],  optional: tuned for that method
      "calibration": {...}}                                            optional: calibrate.py's record"""
     table = np.asarray(table, dtype=np.float64)
-    data = {"class_names": list(CLASS_NAMES), "boxes": [[round(float(v), 3) for v in row] for row in table]}
+    # Full precision (JSON floats round-trip exactly): a bundle or a re-read sizes boxes bit for bit.
+    data = {"class_names": list(CLASS_NAMES), "boxes": table.tolist()}
     if method is not None:
         values = np.asarray(params, dtype=np.float64)
         data.update(method=method, parameter=boxes.METHODS[method].parameter,
-                    params=[round(float(v), 6) for v in values])
+                    params=values.tolist())
     if calibration is not None:
         data["calibration"] = calibration
     write_text_atomic(path, json.dumps(data, indent=1) + "\n")
@@ -237,6 +238,23 @@ def read_box_params(path: str | os.PathLike, method: str) -> np.ndarray | None:
     if values.shape != (len(CLASS_NAMES),) or not ((values > 0) & (values <= 1)).all():
         raise InputError(f"{path}: 'params' must be {len(CLASS_NAMES)} numbers in (0, 1], got {data.get('params')}")
     return values
+
+
+def calibrated_method(bbox_list: str | os.PathLike | None, model_path: str | os.PathLike | None) -> str | None:
+    """The box method that box_sizes.json beside the checkpoint was tuned for (None: none tuned, or a
+    box table given, which replaces that file's sizes)."""
+    if bbox_list is not None or model_path is None:
+        return None
+    beside = Path(model_path).parent / BOX_SIZES_FILE
+    if not beside.is_file():
+        return None
+    try:
+        method = json.loads(beside.read_text()).get("method")
+    except (OSError, ValueError, AttributeError) as err:
+        raise InputError(f"{beside}: not a box-size file ({type(err).__name__}: {err})") from None
+    if method is not None and method not in boxes.METHODS:
+        raise InputError(f"{beside}: unknown box method {method!r}; choose from {', '.join(boxes.METHODS)}")
+    return method
 
 
 def resolve_box_params(bbox_list: str | os.PathLike | None, model_path: str | os.PathLike | None,

@@ -220,3 +220,21 @@ def test_module_walk_follows_every_import_of_ours(tmp_path):
     (tmp_path / "c.py").write_text("import importlib\nimportlib.import_module('unused')\n")
     with pytest.raises(InputError, match="dynamic import"):
         bundle.project_modules(tmp_path / "a.py", tmp_path)
+
+
+def test_a_calibrated_box_file_travels_whole_and_picks_its_method(built, tmp_path):
+    """box_sizes.json from calibrate.py (sizes, method, per-class parameters) goes into the bundle
+    byte for byte, and the run uses the method it was tuned for unless --method says otherwise."""
+    _, model_dir = built
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    sizes = np.array(localize.resolve_box_sizes(None, None)[0]) * 1.1
+    params = np.linspace(0.3, 0.8, len(CLASS_NAMES))
+    localize.write_box_sizes(model / localize.BOX_SIZES_FILE, sizes, "threshold", params)
+    assert localize.calibrated_method(None, model / "best.pt") == "threshold"
+    assert localize.calibrated_method(str(SAMPLE / "BBox_List_2017.csv"), model / "best.pt") is None
+    np.testing.assert_array_equal(localize.read_box_sizes(model / localize.BOX_SIZES_FILE), sizes)  # no rounding
+    out = tmp_path / "calibrated.zip"
+    bundle.build_bundle(out, model / "best.pt")
+    with zipfile.ZipFile(out) as zf:
+        assert zf.read(localize.BOX_SIZES_FILE) == (model / localize.BOX_SIZES_FILE).read_bytes()
