@@ -302,7 +302,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                             help=f"override the preset's {key} (default: the preset's)")
     parser.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--rescore", action="store_true",
-                        help="run no script; score the box files already in --work again (default: off)")
+                        help="run no script; score the box files already in --work again, keeping the settings and "
+                             "timings recorded in its benchmark.json (default: off)")
     return parser
 
 
@@ -314,6 +315,10 @@ def main(args: argparse.Namespace) -> dict:
         methods = sorted(p.name[len("boxes_"):-len(".txt")] for p in at.work.glob("boxes_*.txt"))
         if not methods:
             raise InputError(f"{at.work}: no boxes_*.txt to rescore; run without --rescore first")
+        previous = at.work / "benchmark.json"
+        if previous.is_file():  # the settings and timings are those of the run that made the files
+            old = json.loads(previous.read_text())
+            settings, timings = old["settings"], old["timings"]
     else:
         methods = run_pipeline(at, settings, args.seed, args.device, timings)
     result = score_all(at, methods, args.seed)
