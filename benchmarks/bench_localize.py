@@ -127,7 +127,8 @@ def bench_end_to_end(model, paths, x, probs, mode, args, folder) -> Timings:
                                                                      os.path.join(folder, "orig.txt")), len(few))
     active = (probs > thresholds).sum() / len(probs)
     t.notes["ours end to end"] = f"{active:.1f} active classes per image"
-    t.notes["original end to end"] = f"on the first {len(few)} images"
+    few_active = (probs[:len(few)] > thresholds).sum() / len(few)
+    t.notes["original end to end"] = f"on the first {len(few)} images, {few_active:.1f} active classes per image"
     return t
 
 
