@@ -1,9 +1,9 @@
 """Localize findings: python3 denseNet_localization.py TEST_TXT IMAGES [--model model/best.pt].
 
 For every image of TEST_TXT (read from IMAGES): the 8 probabilities, the active classes
-(probability > the class's threshold), a Grad-CAM heatmap per active class, then the original's
-boxes: for each active class in class order, the class's average box, then one box of the average
-size per strong peak of its heatmap. Writes bounding_box.txt: per image `[IMAGES/name] [count]`,
+(probability > the class's threshold), a Grad-CAM heatmap per active class, then boxes: for each
+active class in class order, the class's average box, then the boxes its heatmap gives (--method
+peaks, the original's: one box of the average size per strong peak; or threshold). Writes bounding_box.txt: per image `[IMAGES/name] [count]`,
 then `[disease] [x] [y] [width] [height]` lines, '%.1f', in pixels of the 1024x1024 original.
 """
 from __future__ import annotations
