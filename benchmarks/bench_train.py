@@ -9,9 +9,11 @@ A temporary uint8 (N, 256, 256) .npy is made from real PNGs (repeated to fill th
                 --workers processes and pinned memory on CUDA, train.to_input, forward, BCE, backward,
                 Adam step: what train.py does in an epoch
   in memory     the same steps on the same batches, already cropped, normalised and on the device
-Each run starts after the loader's first batch (worker start-up, paid once an epoch, is left out
-of both). Then, in memory: the model and input in NCHW against channels_last, and with --amp both
-on CUDA, fp32 against train.amp_setup's mixed precision (bf16 where supported), cudnn.benchmark on.
+Each run starts after the loader's first batch (worker start-up, paid once an epoch, is left out);
+the first step after that is reported apart (its one-off fork cost, once an epoch in train.py) and
+the others are compared with the same steps in memory. Then, in memory: the model and input in
+NCHW against channels_last, and with --amp both on CUDA, fp32 against train.amp_setup's mixed
+precision (bf16 where supported), cudnn.benchmark on.
 """
 from __future__ import annotations
 
@@ -40,7 +42,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=str, nargs="+", default=DEFAULT_FOLDERS,
                    help="folders of real PNGs (default: sample/images and ../shared/nih/images when present)")
     p.add_argument("--batch-size", type=int, default=16, help="images per step (default: 16)")
-    p.add_argument("--steps", type=int, default=3, help="timed steps per run (default: 3)")
+    p.add_argument("--steps", type=int, default=3,
+                   help="timed steps per run, after the first step (timed apart) (default: 3)")
     p.add_argument("--reps", type=int, default=3, help="runs of each variant (default: 3)")
     p.add_argument("--workers", type=int, nargs="+", default=[0, min(4, os.cpu_count() or 1)],
                    help="DataLoader process counts to time, 0 = in the main process (default: 0 and "
@@ -81,20 +84,22 @@ def make_memmap(folder: Path, paths: list[str], count: int) -> tuple[Path, np.nd
     return path, labels
 
 
-def data_path_run(stepper, dataset, batches, device, workers) -> float:
-    """Seconds for all batches but the first (worker start-up excluded); stepper None: loading alone."""
+def data_path_run(stepper, dataset, batches, device, workers) -> tuple[float, float]:
+    """(seconds of the first step, seconds of the other steps) once the loader's first batch is in;
+    stepper None: loading alone. The first step after the workers are forked pays a one-off cost
+    (copy-on-write faults on the model and optimizer pages), once an epoch in train.py."""
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda",
                         persistent_workers=False)
-    it = iter(loader)
-    next(it)
-    sync(device)
-    start = time.perf_counter()
-    for images, targets in it:
+    marks = []
+    for images, targets in loader:
+        sync(device)
+        marks.append(time.perf_counter())
         x, y = train.to_input(images, device), targets.to(device, non_blocking=True)
         if stepper is not None:
             stepper.step(x, y)
     sync(device)
-    return time.perf_counter() - start
+    marks.append(time.perf_counter())
+    return marks[1] - marks[0], marks[-1] - marks[1]  # marks[0]: the first batch arrived (start-up excluded)
 
 
 def in_memory(dataset, batches, device, layout):
@@ -122,12 +127,13 @@ def bench_data_path(args, device, dataset, amp_mode) -> Timings:
     for _ in range(args.reps):
         t.add("in memory", time_once(lambda: memory_run(stepper, prepared), device), args.steps)
         for workers in args.workers:
-            t.add(f"data path ({workers} workers)", data_path_run(stepper, dataset, batches, device, workers),
-                  args.steps)
+            first, rest = data_path_run(stepper, dataset, batches, device, workers)
+            t.add(f"data path ({workers} workers)", rest, args.steps)
+            t.add(f"  its first step ({workers} workers)", first)
     for workers in args.workers:  # the loading work itself, without the steps it would overlap with
         for _ in range(args.reps):
-            t.add(f"loading alone ({workers} workers)", data_path_run(None, dataset, batches, device, workers),
-                  args.steps)
+            first, rest = data_path_run(None, dataset, batches, device, workers)
+            t.add(f"loading alone ({workers} workers)", first + rest, args.steps + 1)
     return t
 
 
@@ -150,6 +156,8 @@ def bench_variants(args, device, dataset, variants: dict) -> Timings:
 def main(args: argparse.Namespace) -> None:
     set_threads(args.threads)
     device = select_device(args.device)
+    if args.steps < 1:
+        raise SystemExit("--steps must be at least 1")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     amp_modes = {"off": ["off"], "on": ["auto"], "both": ["off", "auto"]}[args.amp]
