@@ -122,7 +122,11 @@ def test_box_sizes_resolution(sample_dir, tmp_path):
     assert np.allclose(table, sizes) and source.endswith("box_sizes.json")
     # The box table wins over box_sizes.json. The sample's table has one Atelectasis box, one
     # 'Infiltrate' box (= Infiltration), three Cardiomegaly boxes, and no Effusion or Pneumothorax box.
-    table, source = localize.resolve_box_sizes(sample_dir / "BBox_List_2017.csv", ckpt_path)
+    sample_names = {p.name for p in (sample_dir / "images").iterdir()}
+    full = (sample_dir / "BBox_List_2017.csv").read_text().splitlines()
+    partial = tmp_path / "BBox_List_2017.csv"  # the sample images' 12 rows of the complete table
+    partial.write_text("\n".join([full[0]] + [r for r in full[1:] if r.split(",")[0] in sample_names]) + "\n")
+    table, source = localize.resolve_box_sizes(partial, ckpt_path)
     assert np.allclose(table[0], [731.428571428571, 753.100529100529, 119.195767195767, 93.189417989418])
     assert np.allclose(table[3], [555.885714285714, 235.140740740741, 206.967195767196, 313.159788359788])
     assert np.isclose(table[1, 2], (456.194708994709 + 662.078306878307 + 553.718518518519) / 3)

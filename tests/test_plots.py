@@ -96,7 +96,7 @@ def test_probability_chart(tmp_path):
 
 
 def test_contact_sheet_on_real_images(tmp_path, sample_dir):
-    truth = read_bbox_list(sample_dir / "BBox_List_2017.csv")
+    truth = [b for b in read_bbox_list(sample_dir / "BBox_List_2017.csv") if (sample_dir / "images" / b.image).is_file()]
     rows = []
     for name in ("Cardiomegaly", "Nodule"):
         cells = [plots.SheetCell(resize_stored(read_xray(sample_dir / "images" / b.image)),
