@@ -55,9 +55,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", type=str, default=DEFAULT_TARGET_LAYER,
                    help=f"Grad-CAM target layer, a name from model.named_modules() (default: {DEFAULT_TARGET_LAYER})")
     p.add_argument("--plots", type=str, default=None,
-                   help="folder for pictures: per image the boxes (predicted blue, --bbox-list's true boxes "
+                   help="folder for pictures: per image the boxes (predicted blue, --truth's true boxes "
                         "red), a heatmap per detected class, the probability chart; and contact_sheet.png, "
                         "one row per class (default: None, no pictures)")
+    p.add_argument("--truth", type=str, default=None,
+                   help="with --plots: a box table whose boxes are drawn in red (default: --bbox-list); "
+                        "e.g. the test images' truth while --bbox-list sizes boxes from other images")
     p.add_argument("--plot-images", type=int, default=20,
                    help="with --plots: per-image pictures for the first N images only; the contact sheet "
                         "looks at all of them (default: 20)")
@@ -67,7 +70,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def make_plotter(args: argparse.Namespace, thresholds):
-    """plots.LocalizationPlots for --plots (None without it), with --bbox-list's boxes as the truth."""
+    """plots.LocalizationPlots for --plots (None without it), with --truth's (or --bbox-list's) boxes as the truth."""
     if args.plots is None:
         return None
     if args.plot_images < 0 or args.sheet_cell < 32:
@@ -75,10 +78,10 @@ def make_plotter(args: argparse.Namespace, thresholds):
                          f"{args.sheet_cell}")
     import plots  # matplotlib loads only when pictures are asked for
 
-    truth = None
-    if args.bbox_list is not None:
+    truth, truth_path = None, args.truth or args.bbox_list
+    if truth_path is not None:
         truth = {}
-        for box in tables.read_bbox_list(args.bbox_list):
+        for box in tables.read_bbox_list(truth_path):
             truth.setdefault(box.image, []).append(box)
     return plots.LocalizationPlots(args.plots, thresholds, truth, max_images=args.plot_images)
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as `python3 benchmarks/...`: the project modules live one up
     sys.path.insert(0, str(ROOT))
 
+import boxes  # noqa: E402
 import evaluate  # noqa: E402
 from benchmarks import synthetic  # noqa: E402
 from boxfile import Box, ImageBoxes, read_box_file, write_box_file  # noqa: E402
@@ -75,20 +75,6 @@ def run_stage(name: str, cmd: list[str], work: Path, timings: dict[str, float]) 
     print(f"[{name}] done in {timings[name]:.0f} s (log: {log})", flush=True)
 
 
-def script_help(script: str) -> str:
-    proc = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, check=True)
-    return proc.stdout
-
-
-def box_methods(help_text: str) -> tuple[str | None, list[str]]:
-    """(the option that picks the box method, its choices) from denseNet_localization.py --help;
-    (None, [default]) when the script has no such option."""
-    found = re.search(r"(--box-method|--method) \{([^}]*)\}", help_text)
-    if not found:
-        return None, ["default"]
-    return found.group(1), found.group(2).split(",")
-
-
 def write_subset(bbox_list: Path, names: list[str], out: Path) -> None:
     """The rows of the box table whose image is in `names` (same header), e.g. the test images' truth."""
     lines = bbox_list.read_text().splitlines()
@@ -121,19 +107,22 @@ def run_pipeline(at: Layout, p: dict, seed: int, device: str, timings: dict[str,
     run_stage("preprocessing", [py, "preprocessing.py", str(d / "images"), str(d / "Data_Entry_2017.csv"),
                                 str(d / "BBox_List_2017.csv"), str(d / "train.txt"), str(d / "valid.txt"),
                                 str(at.prep), "--quiet"], at.work, timings)
+    # --keep-no-finding: 'No Finding' images are every class's cleanest negatives.
     train = [py, "train.py", str(at.prep), "--out", str(at.model), "--weights", "none", "--epochs", str(p["epochs"]),
-             "--batch-size", str(p["batch_size"]), "--lr", str(p["lr"]), "--seed", str(seed), "--device", device]
-    if "--keep-no-finding" in script_help("train.py"):
-        train.append("--keep-no-finding")  # 'No Finding' images are every class's cleanest negatives
+             "--batch-size", str(p["batch_size"]), "--lr", str(p["lr"]), "--seed", str(seed), "--device", device,
+             "--keep-no-finding"]
     run_stage("train", train, at.work, timings)
     write_subset(d / "BBox_List_2017.csv", read_image_list(d / "valid.txt"), at.bbox_valid)
     write_subset(d / "BBox_List_2017.csv", read_image_list(d / "test.txt"), at.bbox_test)
-    option, methods = box_methods(script_help("denseNet_localization.py"))
+    methods = sorted(boxes.METHODS)
     for method in methods:
         cmd = [py, "denseNet_localization.py", str(d / "test.txt"), str(d / "images"), "--model",
                str(at.model / "best.pt"), "--bbox-list", str(at.bbox_valid), "--out", str(at.boxes(method)),
-               "--device", device]
-        run_stage(f"localize_{method}", cmd + ([option, method] if option else []), at.work, timings)
+               "--device", device, "--method", method,
+               # pictures: the contact sheet and a few images, the test images' planted boxes in red
+               "--plots", str(at.work / f"plots_{method}"), "--truth", str(at.bbox_test),
+               "--plot-images", "6", "--sheet-cell", "160"]
+        run_stage(f"localize_{method}", cmd, at.work, timings)
         run_stage(f"evaluate_{method}", [py, "evaluate.py", str(at.boxes(method)), str(at.bbox_test),
                                          "--out", str(at.evaluation(method))], at.work, timings)
     return methods

@@ -45,13 +45,14 @@ def checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-def test_localization_plots(checkpoint, sample_dir, tmp_path):
+@pytest.mark.parametrize("truth_option", ["--bbox-list", "--truth"])  # --truth: red boxes only, not sizes
+def test_localization_plots(checkpoint, sample_dir, tmp_path, truth_option):
     test_txt = tmp_path / "test.txt"
     test_txt.write_text("\n".join(NAMES) + "\n")
     pictures = tmp_path / "pictures"
     bbox_list = sample_dir / "BBox_List_2017.csv"
     args = denseNet_localization.get_args_parser().parse_args(
-        [str(test_txt), str(sample_dir / "images"), "--model", str(checkpoint), "--bbox-list", str(bbox_list),
+        [str(test_txt), str(sample_dir / "images"), "--model", str(checkpoint), truth_option, str(bbox_list),
          "--out", str(tmp_path / "boxes.txt"), "--workers", "0", "--plots", str(pictures),
          "--plot-images", "1", "--sheet-cell", "64"])
     denseNet_localization.main(args)

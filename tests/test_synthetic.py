@@ -151,12 +151,6 @@ def test_perfect_prediction_scores_one_and_a_wrong_geometry_collapses(tmp_path):
 
 # ---------------------------------------------------------------- the runner's pieces
 
-def test_box_methods_are_read_from_the_help_text():
-    assert bench.box_methods("  --method {peaks}   how heatmaps") == ("--method", ["peaks"])
-    assert bench.box_methods("[--box-method {peaks,threshold}]") == ("--box-method", ["peaks", "threshold"])
-    assert bench.box_methods("usage: x [--out OUT]") == (None, ["default"])
-
-
 def test_controls_change_only_what_they_claim():
     average = {"Nodule": np.array([676.0, 580.3, 66.3, 66.3])}
     preds = {"a.png": [Box("Nodule", 676.0, 580.3, 66.3, 66.3), Box("Nodule", 100.0, 200.0, 64.0, 64.0),
