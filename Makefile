@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= output
 
-.PHONY: demo readme-figures test env clean
+.PHONY: demo readme-figures benchmark test env clean
 
 env: $(VENV)/.installed
 
@@ -37,6 +37,12 @@ readme-figures:
 	for f in $(OUT)/plots/$(FIG_IMAGE)_heatmap_$(FIG_CLASS).png $(OUT)/plots/$(FIG_IMAGE)_heatmap_*.png; do \
 		if [ -f "$$f" ]; then cp "$$f" $(OUT)/README_figures/heatmap.png; break; fi; done
 	cp $(OUT)/plots/contact_sheet.png $(OUT)/model/training_curves.png $(OUT)/README_figures/
+
+# The known-truth localization benchmark (about 7 minutes on 2 CPU cores) and README's picture of it.
+benchmark: env
+	$(PY) benchmarks/localization_benchmark.py --work $(OUT)/bench_full
+	mkdir -p $(OUT)/README_figures
+	cp $(OUT)/bench_full/plots_peaks/contact_sheet.png $(OUT)/README_figures/synthetic_contact_sheet.png
 
 test: env
 	$(PY) -m pytest -q tests
