@@ -38,8 +38,7 @@ from tables import LabelRow, TruthBox, label_matrix, read_bbox_list, read_data_e
 # may use (its affinity, as a batch scheduler sets it) rather than all the machine has.
 _USABLE_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 DEFAULT_WORKERS = min(_USABLE_CPUS, 16)
-DEFAULT_CHUNK = 8  # images per task sent to a worker: amortises inter-process traffic, keeps order cheap
-WINDOW_IMAGES = 64  # images gathered before one memory-map window is written (64 x 64 KiB = 4 MiB)
+DEFAULT_CHUNK = 8  # images a worker decodes and writes as one task (one 512 KiB memory-map window)
 
 
 @dataclass
@@ -127,63 +126,45 @@ def _load(path: str) -> np.ndarray:
         raise InputError(f"{path}: cannot decode ({str(err).strip().splitlines()[-1]})") from None
 
 
-def iter_stored(paths: list[str], workers: int, chunk: int) -> Iterator[np.ndarray]:
-    """Stored images in list order; with workers > 1 decoded by a process pool (imap keeps order)."""
-    if workers <= 1 or len(paths) <= 1:
-        yield from map(_load, paths)
+def create_stored_array(path: Path, count: int) -> int:
+    """An empty uint8 (count, 256, 256) .npy at `path`; returns the byte offset of its pixels."""
+    header = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(count, STORED_SIZE, STORED_SIZE))
+    offset = header.offset
+    del header
+    return offset
+
+
+def _store_run(task: tuple[str, int, int, list[str]]) -> int:
+    """Decode a run of images and write them into their rows of the .npy through one short-lived
+    memory-map window. Workers write their own rows, so no pixels travel between processes, and
+    unmapping each window keeps memory flat (a long-lived map keeps every page it touched resident)."""
+    path, data_offset, first_row, paths = task
+    images = np.stack([_load(p) for p in paths])  # (n, 256, 256)
+    window = np.memmap(path, dtype=np.uint8, mode="r+", offset=data_offset + first_row * images[0].nbytes,
+                       shape=images.shape)
+    window[:] = images
+    del window  # unmapped: the kernel's page cache writes the pages back
+    return len(paths)
+
+
+def store_images(paths: list[str], path: Path, workers: int, chunk: int) -> Iterator[int]:
+    """Write the stored form of `paths`, in list order, as the .npy `path`; yields images done so far
+    as runs of `chunk` finish (any order: each run owns its rows, so the file is the same for any workers)."""
+    data_offset = create_stored_array(path, len(paths))
+    tasks = [(str(path), data_offset, first, paths[first:first + chunk]) for first in range(0, len(paths), chunk)]
+    if workers <= 1 or len(tasks) <= 1:
+        yield from map(_store_run, tasks)
         return
-    with multiprocessing.Pool(min(workers, len(paths)), initializer=_init_worker) as pool:
-        yield from pool.imap(_load, paths, chunksize=chunk)
-
-
-class StoredArrayWriter:
-    """Writes a uint8 (N, 256, 256) .npy front to back through short-lived memory-map windows.
-
-    One long-lived memory map would keep every page it touched resident (RSS grows by 64 KiB
-    an image); mapping a window per WINDOW_IMAGES images and unmapping it keeps RSS flat, while
-    the kernel writes the pages back from its cache.
-    """
-
-    def __init__(self, path: Path, count: int):
-        self.path, self.count, self.filled = path, count, 0
-        header = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(count, STORED_SIZE, STORED_SIZE))
-        self.data_offset = header.offset  # bytes of the .npy header before the pixels
-        del header
-        self.buffer = np.empty((min(count, WINDOW_IMAGES), STORED_SIZE, STORED_SIZE), np.uint8)
-        self.buffered = 0
-
-    def append(self, image: np.ndarray) -> None:
-        self.buffer[self.buffered] = image
-        self.buffered += 1
-        if self.buffered == len(self.buffer):
-            self._flush()
-
-    def _flush(self) -> None:
-        if self.buffered == 0:
-            return
-        image_bytes = STORED_SIZE * STORED_SIZE
-        window = np.memmap(self.path, dtype=np.uint8, mode="r+", offset=self.data_offset + self.filled * image_bytes,
-                           shape=(self.buffered, STORED_SIZE, STORED_SIZE))
-        window[:] = self.buffer[:self.buffered]
-        del window  # unmapped: the pages leave this process (the kernel's cache writes them back)
-        self.filled += self.buffered
-        self.buffered = 0
-
-    def close(self) -> None:
-        self._flush()
-        if self.filled != self.count:
-            raise RuntimeError(f"{self.path}: wrote {self.filled} of {self.count} images")
+    with multiprocessing.Pool(min(workers, len(tasks)), initializer=_init_worker) as pool:
+        yield from pool.imap_unordered(_store_run, tasks)
 
 
 def write_images(plan: SplitPlan, path: Path, args: argparse.Namespace) -> None:
-    writer = StoredArrayWriter(path, len(plan.paths))
     progress = tqdm(total=len(plan.paths), desc=f"{plan.name} images", unit="img", disable=args.quiet,
                     file=sys.stderr, dynamic_ncols=True)
     with progress:
-        for image in iter_stored(plan.paths, args.workers, args.chunk):
-            writer.append(image)
-            progress.update(1)
-    writer.close()
+        for done in store_images(plan.paths, path, args.workers, args.chunk):
+            progress.update(done)
 
 
 def write_boxes(path: Path, boxes: list[TruthBox], names: list[str]) -> int:

@@ -6,7 +6,7 @@ Per image, one core (OpenCV's threads set to 1, as in preprocessing.py's workers
   original   imageio decode + skimage.transform.resize to float64 (+ /255), the original's path
   ours       images.load_stored: OpenCV grayscale decode + INTER_AREA resize to uint8
   decode     cv2.imread alone (the floor: PNG decoding)
-Then preprocessing.iter_stored over the list repeated --scale-images long with 1 and 2 workers
+Then preprocessing.store_images over the list repeated --scale-images long with 1 and 2 workers
 (the speed-up from a second process), and a check that the arrays of 1 and 2 workers and of a
 plain single-process loop are equal, pixel for pixel. Peak memory: benchmarks/preprocess_memory.py.
 """
@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import resource
+import tempfile
 import time
+from pathlib import Path
 
 import timing  # noqa: F401  (puts the project root on sys.path)
 from timing import DEFAULT_FOLDERS, Timings, machine, ratio_line, real_pngs, set_threads
@@ -61,17 +63,19 @@ def cpu_seconds() -> float:
 
 
 def scaling(paths: list[str], reps: int, workers: int) -> tuple[Timings, Timings, dict[int, np.ndarray]]:
-    """Wall time and CPU time per image of iter_stored with 1 and `workers` processes."""
+    """Wall time and CPU time per image of preprocessing.store_images (decode, resize, write the
+    .npy) with 1 and `workers` processes."""
     wall, cpu = Timings("image"), Timings("image")
     arrays = {}
-    for _ in range(reps):
-        for w in (1, workers):
-            out = []
-            name = f"iter_stored, {w} worker(s)"
-            before = cpu_seconds()
-            wall.run(name, lambda: out.extend(preprocessing.iter_stored(paths, w, 8)), units=len(paths))
-            cpu.add(name, cpu_seconds() - before, len(paths))
-            arrays[w] = np.stack(out)
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(reps):
+            for w in (1, workers):
+                name, out = f"store_images, {w} worker(s)", Path(tmp) / f"w{w}.npy"
+                before = cpu_seconds()
+                wall.run(name, lambda: sum(preprocessing.store_images(paths, out, w, preprocessing.DEFAULT_CHUNK)),
+                         units=len(paths))
+                cpu.add(name, cpu_seconds() - before, len(paths))
+                arrays[w] = np.load(out, allow_pickle=False)
     return wall, cpu, arrays
 
 
@@ -112,9 +116,9 @@ def main(args: argparse.Namespace) -> None:
 
     long_list = [paths[i % len(paths)] for i in range(args.scale_images)]
     s, cpu, arrays = scaling(long_list, max(2, args.reps // 2), args.workers)
-    print(s.table("iter_stored, 1 worker(s)", f"preprocessing.iter_stored over {len(long_list)} images, wall time"))
-    print(cpu.table("iter_stored, 1 worker(s)", "the same runs, CPU time (all processes): the work a worker adds"))
-    speedup = s.median("iter_stored, 1 worker(s)") / s.median(f"iter_stored, {args.workers} worker(s)")
+    print(s.table("store_images, 1 worker(s)", f"preprocessing.store_images over {len(long_list)} images, wall time"))
+    print(cpu.table("store_images, 1 worker(s)", "the same runs, CPU time (all processes): the work a worker adds"))
+    speedup = s.median("store_images, 1 worker(s)") / s.median(f"store_images, {args.workers} worker(s)")
     print(ratio_line(f"{args.workers} workers vs 1", speedup, ">= 1.8 with 2", speedup >= 1.8))
     control = available_speedup(args.workers)
     print(f"  control: {args.workers} CPU-bound processes vs 1 on this machine right now: {control:.2f}x "

@@ -70,14 +70,14 @@ def test_workers_1_and_2_write_identical_arrays(sample_dir, tmp_path):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
 
 
-def test_stream_writer_crosses_window_boundaries(tmp_path, monkeypatch):
-    monkeypatch.setattr(preprocessing, "WINDOW_IMAGES", 4)
-    images = np.random.default_rng(0).integers(0, 256, (11, 256, 256), dtype=np.uint8)
-    writer = preprocessing.StoredArrayWriter(tmp_path / "x.npy", len(images))
-    for image in images:
-        writer.append(image)
-    writer.close()
-    assert np.array_equal(np.load(tmp_path / "x.npy", allow_pickle=False), images)
+def test_runs_written_in_any_order_fill_their_own_rows(sample_dir, tmp_path):
+    names = sorted(p.name for p in (sample_dir / "images").iterdir())[:7]
+    paths = [str(sample_dir / "images" / n) for n in names]
+    out = tmp_path / "x.npy"
+    done = list(preprocessing.store_images(paths, out, workers=2, chunk=3))  # runs of 3, 3, 1
+    assert sorted(done) == [1, 3, 3]
+    stored = np.load(out, allow_pickle=False)
+    assert stored.dtype == np.uint8 and np.array_equal(stored, np.stack([load_stored(p) for p in paths]))
 
 
 def assert_one_line_error(result, *fragments):

@@ -297,14 +297,13 @@ def test_every_output_is_written_through_a_temporary_name():
 
 # ---------------------------------------------------------------- interruptions
 
-# preprocessing.py as the user runs it, with each decode slowed and 2-image memory-map windows,
+# preprocessing.py as the user runs it, with each decode slowed and runs of 2 images (--chunk 2),
 # so that a kill lands while the arrays are half written.
 SLOW_PREPROCESSING = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
 import preprocessing
 from common import run_cli
-preprocessing.WINDOW_IMAGES = 2
 decode = preprocessing._load
 preprocessing._load = lambda path: (time.sleep(0.15), decode(path))[1]
 run_cli(lambda: preprocessing.main(preprocessing.get_args_parser().parse_args(sys.argv[2:])))
@@ -319,7 +318,7 @@ def prep_argv(sample_dir, tmp_path, out, train=TRAIN, valid=VALID):
 
 
 def start_slow(argv):
-    return subprocess.Popen([sys.executable, "-c", SLOW_PREPROCESSING, str(ROOT), *argv, "--workers", "1"],
+    return subprocess.Popen([sys.executable, "-c", SLOW_PREPROCESSING, str(ROOT), *argv, "--workers", "1", "--chunk", "2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
