@@ -16,7 +16,6 @@ Without --model the weights are random (seeded): the work per image is the same.
 from __future__ import annotations
 
 import argparse
-import os
 
 import timing  # noqa: F401  (puts the project root on sys.path)
 from timing import DEFAULT_FOLDERS, Timings, bench_model, machine, ratio_line, real_pngs, set_threads, stored_crops

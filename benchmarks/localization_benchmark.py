@@ -5,7 +5,7 @@
 1. benchmarks/synthetic.py writes a ChestX-ray14-shaped dataset: real X-ray backgrounds with
    planted findings (Nodule, Mass, Pneumothorax) whose boxes are known.
 2. preprocessing.py, then train.py from random weights (image-level labels only) on the CPU.
-3. denseNet_localization.py on test.txt, once per box method that its --help offers, with box
+3. denseNet_localization.py on test.txt, once per box method of boxes.METHODS, with box
    sizes from the validation images' boxes (as calibration on the validation set would).
 4. evaluate.py scores each box file against the test images' planted boxes. The same evaluator
    (its functions, in this process) then scores controls built from the same predictions:
@@ -38,7 +38,7 @@ if str(ROOT) not in sys.path:  # run as `python3 benchmarks/...`: the project mo
 import boxes  # noqa: E402
 import evaluate  # noqa: E402
 from benchmarks import synthetic  # noqa: E402
-from boxfile import Box, ImageBoxes, read_box_file, write_box_file  # noqa: E402
+from boxfile import Box, read_box_file  # noqa: E402
 from common import InputError, run_cli, write_text_atomic  # noqa: E402
 from constants import CLASS_NAMES, CROP_OFFSET, RESCALE_FACTOR  # noqa: E402
 from tables import average_boxes, read_bbox_list, read_image_list  # noqa: E402
