@@ -4,10 +4,11 @@
 
 Everything is checked before anything is written: the tables, the lists (duplicates, names
 absent from the label table, empty lists) and the presence of every image. Images are then
-decoded by a pool of worker processes, in list order, and streamed into uint8 .npy files
-through short-lived memory-map windows, so peak memory does not grow with the number of
-images. Arrays are written under temporary names and renamed at the end; meta.json comes
-last, so a folder with meta.json is complete and a failed run leaves no such folder behind.
+decoded by a pool of worker processes, each writing its run of rows (list order) of the uint8
+.npy through a short-lived memory map, so no pixels travel between processes and peak memory
+does not grow with the number of images. Arrays are written under temporary names and renamed
+at the end; meta.json comes last, so a folder with meta.json is complete and a failed run
+leaves no such folder behind.
 """
 from __future__ import annotations
 

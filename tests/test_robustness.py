@@ -23,7 +23,7 @@ import localize
 import prepared
 import preprocessing
 from boxfile import read_box_file
-from common import InputError, atomic_path
+from common import InputError
 from images import load_stored
 from tables import read_bbox_list
 
@@ -262,7 +262,6 @@ def test_no_pickle_anywhere_and_every_load_is_weights_only():
 # temporary folder; each was read: (module, function) -> who makes the write atomic.
 WRITES_TO_A_TEMPORARY = {
     ("preprocessing.py", "write_boxes"): "write_folder passes atomic_path's temporary name",
-    ("bundle.py", "_write_box_sizes"): "build_bundle's TemporaryDirectory stage, zipped through atomic_path",
 }
 ATOMIC = re.compile(r"atomic_path|write_text_atomic|TemporaryDirectory|mkdtemp")
 
