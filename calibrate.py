@@ -44,7 +44,8 @@ import prepared
 import transforms
 from boxfile import Box
 from common import InputError, atomic_path, run_cli, select_device
-from constants import AVERAGE_BOXES, CLASS_NAMES, CROP_SIZE, DEFAULT_TARGET_LAYER
+from constants import (AVERAGE_BOXES, CLASS_NAMES, CROP_SIZE, DEFAULT_TARGET_LAYER, PEAK_KEEP_FRACTION,
+                       THRESHOLD_FRACTION)
 from gradcam import GradCAM
 from tables import TruthBox
 
@@ -53,10 +54,10 @@ PROBS_KEY = "probabilities"  # heatmaps.npz: "IMAGE/probabilities" beside "IMAGE
 # Multipliers of the average box's width and height, searched independently (9 x 9). 1.0 first: a
 # tie keeps the table's size.
 SCALES = (1.0, 0.5, 0.625, 0.75, 0.875, 1.25, 1.5, 1.75, 2.0)
-# The method parameter's grid, its default first (constants.PEAK_KEEP_FRACTION, THRESHOLD_FRACTION).
+# The method parameter's grid, its default first: a tie keeps the default.
 PARAM_GRIDS = {
-    "peaks": (0.9, 0.5, 0.6, 0.7, 0.8, 0.95),
-    "threshold": (0.5, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9),
+    "peaks": (PEAK_KEEP_FRACTION, 0.5, 0.6, 0.7, 0.8, 0.95),
+    "threshold": (THRESHOLD_FRACTION, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9),
 }
 OPTIMISM = ("note: the parameters were tuned on these same images, so 'after' is optimistic; "
             "use --holdout to see them on images the search did not use")
@@ -258,12 +259,9 @@ def split_rows(n: int, holdout: float, seed: int) -> tuple[list[int], list[int]]
 # ---------------------------------------------------------------- command line
 
 def truth_of_valid(folder: str) -> dict[str, list[TruthBox]]:
+    """valid_boxes.csv grouped by image (read_valid_boxes already turns a bad file into an InputError)."""
     truth: dict[str, list[TruthBox]] = defaultdict(list)
-    try:
-        rows = prepared.read_valid_boxes(folder)
-    except (OSError, KeyError, ValueError) as err:
-        raise InputError(f"{Path(folder) / prepared.VALID_BOXES}: cannot read ({err})") from None
-    for r in rows:
+    for r in prepared.read_valid_boxes(folder):
         truth[r["image"]].append(TruthBox(r["image"], r["label"], r["x"], r["y"], r["w"], r["h"]))
     return dict(truth)
 
