@@ -38,13 +38,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import gzip
 import io
 import json
 import math
 import os
-import shutil
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,30 +100,10 @@ def image_key(path: str) -> str:
 
 def load_truth(path: str | os.PathLike) -> dict[str, list[TruthBox]]:
     """BBox_List (.csv or .csv.gz) -> {image name: its truth boxes}."""
-    if not str(path).endswith(".gz"):
-        boxes = read_bbox_list(path)
-    else:
-        boxes = _read_bbox_list_gz(path)
     truth: dict[str, list[TruthBox]] = defaultdict(list)
-    for box in boxes:
+    for box in read_bbox_list(path):
         truth[box.image].append(box)
     return dict(truth)
-
-
-def _read_bbox_list_gz(path: str | os.PathLike) -> list[TruthBox]:
-    # tables.read_bbox_list reads plain files: decompress beside a temp name, and put the
-    # user's file name back into any error message.
-    with tempfile.TemporaryDirectory() as tmp:
-        plain = Path(tmp) / Path(path).name[:-3]
-        try:
-            with gzip.open(path, "rb") as src, open(plain, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-        except (OSError, EOFError) as err:
-            raise InputError(f"{path}: cannot read as gzip ({err})") from None
-        try:
-            return read_bbox_list(plain)
-        except InputError as err:
-            raise InputError(str(err).replace(str(plain), str(path))) from None
 
 
 def predictions_by_image(path: str | os.PathLike, entries: Iterable[ImageBoxes]) -> dict[str, list[Box]]:

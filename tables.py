@@ -6,6 +6,7 @@ column) and its 2020 revision work, as does the box table's split header `Bbox [
 from __future__ import annotations
 
 import csv
+import gzip
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,11 +58,13 @@ def read_image_list(path: str | os.PathLike) -> list[str]:
 
 
 def _read_csv(path: str | os.PathLike) -> list[list[str]]:
+    """All rows of a CSV file, plain or gzip-compressed (.gz, as the NIH tables are often kept)."""
+    opener = gzip.open if str(path).endswith(".gz") else open
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with opener(path, "rt", newline="", encoding="utf-8-sig") as f:
             rows = list(csv.reader(f))
-    except OSError as err:
-        raise InputError(f"{path}: cannot read ({err.strerror})") from None
+    except (OSError, EOFError) as err:  # gzip: BadGzipFile is an OSError; a truncated one, EOFError
+        raise InputError(f"{path}: cannot read ({getattr(err, 'strerror', None) or err})") from None
     except (UnicodeDecodeError, csv.Error) as err:
         raise InputError(f"{path}: not a readable CSV file ({err})") from None
     if not rows:

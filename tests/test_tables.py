@@ -103,3 +103,15 @@ def test_unknown_finding_and_short_box_row_name_the_row(sample_dir, tmp_path):
 def test_binary_file_as_csv_is_a_clear_error(sample_dir):
     with pytest.raises(InputError, match=r"00000100_000.png: not a readable CSV file"):
         read_data_entry(sample_dir / "images" / "00000100_000.png")
+
+
+def test_gzip_tables_read_like_plain_ones_and_a_broken_one_is_named(sample_dir, tmp_path):
+    import gzip
+
+    packed = tmp_path / "Data_Entry_2017.csv.gz"
+    packed.write_bytes(gzip.compress((sample_dir / "Data_Entry_2017.csv").read_bytes()))
+    assert read_data_entry(packed) == read_data_entry(sample_dir / "Data_Entry_2017.csv")
+    broken = tmp_path / "BBox_List_2017.csv.gz"
+    broken.write_bytes(b"not gzip at all")
+    with pytest.raises(InputError, match=r"^.*BBox_List_2017\.csv\.gz: cannot read"):
+        read_bbox_list(broken)
