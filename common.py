@@ -6,7 +6,10 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
+
+if TYPE_CHECKING:  # the type only: torch loads inside select_device, when a script needs it
+    import torch
 
 
 class InputError(Exception):

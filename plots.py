@@ -8,7 +8,6 @@ and row y * size / 1024 onward (x is the column, y the row; the origin is the to
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -23,6 +22,7 @@ from matplotlib.cm import ScalarMappable  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
+import metrics  # noqa: E402
 from boxfile import Box  # noqa: E402
 from common import InputError, atomic_path  # noqa: E402
 from constants import CLASS_NAMES, CROP_OFFSET, CROP_SIZE, ORIGINAL_SIZE, RESCALE_FACTOR  # noqa: E402
@@ -218,28 +218,6 @@ def contact_sheet(rows: Sequence[tuple[str, Sequence[SheetCell]]], out_path: str
     _save(fig, out_path)
 
 
-def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """train.py's metrics.jsonl: one JSON object per epoch; a bad line is an InputError naming it."""
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as err:
-        raise InputError(f"{path}: cannot read ({err.strerror})") from None
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict) or "epoch" not in record:
-                raise ValueError("no 'epoch' key")
-        except ValueError as err:
-            raise InputError(f"{path}:{number}: not a metrics record ({err})") from None
-        records.append(record)
-    if not records:
-        raise InputError(f"{path}: no epochs recorded")
-    return records
-
-
 def _defined(values) -> tuple[list, list]:
     """(epochs, values) without the epochs whose value is null (an undefined AUROC)."""
     pairs = [(e, v) for e, v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
@@ -248,7 +226,7 @@ def _defined(values) -> tuple[list, list]:
 
 def training_curves(metrics_jsonl: str | os.PathLike, out_path: str | os.PathLike) -> None:
     """Loss (train, valid) and per-class + mean validation AUROC per epoch; 1200 x 450 px."""
-    records = read_metrics(metrics_jsonl)
+    records = metrics.read_metrics_log(metrics_jsonl)
     epochs = [r["epoch"] for r in records]
     fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(12.0, 4.5), dpi=DPI)
     for key, style in (("train_loss", "-o"), ("valid_loss", "-s")):

@@ -248,8 +248,7 @@ def read_metrics(path: Path, upto: int) -> list[dict]:
     """Records of epochs 1..upto: lines of epochs after the last checkpoint are dropped on resume."""
     if not path.is_file():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if r["epoch"] <= upto]
+    return [r for r in metrics.read_metrics_log(path) if r["epoch"] <= upto]
 
 
 RECIPE = ("batch_size", "lr", "loss_weight", "keep_no_finding", "seed")

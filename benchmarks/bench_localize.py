@@ -18,7 +18,6 @@ import argparse
 import os
 import tempfile
 
-import timing  # noqa: F401  (puts the project root on sys.path)
 from timing import DEFAULT_FOLDERS, Timings, bench_model, machine, ratio_line, real_pngs, set_threads, stored_crops
 
 import numpy as np  # noqa: E402

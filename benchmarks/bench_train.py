@@ -23,7 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import timing  # noqa: F401  (puts the project root on sys.path)
 from timing import DEFAULT_FOLDERS, Timings, machine, ratio_line, real_pngs, set_threads, sync, time_once
 
 import numpy as np  # noqa: E402

@@ -37,6 +37,7 @@ if str(ROOT) not in sys.path:  # run as `python3 benchmarks/...`: the project mo
 
 import boxes  # noqa: E402
 import evaluate  # noqa: E402
+import metrics  # noqa: E402
 from benchmarks import synthetic  # noqa: E402
 from boxfile import Box, read_box_file  # noqa: E402
 from common import InputError, run_cli, write_text_atomic  # noqa: E402
@@ -152,10 +153,10 @@ def drop_crop_offset(b: Box) -> Box:
 def heatmap_only(preds: Preds, average: dict[str, np.ndarray]) -> tuple[Preds, int]:
     """The predictions minus every box equal to its class's average box; and how many went."""
     out, removed = {}, 0
-    for name, boxes in preds.items():
-        keep = [b for b in boxes if b.label not in average
+    for name, image_boxes in preds.items():
+        keep = [b for b in image_boxes if b.label not in average
                 or np.abs(np.array([b.x, b.y, b.w, b.h]) - average[b.label]).max() > AVERAGE_TOLERANCE]
-        removed += len(boxes) - len(keep)
+        removed += len(image_boxes) - len(keep)
         out[name] = keep
     return out, removed
 
@@ -244,7 +245,7 @@ def score_all(at: Layout, methods: list[str], seed: int) -> dict:
 def training_log(at: Layout) -> list[dict]:
     """train.py's metrics.jsonl, one dict per epoch."""
     path = at.model / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return metrics.read_metrics_log(path) if path.is_file() else []
 
 
 # ---------------------------------------------------------------- report

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import metrics
+from common import InputError
 from constants import DEFAULT_THRESHOLD
 
 
@@ -35,3 +36,12 @@ def test_youden_perfectly_separable_and_nan():
     assert t[0] == pytest.approx(0.45)
     with pytest.raises(ValueError, match="NaN"):
         metrics.per_class_auroc(labels, np.array([[0.1], [np.nan], [0.7], [0.9]]))
+
+
+def test_metrics_log_names_a_bad_line(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"epoch": 1, "train_loss": 0.5}\n\n{"epoch": 2, "train_lo\n')
+    with pytest.raises(InputError, match=r"metrics\.jsonl:3: not a metrics record"):
+        metrics.read_metrics_log(log)
+    log.write_text('{"epoch": 1, "train_loss": 0.5}\n\n')
+    assert metrics.read_metrics_log(log) == [{"epoch": 1, "train_loss": 0.5}]
