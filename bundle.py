@@ -88,8 +88,8 @@ def build_bundle(out: str | Path, model_path: str | Path, thresholds_spec: str |
     checkpoint = model_lib.load_checkpoint(model_path)
     model_lib.model_from_checkpoint(checkpoint, source=str(model_path))  # fail here, not on the platform
     thresholds, thresholds_from = localize.resolve_thresholds(thresholds_spec, model_path, checkpoint)
-    if box_sizes_path is None and bbox_list is None and (Path(model_path).parent / localize.BOX_SIZES_FILE).is_file():
-        box_sizes_path = Path(model_path).parent / localize.BOX_SIZES_FILE  # calibrated: method and params too
+    if box_sizes_path is None:
+        box_sizes_path = localize.calibrated_box_file(bbox_list, model_path)  # calibrated: method and params too
     if box_sizes_path is not None:
         sizes, sizes_from = localize.read_box_sizes(box_sizes_path), str(box_sizes_path)
     else:

@@ -187,19 +187,18 @@ def resolve_box_sizes(bbox_list: str | os.PathLike | None, model_path: str | os.
         table[absent] = fallback[absent]  # a class without boxes in the file keeps the original's numbers
         note = f" (built-in sizes for {', '.join(np.array(CLASS_NAMES)[absent])})" if absent.any() else ""
         return table, f"mean of {len(truth)} boxes in {bbox_list}{note}"
-    if model_path is not None:
-        beside = Path(model_path).parent / BOX_SIZES_FILE
-        if beside.is_file():
-            return read_box_sizes(beside), str(beside)
+    calibrated = calibrated_box_file(None, model_path)
+    if calibrated is not None:
+        return read_box_sizes(calibrated), str(calibrated)
     return fallback, "the original's average boxes (constants.AVERAGE_BOXES)"
 
 
 def read_box_sizes(path: str | os.PathLike) -> np.ndarray:
     """box_sizes.json {"class_names": [...], "boxes": [[x, y, w, h], ...]} -> float64 (C, 4)."""
+    data = _read_box_json(path)
     try:
-        data = json.loads(Path(path).read_text())
         names, table = data["class_names"], np.asarray(data["boxes"], dtype=np.float64)
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except (ValueError, KeyError, TypeError) as err:
         raise InputError(f"{path}: not a box-size file ({type(err).__name__}: {err})") from None
     if list(names) != list(CLASS_NAMES):
         raise InputError(f"{path}: class_names {names} differ from {list(CLASS_NAMES)}")
@@ -228,44 +227,56 @@ def write_box_sizes(path: str | os.PathLike, table: np.ndarray, method: str | No
 
 def read_box_params(path: str | os.PathLike, method: str) -> np.ndarray | None:
     """The per-class parameters (C,) that box_sizes.json holds for `method`; None if it has none for it."""
+    data = _read_box_json(path)
+    if data.get("method") != method:
+        return None
     try:
-        data = json.loads(Path(path).read_text())
-        if data.get("method") != method:
-            return None
         values = np.asarray(data.get("params"), dtype=np.float64)
-    except (OSError, ValueError, TypeError, AttributeError) as err:
+    except (ValueError, TypeError) as err:
         raise InputError(f"{path}: not a box-size file ({type(err).__name__}: {err})") from None
     if values.shape != (len(CLASS_NAMES),) or not ((values > 0) & (values <= 1)).all():
         raise InputError(f"{path}: 'params' must be {len(CLASS_NAMES)} numbers in (0, 1], got {data.get('params')}")
     return values
 
 
-def calibrated_method(bbox_list: str | os.PathLike | None, model_path: str | os.PathLike | None) -> str | None:
-    """The box method that box_sizes.json beside the checkpoint was tuned for (None: none tuned, or a
-    box table given, which replaces that file's sizes)."""
+def _read_box_json(path: str | os.PathLike) -> dict:
+    """box_sizes.json as a dict; unreadable or not a JSON object: an InputError naming the file."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: not a box-size file ({type(err).__name__}: {err})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: not a box-size file (a JSON object is expected)")
+    return data
+
+
+def calibrated_box_file(bbox_list: str | os.PathLike | None, model_path: str | os.PathLike | None) -> Path | None:
+    """box_sizes.json beside the checkpoint, where it applies: when it exists and no box table is
+    given (a table's mean boxes replace its sizes, and then its tuned parameters do not apply)."""
     if bbox_list is not None or model_path is None:
         return None
     beside = Path(model_path).parent / BOX_SIZES_FILE
-    if not beside.is_file():
+    return beside if beside.is_file() else None
+
+
+def calibrated_method(bbox_list: str | os.PathLike | None, model_path: str | os.PathLike | None) -> str | None:
+    """The box method that the applicable box_sizes.json was tuned for (None: none tuned)."""
+    path = calibrated_box_file(bbox_list, model_path)
+    if path is None:
         return None
-    try:
-        method = json.loads(beside.read_text()).get("method")
-    except (OSError, ValueError, AttributeError) as err:
-        raise InputError(f"{beside}: not a box-size file ({type(err).__name__}: {err})") from None
+    method = _read_box_json(path).get("method")
     if method is not None and method not in boxes.METHODS:
-        raise InputError(f"{beside}: unknown box method {method!r}; choose from {', '.join(boxes.METHODS)}")
+        raise InputError(f"{path}: unknown box method {method!r}; choose from {', '.join(boxes.METHODS)}")
     return method
 
 
 def resolve_box_params(bbox_list: str | os.PathLike | None, model_path: str | os.PathLike | None,
                        method: str) -> tuple[np.ndarray | None, str]:
     """(per-class parameters of `method` or None for its default, where they came from): from the
-    box_sizes.json that resolve_box_sizes reads, i.e. only when no box table is given."""
+    applicable box_sizes.json when it was tuned for `method`."""
     default = f"{boxes.METHODS[method].parameter} {boxes.METHODS[method].default:g} (the default)"
-    if bbox_list is not None or model_path is None:
-        return None, default
-    beside = Path(model_path).parent / BOX_SIZES_FILE
-    if not beside.is_file():
-        return None, default
-    params = read_box_params(beside, method)
-    return (None, f"{default}; {beside} has none for {method}") if params is None else (params, str(beside))
+    path = calibrated_box_file(bbox_list, model_path)
+    params = None if path is None else read_box_params(path, method)
+    if params is None:
+        return None, default if path is None else f"{default}; {path} has none for {method}"
+    return params, str(path)

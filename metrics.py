@@ -1,19 +1,13 @@
-"""Validation metrics: per-class AUROC and per-class decision thresholds (Youden's J), and the
-reader of train.py's per-epoch log (metrics.jsonl).
+"""Validation metrics: per-class AUROC and per-class decision thresholds (Youden's J).
 
 A class whose labels hold no positive or no negative has no ROC curve: its AUROC is None
 (reported as "undefined", left out of the mean) and its threshold is DEFAULT_THRESHOLD.
 """
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from common import InputError
 from constants import DEFAULT_THRESHOLD
 
 
@@ -66,25 +60,3 @@ def youden_thresholds(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
 
 def format_auroc(value: float | None) -> str:
     return "undefined" if value is None else f"{value:.4f}"
-
-
-def read_metrics_log(path: str | os.PathLike) -> list[dict]:
-    """train.py's metrics.jsonl: one JSON object per epoch; a bad line is an InputError naming it."""
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as err:
-        raise InputError(f"{path}: cannot read ({err.strerror})") from None
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict) or "epoch" not in record:
-                raise ValueError("no 'epoch' key")
-        except ValueError as err:
-            raise InputError(f"{path}:{number}: not a metrics record ({err})") from None
-        records.append(record)
-    if not records:
-        raise InputError(f"{path}: no epochs recorded")
-    return records

@@ -22,10 +22,10 @@ from matplotlib.cm import ScalarMappable  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-import metrics  # noqa: E402
 from boxfile import Box  # noqa: E402
 from common import InputError, atomic_path  # noqa: E402
 from constants import CLASS_NAMES, CROP_OFFSET, CROP_SIZE, ORIGINAL_SIZE, RESCALE_FACTOR  # noqa: E402
+from metrics_log import read_metrics_log  # noqa: E402
 from tables import TruthBox  # noqa: E402
 
 DPI = 100
@@ -226,7 +226,7 @@ def _defined(values) -> tuple[list, list]:
 
 def training_curves(metrics_jsonl: str | os.PathLike, out_path: str | os.PathLike) -> None:
     """Loss (train, valid) and per-class + mean validation AUROC per epoch; 1200 x 450 px."""
-    records = metrics.read_metrics_log(metrics_jsonl)
+    records = read_metrics_log(metrics_jsonl)
     epochs = [r["epoch"] for r in records]
     fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(12.0, 4.5), dpi=DPI)
     for key, style in (("train_loss", "-o"), ("valid_loss", "-s")):

@@ -18,7 +18,6 @@ metrics as an uninterrupted run with the same --seed.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -35,8 +34,9 @@ from tqdm import tqdm
 import metrics
 import prepared
 import transforms
-from common import InputError, atomic_path, remove_stale_temporaries, run_cli, select_device, write_text_atomic
+from common import InputError, atomic_path, remove_stale_temporaries, run_cli, select_device
 from constants import ADAM_BETAS, BATCH_SIZE, CLASS_NAMES, CROP_SIZE, EPOCHS, LEARNING_RATE
+from metrics_log import read_metrics_log, write_metrics_log
 from model import ARCH, FORMAT, VERSION, build_model, load_checkpoint, save_checkpoint
 
 LOSS_WEIGHTS = ("none", "chexnet", "wang")
@@ -239,16 +239,11 @@ def save_thresholds(path: Path, thresholds: np.ndarray) -> None:
         np.save(f, thresholds.astype(np.float32), allow_pickle=False)
 
 
-def write_metrics(path: Path, records: list[dict]) -> None:
-    """The whole log, rewritten atomically (a few lines per epoch: cheap, and never half a line)."""
-    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
-
-
 def read_metrics(path: Path, upto: int) -> list[dict]:
     """Records of epochs 1..upto: lines of epochs after the last checkpoint are dropped on resume."""
     if not path.is_file():
         return []
-    return [r for r in metrics.read_metrics_log(path) if r["epoch"] <= upto]
+    return [r for r in read_metrics_log(path) if r["epoch"] <= upto]
 
 
 RECIPE = ("batch_size", "lr", "loss_weight", "keep_no_finding", "seed")
@@ -343,7 +338,7 @@ def main(args) -> None:
                   "auroc": result["auroc"], "mean_auroc": result["mean_auroc"],
                   "seconds": round(time.perf_counter() - start, 3)}
         records.append(record)
-        write_metrics(out / "metrics.jsonl", records)
+        write_metrics_log(out / "metrics.jsonl", records)
         report(record, args.epochs)
         improved = best is None or score(record) > best["score"]
         if improved:

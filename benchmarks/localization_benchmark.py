@@ -37,11 +37,11 @@ if str(ROOT) not in sys.path:  # run as `python3 benchmarks/...`: the project mo
 
 import boxes  # noqa: E402
 import evaluate  # noqa: E402
-import metrics  # noqa: E402
 from benchmarks import synthetic  # noqa: E402
 from boxfile import Box, read_box_file  # noqa: E402
 from common import InputError, run_cli, write_text_atomic  # noqa: E402
 from constants import CLASS_NAMES, CROP_OFFSET, RESCALE_FACTOR  # noqa: E402
+from metrics_log import read_metrics_log  # noqa: E402
 from tables import average_boxes, read_bbox_list, read_image_list  # noqa: E402
 
 # Sizes for 2 CPU cores (the README has the measured time), and a smoke version for the test
@@ -245,7 +245,7 @@ def score_all(at: Layout, methods: list[str], seed: int) -> dict:
 def training_log(at: Layout) -> list[dict]:
     """train.py's metrics.jsonl, one dict per epoch."""
     path = at.model / "metrics.jsonl"
-    return metrics.read_metrics_log(path) if path.is_file() else []
+    return read_metrics_log(path) if path.is_file() else []
 
 
 # ---------------------------------------------------------------- report

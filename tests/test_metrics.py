@@ -4,6 +4,7 @@ import pytest
 
 import metrics
 from common import InputError
+from metrics_log import read_metrics_log
 from constants import DEFAULT_THRESHOLD
 
 
@@ -42,6 +43,6 @@ def test_metrics_log_names_a_bad_line(tmp_path):
     log = tmp_path / "metrics.jsonl"
     log.write_text('{"epoch": 1, "train_loss": 0.5}\n\n{"epoch": 2, "train_lo\n')
     with pytest.raises(InputError, match=r"metrics\.jsonl:3: not a metrics record"):
-        metrics.read_metrics_log(log)
+        read_metrics_log(log)
     log.write_text('{"epoch": 1, "train_loss": 0.5}\n\n')
-    assert metrics.read_metrics_log(log) == [{"epoch": 1, "train_loss": 0.5}]
+    assert read_metrics_log(log) == [{"epoch": 1, "train_loss": 0.5}]
