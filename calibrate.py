@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +46,7 @@ from common import InputError, atomic_path, run_cli, select_device
 from constants import (AVERAGE_BOXES, CLASS_NAMES, CROP_SIZE, DEFAULT_TARGET_LAYER, PEAK_KEEP_FRACTION,
                        THRESHOLD_FRACTION)
 from gradcam import GradCAM
-from tables import TruthBox
+from tables import TruthBox, boxes_by_image
 
 HEATMAPS_FILE = "heatmaps.npz"
 PROBS_KEY = "probabilities"  # heatmaps.npz: "IMAGE/probabilities" beside "IMAGE/CLASS"
@@ -260,10 +259,8 @@ def split_rows(n: int, holdout: float, seed: int) -> tuple[list[int], list[int]]
 
 def truth_of_valid(folder: str) -> dict[str, list[TruthBox]]:
     """valid_boxes.csv grouped by image (read_valid_boxes already turns a bad file into an InputError)."""
-    truth: dict[str, list[TruthBox]] = defaultdict(list)
-    for r in prepared.read_valid_boxes(folder):
-        truth[r["image"]].append(TruthBox(r["image"], r["label"], r["x"], r["y"], r["w"], r["h"]))
-    return dict(truth)
+    return boxes_by_image([TruthBox(r["image"], r["label"], r["x"], r["y"], r["w"], r["h"])
+                           for r in prepared.read_valid_boxes(folder)])
 
 
 def heatmaps_for(args: argparse.Namespace, checkpoint: dict, data: prepared.Prepared, names: list[str],

@@ -55,6 +55,11 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def usable_cpus() -> int:
+    """CPUs this process may use: its affinity (as a batch scheduler sets it), not all the machine has."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def select_device(requested: str = "auto") -> "torch.device":
     """'auto' is the first visible CUDA GPU, else the CPU.
 

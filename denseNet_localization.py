@@ -20,10 +20,10 @@ import localize
 import model as model_lib
 import tables
 from boxfile import ImageBoxes, write_box_file
-from common import InputError, run_cli, select_device
+from common import InputError, run_cli, select_device, usable_cpus
 from constants import DEFAULT_TARGET_LAYER
 
-DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
+DEFAULT_WORKERS = min(4, usable_cpus())
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -78,11 +78,8 @@ def make_plotter(args: argparse.Namespace, thresholds):
                          f"{args.sheet_cell}")
     import plots  # matplotlib loads only when pictures are asked for
 
-    truth, truth_path = None, args.truth or args.bbox_list
-    if truth_path is not None:
-        truth = {}
-        for box in tables.read_bbox_list(truth_path):
-            truth.setdefault(box.image, []).append(box)
+    truth_path = args.truth or args.bbox_list
+    truth = None if truth_path is None else tables.boxes_by_image(tables.read_bbox_list(truth_path))
     return plots.LocalizationPlots(args.plots, thresholds, truth, max_images=args.plot_images)
 
 

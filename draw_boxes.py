@@ -10,7 +10,6 @@ names the folder that holds the images (the original's file says ../images/NAME.
 from __future__ import annotations
 
 import argparse
-from collections import defaultdict
 from pathlib import Path
 
 from tqdm import tqdm
@@ -19,7 +18,7 @@ from boxfile import ImageBoxes, read_box_file
 from common import InputError, run_cli
 from constants import ORIGINAL_SIZE
 from images import read_xray
-from tables import TruthBox, read_bbox_list
+from tables import TruthBox, boxes_by_image, read_bbox_list
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -64,9 +63,7 @@ def main(args: argparse.Namespace) -> None:
     check_images(args.box_txt, entries, args.images)
     truth: dict[str, list[TruthBox]] | None = None
     if args.bbox_list is not None:
-        truth = defaultdict(list)
-        for box in read_bbox_list(args.bbox_list):
-            truth[box.image].append(box)
+        truth = boxes_by_image(read_bbox_list(args.bbox_list))
     for entry in tqdm(entries, desc="drawing", unit="image"):
         path = image_path(entry, args.images)
         name = Path(entry.image_path).name

@@ -50,7 +50,7 @@ from typing import Iterable, Protocol
 from boxfile import Box, ImageBoxes, read_box_file
 from common import InputError, run_cli, write_text_atomic
 from constants import BOX_TABLE_ALIASES, CLASS_NAMES
-from tables import TruthBox, read_bbox_list
+from tables import TruthBox, boxes_by_image, read_bbox_list
 
 # Thresholds of Wang et al.'s Table 4 (ChestX-ray8), for both IoU and IoBB.
 WANG_THRESHOLDS = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -100,10 +100,7 @@ def image_key(path: str) -> str:
 
 def load_truth(path: str | os.PathLike) -> dict[str, list[TruthBox]]:
     """BBox_List (.csv or .csv.gz) -> {image name: its truth boxes}."""
-    truth: dict[str, list[TruthBox]] = defaultdict(list)
-    for box in read_bbox_list(path):
-        truth[box.image].append(box)
-    return dict(truth)
+    return boxes_by_image(read_bbox_list(path))
 
 
 def predictions_by_image(path: str | os.PathLike, entries: Iterable[ImageBoxes]) -> dict[str, list[Box]]:

@@ -30,15 +30,13 @@ import numpy as np
 from tqdm import tqdm
 
 import prepared
-from common import InputError, atomic_path, remove_stale_temporaries, run_cli, write_text_atomic
+from common import InputError, atomic_path, remove_stale_temporaries, run_cli, usable_cpus, write_text_atomic
 from constants import CLASS_NAMES, STORED_SIZE
 from images import load_stored
 from tables import LabelRow, TruthBox, label_matrix, read_bbox_list, read_data_entry, read_image_list_lines
 
-# PNG decoding scales with cores; beyond ~16 processes the disk is the limit. CPUs this process
-# may use (its affinity, as a batch scheduler sets it) rather than all the machine has.
-_USABLE_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-DEFAULT_WORKERS = min(_USABLE_CPUS, 16)
+# PNG decoding scales with cores; beyond ~16 processes the disk is the limit.
+DEFAULT_WORKERS = min(usable_cpus(), 16)
 DEFAULT_CHUNK = 8  # images a worker decodes and writes as one task (one 512 KiB memory-map window)
 
 

@@ -147,3 +147,11 @@ def average_boxes(boxes: list[TruthBox]) -> np.ndarray:
         if mine:
             table[k] = np.mean(mine, axis=0)
     return table
+
+
+def boxes_by_image(boxes: list[TruthBox]) -> dict[str, list[TruthBox]]:
+    """{image name: its boxes, in table order}."""
+    grouped: dict[str, list[TruthBox]] = {}
+    for box in boxes:
+        grouped.setdefault(box.image, []).append(box)
+    return grouped

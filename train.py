@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 from contextlib import nullcontext
@@ -34,7 +33,7 @@ from tqdm import tqdm
 import metrics
 import prepared
 import transforms
-from common import InputError, atomic_path, remove_stale_temporaries, run_cli, select_device
+from common import InputError, atomic_path, remove_stale_temporaries, run_cli, select_device, usable_cpus
 from constants import ADAM_BETAS, BATCH_SIZE, CLASS_NAMES, CROP_SIZE, EPOCHS, LEARNING_RATE
 from metrics_log import read_metrics_log, write_metrics_log
 from model import ARCH, FORMAT, VERSION, build_model, load_checkpoint, save_checkpoint
@@ -76,8 +75,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", dest="plots", action="store_false",
                    help="do not draw training_curves.png and roc_curves.png into --out (default: draw them "
                         "after each epoch, outside the timed part)")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                   help="data-loading processes, 0 = in the main process (default: min(4, CPU count))")
+    p.add_argument("--workers", type=int, default=min(4, usable_cpus()),
+                   help="data-loading processes, 0 = in the main process (default: min(4, usable CPUs))")
     return p
 
 
