@@ -170,12 +170,17 @@ def model_from_checkpoint(checkpoint: dict, source: str = "checkpoint") -> nn.Mo
         raise InputError(f"{source}: trained for {num_classes} classes {list(checkpoint['class_names'])}; "
                          f"this pipeline needs the {len(CLASS_NAMES)} classes {list(CLASS_NAMES)}")
     model = build_model(num_classes, weights="none")
-    try:
-        model.load_state_dict(checkpoint["model"], strict=True)
-    except RuntimeError as err:
-        raise InputError(f"{source}: weights do not fit DenseNet-121 with {num_classes} classes "
-                         f"({_first_line(err)})") from None
+    load_weights(model, checkpoint["model"], source)
     return model.eval()
+
+
+def load_weights(model: nn.Module, state: dict, source: str) -> None:
+    """Load a state dict strictly; a mismatch is one InputError line naming `source`."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise InputError(f"{source}: weights do not fit DenseNet-121 with {model.classifier.out_features} "
+                         f"classes ({_first_line(err)})") from None
 
 
 def _first_line(err: BaseException) -> str:

@@ -36,7 +36,7 @@ import transforms
 from common import InputError, atomic_path, remove_stale_temporaries, run_cli, select_device, usable_cpus
 from constants import ADAM_BETAS, BATCH_SIZE, CLASS_NAMES, CROP_SIZE, EPOCHS, LEARNING_RATE
 from metrics_log import read_metrics_log, write_metrics_log
-from model import ARCH, FORMAT, VERSION, build_model, load_checkpoint, save_checkpoint
+from model import ARCH, FORMAT, VERSION, build_model, load_checkpoint, load_weights, save_checkpoint
 
 LOSS_WEIGHTS = ("none", "chexnet", "wang")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
@@ -260,10 +260,7 @@ def resume(out: Path, args, model, optimizer, scaler) -> tuple[int, dict | None,
         if ckpt["args"].get(key) != getattr(args, key):
             print(f"warning: --resume with {key}={getattr(args, key)!r}, the run used "
                   f"{ckpt['args'].get(key)!r}; results will differ from an uninterrupted run", file=sys.stderr)
-    try:
-        model.load_state_dict(ckpt["model"], strict=True)
-    except RuntimeError as err:
-        raise InputError(f"{path}: weights do not fit this model ({' '.join(str(err).split())[:300]})") from None
+    load_weights(model, ckpt["model"], str(path))
     optimizer.load_state_dict(ckpt["optimizer"])
     if ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
