@@ -37,10 +37,6 @@ from common import InputError, atomic_path
 
 ROOT = Path(__file__).resolve().parent
 ENTRY = "inference.py"
-# The checkpoint keys of model.py's format; the optimizer state (set to None) and train.py's
-# scaler, rng and best only serve --resume, and would double the bundle's size.
-INFERENCE_KEYS = ("format", "version", "arch", "model", "class_names", "input_size", "epoch", "optimizer",
-                  "metrics", "args", "thresholds")
 _DYNAMIC_IMPORTS = {"import_module", "__import__"}
 
 
@@ -126,10 +122,11 @@ def build_bundle(out: str | Path, model_path: str | Path, thresholds_spec: str |
 
 
 def _inference_checkpoint(checkpoint: dict, thresholds: np.ndarray) -> dict:
-    slim = {key: checkpoint.get(key) for key in INFERENCE_KEYS}
-    slim["optimizer"] = None
-    slim["thresholds"] = [float(t) for t in thresholds]  # the bundle's thresholds.npy, also inside
-    return slim
+    """The weights and their record, without the optimizer state and train.py's --resume keys
+    (scaler, rng, best), which would double the bundle's size; the bundle's thresholds inside too."""
+    return model_lib.new_checkpoint(checkpoint["model"], epoch=checkpoint.get("epoch"),
+                                    metrics=checkpoint.get("metrics"), args=checkpoint.get("args"),
+                                    thresholds=thresholds)
 
 
 def _check_stage(stage: Path, thresholds: np.ndarray, sizes: np.ndarray) -> None:

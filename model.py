@@ -102,6 +102,16 @@ def normalize_keys(state: dict) -> dict:
     return out
 
 
+def new_checkpoint(state: dict, *, epoch: int | None = None, optimizer: dict | None = None,
+                   metrics: dict | None = None, args: dict | None = None,
+                   thresholds=None) -> dict:
+    """The checkpoint dict of this format (module docstring), for the 8-class model's state dict."""
+    return {"format": FORMAT, "version": VERSION, "arch": ARCH, "model": state,
+            "class_names": list(CLASS_NAMES), "input_size": CROP_SIZE, "epoch": epoch,
+            "optimizer": optimizer, "metrics": metrics or {}, "args": args or {},
+            "thresholds": None if thresholds is None else [float(t) for t in thresholds]}
+
+
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict) -> None:
     """torch.save through a temporary name and a rename: a crash never leaves half a file."""
     with atomic_path(path) as tmp:
@@ -148,9 +158,7 @@ def _from_state_dict(path: str | os.PathLike, state: dict) -> dict:
         raise InputError(f"{path}: the classifier has {head.shape[0]} outputs; a bare state dict must "
                          f"have {len(CLASS_NAMES)} (the classes {', '.join(CLASS_NAMES)})")
     _add_batch_counters(state)
-    return {"format": FORMAT, "version": VERSION, "arch": ARCH, "model": state,
-            "class_names": list(CLASS_NAMES), "input_size": CROP_SIZE, "epoch": None,
-            "optimizer": None, "metrics": {}, "args": {"converted_from": str(path)}, "thresholds": None}
+    return new_checkpoint(state, args={"converted_from": str(path)})
 
 
 def _add_batch_counters(state: dict) -> None:

@@ -34,9 +34,9 @@ import metrics
 import prepared
 import transforms
 from common import InputError, atomic_path, remove_stale_temporaries, run_cli, select_device, usable_cpus
-from constants import ADAM_BETAS, BATCH_SIZE, CLASS_NAMES, CROP_SIZE, EPOCHS, LEARNING_RATE
+from constants import ADAM_BETAS, BATCH_SIZE, CLASS_NAMES, EPOCHS, LEARNING_RATE
 from metrics_log import read_metrics_log, write_metrics_log
-from model import ARCH, FORMAT, VERSION, build_model, load_checkpoint, load_weights, save_checkpoint
+from model import build_model, load_checkpoint, load_weights, new_checkpoint, save_checkpoint
 
 LOSS_WEIGHTS = ("none", "chexnet", "wang")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
@@ -227,10 +227,9 @@ def plain_args(args) -> dict:
 
 
 def make_checkpoint(model, args, epoch: int, record: dict, thresholds, extra: dict) -> dict:
-    return {"format": FORMAT, "version": VERSION, "arch": ARCH, "model": model.state_dict(),
-            "class_names": list(CLASS_NAMES), "input_size": CROP_SIZE, "epoch": epoch,
-            "metrics": record, "args": plain_args(args),
-            "thresholds": None if thresholds is None else [float(t) for t in thresholds], **extra}
+    """model.py's checkpoint dict, plus `extra` (the optimizer and --resume state for last.pt)."""
+    return {**new_checkpoint(model.state_dict(), epoch=epoch, metrics=record, args=plain_args(args),
+                             thresholds=thresholds), **extra}
 
 
 def save_thresholds(path: Path, thresholds: np.ndarray) -> None:

@@ -93,7 +93,7 @@ def test_bundled_checkpoint_thresholds_and_sizes(built, tmp_path, sample_dir):
     folder = _unzip(zip_path, tmp_path / "b", sample_dir, names=[])
     ckpt = torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=True)
     original = model_lib.load_checkpoint(model_dir / "best.pt")
-    assert ckpt["optimizer"] is None and set(ckpt) == set(bundle.INFERENCE_KEYS)  # no resume state
+    assert ckpt["optimizer"] is None and set(ckpt) == set(model_lib.new_checkpoint({}))  # no resume state
     assert ckpt["epoch"] == 3 and ckpt["thresholds"] == THRESHOLDS.tolist()
     assert all(torch.equal(ckpt["model"][k], v) for k, v in original["model"].items())
     assert np.array_equal(np.load(folder / "thresholds.npy", allow_pickle=False), THRESHOLDS)
