@@ -1,10 +1,11 @@
-"""Localize findings: python3 denseNet_localization.py TEST_TXT IMAGES [--model model/best.pt].
+"""Localize findings in chest X-rays: python3 denseNet_localization.py TEST_TXT IMAGES.
 
-For every image of TEST_TXT (read from IMAGES): the 8 probabilities, the active classes
-(probability > the class's threshold), a Grad-CAM heatmap per active class, then boxes: for each
-active class in class order, the class's average box, then the boxes its heatmap gives (--method
-peaks, the original's: one box of the average size per strong peak; or threshold). Writes bounding_box.txt: per image `[IMAGES/name] [count]`,
-then `[disease] [x] [y] [width] [height]` lines, '%.1f', in pixels of the 1024x1024 original.
+For every image of TEST_TXT (read from IMAGES): the 8 probabilities, the active classes (probability >
+the class's threshold), a Grad-CAM heatmap per active class, then boxes: per active class in class
+order, the class's average box, then the boxes its heatmap gives (--method peaks, the original's: one
+box of the average size per strong peak; or threshold). Writes bounding_box.txt: per image
+`[IMAGES/name] [count]`, then `[disease] [x] [y] [width] [height]` lines, '%.1f', in pixels of the
+1024x1024 original.
 """
 from __future__ import annotations
 
@@ -15,97 +16,106 @@ import time
 
 from tqdm import tqdm
 
-import boxes
-import localize
-import model as model_lib
-import tables
-from boxfile import ImageBoxes, write_box_file
-from common import InputError, run_cli, select_device, usable_cpus
-from constants import DEFAULT_TARGET_LAYER
+from chexnet import boxes, localize, model_dir, nih
+from chexnet.boxfile import ImageBoxes, write_box_file
+from chexnet.constants import DEFAULT_TARGET_LAYER
+from chexnet.images import check_images_exist
+from chexnet.utils import InputError, run_cli, select_device, usable_cpus
+from model import load_checkpoint, model_from_checkpoint
 
 DEFAULT_WORKERS = min(4, usable_cpus())
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("test_txt", type=str, help="list of image names, one a line (TEST_TXT)")
-    p.add_argument("images", type=str, help="folder of the images (IMAGES); output paths are IMAGES/name")
-    p.add_argument("--model", type=str, default="model/best.pt",
-                   help="checkpoint (ours, or the original's .pkl) (default: model/best.pt, where train.py writes)")
+    p.add_argument("images", type=str,
+                   help="folder of the images (IMAGES); output paths are IMAGES/name")
+    p.add_argument("--model", type=str, default=model_dir.DEFAULT_MODEL,
+                   help=f"checkpoint (ours, or the original's .pkl) (default: {model_dir.DEFAULT_MODEL}, "
+                        f"where train.py writes)")
     p.add_argument("--thresholds", type=str, default=None,
-                   help="a .npy of 8 probabilities, or one number for every class (default: thresholds.npy "
-                        "beside --model, else the checkpoint's own thresholds)")
+                   help="a .npy of 8 probabilities, or one number for every class (default: "
+                        "thresholds.npy beside --model, else the checkpoint's own thresholds)")
     p.add_argument("--bbox-list", type=str, default=None,
-                   help="BBox_List_2017.csv: box sizes = its per-class mean boxes (default: box_sizes.json "
-                        "beside --model if present, with the box method's per-class parameters that "
-                        "calibrate.py tuned, else the original's table)")
+                   help="BBox_List_2017.csv: box sizes = its per-class mean boxes (default: "
+                        "box_sizes.json beside --model if present, with the box method's per-class "
+                        "parameters that calibrate.py tuned, else the original's table)")
     p.add_argument("--out", type=str, default="bounding_box.txt",
                    help="box file to write (default: bounding_box.txt in the working folder)")
     p.add_argument("--method", type=str, default=None, choices=sorted(boxes.METHODS),
-                   help="how heatmaps become boxes: peaks, the original's heuristic, or threshold, the "
-                        "rectangles of the regions above a fraction of the map's maximum; either way each "
-                        "active class opens with its average box (default: the method box_sizes.json beside "
-                        "--model was calibrated for, else peaks)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
-    p.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+                   help="how heatmaps become boxes: peaks, the original's heuristic, or threshold, "
+                        "the rectangles of the regions above a fraction of the map's maximum; either "
+                        "way each active class opens with its average box (default: the method "
+                        "box_sizes.json beside --model was calibrated for, else peaks)")
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="images per forward pass (default: 16)")
+    p.add_argument("--device", type=str, default="auto",
+                   help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
-                   help=f"image-decoding processes; 0 decodes in the main process (default: min(4, CPUs) "
-                        f"= {DEFAULT_WORKERS})")
+                   help=f"image-decoding processes; 0 decodes in the main process (default: "
+                        f"min(4, CPUs) = {DEFAULT_WORKERS})")
     p.add_argument("--layer", type=str, default=DEFAULT_TARGET_LAYER,
-                   help=f"Grad-CAM target layer, a name from model.named_modules() (default: {DEFAULT_TARGET_LAYER})")
-    p.add_argument("--plots", type=str, default=None,
-                   help="folder for pictures: per image the boxes (predicted blue, --truth's true boxes "
-                        "red), a heatmap per detected class, the probability chart; and contact_sheet.png, "
-                        "one row per class (default: None, no pictures)")
-    p.add_argument("--truth", type=str, default=None,
-                   help="with --plots: a box table whose boxes are drawn in red (default: --bbox-list); "
-                        "e.g. the test images' truth while --bbox-list sizes boxes from other images")
-    p.add_argument("--plot-images", type=int, default=20,
-                   help="with --plots: per-image pictures for the first N images only; the contact sheet "
-                        "looks at all of them (default: 20)")
-    p.add_argument("--sheet-cell", type=int, default=256,
-                   help="with --plots: side in pixels of each contact-sheet picture; 4 per class (default: 256)")
+                   help=f"Grad-CAM target layer, a name from model.named_modules() (default: "
+                        f"{DEFAULT_TARGET_LAYER})")
+    add_picture_options(p)
     return p
 
 
+def add_picture_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plots", type=str, default=None,
+                   help="folder for pictures: per image the boxes (predicted blue, --truth's true "
+                        "boxes red), a heatmap per detected class, the probability chart; and "
+                        "contact_sheet.png, one row per class (default: None, no pictures)")
+    p.add_argument("--truth", type=str, default=None,
+                   help="with --plots: a box table whose boxes are drawn in red (default: "
+                        "--bbox-list); e.g. the test images' truth while --bbox-list sizes boxes "
+                        "from other images")
+    p.add_argument("--plot-images", type=int, default=20,
+                   help="with --plots: per-image pictures for the first N images only; the contact "
+                        "sheet looks at all of them (default: 20)")
+    p.add_argument("--sheet-cell", type=int, default=256,
+                   help="with --plots: side in pixels of each contact-sheet picture; 4 per class "
+                        "(default: 256)")
+
+
 def make_plotter(args: argparse.Namespace, thresholds):
-    """plots.LocalizationPlots for --plots (None without it), with --truth's (or --bbox-list's) boxes as the truth."""
+    """LocalizationPlots for --plots (None without it), with --truth's (or --bbox-list's) boxes."""
     if args.plots is None:
         return None
     if args.plot_images < 0 or args.sheet_cell < 32:
-        raise InputError(f"--plot-images must be >= 0 and --sheet-cell >= 32, got {args.plot_images}, "
-                         f"{args.sheet_cell}")
-    import plots  # matplotlib loads only when pictures are asked for
+        raise InputError(f"--plot-images must be >= 0 and --sheet-cell >= 32, got "
+                         f"{args.plot_images}, {args.sheet_cell}")
+    from chexnet import localization_figures  # matplotlib loads only when pictures are asked for
 
     truth_path = args.truth or args.bbox_list
-    truth = None if truth_path is None else tables.boxes_by_image(tables.read_bbox_list(truth_path))
-    return plots.LocalizationPlots(args.plots, thresholds, truth, max_images=args.plot_images)
+    truth = None if truth_path is None else nih.read_truth_by_image(truth_path)
+    return localization_figures.LocalizationPlots(args.plots, thresholds, truth,
+                                                  max_images=args.plot_images)
 
 
 def main(args: argparse.Namespace) -> None:
     if args.batch_size < 1 or args.workers < 0:
-        raise InputError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size}, {args.workers}")
-    names = tables.read_image_list(args.test_txt)
+        raise InputError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size}, "
+                         f"{args.workers}")
+    names = nih.read_image_list(args.test_txt)
     paths = [os.path.join(args.images, name) for name in names]  # as the original writes them
-    localize.check_images(paths, args.test_txt)
+    check_images_exist(paths, args.test_txt)
     device = select_device(args.device)
-    checkpoint = model_lib.load_checkpoint(args.model)
-    net = model_lib.model_from_checkpoint(checkpoint, source=args.model)
-    thresholds, thresholds_from = localize.resolve_thresholds(args.thresholds, args.model, checkpoint)
-    box_sizes, sizes_from = localize.resolve_box_sizes(args.bbox_list, args.model)
-    method = args.method or localize.calibrated_method(args.bbox_list, args.model) or "peaks"
-    params, params_from = localize.resolve_box_params(args.bbox_list, args.model, method)
-    if args.layer not in dict(net.named_modules()):
-        raise InputError(f"--layer {args.layer}: not a layer of the model (e.g. {DEFAULT_TARGET_LAYER}, features.norm5)")
+    checkpoint = load_checkpoint(args.model)
+    net = model_from_checkpoint(checkpoint, source=args.model)
+    thresholds, thresholds_from = model_dir.resolve_thresholds(args.thresholds, args.model, checkpoint)
+    box_sizes, sizes_from = model_dir.resolve_box_sizes(args.bbox_list, args.model)
+    method = args.method or model_dir.calibrated_method(args.bbox_list, args.model) or "peaks"
+    params, params_from = model_dir.resolve_box_params(args.bbox_list, args.model, method)
     print(f"{len(paths)} images, model {args.model} on {device}, thresholds from {thresholds_from}, "
           f"box sizes from {sizes_from}, {method} parameters from {params_from}", file=sys.stderr)
 
     plotter, plot_seconds = make_plotter(args, thresholds), 0.0
     start = time.perf_counter()
-    results = localize.iter_localize(net, paths, thresholds, box_sizes, device, batch_size=args.batch_size,
-                                     target_layer=args.layer, workers=args.workers, method=method,
-                                     method_params=params)
+    results = localize.iter_localize(net, paths, thresholds, box_sizes, device,
+                                     batch_size=args.batch_size, target_layer=args.layer,
+                                     workers=args.workers, method=method, method_params=params)
     entries, detections = [], 0
     for result in tqdm(results, total=len(paths), unit="image", file=sys.stderr, desc="localize"):
         entries.append(ImageBoxes(result.image_path, result.boxes))
@@ -120,12 +130,16 @@ def main(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}: {len(entries)} images, {detections} active classes, {n_boxes} boxes "
           f"in {seconds:.1f} s ({len(entries) / seconds:.1f} images/s)")
     if plotter is not None:
-        tick = time.perf_counter()
-        sheet = plotter.finish(cell=args.sheet_cell)
-        plot_seconds += time.perf_counter() - tick
-        print(f"wrote pictures of {min(plotter.seen, plotter.max_images)} images into {args.plots}"
-              + (f", and {sheet}" if sheet else " (no contact sheet: no detection, no true box)")
-              + f" in {plot_seconds:.1f} s")
+        finish_pictures(plotter, args, plot_seconds)
+
+
+def finish_pictures(plotter, args: argparse.Namespace, plot_seconds: float) -> None:
+    tick = time.perf_counter()
+    sheet = plotter.finish(cell=args.sheet_cell)
+    plot_seconds += time.perf_counter() - tick
+    print(f"wrote pictures of {min(plotter.seen, plotter.max_images)} images into {args.plots}"
+          + (f", and {sheet}" if sheet else " (no contact sheet: no detection, no true box)")
+          + f" in {plot_seconds:.1f} s")
 
 
 if __name__ == "__main__":

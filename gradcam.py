@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from constants import DEFAULT_TARGET_LAYER
+from chexnet.constants import DEFAULT_TARGET_LAYER
+from chexnet.utils import InputError
 
 
 class GradCAM:
@@ -34,8 +35,8 @@ class GradCAM:
         if target_layer not in modules or not target_layer:
             examples = ", ".join(n for n in modules if n.endswith(("conv2", "norm5")))
             examples = ", ".join(examples.split(", ")[-3:])
-            raise ValueError(f"unknown layer {target_layer!r}; the model's layers include {examples} "
-                             f"(any name of model.named_modules())")
+            raise InputError(f"unknown Grad-CAM layer {target_layer!r}; the model's layers include "
+                             f"{examples} (any name of model.named_modules())")
         self.model = model
         self.target_layer = target_layer
         self.batched = batched  # False: one backward per class (the fallback; same maps)

@@ -1,18 +1,19 @@
-"""Localize findings with one command, `python3 inference.py`: the grading bundle's entry point.
+"""Localize findings with one command, python3 inference.py: the grading bundle's entry point.
 
 One script, two modes, chosen by what lies beside it:
 - bundle mode: a manifest.json beside this script (an unzipped deepQ.zip). Every file the manifest
   lists is checked (present, sha256 as built, a plain name inside the folder) BEFORE any bundled
-  module is imported; a mismatch is one `error:` line and exit status 2. Then the bundle's own
-  checkpoint.pt, thresholds.npy and box_sizes.json run; --model/--thresholds/--bbox-list are refused.
+  code runs; a mismatch is one `error:` line and exit status 2. Then denseNet_localization.py runs
+  the bundle's own checkpoint, thresholds and box sizes; --model/--thresholds/--bbox-list are refused.
 - project mode: no manifest.json (the project folder): --model (default model/best.pt), thresholds
   and box sizes are found as denseNet_localization.py finds them.
 Both modes read the test list and the image folder from the options, else the environment variables
 CHEXNET_TEST_LIST / CHEXNET_IMAGES / CHEXNET_OUT, else test.txt, images/ and bounding_box.txt in the
-working folder; they run denseNet_localization.py's own main, so the box file is the same, line for line.
+working folder, and run denseNet_localization.py as a child process: the box file is the same, line
+for line. This file uses the standard library only, so it can check a bundle before trusting it.
 
 Build a bundle (project folder): python3 inference.py --build-bundle deepQ.zip [--model model/best.pt]
-Check one (zip or unzipped folder): python3 inference.py --check-bundle deepQ.zip
+(runs tools/build_bundle.py). Check one (zip or unzipped folder): python3 inference.py --check-bundle ZIP
 """
 from __future__ import annotations
 
@@ -20,17 +21,20 @@ import argparse
 import hashlib
 import json
 import os
+import subprocess
 import sys
 import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Callable, Mapping
 
-# Only the standard library above: nothing of the project may run before the bundle is verified.
 HERE = Path(__file__).resolve().parent
 MANIFEST = "manifest.json"
 BUNDLE_FORMAT = "chexnet-bundle"
-BUNDLE_VERSION = 1
-CHECKPOINT = "checkpoint.pt"  # the bundle's model; thresholds and box sizes lie beside it (localize's names)
+BUNDLE_VERSION = 2  # 2: the package's modules in chexnet/, the run's file names in "run"
+LOCALIZE = "denseNet_localization.py"
+BUILDER = Path("tools") / "build_bundle.py"
+# manifest["run"]: the files a run needs, by role (the builder writes them with chexnet.model_dir's names).
+RUN_FILES = ("checkpoint", "thresholds", "box_sizes")
 # The run's options, each with its environment variable: the option beats the variable beats the
 # default (None: denseNet_localization.py's own default).
 RUN_OPTIONS = {
@@ -41,39 +45,42 @@ RUN_OPTIONS = {
     "batch_size": ("CHEXNET_BATCH_SIZE", int, None, "images per forward pass"),
     "workers": ("CHEXNET_WORKERS", int, None, "image-decoding processes, 0: none"),
 }
+PROJECT_OPTIONS = ("model", "thresholds", "bbox_list")  # project mode (and --build-bundle) only
 _HEX = frozenset("0123456789abcdef")
 
 
 class BundleError(Exception):
-    """A bundle that does not match its manifest; the message is one line."""
+    """A bundle that does not match its manifest, or a wrong option; the message is one line."""
 
 
 def get_args_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     for option, (variable, kind, default, what) in RUN_OPTIONS.items():
         shown = f"{default} in the working folder" if option in ("test_list", "images", "out") else default
-        shown = shown or f"denseNet_localization.py's --{option.replace('_', '-')} default"
+        shown = shown or f"{LOCALIZE}'s --{option.replace('_', '-')} default"
         # argparse passes a string default through `type`, so an int variable is checked like the option.
         p.add_argument("--" + option.replace("_", "-"), type=kind, default=environ.get(variable, default),
                        help=f"{what} (default: ${variable}, else {shown})")
     p.add_argument("--model", type=str, default=None,
-                   help="project mode and --build-bundle: the checkpoint (default: denseNet_localization.py's, "
+                   help=f"project mode and --build-bundle: the checkpoint (default: {LOCALIZE}'s, "
                         "model/best.pt)")
     p.add_argument("--thresholds", type=str, default=None,
                    help="project mode and --build-bundle: a .npy of 8 probabilities or one number "
                         "(default: thresholds.npy beside --model, else the checkpoint's own)")
     p.add_argument("--bbox-list", type=str, default=None,
-                   help="project mode and --build-bundle: BBox_List_2017.csv whose per-class mean boxes size "
-                        "the boxes (default: box_sizes.json beside --model, else the original's table)")
+                   help="project mode and --build-bundle: BBox_List_2017.csv whose per-class mean "
+                        "boxes size the boxes (default: box_sizes.json beside --model, else the "
+                        "original's table)")
     p.add_argument("--box-sizes", type=str, default=None,
-                   help="--build-bundle only: a box_sizes.json to bundle instead (default: as --bbox-list)")
+                   help="--build-bundle only: a box_sizes.json to bundle instead (default: as "
+                        "--bbox-list)")
     action = p.add_mutually_exclusive_group()
     action.add_argument("--build-bundle", type=str, default=None, metavar="ZIP",
-                        help="write the grading bundle ZIP from the project folder and exit (default: off)")
-    action.add_argument("--check-bundle", type=str, default=None, metavar="PATH",
-                        help="verify a bundle (a .zip or an unzipped folder) against its manifest and exit "
+                        help="write the grading bundle ZIP from the project folder and exit "
                              "(default: off)")
+    action.add_argument("--check-bundle", type=str, default=None, metavar="PATH",
+                        help="verify a bundle (a .zip or an unzipped folder) against its manifest "
+                             "and exit (default: off)")
     return p
 
 
@@ -112,10 +119,12 @@ def parse_manifest(text: str, source: str) -> dict:
 
 
 def check_name(name: str, source: str) -> None:
-    """Bundle files lie at the bundle's root: a name with a folder, '..', a drive or a root escapes."""
+    """Bundle files lie at the bundle's root or one folder down (the package): a name with '..', a
+    drive, a root or a deeper folder escapes or is not ours."""
     path = PurePosixPath(name)
-    if (not name or "\\" in name or ":" in name or path.is_absolute() or len(path.parts) != 1
-            or path.name in (".", "..", MANIFEST)):
+    if (not name or "\\" in name or ":" in name or path.is_absolute() or not 1 <= len(path.parts) <= 2
+            or any(part in (".", "..", "") for part in path.parts) or name == MANIFEST
+            or str(path) != name):
         raise BundleError(f"{source}: lists {name!r}, which is not a plain file name inside the bundle "
                           f"folder; refused")
 
@@ -131,8 +140,9 @@ def verify_folder(folder: Path) -> dict:
         path = folder / name
         if not path.is_file():
             return None
-        if path.resolve().parent != folder:  # a symlink that leads out of the bundle
-            raise BundleError(f"{source}: {name} points outside the bundle folder ({path.resolve()}); refused")
+        if path.resolve() != path:  # a symlink (of the file or its folder) that leads elsewhere
+            raise BundleError(f"{source}: {name} points outside the bundle folder "
+                              f"({path.resolve()}); refused")
         return sha256_file(path)
 
     _compare(manifest, digest, str(folder))
@@ -188,83 +198,93 @@ def verify_path(path: str | os.PathLike) -> dict:
     return verify_zip(path)
 
 
-def main(args: argparse.Namespace) -> None:
-    """Run after _verify_here(): in bundle mode every file has been checked before this imports any."""
+def main(args: argparse.Namespace) -> int:
+    """The exit status. In bundle mode _verify_here() has checked every file before this runs."""
     if args.check_bundle is not None:
         manifest = verify_path(args.check_bundle)
         built = manifest.get("built_with", {})
-        print(f"{args.check_bundle}: OK, {len(manifest['files'])} files and {MANIFEST}, as built on {manifest.get('created')} "
-              f"with torch {built.get('torch')}, torchvision {built.get('torchvision')}, numpy {built.get('numpy')}")
-        return
+        print(f"{args.check_bundle}: OK, {len(manifest['files'])} files and {MANIFEST}, as built on "
+              f"{manifest.get('created')} with torch {built.get('torch')}, torchvision "
+              f"{built.get('torchvision')}, numpy {built.get('numpy')}")
+        return 0
     if args.build_bundle is not None:
         if is_bundle():
             raise BundleError(f"{HERE}: this is an unzipped bundle; build bundles in the project folder")
-        import bundle
-        bundle.main(args)
-        return
-    local_args = localization_args(args)
-    import denseNet_localization  # verified in bundle mode (see _verify_here)
-
-    denseNet_localization.main(local_args)
+        return _child(HERE / BUILDER, builder_argv(args))
+    return _child(HERE / LOCALIZE, localization_argv(args))
 
 
-def localization_args(args: argparse.Namespace) -> argparse.Namespace:
+def _child(script: Path, argv: list[str]) -> int:
+    """Run a script of this folder with this Python; its output and exit status are ours."""
+    return subprocess.run([sys.executable, str(script), *argv]).returncode
+
+
+def builder_argv(args: argparse.Namespace) -> list[str]:
+    """This script's options as tools/build_bundle.py's arguments."""
+    given = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in PROJECT_OPTIONS + ("box_sizes",)
+             if getattr(args, k) is not None]
+    return given + ["--", args.build_bundle]
+
+
+def localization_argv(args: argparse.Namespace) -> list[str]:
     """This script's options as denseNet_localization.py's arguments (its parser fills the rest)."""
-    given = [f"--{k.replace('_', '-')}" for k in ("model", "thresholds", "bbox_list", "box_sizes")
+    given = [f"--{k.replace('_', '-')}" for k in PROJECT_OPTIONS + ("box_sizes",)
              if getattr(args, k) is not None]
     if is_bundle() and given:
-        raise BundleError(f"{' '.join(given)}: this is a bundle; it runs its own {CHECKPOINT} with the "
+        raise BundleError(f"{' '.join(given)}: this is a bundle; it runs its own checkpoint with the "
                           f"thresholds and box sizes beside it (project-folder options)")
     if "--box-sizes" in given:
-        raise BundleError("--box-sizes is for --build-bundle; to run with other box sizes use --bbox-list "
-                          "or a box_sizes.json beside --model")
-    import denseNet_localization
-    import localize
-
+        raise BundleError("--box-sizes is for --build-bundle; to run with other box sizes use "
+                          "--bbox-list or a box_sizes.json beside --model")
     if is_bundle():
-        listed = parse_manifest(_read_text(HERE / MANIFEST), str(HERE / MANIFEST))["files"]  # verified
-        absent = [n for n in (localize.THRESHOLDS_FILE, localize.BOX_SIZES_FILE) if n not in listed]
-        if absent:  # without them the run would quietly fall back to other thresholds or sizes
-            raise BundleError(f"{HERE / MANIFEST}: does not list {', '.join(absent)}; not a complete bundle")
-        extra = ["--model", str(HERE / CHECKPOINT), "--thresholds", str(HERE / localize.THRESHOLDS_FILE)]
+        run = run_files(parse_manifest(_read_text(HERE / MANIFEST), str(HERE / MANIFEST)),
+                        str(HERE / MANIFEST))
+        extra = ["--model", str(HERE / run["checkpoint"]), "--thresholds", str(HERE / run["thresholds"])]
     else:
-        extra = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in ("model", "thresholds", "bbox_list")
+        extra = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in PROJECT_OPTIONS
                  if getattr(args, k) is not None]
     argv = [f"--out={args.out}", f"--device={args.device}"] + extra
     argv += ["--batch-size", str(args.batch_size)] if args.batch_size is not None else []
     argv += ["--workers", str(args.workers)] if args.workers is not None else []
     # "--" ends the options: a test list or folder whose name starts with "-" stays a path.
-    return denseNet_localization.get_args_parser().parse_args(argv + ["--", args.test_list, args.images])
+    return argv + ["--", args.test_list, args.images]
+
+
+def run_files(manifest: dict, source: str) -> dict:
+    """manifest["run"]: the checkpoint, thresholds and box sizes, each a file the manifest lists.
+    Without thresholds or box sizes the run would quietly fall back to others: refused."""
+    run = manifest.get("run")
+    if not isinstance(run, dict):
+        raise BundleError(f"{source}: no 'run' section; not a complete bundle")
+    absent = [role for role in RUN_FILES if run.get(role) not in manifest["files"]]
+    if absent or LOCALIZE not in manifest["files"]:
+        names = [str(run.get(role)) for role in absent] + ([] if LOCALIZE in manifest["files"] else [LOCALIZE])
+        raise BundleError(f"{source}: does not list {', '.join(names)}; not a complete bundle")
+    return run
 
 
 def _verify_here() -> None:
-    """In bundle mode, check the bundle before any of its modules is imported."""
+    """In bundle mode, check the bundle before any of its code runs."""
     if is_bundle():
         manifest = verify_folder(HERE)
-        required = {Path(__file__).name, CHECKPOINT, "localize.py", "denseNet_localization.py"}
-        absent = sorted(required - set(manifest["files"]))
-        if absent:
-            raise BundleError(f"{HERE / MANIFEST}: does not list {', '.join(absent)}; not a complete bundle")
+        run_files(manifest, str(HERE / MANIFEST))
+        if Path(__file__).name not in manifest["files"]:
+            raise BundleError(f"{HERE / MANIFEST}: does not list {Path(__file__).name}; "
+                              f"not a complete bundle")
 
 
 def _cli() -> None:
-    # Not the usual run_cli(main) line: run_cli lives in common.py, a bundled module that may only be
-    # imported once the bundle is verified; until then errors are printed here, in run_cli's format.
     args = get_args_parser().parse_args()
     try:
         _verify_here()
+        status = main(args)
     except BundleError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr)  # the format of chexnet.utils.run_cli
         sys.exit(2)
-    from common import InputError, run_cli
-
-    def guarded() -> None:
-        try:
-            main(args)
-        except BundleError as err:
-            raise InputError(str(err)) from None
-
-    run_cli(guarded)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(status)
 
 
 if __name__ == "__main__":

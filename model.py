@@ -23,8 +23,8 @@ import torch
 from torch import nn
 from torchvision.models import DenseNet121_Weights, densenet121
 
-from common import InputError, atomic_path
-from constants import CLASS_NAMES, CROP_SIZE
+from chexnet.utils import InputError, atomic_path
+from chexnet.constants import CLASS_NAMES, CROP_SIZE
 
 FORMAT = "chexnet-checkpoint"
 VERSION = 1

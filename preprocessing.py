@@ -1,4 +1,4 @@
-"""Turn the NIH release into the preprocessed folder that train.py reads (see prepared.py).
+"""Turn the NIH release into the preprocessed folder that train.py reads (see preprocessed.py).
 
     python3 preprocessing.py IMAGES DATA_ENTRY BBOX_LIST TRAIN_TXT VALID_TXT OUT_DIR [--workers N]
 
@@ -29,11 +29,11 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-import prepared
-from common import InputError, atomic_path, remove_stale_temporaries, run_cli, usable_cpus, write_text_atomic
-from constants import CLASS_NAMES, STORED_SIZE
-from images import load_stored
-from tables import LabelRow, TruthBox, label_matrix, read_bbox_list, read_data_entry, read_image_list_lines
+from chexnet import preprocessed
+from chexnet.utils import InputError, atomic_path, remove_stale_temporaries, run_cli, usable_cpus, write_text_atomic
+from chexnet.constants import CLASS_NAMES, STORED_SIZE
+from chexnet.images import check_images_exist, load_stored
+from chexnet.nih import LabelRow, TruthBox, label_matrix, read_bbox_list, read_data_entry, read_image_list_lines
 
 # PNG decoding scales with cores; beyond ~16 processes the disk is the limit.
 DEFAULT_WORKERS = min(usable_cpus(), 16)
@@ -58,7 +58,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("bbox_list", type=str, help="box table, BBox_List_2017.csv")
     parser.add_argument("train_txt", type=str, help="training list, one image name a line")
     parser.add_argument("valid_txt", type=str, help="validation list, one image name a line")
-    parser.add_argument("out_dir", type=str, help="output folder (the contract is in prepared.py)")
+    parser.add_argument("out_dir", type=str, help="output folder (the contract is in preprocessed.py)")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
                         help="decoding processes; 1 decodes in this process "
                              f"(default: the usable CPUs, at most 16: {DEFAULT_WORKERS} here)")
@@ -84,14 +84,6 @@ def plan_split(split: str, list_path: str, images: str, table: dict[str, LabelRo
     labels = label_matrix(names, table, list_path, CLASS_NAMES, line_numbers=lines)
     paths = [os.path.join(images, name) for name in names]
     return SplitPlan(split, list_path, names, lines, labels, paths)
-
-
-def check_images_exist(plan: SplitPlan) -> None:
-    missing = [(path, line) for path, line in zip(plan.paths, plan.lines) if not os.path.isfile(path)]
-    if missing:
-        path, line = missing[0]
-        more = f" (and {len(missing) - 1} more of this list)" if len(missing) > 1 else ""
-        raise InputError(f"{path}: image not found (listed in {plan.list_path} line {line}){more}")
 
 
 def warn_leaks(train: SplitPlan, valid: SplitPlan, table: dict[str, LabelRow]) -> None:
@@ -172,7 +164,7 @@ def write_boxes(path: Path, boxes: list[TruthBox], names: list[str]) -> int:
     mine = sorted((b for b in boxes if b.image in order), key=lambda b: order[b.image])
     with open(path, "w", newline="") as f:
         out = csv.writer(f)
-        out.writerow(prepared.VALID_BOXES_HEADER)
+        out.writerow(preprocessed.VALID_BOXES_HEADER)
         out.writerows((b.image, b.label, repr(b.x), repr(b.y), repr(b.w), repr(b.h)) for b in mine)
     return len(mine)
 
@@ -183,26 +175,26 @@ def write_folder(out_dir: Path, train: SplitPlan, valid: SplitPlan, boxes: list[
                  args: argparse.Namespace) -> int:
     """Write arrays and boxes under temporary names, rename them together, then meta.json."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out_dir, [*prepared.array_names("train"), *prepared.array_names("valid"),
-                                       prepared.VALID_BOXES, prepared.META])  # left by a killed run
+    remove_stale_temporaries(out_dir, [*preprocessed.array_names("train"), *preprocessed.array_names("valid"),
+                                       preprocessed.VALID_BOXES, preprocessed.META])  # left by a killed run
     with contextlib.ExitStack() as stack:
         temp = {name: stack.enter_context(atomic_path(out_dir / name))
-                for name in (*prepared.array_names("train"), *prepared.array_names("valid"), prepared.VALID_BOXES)}
+                for name in (*preprocessed.array_names("train"), *preprocessed.array_names("valid"), preprocessed.VALID_BOXES)}
         for plan in (train, valid):
-            x_name, y_name = prepared.array_names(plan.name)
+            x_name, y_name = preprocessed.array_names(plan.name)
             with open(temp[y_name], "wb") as f:  # a file object: np.save would add .npy to a temp name
                 np.save(f, plan.labels, allow_pickle=False)
             write_images(plan, temp[x_name], args)
-        box_count = write_boxes(temp[prepared.VALID_BOXES], boxes, valid.names)
+        box_count = write_boxes(temp[preprocessed.VALID_BOXES], boxes, valid.names)
         # An older complete folder loses its meta.json before any of its files is replaced:
         # a crash during the renames below leaves an incomplete folder, never a mixed one.
-        (out_dir / prepared.META).unlink(missing_ok=True)
-    write_text_atomic(out_dir / prepared.META, json.dumps(make_meta(train, valid, args), indent=1) + "\n")
+        (out_dir / preprocessed.META).unlink(missing_ok=True)
+    write_text_atomic(out_dir / preprocessed.META, json.dumps(make_meta(train, valid, args), indent=1) + "\n")
     return box_count
 
 
 def make_meta(train: SplitPlan, valid: SplitPlan, args: argparse.Namespace) -> dict:
-    return {"format": prepared.FORMAT, "version": prepared.VERSION, "class_names": list(CLASS_NAMES),
+    return {"format": preprocessed.FORMAT, "version": preprocessed.VERSION, "class_names": list(CLASS_NAMES),
             "image_size": STORED_SIZE, "train_images": train.names, "valid_images": valid.names,
             "sources": {"images": args.images, "data_entry": args.data_entry, "bbox_list": args.bbox_list,
                         "train_list": args.train_txt, "valid_list": args.valid_txt}}
@@ -232,8 +224,8 @@ def main(args: argparse.Namespace) -> None:
     boxes = read_bbox_list(args.bbox_list)
     train = plan_split("train", args.train_txt, args.images, table)
     valid = plan_split("valid", args.valid_txt, args.images, table)
-    check_images_exist(train)
-    check_images_exist(valid)
+    check_images_exist(train.paths, train.list_path, train.lines)
+    check_images_exist(valid.paths, valid.list_path, valid.lines)
     warn_leaks(train, valid, table)
     out_dir = Path(args.out_dir)
     box_count = write_folder(out_dir, train, valid, boxes, args)

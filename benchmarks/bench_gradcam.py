@@ -23,9 +23,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-import transforms  # noqa: E402
-from common import run_cli  # noqa: E402
-from constants import DEFAULT_TARGET_LAYER  # noqa: E402
+from chexnet import images  # noqa: E402
+from chexnet.utils import run_cli  # noqa: E402
+from chexnet.constants import DEFAULT_TARGET_LAYER  # noqa: E402
 from gradcam import GradCAM, normalize_maps  # noqa: E402
 from original_way import OriginalGradCAM  # noqa: E402
 
@@ -134,12 +134,12 @@ def main(args: argparse.Namespace) -> None:
     crops = stored_crops(paths)
     print(f"machine: {machine()}; layer {args.layer}; all 8 classes; "
           f"{'weights ' + args.model if args.model else 'random weights'}")
-    diffs = max_differences(model, transforms.normalize(crops[:2]), args.layer)
+    diffs = max_differences(model, images.normalize(crops[:2]), args.layer)
     print("max map difference to ours after normalisation (2 images x 8 classes): "
           + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items())
           + f" ({'all under 1e-4' if max(diffs.values()) < 1e-4 else 'OVER 1e-4'})")
     for batch in args.batches:
-        x = transforms.normalize(crops[:batch])
+        x = images.normalize(crops[:batch])
         t = bench_batch(model, x, args, batch)
         print(t.table("forward", f"batch {batch}: Grad-CAM of 8 classes ({len(x)} real images)"))
         f, o = t.median("forward"), t.median("ours")

@@ -22,14 +22,14 @@ from timing import DEFAULT_FOLDERS, Timings, bench_model, machine, ratio_line, r
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torchvision.transforms.functional as TF  # noqa: E402
+import torchvision.images.functional as TF  # noqa: E402
 
-import boxes  # noqa: E402
-import localize  # noqa: E402
-import transforms  # noqa: E402
-from boxfile import Box, ImageBoxes, write_box_file  # noqa: E402
-from common import run_cli, write_text_atomic  # noqa: E402
-from constants import AVERAGE_BOXES, CLASS_NAMES, DEFAULT_TARGET_LAYER, IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from chexnet import boxes  # noqa: E402
+from chexnet import localize  # noqa: E402
+from chexnet import images  # noqa: E402
+from chexnet.boxfile import Box, ImageBoxes, write_box_file  # noqa: E402
+from chexnet.utils import run_cli, write_text_atomic  # noqa: E402
+from chexnet.constants import AVERAGE_BOXES, CLASS_NAMES, DEFAULT_TARGET_LAYER, IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from gradcam import GradCAM  # noqa: E402
 from original_way import OriginalGradCAM, original_boxes, original_load  # noqa: E402
 
@@ -55,17 +55,17 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def heatmaps(model, crops: torch.Tensor) -> np.ndarray:
     with GradCAM(model) as cam:
-        return cam.compute(transforms.normalize(crops))[1].numpy()  # (B, 8, 224, 224)
+        return cam.compute(images.normalize(crops))[1].numpy()  # (B, 8, 224, 224)
 
 
 def bench_boxes(maps: np.ndarray, reps: int) -> Timings:
     flat = [(m, int(k)) for image in maps for k, m in enumerate(image)]
-    same = all(boxes.peak_boxes(m, SIZES[k, 2:]) == original_boxes(m, SIZES[k, 2:]) for m, k in flat)
-    found = sum(len(boxes.peak_boxes(m, SIZES[k, 2:])) for m, k in flat)
+    same = all(boxes.METHODS["peaks"](m, SIZES[k, 2:]) == original_boxes(m, SIZES[k, 2:]) for m, k in flat)
+    found = sum(len(boxes.METHODS["peaks"](m, SIZES[k, 2:])) for m, k in flat)
     t = Timings("heatmap")
     for _ in range(reps):
         t.run("original boxes", lambda: [original_boxes(m, SIZES[k, 2:]) for m, k in flat], len(flat))
-        t.run("boxes.peak_boxes", lambda: [boxes.peak_boxes(m, SIZES[k, 2:]) for m, k in flat], len(flat))
+        t.run("boxes.peak_boxes", lambda: [boxes.METHODS["peaks"](m, SIZES[k, 2:]) for m, k in flat], len(flat))
     t.notes["boxes.peak_boxes"] = f"{found} boxes from {len(flat)} maps, the same as the original's: {same}"
     return t
 
@@ -140,7 +140,7 @@ def main(args: argparse.Namespace) -> None:
           f"{args.workers} decoding worker(s); {'weights ' + args.model if args.model else 'random weights'}")
     t = bench_boxes(heatmaps(model, crops[:args.heatmap_images]), args.reps)
     print(t.table("original boxes", "box extraction"))
-    x = transforms.normalize(crops)
+    x = images.normalize(crops)
     with torch.inference_mode():
         probs = torch.sigmoid(model(x)).numpy()
     with tempfile.TemporaryDirectory() as folder:

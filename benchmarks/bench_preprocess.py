@@ -25,8 +25,8 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 import preprocessing  # noqa: E402
-from common import run_cli  # noqa: E402
-from images import load_stored  # noqa: E402
+from chexnet.utils import run_cli  # noqa: E402
+from chexnet.images import load_stored  # noqa: E402
 from original_way import original_load  # noqa: E402
 
 

@@ -30,9 +30,9 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 import train  # noqa: E402
-from common import run_cli, select_device  # noqa: E402
-from constants import ADAM_BETAS, LEARNING_RATE  # noqa: E402
-from images import load_stored  # noqa: E402
+from chexnet.utils import run_cli, select_device  # noqa: E402
+from chexnet.constants import ADAM_BETAS, LEARNING_RATE  # noqa: E402
+from chexnet.images import load_stored  # noqa: E402
 from model import build_model  # noqa: E402
 
 

@@ -35,14 +35,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as `python3 benchmarks/...`: the project modules live one up
     sys.path.insert(0, str(ROOT))
 
-import boxes  # noqa: E402
-import evaluate  # noqa: E402
+from chexnet import boxes  # noqa: E402
+from chexnet import nih, scoring  # noqa: E402
 from benchmarks import synthetic  # noqa: E402
-from boxfile import Box, read_box_file  # noqa: E402
-from common import InputError, run_cli, write_text_atomic  # noqa: E402
-from constants import CLASS_NAMES, CROP_OFFSET, RESCALE_FACTOR  # noqa: E402
-from metrics_log import read_metrics_log  # noqa: E402
-from tables import average_boxes, read_bbox_list, read_image_list  # noqa: E402
+from chexnet.boxfile import Box, read_box_file  # noqa: E402
+from chexnet.utils import InputError, run_cli, write_text_atomic  # noqa: E402
+from chexnet.constants import CLASS_NAMES, CROP_OFFSET, RESCALE_FACTOR  # noqa: E402
+from chexnet.model_dir import read_metrics_log  # noqa: E402
+from chexnet.nih import average_boxes, read_bbox_list, read_image_list  # noqa: E402
 
 # Sizes for 2 CPU cores (the README has the measured time), and a smoke version for the test
 # suite. Training from random weights gets only a few hundred optimizer steps on a CPU, so lr
@@ -124,7 +124,7 @@ def run_pipeline(at: Layout, p: dict, seed: int, device: str, timings: dict[str,
                "--plots", str(at.work / f"plots_{method}"), "--truth", str(at.bbox_test),
                "--plot-images", "6", "--sheet-cell", "160"]
         run_stage(f"localize_{method}", cmd, at.work, timings)
-        run_stage(f"evaluate_{method}", [py, "evaluate.py", str(at.boxes(method)), str(at.bbox_test),
+        run_stage(f"evaluate_{method}", [py, "tools/evaluate.py", str(at.boxes(method)), str(at.bbox_test),
                                          "--out", str(at.evaluation(method))], at.work, timings)
     return methods
 
@@ -135,7 +135,7 @@ Preds = dict[str, list[Box]]  # image name -> boxes, as evaluate.predictions_by_
 
 
 def load_preds(path: Path) -> Preds:
-    return evaluate.predictions_by_image(path, read_box_file(path))
+    return scoring.predictions_by_image(path, read_box_file(path))
 
 
 def each_box(preds: Preds, change: Callable[[Box], Box]) -> Preds:
@@ -187,11 +187,11 @@ def figures(classes: dict) -> dict:
     """The evaluator's per-class report cut to what the benchmark shows, for CLASSES and overall."""
     return {c: {"truth_boxes": classes[c]["truth_boxes"], "acc_iou": dict(classes[c]["acc_iou"]),
                 "acc_iobb": dict(classes[c]["acc_iobb"]), "mean_iou": classes[c]["mean_iou"]}
-            for c in CLASSES + (evaluate.OVERALL,)}
+            for c in CLASSES + (scoring.OVERALL,)}
 
 
 def score(preds: Preds, truth: dict) -> dict:
-    return figures(evaluate.evaluate(preds, truth)["classes"])
+    return figures(scoring.score_boxes(preds, truth)["classes"])
 
 
 def mean_figures(runs: list[dict]) -> dict:
@@ -228,7 +228,7 @@ def score_method(at: Layout, method: str, truth: dict, average: dict[str, np.nda
 
 def score_all(at: Layout, methods: list[str], seed: int) -> dict:
     test_names = read_image_list(at.data / "test.txt")
-    truth = evaluate.load_truth(at.bbox_test)
+    truth = nih.read_truth_by_image(at.bbox_test)
     table = average_boxes(read_bbox_list(at.bbox_valid))  # (8, 4), the sizes the localizer used
     average = {c: table[CLASS_NAMES.index(c)] for c in CLASSES}
     rows, removed = {}, {}
@@ -258,14 +258,14 @@ def format_table(result: dict) -> str:
     rows = result["rows"]
     counts = next(iter(rows.values()))
     name_w = max(len(r) for r in rows) + 2
-    groups = CLASSES + (evaluate.OVERALL,)
+    groups = CLASSES + (scoring.OVERALL,)
     head1 = " " * name_w + "".join(f"{c} ({counts[c]['truth_boxes']})".ljust(19) for c in groups) + "mean IoU"
     head2 = "IoU > T:".ljust(name_w) + "".join(" ".join(t.rjust(5) for t in SHOWN_T).ljust(19) for _ in groups)
     lines = [f"Wang et al. localization accuracy on {result['test_images_with_findings']} test images with "
              f"planted findings (truth boxes per class in brackets)", head1, head2]
     for name, fig in rows.items():
         cells = "".join(" ".join(_cell(fig[c]["acc_iou"][t]) for t in SHOWN_T).ljust(19) for c in groups)
-        lines.append(name.ljust(name_w) + cells + _cell(fig[evaluate.OVERALL]["mean_iou"]))
+        lines.append(name.ljust(name_w) + cells + _cell(fig[scoring.OVERALL]["mean_iou"]))
     for epoch in result.get("training", []):
         auroc = ", ".join(f"{c} {_cell(epoch['auroc'].get(c)).strip()}" for c in CLASSES)
         lines.append(f"train epoch {epoch['epoch']}: train loss {epoch['train_loss']:.3f}, "

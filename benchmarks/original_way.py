@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from constants import CROP_OFFSET, CROP_SIZE, PEAK_CONTRAST, PEAK_DILATIONS, PEAK_KEEP_FRACTION, \
+from chexnet.constants import CROP_OFFSET, CROP_SIZE, PEAK_CONTRAST, PEAK_DILATIONS, PEAK_KEEP_FRACTION, \
     PEAK_NEIGHBORHOOD, RESCALE_FACTOR, STORED_SIZE
 
 

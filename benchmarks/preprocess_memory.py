@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common import InputError, run_cli  # noqa: E402
+from chexnet.utils import InputError, run_cli  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:

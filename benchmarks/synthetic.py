@@ -41,9 +41,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as `python3 benchmarks/synthetic.py`: the project modules live one up
     sys.path.insert(0, str(ROOT))
 
-from common import InputError, atomic_path, run_cli, write_text_atomic  # noqa: E402
-from constants import CROP_OFFSET, NO_FINDING, ORIGINAL_SIZE, RESCALE_FACTOR  # noqa: E402
-from images import read_xray  # noqa: E402
+from chexnet.utils import InputError, atomic_path, run_cli, write_text_atomic  # noqa: E402
+from chexnet.constants import CROP_OFFSET, NO_FINDING, ORIGINAL_SIZE, RESCALE_FACTOR  # noqa: E402
+from chexnet.images import read_xray  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -137,7 +137,7 @@ def stored_crops(paths: list[str]):
     import numpy as np
     import torch
 
-    import transforms
-    from images import load_stored
+    from chexnet import images
+    from chexnet.images import load_stored
 
-    return torch.from_numpy(np.stack([transforms.center_crop(load_stored(p)) for p in paths]))
+    return torch.from_numpy(np.stack([images.center_crop(load_stored(p)) for p in paths]))

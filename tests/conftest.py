@@ -6,6 +6,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))  # the other commands: evaluate, calibrate, draw_boxes, build_bundle
 
 SAMPLE = ROOT / "sample"
 SHARED_NIH = ROOT.parent / "shared" / "nih"

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-import boxes
-from constants import AVERAGE_BOXES, CLASS_NAMES
+from chexnet import boxes
+from chexnet.constants import AVERAGE_BOXES, CLASS_NAMES
 
 
 def gaussian(row: float, col: float, sigma: float = 8.0) -> np.ndarray:
@@ -14,7 +14,7 @@ def gaussian(row: float, col: float, sigma: float = 8.0) -> np.ndarray:
 @pytest.mark.parametrize("row, col", [(60, 150), (170, 40), (100.5, 30)])
 def test_single_peak_gives_box_centred_on_it_in_1024_space(row, col):
     size = (72.0, 100.0)  # 18 x 25 crop pixels: no clipping at these positions
-    (box,) = boxes.peak_boxes(gaussian(row, col), size)
+    (box,) = boxes.METHODS["peaks"](gaussian(row, col), size)
     x, y, w, h = box
     assert (w, h) == (72.0, 100.0)
     # The integer box maths may shift the centre by up to one crop pixel (4 px at 1024) on each axis.
@@ -51,17 +51,17 @@ def test_two_separate_peaks_give_two_boxes_weak_one_dropped():
 
 
 def test_flat_maps_give_no_peaks():
-    assert boxes.peak_boxes(np.zeros((224, 224)), (100, 100)) == []
-    assert boxes.peak_boxes(np.full((224, 224), 0.7), (100, 100)) == []
+    assert boxes.METHODS["peaks"](np.zeros((224, 224)), (100, 100)) == []
+    assert boxes.METHODS["peaks"](np.full((224, 224), 0.7), (100, 100)) == []
 
 
 def test_bad_heatmaps_are_errors():
     nan_map = gaussian(60, 60)
     nan_map[3, 4] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        boxes.peak_boxes(nan_map, (100, 100))
+        boxes.METHODS["peaks"](nan_map, (100, 100))
     with pytest.raises(ValueError, match="224"):
-        boxes.peak_boxes(np.zeros((7, 7)), (100, 100))
+        boxes.METHODS["peaks"](np.zeros((7, 7)), (100, 100))
 
 
 def test_class_boxes_average_box_first_then_peaks():

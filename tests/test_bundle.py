@@ -13,21 +13,22 @@ import numpy as np
 import pytest
 import torch
 
-import bundle
+import build_bundle as bundle
 import denseNet_localization
 import inference
-import localize
+from chexnet import localize
 import model as model_lib
-from boxfile import read_box_file
-from common import InputError
-from constants import CLASS_NAMES
+from chexnet.boxfile import read_box_file
+from chexnet.utils import InputError
+from chexnet.constants import CLASS_NAMES
+from chexnet import model_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample"
 NAMES = ["00001933_000.png", "00008386_000.png"]  # two real NIH PNGs: the run stays a few seconds
 # Classes 0, 2, 4, 7 active on every image (p > 0), the others never (p > 1 is impossible).
 THRESHOLDS = np.array([0, 1, 0, 1, 0, 1, 1, 0], dtype=np.float32)
-DATA = {"inference.py", "manifest.json", "checkpoint.pt", localize.THRESHOLDS_FILE, localize.BOX_SIZES_FILE}
+DATA = {"manifest.json", "checkpoint.pt", model_dir.THRESHOLDS, model_dir.BOX_SIZES}
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +45,8 @@ def built(tmp_path_factory):
         "thresholds": None})
     np.save(folder / "model" / "thresholds.npy", THRESHOLDS)
     out = folder / "deepQ.zip"
-    bundle.main(inference.get_args_parser({}).parse_args([
-        "--build-bundle", str(out), "--model", str(folder / "model" / "best.pt"),
+    bundle.main(bundle.get_args_parser().parse_args([
+        str(out), "--model", str(folder / "model" / "best.pt"),
         "--bbox-list", str(SAMPLE / "BBox_List_2017.csv")]))
     return out, folder / "model"
 
@@ -74,13 +75,17 @@ def test_bundle_holds_exactly_inference_its_modules_and_data(built):
     with zipfile.ZipFile(zip_path) as zf:
         names = set(zf.namelist())
         manifest = json.loads(zf.read("manifest.json"))
-    modules = set(bundle.project_modules(ROOT / "inference.py"))
-    # The walk reaches the engine through the lazy imports inside inference.main.
-    assert {"denseNet_localization.py", "localize.py", "model.py", "gradcam.py", "boxes.py", "boxfile.py",
-            "images.py", "transforms.py", "tables.py", "common.py", "constants.py"} <= modules
-    assert {"train.py", "evaluate.py", "preprocessing.py", "metrics.py"}.isdisjoint(modules)
+    modules = set(bundle.project_modules())
+    assert {"inference.py", "denseNet_localization.py", "model.py", "gradcam.py", "chexnet/__init__.py",
+            "chexnet/localize.py", "chexnet/boxes.py", "chexnet/boxfile.py", "chexnet/images.py",
+            "chexnet/nih.py", "chexnet/utils.py", "chexnet/constants.py", "chexnet/model_dir.py"} <= modules
+    # What the grader never runs stays home: training, the builder, the other tools, the pictures.
+    assert {"train.py", "preprocessing.py", "tools/build_bundle.py", "tools/evaluate.py",
+            "chexnet/train_data.py", "chexnet/metrics.py", "chexnet/scoring.py", "chexnet/calibration.py",
+            "chexnet/drawing.py", "chexnet/localization_figures.py"}.isdisjoint(modules)
     assert names == modules | DATA
-    assert all("/" not in n and not n.endswith(".pyc") for n in names)
+    assert all(n.count("/") == 0 or n.startswith("chexnet/") for n in names)
+    assert not any(n.endswith(".pyc") for n in names)
     assert set(manifest["files"]) == names - {"manifest.json"}
     assert manifest["format"] == inference.BUNDLE_FORMAT and manifest["class_names"] == list(CLASS_NAMES)
     assert manifest["built_with"]["torch"] == torch.__version__ and manifest["built_with"]["numpy"] == np.__version__
@@ -89,20 +94,20 @@ def test_bundle_holds_exactly_inference_its_modules_and_data(built):
 
 
 def test_bundled_checkpoint_thresholds_and_sizes(built, tmp_path, sample_dir):
-    zip_path, model_dir = built
+    zip_path, model_folder = built
     folder = _unzip(zip_path, tmp_path / "b", sample_dir, names=[])
     ckpt = torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=True)
-    original = model_lib.load_checkpoint(model_dir / "best.pt")
+    original = model_lib.load_checkpoint(model_folder / "best.pt")
     assert ckpt["optimizer"] is None and set(ckpt) == set(model_lib.new_checkpoint({}))  # no resume state
     assert ckpt["epoch"] == 3 and ckpt["thresholds"] == THRESHOLDS.tolist()
     assert all(torch.equal(ckpt["model"][k], v) for k, v in original["model"].items())
     assert np.array_equal(np.load(folder / "thresholds.npy", allow_pickle=False), THRESHOLDS)
-    sizes, _ = localize.resolve_box_sizes(sample_dir / "BBox_List_2017.csv", None)
-    assert np.array_equal(localize.read_box_sizes(folder / "box_sizes.json"), sizes)  # not rounded
+    sizes, _ = model_dir.resolve_box_sizes(sample_dir / "BBox_List_2017.csv", None)
+    assert np.array_equal(model_dir.read_box_sizes(folder / "box_sizes.json"), sizes)  # not rounded
 
 
 def test_unzipped_bundle_without_arguments_equals_the_local_run(built, tmp_path, sample_dir, monkeypatch):
-    zip_path, model_dir = built
+    zip_path, model_folder = built
     folder = _unzip(zip_path, tmp_path / "platform", sample_dir)
     proc = _run(folder, CHEXNET_WORKERS="0")  # no arguments; no decoding processes on the 2-core CI
     assert proc.returncode == 0, proc.stderr
@@ -111,7 +116,7 @@ def test_unzipped_bundle_without_arguments_equals_the_local_run(built, tmp_path,
 
     monkeypatch.chdir(folder)  # same relative paths, so the same image paths in the file
     denseNet_localization.main(denseNet_localization.get_args_parser().parse_args([
-        "test.txt", "images", "--model", str(model_dir / "best.pt"), "--out", "reference.txt", "--workers", "0",
+        "test.txt", "images", "--model", str(model_folder / "best.pt"), "--out", "reference.txt", "--workers", "0",
         "--bbox-list", str(sample_dir / "BBox_List_2017.csv")]))
     reference = (folder / "reference.txt").read_text().splitlines()
     assert ours == reference
@@ -122,7 +127,8 @@ def test_unzipped_bundle_without_arguments_equals_the_local_run(built, tmp_path,
     assert not any(n.endswith(".tmp") for n in os.listdir(folder))
 
 
-@pytest.mark.parametrize("victim", ["localize.py", "checkpoint.pt", "box_sizes.json", "inference.py"])
+@pytest.mark.parametrize("victim", ["chexnet/localize.py", "checkpoint.pt", "box_sizes.json", "inference.py",
+                                    "denseNet_localization.py"])
 def test_a_changed_byte_is_refused_before_anything_runs(built, tmp_path, sample_dir, victim):
     folder = _unzip(built[0], tmp_path / "b", sample_dir, names=NAMES[:1])
     path = folder / victim
@@ -139,7 +145,8 @@ def test_a_changed_byte_is_refused_before_anything_runs(built, tmp_path, sample_
     assert not (folder / "bounding_box.txt").exists()
 
 
-@pytest.mark.parametrize("name", ["../evil.py", "/tmp/evil.py", "sub/evil.py", "..", "C:evil.py"])
+@pytest.mark.parametrize("name", ["../evil.py", "/tmp/evil.py", "chexnet/../../evil.py", "a/b/evil.py", "..",
+                                  "C:evil.py", "chexnet//evil.py"])
 def test_a_manifest_listing_a_path_outside_the_folder_is_refused(built, tmp_path, sample_dir, name):
     folder = _unzip(built[0], tmp_path / "b", sample_dir, names=[])
     evil = b"print('evil')\n"
@@ -165,7 +172,7 @@ def test_missing_or_unlisted_files_are_refused(built, tmp_path, sample_dir, monk
     inference.verify_folder(folder)
     monkeypatch.setattr(inference, "HERE", folder)  # as if inference.py ran from there
     with pytest.raises(inference.BundleError, match="does not list box_sizes.json"):
-        inference.localization_args(inference.get_args_parser({}).parse_args([]))
+        inference.localization_argv(inference.get_args_parser({}).parse_args([]))
     # A zip with a file the manifest does not list.
     extra = tmp_path / "extra.zip"
     shutil.copy(built[0], extra)
@@ -196,7 +203,7 @@ def test_option_beats_environment_beats_default():
 def test_project_mode_passes_options_to_the_local_run(tmp_path):
     args = inference.get_args_parser({"CHEXNET_IMAGES": "imgs"}).parse_args(
         ["--test-list=-odd.txt", "--model", "m.pt", "--batch-size", "3", "--out=-out.txt"])
-    local = inference.localization_args(args)
+    local = denseNet_localization.get_args_parser().parse_args(inference.localization_argv(args))
     assert (local.test_txt, local.images, local.model, local.batch_size) == ("-odd.txt", "imgs", "m.pt", 3)
     assert local.out == "-out.txt" and local.device == "auto"
     assert local.thresholds is None and local.workers == denseNet_localization.DEFAULT_WORKERS
@@ -209,32 +216,44 @@ def test_build_failure_leaves_no_zip(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_module_walk_follows_every_import_of_ours(tmp_path):
+def test_module_walk_follows_load_time_imports_of_ours(tmp_path):
     (tmp_path / "a.py").write_text("import os\nimport b\nfrom d.x import y\n\ndef f():\n    import c\n")
-    (tmp_path / "b.py").write_text("import numpy as np\n")
+    (tmp_path / "b.py").write_text("import numpy as np\ntry:\n    from chexnet import p, q\nexcept ImportError:\n    pass\n")
     (tmp_path / "c.py").write_text("")
     (tmp_path / "d.py").write_text("from e import z\n")
-    (tmp_path / "e.py").write_text("import a\n")
-    (tmp_path / "unused.py").write_text("")
-    assert bundle.project_modules(tmp_path / "a.py", tmp_path) == ["a.py", "b.py", "c.py", "d.py", "e.py"]
+    (tmp_path / "e.py").write_text("import a\nimport chexnet.r\n")
+    (tmp_path / "chexnet").mkdir()
+    for name in ("__init__", "p", "q", "r", "unused"):
+        (tmp_path / "chexnet" / f"{name}.py").write_text("")
+    # c.py is imported inside a function only (an optional part): it stays out.
+    assert bundle.project_modules(("a.py",), tmp_path) == [
+        "a.py", "b.py", "chexnet/__init__.py", "chexnet/p.py", "chexnet/q.py", "chexnet/r.py", "d.py", "e.py"]
     (tmp_path / "c.py").write_text("import importlib\nimportlib.import_module('unused')\n")
+    (tmp_path / "b.py").write_text("import c\n")
     with pytest.raises(InputError, match="dynamic import"):
-        bundle.project_modules(tmp_path / "a.py", tmp_path)
+        bundle.project_modules(("a.py",), tmp_path)
+
+
+def test_the_bundle_runs_from_an_installed_zip_without_the_builders_modules(built):
+    """The builder verifies its zip through inference.py --check-bundle, a separate process."""
+    proc = subprocess.run([sys.executable, str(ROOT / "inference.py"), "--check-bundle", str(built[0])],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr
 
 
 def test_a_calibrated_box_file_travels_whole_and_picks_its_method(built, tmp_path):
     """box_sizes.json from calibrate.py (sizes, method, per-class parameters) goes into the bundle
     byte for byte, and the run uses the method it was tuned for unless --method says otherwise."""
-    _, model_dir = built
+    _, model_folder = built
     model = tmp_path / "model"
-    shutil.copytree(model_dir, model)
-    sizes = np.array(localize.resolve_box_sizes(None, None)[0]) * 1.1
+    shutil.copytree(model_folder, model)
+    sizes = np.array(model_dir.resolve_box_sizes(None, None)[0]) * 1.1
     params = np.linspace(0.3, 0.8, len(CLASS_NAMES))
-    localize.write_box_sizes(model / localize.BOX_SIZES_FILE, sizes, "threshold", params)
-    assert localize.calibrated_method(None, model / "best.pt") == "threshold"
-    assert localize.calibrated_method(str(SAMPLE / "BBox_List_2017.csv"), model / "best.pt") is None
-    np.testing.assert_array_equal(localize.read_box_sizes(model / localize.BOX_SIZES_FILE), sizes)  # no rounding
+    model_dir.write_box_sizes(model / model_dir.BOX_SIZES, sizes, "threshold", params)
+    assert model_dir.calibrated_method(None, model / "best.pt") == "threshold"
+    assert model_dir.calibrated_method(str(SAMPLE / "BBox_List_2017.csv"), model / "best.pt") is None
+    np.testing.assert_array_equal(model_dir.read_box_sizes(model / model_dir.BOX_SIZES), sizes)  # no rounding
     out = tmp_path / "calibrated.zip"
     bundle.build_bundle(out, model / "best.pt")
     with zipfile.ZipFile(out) as zf:
-        assert zf.read(localize.BOX_SIZES_FILE) == (model / localize.BOX_SIZES_FILE).read_bytes()
+        assert zf.read(model_dir.BOX_SIZES) == (model / model_dir.BOX_SIZES).read_bytes()

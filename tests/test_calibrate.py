@@ -9,15 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-import boxes
+from chexnet import boxes
 import calibrate
 import evaluate
-import localize
+from chexnet import localize
 import model as model_lib
-from boxfile import read_box_file
-from common import InputError
-from constants import AVERAGE_BOXES, CLASS_NAMES
-from tables import TruthBox
+from chexnet.boxfile import read_box_file
+from chexnet.utils import InputError
+from chexnet.constants import AVERAGE_BOXES, CLASS_NAMES
+from chexnet.nih import TruthBox
+from chexnet import model_dir
+from chexnet import calibration, scoring
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample"
@@ -38,7 +40,7 @@ def test_search_finds_the_known_size_width_and_height_apart():
     # 0.75 x its height: a search that swapped rows and columns would pick 0.75 x 1.5.
     base = np.array(AVERAGE_BOXES[MASS])
     truth_xywh = boxes.box_at((30, 35), (base[2] * 1.5, base[3] * 0.75))
-    choice = calibrate.search_class(MASS, {"a.png": blob(30, 35)}, truth_at("a.png", truth_xywh), base, "peaks")
+    choice = calibration.search_class(MASS, {"a.png": blob(30, 35)}, truth_at("a.png", truth_xywh), base, "peaks")
     assert (choice.scale_w, choice.scale_h) == (1.5, 0.75)
     assert choice.param == boxes.METHODS["peaks"].default  # one blob: every keep fraction ties, default kept
     # the average box (first line) misses, the heatmap box is exact: half the lines above both cuts
@@ -47,8 +49,8 @@ def test_search_finds_the_known_size_width_and_height_apart():
 
 def test_search_finds_the_known_threshold_fraction():
     heatmap = blob(100, 120, sigma=12)
-    truth_xywh = boxes.threshold_boxes(heatmap, (1, 1), 0.3)[0]
-    choice = calibrate.search_class(MASS, {"a.png": heatmap}, truth_at("a.png", truth_xywh),
+    truth_xywh = boxes.METHODS["threshold"](heatmap, (1, 1), 0.3)[0]
+    choice = calibration.search_class(MASS, {"a.png": heatmap}, truth_at("a.png", truth_xywh),
                                     np.array(AVERAGE_BOXES[MASS]), "threshold")
     assert choice.param == 0.3
 
@@ -58,44 +60,44 @@ def test_search_scores_the_lines_localization_writes():
     heatmaps = {"a.png": np.maximum(blob(60, 60), 0.95 * blob(150, 170)), "b.png": blob(100, 100)}
     truth = {"a.png": [TruthBox("a.png", "Mass", 300, 250, 200, 180)], "b.png": []}
     for method in boxes.METHODS:
-        choice = calibrate.search_class(MASS, heatmaps, truth, np.array(AVERAGE_BOXES[MASS]), method)
-        table = calibrate.tuned_table([choice if k == MASS else calibrate.Choice(1, 1, 0.5, None, None)
+        choice = calibration.search_class(MASS, heatmaps, truth, np.array(AVERAGE_BOXES[MASS]), method)
+        table = calibration.tuned_table([choice if k == MASS else calibration.Choice(1, 1, 0.5, None, None)
                                        for k in range(len(CLASS_NAMES))])
         preds = {n: boxes.class_boxes(MASS, m, table, method, choice.param) for n, m in heatmaps.items()}
-        got = evaluate.evaluate(preds, truth)["classes"]["Mass"]["original"]
+        got = scoring.score_boxes(preds, truth)["classes"]["Mass"]["original"]
         assert (got["score"], got["mean_iou"]) == pytest.approx((choice.score, choice.mean_iou))
 
 
 def test_scaled_row_keeps_the_centre():
-    x, y, w, h = calibrate.scaled_row(np.array([100.0, 200.0, 40.0, 60.0]), 1.5, 0.5)
+    x, y, w, h = calibration.scaled_row(np.array([100.0, 200.0, 40.0, 60.0]), 1.5, 0.5)
     assert (x + w / 2, y + h / 2, w, h) == (120.0, 230.0, 60.0, 30.0)
-    assert calibrate.scaled_row(np.array(AVERAGE_BOXES[0]), 1.0, 1.0).tolist() == list(AVERAGE_BOXES[0])
+    assert calibration.scaled_row(np.array(AVERAGE_BOXES[0]), 1.0, 1.0).tolist() == list(AVERAGE_BOXES[0])
 
 
 def test_heatmaps_round_trip_without_pickle(tmp_path):
     rng = np.random.default_rng(0)
-    hm = calibrate.Heatmaps(["x.png", "y.png"], rng.random((2, 8)).astype(np.float32),
-                            rng.random((2, 8, 224, 224)).astype(np.float16))
+    hm = calibration.Heatmaps(["x.png", "y.png"], rng.random((2, 8)).astype(np.float32),
+                            rng.random((2, 8, 224, 224)).astype(np.float32))
     path = tmp_path / "heatmaps.npz"
-    calibrate.save_heatmaps(path, hm)
+    calibration.save_heatmaps(path, hm)
     with np.load(path, allow_pickle=False) as data:
-        assert data["y.png/Mass"].dtype == np.float16
+        assert data["y.png/Mass"].dtype == np.float32  # as computed: float16 would make ties
         assert np.array_equal(data["y.png/Mass"], hm.maps[1, MASS])
-    back = calibrate.load_heatmaps(path)
+    back = calibration.load_heatmaps(path)
     assert back.images == hm.images and np.array_equal(back.maps, hm.maps) and np.array_equal(back.probs, hm.probs)
     with np.load(path) as data:
         partial = {k: data[k] for k in data.files if k != "x.png/Nodule"}
     np.savez(tmp_path / "partial.npz", **partial)
     with pytest.raises(InputError, match="x.png/Nodule"):
-        calibrate.load_heatmaps(tmp_path / "partial.npz")
+        calibration.load_heatmaps(tmp_path / "partial.npz")
 
 
 def test_holdout_split():
-    tune, hold = calibrate.split_rows(10, 0.3, seed=1)
+    tune, hold = calibration.split_rows(10, 0.3, seed=1)
     assert len(hold) == 3 and sorted(tune + hold) == list(range(10))
-    assert calibrate.split_rows(10, 0.0, 0) == (list(range(10)), [])
+    assert calibration.split_rows(10, 0.0, 0) == (list(range(10)), [])
     with pytest.raises(InputError):
-        calibrate.split_rows(1, 0.5, 0)
+        calibration.split_rows(1, 0.5, 0)
 
 
 # ---------------------------------------------------------------- end to end on the real sample
@@ -128,13 +130,13 @@ def _script(name, *args, cwd):
 
 def test_end_to_end_box_sizes_json_drives_localization(run_dir):
     model = run_dir / "model" / "best.pt"
-    done = _script("calibrate.py", run_dir / "prep", "--model", model, "--device", "cpu", cwd=run_dir)
+    done = _script("tools/calibrate.py", run_dir / "prep", "--model", model, "--device", "cpu", cwd=run_dir)
     assert "6 validation images with true boxes" in done.stderr
     assert "tuned on these same images" in done.stdout  # the optimism warning
     assert "Effusion" in done.stdout and "no true box in the tuning images: defaults kept" in done.stdout
     sizes_path = run_dir / "model" / "box_sizes.json"
-    table = localize.read_box_sizes(sizes_path)
-    params = localize.read_box_params(sizes_path, "peaks")
+    table = model_dir.read_box_sizes(sizes_path)
+    params = model_dir.read_box_params(sizes_path, "peaks")
     record = json.loads(sizes_path.read_text())["calibration"]
     assert record["images"] == 6 and set(record["tuning"]) == set(CLASS_NAMES) | {"overall"}
     changed = [k for k in range(8) if not np.allclose(table[k], AVERAGE_BOXES[k], atol=1e-3)]

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 import evaluate as ev
-from boxfile import Box
-from common import InputError
-from tables import TruthBox
+from chexnet.boxfile import Box
+from chexnet.utils import InputError
+from chexnet.nih import TruthBox
+from chexnet import nih, scoring
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -32,42 +33,42 @@ def write(path: Path, text: str) -> Path:
 # ---------------------------------------------------------------- geometry
 
 def test_identical_boxes():
-    assert ev.iou(b(10, 20, 30, 40), b(10, 20, 30, 40)) == 1.0
-    assert ev.iobb(b(10, 20, 30, 40), b(10, 20, 30, 40)) == 1.0
+    assert scoring.iou(b(10, 20, 30, 40), b(10, 20, 30, 40)) == 1.0
+    assert scoring.iobb(b(10, 20, 30, 40), b(10, 20, 30, 40)) == 1.0
 
 
 def test_half_overlap():
     # Two 10x10 squares shifted by 5 in x share a 5x10 strip: intersection 50, union 100+100-50.
     pred, truth = b(0, 0, 10, 10), b(5, 0, 10, 10)
-    assert ev.intersection(pred, truth) == 50
-    assert ev.iou(pred, truth) == pytest.approx(50 / 150)
-    assert ev.iobb(pred, truth) == pytest.approx(50 / 100)
+    assert scoring.intersection(pred, truth) == 50
+    assert scoring.iou(pred, truth) == pytest.approx(50 / 150)
+    assert scoring.iobb(pred, truth) == pytest.approx(50 / 100)
     # Shift in y instead: same numbers, so x and y are treated alike.
-    assert ev.iou(b(0, 0, 10, 10), b(0, 5, 10, 10)) == pytest.approx(1 / 3)
+    assert scoring.iou(b(0, 0, 10, 10), b(0, 5, 10, 10)) == pytest.approx(1 / 3)
 
 
 def test_disjoint_and_touching_boxes_do_not_overlap():
-    assert ev.iou(b(0, 0, 10, 10), b(20, 20, 5, 5)) == 0.0
-    assert ev.iobb(b(0, 0, 10, 10), b(20, 20, 5, 5)) == 0.0
+    assert scoring.iou(b(0, 0, 10, 10), b(20, 20, 5, 5)) == 0.0
+    assert scoring.iobb(b(0, 0, 10, 10), b(20, 20, 5, 5)) == 0.0
     # Sharing only an edge (x=10) is no overlap.
-    assert ev.iou(b(0, 0, 10, 10), b(10, 0, 10, 10)) == 0.0
+    assert scoring.iou(b(0, 0, 10, 10), b(10, 0, 10, 10)) == 0.0
     # Apart in x but overlapping in y: still disjoint (a negative dx must not pair with dy).
-    assert ev.intersection(b(0, 0, 10, 10), b(30, 0, 10, 10)) == 0.0
+    assert scoring.intersection(b(0, 0, 10, 10), b(30, 0, 10, 10)) == 0.0
 
 
 def test_containment():
     small, big = b(2, 2, 4, 4), b(0, 0, 10, 10)
     # Intersection is the small box (16); union is the big one (100).
-    assert ev.iou(small, big) == pytest.approx(0.16)
-    assert ev.iou(big, small) == pytest.approx(0.16)
+    assert scoring.iou(small, big) == pytest.approx(0.16)
+    assert scoring.iou(big, small) == pytest.approx(0.16)
     # IoBB divides by the PREDICTED box: a small prediction inside the truth scores 1, a big one 0.16.
-    assert ev.iobb(small, big) == 1.0
-    assert ev.iobb(big, small) == pytest.approx(0.16)
+    assert scoring.iobb(small, big) == 1.0
+    assert scoring.iobb(big, small) == pytest.approx(0.16)
 
 
 def test_empty_boxes_score_zero():
-    assert ev.iou(b(5, 5, 0, 0), b(5, 5, 0, 0)) == 0.0
-    assert ev.iobb(b(5, 5, 0, 10), b(0, 0, 10, 10)) == 0.0
+    assert scoring.iou(b(5, 5, 0, 0), b(5, 5, 0, 0)) == 0.0
+    assert scoring.iobb(b(5, 5, 0, 10), b(0, 0, 10, 10)) == 0.0
 
 
 # ---------------------------------------------------------------- a tiny case worked out by hand
@@ -150,7 +151,7 @@ def test_tiny_false_positives(tiny):
     # The Mass box on b is Mass's only false positive at 0.1; the classes add up to overall.
     assert classes["Mass"]["afp_iou"]["0.1"] == pytest.approx(1 / 2)
     for t in ("0.1", "0.5", "0.9"):
-        assert sum(classes[c]["afp_iou"][t] for c in ev.CLASS_NAMES) == pytest.approx(classes["overall"]["afp_iou"][t])
+        assert sum(classes[c]["afp_iou"][t] for c in scoring.CLASS_NAMES) == pytest.approx(classes["overall"]["afp_iou"][t])
 
 
 def test_infiltrate_in_the_table_matches_infiltration_in_the_box_file(tiny):
@@ -169,14 +170,14 @@ def test_infiltrate_spelling_in_a_box_file_is_accepted_too(tmp_path):
 def test_only_the_first_10_boxes_count_for_the_original_score_all_for_wang():
     preds = [b(0, 0, 1, 1, "Atelectasis")] * 10 + [b(0, 0, 100, 100, "Cardiomegaly")]
     truth = [TruthBox("e.png", "Cardiomegaly", 0, 0, 100, 100)]
-    s = ev.evaluate({"e.png": preds}, {"e.png": truth})["classes"]["overall"]
+    s = scoring.score_boxes({"e.png": preds}, {"e.png": truth})["classes"]["overall"]
     assert s["original"]["boxes"] == 10 and s["original"]["score"] == 0.0
     assert s["acc_iou"]["0.9"] == 1.0
 
 
 def test_several_truth_boxes_of_a_class_use_the_best():
     truth = [TruthBox("f.png", "Mass", 0, 0, 10, 10), TruthBox("f.png", "Mass", 500, 500, 50, 50)]
-    s = ev.evaluate({"f.png": [b(500, 500, 50, 50)]}, {"f.png": truth})["classes"]["Mass"]
+    s = scoring.score_boxes({"f.png": [b(500, 500, 50, 50)]}, {"f.png": truth})["classes"]["Mass"]
     assert s["original"]["mean_iou"] == 1.0
     assert s["truth_boxes"] == 2 and s["acc_iou"]["0.5"] == 0.5  # the first truth box is missed
     assert s["afp_iou"]["0.9"] == 0.0
@@ -193,7 +194,7 @@ def test_bad_gz_table_names_the_gz_file(tmp_path):
     packed = tmp_path / "bbox.csv.gz"
     packed.write_bytes(gzip.compress((BBOX_HEADER + "a.png,Mass,1,2,3\n").encode()))
     with pytest.raises(InputError, match=r"bbox\.csv\.gz: row 2"):
-        ev.load_truth(packed)
+        nih.read_truth_by_image(packed)
 
 
 def test_outputs_are_written(tiny, tmp_path):
@@ -234,7 +235,7 @@ def test_unreadable_box_file_is_an_input_error(tmp_path):
 def test_cli_malformed_box_file_exits_2_with_one_line(tmp_path):
     boxes = write(tmp_path / "boxes.txt", "a.png 1\nMass 1 2 three 4\n")
     truth = write(tmp_path / "bbox.csv", TINY_TRUTH)
-    proc = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), str(boxes), str(truth)],
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "evaluate.py"), str(boxes), str(truth)],
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ") and "boxes.txt:2" in proc.stderr
@@ -246,7 +247,7 @@ def test_cli_malformed_box_file_exits_2_with_one_line(tmp_path):
 def test_cli_on_the_original_output(tmp_path):
     if not (ORIGINAL_BOXES.is_file() and FULL_BBOX_LIST.is_file()):
         pytest.skip("../shared (reference output and BBox_List_2017.csv.gz) is not present")
-    proc = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), str(ORIGINAL_BOXES), str(FULL_BBOX_LIST),
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "evaluate.py"), str(ORIGINAL_BOXES), str(FULL_BBOX_LIST),
                            "--out", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "original score" in proc.stdout and "IoBB > T" in proc.stdout

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-import images
-import transforms
-from constants import DEFAULT_TARGET_LAYER
+from chexnet import images
+from chexnet.constants import DEFAULT_TARGET_LAYER
+from chexnet.utils import InputError
 from gradcam import GradCAM, normalize_maps
 
 BLOCK3_LAYER = "features.denseblock3.denselayer24.conv2"
@@ -23,8 +23,8 @@ def model():
 @pytest.fixture(scope="module")
 def batch():
     names = ["00001933_000.png", "00008386_000.png"]
-    crops = [transforms.center_crop(images.load_stored(f"sample/images/{n}")) for n in names]
-    return transforms.normalize(torch.from_numpy(np.stack(crops)))  # (2, 3, 224, 224)
+    crops = [images.center_crop(images.load_stored(f"sample/images/{n}")) for n in names]
+    return images.normalize(torch.from_numpy(np.stack(crops)))  # (2, 3, 224, 224)
 
 
 def _reference_map(activation: np.ndarray, grad: np.ndarray) -> np.ndarray:
@@ -171,5 +171,5 @@ def test_all_zero_activation_gives_zero_map(model, batch):
 
 
 def test_unknown_layer_lists_valid_names(model):
-    with pytest.raises(ValueError, match="norm5"):
+    with pytest.raises(InputError, match="norm5"):
         GradCAM(model, "features.denseblock9")

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-import localize
+from chexnet import localize
 import model as model_lib
-from boxfile import read_box_file
-from common import InputError
-from constants import AVERAGE_BOXES, CLASS_NAMES
+from chexnet.boxfile import read_box_file
+from chexnet.utils import InputError
+from chexnet.constants import AVERAGE_BOXES, CLASS_NAMES
+from chexnet import model_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = ["00001933_000.png", "00008386_000.png", "00013125_000.png"]
@@ -76,10 +77,9 @@ def test_iter_localize_order_heatmaps_and_box_order(net, sample_dir):
 
 
 def _batch(paths):
-    import images
-    import transforms
-    crops = np.stack([transforms.center_crop(images.load_stored(p)) for p in paths])
-    return transforms.normalize(torch.from_numpy(crops))
+    from chexnet import images
+    crops = np.stack([images.center_crop(images.load_stored(p)) for p in paths])
+    return images.normalize(torch.from_numpy(crops))
 
 
 def test_undecodable_image_is_one_line_error(net, sample_dir, tmp_path):
@@ -96,29 +96,29 @@ def test_undecodable_image_is_one_line_error(net, sample_dir, tmp_path):
 def test_thresholds_resolution(tmp_path):
     ckpt_path = tmp_path / "best.pt"
     with pytest.raises(InputError, match="no thresholds"):
-        localize.resolve_thresholds(None, ckpt_path, {"thresholds": None})
-    values, source = localize.resolve_thresholds(None, ckpt_path, {"thresholds": [0.25] * 8})
+        model_dir.resolve_thresholds(None, ckpt_path, {"thresholds": None})
+    values, source = model_dir.resolve_thresholds(None, ckpt_path, {"thresholds": [0.25] * 8})
     assert values.tolist() == [0.25] * 8 and "best.pt" in source
     np.save(tmp_path / "thresholds.npy", np.arange(8, dtype=np.float32) / 10)
-    values, source = localize.resolve_thresholds(None, ckpt_path, {"thresholds": [0.25] * 8})
+    values, source = model_dir.resolve_thresholds(None, ckpt_path, {"thresholds": [0.25] * 8})
     assert np.allclose(values, np.arange(8) / 10) and source.endswith("thresholds.npy")
-    assert localize.resolve_thresholds("0.3", ckpt_path, {})[0].tolist() == [0.3] * 8
+    assert model_dir.resolve_thresholds("0.3", ckpt_path, {})[0].tolist() == [np.float32(0.3)] * 8  # as applied
     np.save(tmp_path / "seven.npy", np.zeros(7))
     with pytest.raises(InputError, match="expected 8 thresholds"):
-        localize.resolve_thresholds(str(tmp_path / "seven.npy"), ckpt_path, {})
+        model_dir.resolve_thresholds(str(tmp_path / "seven.npy"), ckpt_path, {})
     with pytest.raises(InputError, match="expected 8 thresholds"):
-        localize.resolve_thresholds(None, tmp_path / "elsewhere" / "best.pt", {"thresholds": [0.5] * 3})
+        model_dir.resolve_thresholds(None, tmp_path / "elsewhere" / "best.pt", {"thresholds": [0.5] * 3})
     with pytest.raises(InputError, match="not a number"):
-        localize.resolve_thresholds("nothere.npy", ckpt_path, {})
+        model_dir.resolve_thresholds("nothere.npy", ckpt_path, {})
 
 
 def test_box_sizes_resolution(sample_dir, tmp_path):
     ckpt_path = tmp_path / "best.pt"
-    table, source = localize.resolve_box_sizes(None, ckpt_path)
+    table, source = model_dir.resolve_box_sizes(None, ckpt_path)
     assert np.array_equal(table, np.array(AVERAGE_BOXES)) and "original" in source
     sizes = np.array(AVERAGE_BOXES) + 1.0
-    localize.write_box_sizes(tmp_path / "box_sizes.json", sizes)
-    table, source = localize.resolve_box_sizes(None, ckpt_path)
+    model_dir.write_box_sizes(tmp_path / "box_sizes.json", sizes)
+    table, source = model_dir.resolve_box_sizes(None, ckpt_path)
     assert np.allclose(table, sizes) and source.endswith("box_sizes.json")
     # The box table wins over box_sizes.json. The sample's table has one Atelectasis box, one
     # 'Infiltrate' box (= Infiltration), three Cardiomegaly boxes, and no Effusion or Pneumothorax box.
@@ -126,7 +126,7 @@ def test_box_sizes_resolution(sample_dir, tmp_path):
     full = (sample_dir / "BBox_List_2017.csv").read_text().splitlines()
     partial = tmp_path / "BBox_List_2017.csv"  # the sample images' 12 rows of the complete table
     partial.write_text("\n".join([full[0]] + [r for r in full[1:] if r.split(",")[0] in sample_names]) + "\n")
-    table, source = localize.resolve_box_sizes(partial, ckpt_path)
+    table, source = model_dir.resolve_box_sizes(partial, ckpt_path)
     assert np.allclose(table[0], [731.428571428571, 753.100529100529, 119.195767195767, 93.189417989418])
     assert np.allclose(table[3], [555.885714285714, 235.140740740741, 206.967195767196, 313.159788359788])
     assert np.isclose(table[1, 2], (456.194708994709 + 662.078306878307 + 553.718518518519) / 3)
@@ -134,7 +134,7 @@ def test_box_sizes_resolution(sample_dir, tmp_path):
     assert "12 boxes" in source and "Effusion, Pneumothorax" in source
     (tmp_path / "box_sizes.json").write_text(json.dumps({"class_names": ["A"], "boxes": [[1, 2, 3, 4]]}))
     with pytest.raises(InputError, match="class_names"):
-        localize.resolve_box_sizes(None, ckpt_path)
+        model_dir.resolve_box_sizes(None, ckpt_path)
 
 
 def _cli(args, cwd):
@@ -179,7 +179,7 @@ def test_cli_missing_image_fails_before_work(checkpoint_dir, sample_dir, tmp_pat
                  "--out", str(out)], cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        f"error: {test_txt}: 1 of 2 images not found, the first: {sample_dir / 'images' / 'missing_000.png'}"]
+        f"error: {sample_dir / 'images' / 'missing_000.png'}: image not found (listed in {test_txt} entry 2)"]
     assert not out.exists() and not list(tmp_path.glob(".boxes.txt*"))
 
 
@@ -195,7 +195,7 @@ def test_main_refuses_missing_model_and_bad_thresholds(checkpoint_dir, sample_di
     with pytest.raises(InputError, match="expected 8 thresholds"):
         cli.main(cli.get_args_parser().parse_args(
             base + ["--model", str(checkpoint_dir / "best.pt"), "--thresholds", str(tmp_path / "t.npy")]))
-    with pytest.raises(InputError, match="--layer features.nope"):
+    with pytest.raises(InputError, match="unknown Grad-CAM layer .features.nope."):
         cli.main(cli.get_args_parser().parse_args(
             base + ["--model", str(checkpoint_dir / "best.pt"), "--layer", "features.nope"]))
     assert not (tmp_path / "bounding_box.txt").exists()

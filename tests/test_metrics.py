@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-import metrics
-from common import InputError
-from metrics_log import read_metrics_log
-from constants import DEFAULT_THRESHOLD
+from chexnet import metrics
+from chexnet.utils import InputError
+from chexnet.model_dir import read_metrics_log
+from chexnet.constants import DEFAULT_THRESHOLD
 
 
 def test_auroc_undefined_classes_are_none_and_left_out_of_the_mean():

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import model as M
-from common import InputError
-from constants import CLASS_NAMES
+from chexnet.utils import InputError
+from chexnet.constants import CLASS_NAMES
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -11,9 +11,10 @@ import torch
 import denseNet_localization
 import evaluate
 import model as model_lib
-import plots
-from constants import CLASS_NAMES
-from tables import read_bbox_list
+from chexnet import drawing, evaluation_figures, localization_figures, training_figures
+from chexnet.constants import CLASS_NAMES
+from chexnet.nih import read_bbox_list
+from chexnet import scoring
 
 NAMES = ["00013125_000.png", "00008386_000.png"]  # both have a true box in sample/BBox_List_2017.csv
 
@@ -62,10 +63,10 @@ def test_localization_plots(checkpoint, sample_dir, tmp_path, truth_option):
     assert {p.name for p in pictures.iterdir()} == expected  # only the first image: --plot-images 1
     assert shape(pictures / f"{stem}_boxes.png") == (512, 512, 3)
     assert shape(pictures / f"{stem}_probs.png") == (380, 600, 3)
-    assert shape(pictures / f"{stem}_heatmap_Mass.png") == (512, 512 + plots.COLORBAR_PX, 3)
+    assert shape(pictures / f"{stem}_heatmap_Mass.png") == (512, 512 + drawing.COLORBAR_PX, 3)
     # Both images in every class row (all classes active), 64 px cells.
     assert shape(pictures / "contact_sheet.png") == (
-        8 * 64, plots.SHEET_LABEL_PX + 2 * 64 + plots.COLORBAR_PX, 3)
+        8 * 64, localization_figures.SHEET_LABEL_PX + 2 * 64 + drawing.COLORBAR_PX, 3)
     # The true Cardiomegaly box of the first image, red, on its own pixels (512 / 1024 = 0.5).
     truth = next(b for b in read_bbox_list(bbox_list) if b.image == NAMES[0])
     rgb = cv2.imread(str(pictures / f"{stem}_boxes.png"), cv2.IMREAD_COLOR)[:, :, ::-1].astype(int)
@@ -101,7 +102,7 @@ def test_evaluation_figures(sample_dir, tmp_path, where):
     folder = tmp_path / "figures"
     evaluate.main(evaluate.get_args_parser().parse_args(
         [str(box_txt), str(sample_dir / "BBox_List_2017.csv"), where, str(folder)]))
-    rows = len(evaluate.WANG_THRESHOLDS)
+    rows = len(scoring.WANG_THRESHOLDS)
     for name in ("localization_iobb.png", "localization_iou.png"):
         assert shape(folder / name) == (260 * rows, 1200, 3)
     if where == "--out":

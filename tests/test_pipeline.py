@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from boxfile import read_box_file
-from constants import CLASS_NAMES
+from chexnet.boxfile import read_box_file
+from chexnet.constants import CLASS_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADER = re.compile(r"^\S+ \d+$")

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 import draw_boxes
-import plots
-from boxfile import Box
-from common import InputError
-from constants import CLASS_NAMES
-from images import read_xray, resize_stored
-from tables import TruthBox, read_bbox_list
+from chexnet import drawing, evaluation_figures, localization_figures, training_figures
+from chexnet.boxfile import Box
+from chexnet.utils import InputError
+from chexnet.constants import CLASS_NAMES
+from chexnet.images import read_xray, resize_stored
+from chexnet.nih import TruthBox, read_bbox_list
 
 WANG = Path(__file__).resolve().parent.parent / "docs" / "wang2017_localization_table4.csv"
 
@@ -51,7 +51,7 @@ def test_boxes_land_on_the_pixels_they_name(tmp_path, size):
     pred = Box("Nodule", 100.0, 300.0, 200.0, 80.0)
     truth = TruthBox("a.png", "Mass", 640.0, 120.0, 90.0, 250.0)
     out = tmp_path / "boxes.png"
-    plots.boxes_figure(np.zeros((1024, 1024), np.uint8), [pred], [truth], {"Nodule": 0.9}, out, "t", size=size)
+    localization_figures.boxes_figure(np.zeros((1024, 1024), np.uint8), [pred], [truth], {"Nodule": 0.9}, out, "t", size=size)
     rgb = read_rgb(out)
     assert rgb.shape == (size, size, 3)
     assert_box_at(bounding_rect(blue(rgb)), pred, size / 1024)
@@ -62,7 +62,7 @@ def test_truth_box_on_a_real_xray(tmp_path, sample_dir):
     truth = [b for b in read_bbox_list(sample_dir / "BBox_List_2017.csv") if b.image == "00008386_000.png"]
     image = read_xray(sample_dir / "images" / "00008386_000.png")
     out = tmp_path / "real.png"
-    plots.boxes_figure(image, [], truth, None, out, "00008386_000.png")
+    localization_figures.boxes_figure(image, [], truth, None, out, "00008386_000.png")
     rgb = read_rgb(out)
     assert rgb.shape == (1024, 1024, 3)
     assert not blue(rgb).any()
@@ -75,9 +75,9 @@ def test_heatmap_sits_on_the_centre_crop(tmp_path):
     heatmap = np.zeros((224, 224), np.float32)
     heatmap[100:120, 30:50] = 1.0  # rows 100-119, columns 30-49 of the crop
     out = tmp_path / "heat.png"
-    plots.heatmap_overlay(np.zeros((256, 256), np.uint8), heatmap, "Mass", out, size=512)
+    localization_figures.heatmap_overlay(np.zeros((256, 256), np.uint8), heatmap, "Mass", out, size=512)
     rgb = read_rgb(out)
-    assert rgb.shape == (512, 512 + plots.COLORBAR_PX, 3)
+    assert rgb.shape == (512, 512 + drawing.COLORBAR_PX, 3)
     image_part = rgb[:, :512]
     # jet(1) is dark red: over a black image at alpha 0.4 it is about (51, 0, 0).
     hot = (image_part[..., 0] > 25) & (image_part[..., 2] < 25)
@@ -91,7 +91,7 @@ def test_heatmap_sits_on_the_centre_crop(tmp_path):
 
 def test_probability_chart(tmp_path):
     out = tmp_path / "probs.png"
-    plots.probability_chart(np.linspace(0.05, 0.95, 8), np.full(8, 0.5), out, title="x")
+    localization_figures.probability_chart(np.linspace(0.05, 0.95, 8), np.full(8, 0.5), out, title="x")
     assert read_rgb(out).shape == (380, 600, 3)
 
 
@@ -99,13 +99,13 @@ def test_contact_sheet_on_real_images(tmp_path, sample_dir):
     truth = [b for b in read_bbox_list(sample_dir / "BBox_List_2017.csv") if (sample_dir / "images" / b.image).is_file()]
     rows = []
     for name in ("Cardiomegaly", "Nodule"):
-        cells = [plots.SheetCell(resize_stored(read_xray(sample_dir / "images" / b.image)),
+        cells = [localization_figures.SheetCell(resize_stored(read_xray(sample_dir / "images" / b.image)),
                                  np.full((224, 224), 0.5, np.float32), [Box(name, b.x, b.y, b.w, b.h)], [b], b.image)
                  for b in truth if b.label == name][:2]
         rows.append((name, cells))
     out = tmp_path / "sheet.png"
-    plots.contact_sheet(rows, out, cell=128)
-    assert read_rgb(out).shape == (2 * 128, plots.SHEET_LABEL_PX + 2 * 128 + plots.COLORBAR_PX, 3)
+    localization_figures.contact_sheet(rows, out, cell=128)
+    assert read_rgb(out).shape == (2 * 128, localization_figures.SHEET_LABEL_PX + 2 * 128 + drawing.COLORBAR_PX, 3)
 
 
 def test_training_curves_skip_undefined_auroc(tmp_path):
@@ -117,7 +117,7 @@ def test_training_curves_skip_undefined_auroc(tmp_path):
                                  "auroc": auroc, "mean_auroc": 0.5 + 0.1 * epoch, "seconds": 1.0}))
     metrics.write_text("\n".join(lines) + "\n")
     out = tmp_path / "curves.png"
-    plots.training_curves(metrics, out)
+    training_figures.training_curves(metrics, out)
     assert read_rgb(out).shape == (450, 1200, 3)
 
 
@@ -125,7 +125,7 @@ def test_bad_metrics_line_names_file_and_line(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text('{"epoch": 1, "train_loss": 0.5}\n{"epoch": 2, oops\n')
     with pytest.raises(InputError, match=r"metrics.jsonl:2:"):
-        plots.training_curves(metrics, tmp_path / "c.png")
+        training_figures.training_curves(metrics, tmp_path / "c.png")
 
 
 def test_roc_curves_with_an_undefined_class(tmp_path):
@@ -133,30 +133,30 @@ def test_roc_curves_with_an_undefined_class(tmp_path):
     y_true = (rng.random((40, 8)) < 0.4).astype(np.uint8)
     y_true[:, 4] = 0  # Mass: no positive example, no ROC curve
     out = tmp_path / "roc.png"
-    plots.roc_curves(y_true, rng.random((40, 8)), np.full(8, 0.5), out)
+    training_figures.roc_curves(y_true, rng.random((40, 8)), np.full(8, 0.5), out)
     assert read_rgb(out).shape == (700, 1400, 3)
 
 
 def test_wang_table_and_evaluation_bars(tmp_path):
-    wang = plots.read_wang_table(WANG)
+    wang = evaluation_figures.read_wang_table(WANG)
     assert sorted(wang) == [0.1, 0.25, 0.5, 0.75, 0.9]
     assert wang[0.1]["Cardiomegaly"] == pytest.approx(0.9931) and set(wang[0.5]) == set(CLASS_NAMES)
     results = {name: {t: (None if name == "Mass" else 0.5) for t in wang} for name in CLASS_NAMES}
     out = tmp_path / "eval.png"
-    plots.evaluation_bars(results, wang, out)
+    evaluation_figures.evaluation_bars(results, wang, out)
     assert read_rgb(out).shape == (5 * 260, 1200, 3)
 
 
 def test_image_figures_writes_each_picture(tmp_path, sample_dir):
     image = read_xray(sample_dir / "images" / "00001933_000.png")
     probs = np.linspace(0.1, 0.8, 8)
-    paths = plots.image_figures(tmp_path, "00001933_000.png", image, probs, np.full(8, 0.5),
+    paths = localization_figures.image_figures(tmp_path, "00001933_000.png", image, probs, np.full(8, 0.5),
                                 {6: np.zeros((224, 224), np.float32)}, [Box("Pneumonia", 500, 540, 220, 260)],
                                 size=256)
     assert [p.name for p in paths] == ["00001933_000_boxes.png", "00001933_000_probs.png",
                                        "00001933_000_heatmap_Pneumonia.png"]
     assert read_rgb(paths[0]).shape == (256, 256, 3)
-    assert read_rgb(paths[2]).shape == (256, 256 + plots.COLORBAR_PX, 3)
+    assert read_rgb(paths[2]).shape == (256, 256 + drawing.COLORBAR_PX, 3)
 
 
 def test_draw_boxes_on_the_originals_box_file(tmp_path, sample_dir):
@@ -188,8 +188,8 @@ def test_evaluation_figures_from_an_evaluator_report(tmp_path):
     # The shape of evaluate.py's report: accuracies keyed by the threshold's string, None where undefined.
     accuracy = {"0.1": 0.9, "0.25": 0.7, "0.5": 0.4, "0.75": None, "0.9": 0.0}
     report = {"classes": {name: {"acc_iobb": accuracy, "acc_iou": accuracy} for name in CLASS_NAMES + ("overall",)}}
-    assert plots.results_from_report(report)["Mass"][0.25] == 0.7
-    paths = plots.evaluation_figures(tmp_path, report, WANG)
+    assert evaluation_figures.results_from_report(report)["Mass"][0.25] == 0.7
+    paths = evaluation_figures.evaluation_figures(tmp_path, report, WANG)
     assert [p.name for p in paths] == ["localization_iobb.png", "localization_iou.png"]
     for path in paths:
         assert read_rgb(path).shape == (5 * 260, 1200, 3)

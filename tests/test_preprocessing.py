@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 import preprocessing
-from common import InputError
-from images import load_stored
-from prepared import load_prepared, read_valid_boxes
-from tables import read_data_entry
+from chexnet.utils import InputError
+from chexnet.images import load_stored
+from chexnet.preprocessed import load_prepared, read_valid_boxes
+from chexnet.nih import read_data_entry
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUTS = ("meta.json", "train_X.npy", "train_y.npy", "valid_X.npy", "valid_y.npy", "valid_boxes.csv")

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-import boxes
-from boxfile import Box, ImageBoxes, format_box_file, read_box_file, write_box_file
-from common import InputError
-from constants import AVERAGE_BOXES, CLASS_NAMES, CROP_SIZE, ORIGINAL_SIZE
+from chexnet import boxes
+from chexnet.boxfile import Box, ImageBoxes, format_box_file, read_box_file, write_box_file
+from chexnet.utils import InputError
+from chexnet.constants import AVERAGE_BOXES, CLASS_NAMES, CROP_SIZE, ORIGINAL_SIZE
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 KINDS = ("zeros", "constant", "pixel", "uniform", "blobs", "steps", "scaled")

@@ -19,13 +19,13 @@ import cv2
 import numpy as np
 import pytest
 
-import localize
-import prepared
+from chexnet import model_dir
+from chexnet import preprocessed
 import preprocessing
-from boxfile import read_box_file
-from common import InputError
-from images import load_stored
-from tables import read_bbox_list
+from chexnet.boxfile import read_box_file
+from chexnet.utils import InputError
+from chexnet.images import load_stored
+from chexnet.nih import read_bbox_list
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUTS = ("meta.json", "train_X.npy", "train_y.npy", "valid_X.npy", "valid_y.npy", "valid_boxes.csv")
@@ -113,7 +113,7 @@ def test_jpeg_and_16bit_png_are_read_with_the_right_values(sample_dir, tmp_path)
     preprocessing.main(preprocessing.get_args_parser().parse_args(
         [str(images), str(table), str(sample_dir / "BBox_List_2017.csv"), str(train_txt), str(valid_txt),
          str(out), "--workers", "1", "--quiet"]))
-    data = prepared.load_prepared(out)
+    data = preprocessed.load_prepared(out)
     assert np.array_equal(data.train.images[0], load_stored(sample_dir / "images" / "00000404_000.png"))
     diff = data.train.images[1].astype(int) - load_stored(sample_dir / "images" / "00000574_000.png")
     assert np.abs(diff).max() <= 3 and np.abs(diff).mean() < 0.5
@@ -153,16 +153,16 @@ def test_broken_preprocessed_arrays_are_one_line_errors(sample_dir, tmp_path):
     good = y.read_bytes()
     y.write_bytes(good[:-5])  # truncated
     with pytest.raises(InputError, match=rf"^{re.escape(str(y))}: not a readable uint8 .npy array"):
-        prepared.load_prepared(out)
+        preprocessed.load_prepared(out)
     y.write_bytes(good)
     (out / "valid_boxes.csv").write_text("image,label,x,y,w,h\n00026911_000.png,Infiltration,1,2,three,4\n")
     with pytest.raises(InputError, match=r"valid_boxes.csv: row 2: expected image,label,x,y,w,h"):
-        prepared.read_valid_boxes(out)
+        preprocessed.read_valid_boxes(out)
     meta = json.loads((out / "meta.json").read_text())
     del meta["valid_images"]
     (out / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(InputError, match=r"meta.json: missing valid_images"):
-        prepared.load_prepared(out)
+        preprocessed.load_prepared(out)
 
 
 # ---------------------------------------------------------------- untrusted files
@@ -216,14 +216,14 @@ def test_pickled_numpy_files_are_refused_without_running_code(sample_dir, tmp_pa
     evil = tmp_path / "thresholds.npy"
     np.save(evil, np.array([RunsCode(marker)] * 8, dtype=object), allow_pickle=True)
     with pytest.raises(InputError, match=rf"^{re.escape(str(evil))}: cannot read thresholds"):
-        localize.load_thresholds(evil)
+        model_dir.load_thresholds(evil)
     out = tmp_path / "prep"
     preprocessing.main(preprocessing.get_args_parser().parse_args(
         [str(sample_dir / "images"), str(sample_dir / "Data_Entry_2017.csv"), str(sample_dir / "BBox_List_2017.csv"),
          *map(str, write_lists(tmp_path, TRAIN[:2], VALID[:1])), str(out), "--workers", "1", "--quiet"]))
     np.save(out / "valid_y.npy", np.array([RunsCode(marker)], dtype=object), allow_pickle=True)
     with pytest.raises(InputError, match=r"valid_y.npy: not a readable uint8 .npy array"):
-        prepared.load_prepared(out)
+        preprocessed.load_prepared(out)
     assert not marker.exists()
 
 
@@ -302,7 +302,7 @@ SLOW_PREPROCESSING = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
 import preprocessing
-from common import run_cli
+from chexnet.utils import run_cli
 decode = preprocessing._load
 preprocessing._load = lambda path: (time.sleep(0.15), decode(path))[1]
 run_cli(lambda: preprocessing.main(preprocessing.get_args_parser().parse_args(sys.argv[2:])))
@@ -357,7 +357,7 @@ def test_preprocessing_killed_half_way_then_rerun_equals_an_uninterrupted_run(sa
     left = sorted(p.name for p in out.iterdir())
     assert left and all(name.startswith(".") and name.endswith(".tmp") for name in left), left
     with pytest.raises(InputError, match="meta.json: not found"):  # nothing that looks whole
-        prepared.load_prepared(out)
+        preprocessed.load_prepared(out)
 
     rerun = script("preprocessing.py", *argv, "--workers", "2")
     assert rerun.returncode == 0, rerun.stderr
@@ -368,7 +368,7 @@ def test_preprocessing_killed_half_way_then_rerun_equals_an_uninterrupted_run(sa
     wait_for_half_written_images(process, out)
     kill(process, signal.SIGKILL)
     assert {k: v for k, v in folder_bytes(out).items() if not k.startswith(".")} == folder_bytes(reference)
-    assert prepared.load_prepared(out).train.names == TRAIN
+    assert preprocessed.load_prepared(out).train.names == TRAIN
 
 
 def test_preprocessing_ctrl_c_leaves_no_temporary(sample_dir, tmp_path):
@@ -384,7 +384,7 @@ def test_preprocessing_ctrl_c_leaves_no_temporary(sample_dir, tmp_path):
 KILLED_WRITER = """
 import os, sys, time
 sys.path.insert(0, sys.argv[1])
-from common import atomic_path
+from chexnet.utils import atomic_path
 with atomic_path(sys.argv[2]) as tmp, open(tmp, "wb") as f:
     f.write(b"new " * 1000)
     f.flush()
@@ -409,7 +409,7 @@ def test_a_write_killed_midway_never_shows_under_the_final_name(tmp_path):
 
 
 def test_stale_temporaries_of_named_outputs_are_removed_and_nothing_else(tmp_path):
-    from common import remove_stale_temporaries
+    from chexnet.utils import remove_stale_temporaries
 
     stale = tmp_path / ".last.pt.k2j3.tmp"
     other = tmp_path / ".notes.txt.k2j3.tmp"

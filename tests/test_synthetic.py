@@ -10,10 +10,11 @@ import pytest
 import evaluate
 from benchmarks import localization_benchmark as bench
 from benchmarks import synthetic
-from boxfile import Box, ImageBoxes, read_box_file, write_box_file
-from constants import CROP_OFFSET, RESCALE_FACTOR
-from images import read_xray
-from tables import read_bbox_list, read_data_entry, read_image_list
+from chexnet.boxfile import Box, ImageBoxes, read_box_file, write_box_file
+from chexnet.constants import CROP_OFFSET, RESCALE_FACTOR
+from chexnet.images import read_xray
+from chexnet.nih import read_bbox_list, read_data_entry, read_image_list
+from chexnet import nih, scoring
 
 SIZES = {"train": 8, "valid": 8, "test": 8}
 SEED = 5
@@ -116,37 +117,37 @@ def _truth(tmp_path, n_images=400) -> dict:
                for i, labels in enumerate(synthetic.split_compositions(n_images, rng))]
     table = tmp_path / "BBox_List_2017.csv"
     table.write_text(synthetic.bbox_text(records))
-    return evaluate.load_truth(table)
+    return nih.read_truth_by_image(table)
 
 
 def _through_box_file(tmp_path, preds: dict) -> dict:
     """The predictions written as a box file (images/NAME paths) and read back as evaluate.py reads it."""
     write_box_file(tmp_path / "boxes.txt", [ImageBoxes(f"images/{k}", v) for k, v in preds.items()])
-    return evaluate.predictions_by_image("boxes.txt", read_box_file(tmp_path / "boxes.txt"))
+    return scoring.predictions_by_image("boxes.txt", read_box_file(tmp_path / "boxes.txt"))
 
 
 def test_perfect_prediction_scores_one_and_a_wrong_geometry_collapses(tmp_path):
     truth = _truth(tmp_path)
     perfect = _through_box_file(tmp_path, bench.planted(truth))
     scores = bench.score(perfect, truth)
-    for name in (*synthetic.PLANTED_CLASSES, evaluate.OVERALL):
+    for name in (*synthetic.PLANTED_CLASSES, scoring.OVERALL):
         assert scores[name]["mean_iou"] == 1.0
         assert set(scores[name]["acc_iou"].values()) == set(scores[name]["acc_iobb"].values()) == {1.0}
     # Swapping x and y moves each box to its mirror position across the diagonal: a small nodule
     # is then almost never found; the large findings keep only the overlap of random placement.
     swapped = bench.score(_through_box_file(tmp_path, bench.each_box(perfect, bench.swap_xy)), truth)
     assert swapped["Nodule"]["acc_iou"]["0.1"] < 0.15
-    assert swapped[evaluate.OVERALL]["acc_iou"]["0.5"] < 0.2
-    assert swapped[evaluate.OVERALL]["mean_iou"] < 0.2
+    assert swapped[scoring.OVERALL]["acc_iou"]["0.5"] < 0.2
+    assert swapped[scoring.OVERALL]["mean_iou"] < 0.2
     # Dropping the crop offset ((x224 + 16) * 4 computed as x224 * 4) shifts every box by -64 px
     # on both axes: no box keeps IoU > 0.5, and no nodule overlaps its truth at all.
     shifted = bench.score(_through_box_file(tmp_path, bench.each_box(perfect, bench.drop_crop_offset)), truth)
-    assert shifted[evaluate.OVERALL]["acc_iou"]["0.5"] < 0.01
+    assert shifted[scoring.OVERALL]["acc_iou"]["0.5"] < 0.01
     assert shifted["Nodule"]["acc_iou"]["0.1"] == 0.0
     # The chance row: the right boxes at random places are about as bad as the swapped ones.
     rng = np.random.default_rng(0)
     chance = bench.score(bench.random_positions(perfect, rng), truth)
-    assert chance[evaluate.OVERALL]["acc_iou"]["0.5"] < 0.2 and chance["Nodule"]["acc_iou"]["0.1"] < 0.15
+    assert chance[scoring.OVERALL]["acc_iou"]["0.5"] < 0.2 and chance["Nodule"]["acc_iou"]["0.1"] < 0.15
 
 
 # ---------------------------------------------------------------- the runner's pieces
@@ -183,8 +184,8 @@ def test_quick_benchmark_runs_the_real_scripts_end_to_end(tmp_path):
     truth = read_bbox_list(tmp_path / "bbox_test.csv")
     assert {b.image for b in truth} <= set(read_image_list(tmp_path / "data" / "test.txt"))
     oracle = rows["planted boxes (oracle)"]
-    assert oracle[evaluate.OVERALL]["truth_boxes"] == len(truth)
-    assert set(oracle[evaluate.OVERALL]["acc_iou"].values()) == {1.0}
+    assert oracle[scoring.OVERALL]["truth_boxes"] == len(truth)
+    assert set(oracle[scoring.OVERALL]["acc_iou"].values()) == {1.0}
     for method in methods:
         assert (tmp_path / f"evaluation_{method}" / "evaluation.json").is_file()
         whole, heat = rows[f"{method}: box file as written"], rows[f"{method}: heatmap boxes only"]

@@ -4,9 +4,9 @@ import csv
 import numpy as np
 import pytest
 
-from common import InputError
-from constants import CLASS_NAMES
-from tables import label_matrix, read_bbox_list, read_data_entry, read_image_list, read_image_list_lines
+from chexnet.utils import InputError
+from chexnet.constants import CLASS_NAMES
+from chexnet.nih import label_matrix, read_bbox_list, read_data_entry, read_image_list, read_image_list_lines
 
 
 def raw_rows(path):

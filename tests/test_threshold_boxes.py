@@ -3,8 +3,8 @@ through the same (coord + 16) * 4 mapping as the peaks method; rows are y, colum
 import numpy as np
 import pytest
 
-import boxes
-from constants import AVERAGE_BOXES, CLASS_NAMES, THRESHOLD_FRACTION
+from chexnet import boxes
+from chexnet.constants import AVERAGE_BOXES, CLASS_NAMES, THRESHOLD_FRACTION
 
 
 def blob(row: float, col: float, sigma_row: float = 8.0, sigma_col: float = 8.0) -> np.ndarray:
@@ -20,7 +20,7 @@ def test_crop_rectangle_mapping():
 
 @pytest.mark.parametrize("row, col", [(60, 150), (170, 40)])
 def test_blob_gives_rectangle_around_its_place_in_1024(row, col):
-    (box,) = boxes.threshold_boxes(blob(row, col), (100.0, 100.0))
+    (box,) = boxes.METHODS["threshold"](blob(row, col), (100.0, 100.0))
     x, y, w, h = box
     assert x < (col + 16) * 4 < x + w and y < (row + 16) * 4 < y + h
     assert abs(x + w / 2 - (col + 16) * 4) <= 4 and abs(y + h / 2 - (row + 16) * 4) <= 4
@@ -29,7 +29,7 @@ def test_blob_gives_rectangle_around_its_place_in_1024(row, col):
 
 
 def test_elongated_blob_wide_in_x_gives_a_wide_box():
-    (box,) = boxes.threshold_boxes(blob(50, 120, sigma_row=4, sigma_col=20), (100.0, 100.0))
+    (box,) = boxes.METHODS["threshold"](blob(50, 120, sigma_row=4, sigma_col=20), (100.0, 100.0))
     x, y, w, h = box
     assert w > 3 * h  # columns are x: the long axis of the blob is the box's width
     assert abs(x + w / 2 - (120 + 16) * 4) <= 4 and abs(y + h / 2 - (50 + 16) * 4) <= 4
@@ -37,35 +37,35 @@ def test_elongated_blob_wide_in_x_gives_a_wide_box():
 
 def test_two_regions_strongest_first_and_fraction_sets_the_extent():
     heatmap = np.maximum(0.7 * blob(40, 40), blob(180, 170))
-    found = boxes.threshold_boxes(heatmap, (100.0, 100.0))
+    found = boxes.METHODS["threshold"](heatmap, (100.0, 100.0))
     assert len(found) == 2
     assert found[0][0] > found[1][0]  # the stronger blob (col 170) first
-    assert len(boxes.threshold_boxes(heatmap, (100.0, 100.0), 0.8)) == 1  # 0.7 < 0.8: the weak one goes
-    tight = boxes.threshold_boxes(heatmap, (1.0, 1.0), 0.9)[0]
-    loose = boxes.threshold_boxes(heatmap, (1.0, 1.0), 0.6)[0]
+    assert len(boxes.METHODS["threshold"](heatmap, (100.0, 100.0), 0.8)) == 1  # 0.7 < 0.8: the weak one goes
+    tight = boxes.METHODS["threshold"](heatmap, (1.0, 1.0), 0.9)[0]
+    loose = boxes.METHODS["threshold"](heatmap, (1.0, 1.0), 0.6)[0]
     assert tight[2] < loose[2] and tight[3] < loose[3]
-    assert boxes.METHODS["threshold"](heatmap, (5.0, 5.0)) == boxes.threshold_boxes(heatmap, (5.0, 5.0), THRESHOLD_FRACTION)
+    assert boxes.METHODS["threshold"](heatmap, (5.0, 5.0)) == boxes.METHODS["threshold"](heatmap, (5.0, 5.0), THRESHOLD_FRACTION)
 
 
 def test_regions_at_the_crop_edge_stay_inside_the_image():
-    found = boxes.threshold_boxes(blob(0, 223, sigma_row=30, sigma_col=30), (100.0, 100.0))
+    found = boxes.METHODS["threshold"](blob(0, 223, sigma_row=30, sigma_col=30), (100.0, 100.0))
     (x, y, w, h), = found
     assert x + w == (224 + 16) * 4 and y == 16 * 4 and w > 0 and h > 0
     pixel = np.zeros((224, 224))
     pixel[223, 0] = 0.3
-    assert boxes.threshold_boxes(pixel, (100.0, 100.0)) == [(64.0, (223 + 16) * 4, 4.0, 4.0)]
+    assert boxes.METHODS["threshold"](pixel, (100.0, 100.0)) == [(64.0, (223 + 16) * 4, 4.0, 4.0)]
 
 
 def test_flat_maps_give_no_box_and_bad_input_is_an_error():
-    assert boxes.threshold_boxes(np.zeros((224, 224)), (100, 100)) == []
-    assert boxes.threshold_boxes(np.full((224, 224), 0.4), (100, 100)) == []
+    assert boxes.METHODS["threshold"](np.zeros((224, 224)), (100, 100)) == []
+    assert boxes.METHODS["threshold"](np.full((224, 224), 0.4), (100, 100)) == []
     bad = blob(60, 60)
     bad[10, 20] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        boxes.threshold_boxes(bad, (100, 100))
+        boxes.METHODS["threshold"](bad, (100, 100))
     for fraction in (0.0, 1.5, -0.1):
         with pytest.raises(ValueError, match="fraction"):
-            boxes.threshold_boxes(blob(60, 60), (100, 100), fraction)
+            boxes.METHODS["threshold"](blob(60, 60), (100, 100), fraction)
 
 
 def test_class_boxes_average_box_first_for_threshold_too_with_its_parameter():

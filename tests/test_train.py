@@ -10,19 +10,20 @@ import numpy as np
 import pytest
 import torch
 
-import prepared
+from chexnet import preprocessed
 import train
-from common import InputError
-from images import load_stored
+from chexnet.utils import InputError
+from chexnet.images import load_stored
 from model import load_checkpoint, model_from_checkpoint
-from tables import label_matrix, read_data_entry, read_image_list
+from chexnet.nih import label_matrix, read_data_entry, read_image_list
+from chexnet import train_data
 
 ROOT = Path(__file__).resolve().parent.parent
 N_TRAIN, N_VALID = 6, 4
 
 
 def _write_split(folder: Path, split: str, names: list[str], sample: Path, table: dict) -> None:
-    x_name, y_name = prepared.array_names(split)
+    x_name, y_name = preprocessed.array_names(split)
     images = np.stack([load_stored(sample / "images" / n) for n in names])  # uint8 (n, 256, 256)
     np.save(folder / x_name, images, allow_pickle=False)
     np.save(folder / y_name, label_matrix(names, table, split), allow_pickle=False)
@@ -40,7 +41,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    """The prepared.py contract with 8 train / 4 valid real images (no preprocessing.py needed)."""
+    """The preprocessed.py contract with 8 train / 4 valid real images (no preprocessing.py needed)."""
     sample = ROOT / "sample"
     folder = tmp_path_factory.mktemp("prepared")
     table = read_data_entry(sample / "Data_Entry_2017.csv")
@@ -48,9 +49,9 @@ def data_dir(tmp_path_factory) -> Path:
     valid_names = read_image_list(sample / "valid.txt")[:N_VALID]
     _write_split(folder, "train", train_names, sample, table)
     _write_split(folder, "valid", valid_names, sample, table)
-    meta = {"format": prepared.FORMAT, "version": prepared.VERSION, "class_names": list(train.CLASS_NAMES),
+    meta = {"format": preprocessed.FORMAT, "version": preprocessed.VERSION, "class_names": list(train.CLASS_NAMES),
             "image_size": 256, "train_images": train_names, "valid_images": valid_names, "sources": {}}
-    (folder / prepared.META).write_text(json.dumps(meta))
+    (folder / preprocessed.META).write_text(json.dumps(meta))
     return folder
 
 
@@ -117,11 +118,11 @@ def test_resume_gives_the_same_metrics(full_run, data_dir, tmp_path):
 
 
 def test_drop_no_finding(data_dir):
-    data = prepared.load_prepared(data_dir)
+    data = preprocessed.load_prepared(data_dir)
     has_finding = np.asarray(data.train.labels).sum(axis=1) > 0
     assert 2 <= has_finding.sum() < N_TRAIN  # the sample has both kinds
-    dropped, _ = train.make_datasets(data, Namespace(keep_no_finding=False, seed=0))
-    kept, _ = train.make_datasets(data, Namespace(keep_no_finding=True, seed=0))
+    dropped, _ = train_data.make_datasets(data, keep_no_finding=False, seed=0)
+    kept, _ = train_data.make_datasets(data, keep_no_finding=True, seed=0)
     assert dropped.rows.tolist() == np.flatnonzero(has_finding).tolist() and len(kept) == N_TRAIN
     image, label = dropped[(0, 1)]
     assert image.dtype == torch.uint8 and image.shape == (224, 224) and label.sum() > 0
@@ -139,23 +140,23 @@ def test_errors(data_dir, tmp_path):
 
 
 def test_epoch_batches_use_every_item_and_never_a_batch_of_one():
-    batches = train.epoch_batches(9, 4, seed=0, epoch=1)
+    batches = train_data.epoch_batches(9, 4, seed=0, epoch=1)
     assert [len(b) for b in batches] == [4, 5]
     assert sorted(i for b in batches for i, _ in b) == list(range(9))
-    assert batches == train.epoch_batches(9, 4, seed=0, epoch=1)
-    assert batches != train.epoch_batches(9, 4, seed=0, epoch=2)
+    assert batches == train_data.epoch_batches(9, 4, seed=0, epoch=1)
+    assert batches != train_data.epoch_batches(9, 4, seed=0, epoch=2)
 
 
 def test_loss_weights_formulas():
     labels = np.array([[1, 0], [0, 0], [0, 0], [1, 0]], dtype=np.float32)  # class 0: P=2 N=2; class 1: P=0 N=4
-    w_pos, w_neg = train.loss_weights(labels, "chexnet")
+    w_pos, w_neg = train_data.loss_weights(labels, "chexnet")
     assert w_pos.tolist() == [0.5, 1.0] and w_neg.tolist() == [0.5, 0.0]
-    w_pos, w_neg = train.loss_weights(labels, "wang")
+    w_pos, w_neg = train_data.loss_weights(labels, "wang")
     assert w_pos.tolist() == [2.0, 4.0] and w_neg.tolist() == [2.0, 1.0]
-    assert train.loss_weights(labels, "none") is None
+    assert train_data.loss_weights(labels, "none") is None
     logits, targets = torch.zeros(4, 2), torch.from_numpy(labels)
-    assert train.bce_loss(logits, targets, None).item() == pytest.approx(np.log(2))
-    weighted = train.bce_loss(logits, targets, train.loss_weights(labels, "wang")).item()
+    assert train_data.bce_loss(logits, targets, None).item() == pytest.approx(np.log(2))
+    weighted = train_data.bce_loss(logits, targets, train_data.loss_weights(labels, "wang")).item()
     assert weighted == pytest.approx(np.log(2) * (2 + 2 + 2 + 2 + 1 + 1 + 1 + 1) / 8)
 
 

@@ -46,7 +46,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Average box (x, y, w, h in the 1024 image) per class: the per-class mean of all 984
 # boxes of BBox_List_2017.csv, as the original project hard-coded it. Used when no box
-# table or calibrated sizes are given; tables.average_boxes() recomputes it from the file.
+# table or calibrated sizes are given; nih.average_boxes() recomputes it from the file.
 AVERAGE_BOXES = (
     (411.8, 512.5, 219.0, 139.1),  # Atelectasis
     (348.5, 392.3, 479.8, 381.1),  # Cardiomegaly
@@ -68,7 +68,7 @@ PEAK_CONTRAST = 0.1  # a maximum counts where max - min over the neighbourhood e
 PEAK_DILATIONS = 5  # binary dilations that merge nearby maxima before labelling
 PEAK_KEEP_FRACTION = 0.9  # keep a peak whose heatmap value exceeds this share of the map's max
 
-# The threshold box method (boxes.threshold_boxes): regions where the heatmap is at least this share
+# The threshold box method (boxes.METHODS["threshold"]): regions where the heatmap is at least this share
 # of its maximum. Half the maximum: a Gaussian blob's rectangle is then its full width at half
 # maximum, the usual measure of a blob's extent. calibrate.py tunes it per class.
 THRESHOLD_FRACTION = 0.5

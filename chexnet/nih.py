@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import InputError
-from constants import ALL_FINDINGS, BOX_TABLE_ALIASES, CLASS_NAMES, NO_FINDING
+from chexnet.utils import InputError
+from chexnet.constants import ALL_FINDINGS, BOX_TABLE_ALIASES, CLASS_NAMES, NO_FINDING
 
 
 @dataclass(frozen=True)
@@ -155,3 +155,8 @@ def boxes_by_image(boxes: list[TruthBox]) -> dict[str, list[TruthBox]]:
     for box in boxes:
         grouped.setdefault(box.image, []).append(box)
     return grouped
+
+
+def read_truth_by_image(path: str | os.PathLike) -> dict[str, list[TruthBox]]:
+    """BBox_List (.csv or .csv.gz) -> {image name: its truth boxes, in table order}."""
+    return boxes_by_image(read_bbox_list(path))

@@ -21,8 +21,8 @@ from typing import Any, Callable
 import numpy as np
 from scipy import ndimage
 
-from boxfile import Box
-from constants import (CLASS_NAMES, CROP_OFFSET, CROP_SIZE, PEAK_CONTRAST, PEAK_DILATIONS,
+from chexnet.boxfile import Box
+from chexnet.constants import (CLASS_NAMES, CROP_OFFSET, CROP_SIZE, PEAK_CONTRAST, PEAK_DILATIONS,
                        PEAK_KEEP_FRACTION, PEAK_NEIGHBORHOOD, RESCALE_FACTOR, THRESHOLD_FRACTION)
 
 XYWH = tuple[float, float, float, float]
@@ -90,11 +90,6 @@ def place_peaks(centres: list[tuple[float, float]], size_wh: tuple[float, float]
     return [box_at(centre, size_wh) for centre in centres]
 
 
-def peak_boxes(heatmap: np.ndarray, size_wh: tuple[float, float], keep_fraction: float | None = None) -> list[XYWH]:
-    """The original heuristic: one box of the class's average size per strong peak, in 1024 px."""
-    return place_peaks(find_peaks(heatmap, PEAK_KEEP_FRACTION if keep_fraction is None else keep_fraction), size_wh)
-
-
 def threshold_rects(heatmap: np.ndarray, fraction: float = THRESHOLD_FRACTION) -> list[tuple[int, int, int, int]]:
     """Bounding rectangles (left, top, right, bottom) in crop pixels of the 8-connected regions where
     the map is at least `fraction` of its maximum, the region with the highest value first.
@@ -118,11 +113,6 @@ def place_rects(rects: list[tuple[int, int, int, int]], size_wh: tuple[float, fl
     return [crop_rect_to_original(*rect) for rect in rects]  # the rectangle is the size: size_wh unused
 
 
-def threshold_boxes(heatmap: np.ndarray, size_wh: tuple[float, float], fraction: float | None = None) -> list[XYWH]:
-    """The bounding rectangles of the map's regions above `fraction` of its maximum, in 1024 px."""
-    return place_rects(threshold_rects(heatmap, THRESHOLD_FRACTION if fraction is None else fraction), size_wh)
-
-
 @dataclass(frozen=True)
 class Method:
     """A box method: its tunable parameter (name, default) and its two stages."""
@@ -141,18 +131,19 @@ METHODS: dict[str, Method] = {
 }
 
 
-def average_box(class_index: int, box_table: np.ndarray) -> Box:
-    """The class's average box (x, y, w, h from the table, 1024 px): the original's first line per class."""
-    x, y, w, h = (float(v) for v in box_table[class_index])
-    return Box(CLASS_NAMES[class_index], x, y, w, h)
-
-
 def class_boxes(class_index: int, heatmap: np.ndarray, box_table: np.ndarray,
                 method: str = "peaks", param: float | None = None) -> list[Box]:
-    """All lines of one active class, in the original's order: its average box, then its heatmap boxes.
-    param: the method's parameter for this class (None: its default)."""
+    """All lines of one active class, in the original's order: its average box, then its heatmap
+    boxes. param: the method's parameter for this class (None: its default)."""
     if method not in METHODS:
         raise ValueError(f"unknown box method {method!r}; choose from {', '.join(METHODS)}")
-    first = average_box(class_index, box_table)
-    found = METHODS[method](heatmap, (first.w, first.h), param)
-    return [first] + [Box(first.label, *xywh) for xywh in found]
+    m = METHODS[method]
+    anchors = m.locate(heatmap, m.default if param is None else param)
+    return class_lines(CLASS_NAMES[class_index], box_table[class_index], anchors, method)
+
+
+def class_lines(label: str, average: np.ndarray, anchors: list[Any], method: str) -> list[Box]:
+    """The average box (x, y, w, h, 1024 px) first, then the boxes the method places at `anchors`
+    (found by its locate step) with the average box's size: one class's lines in the box file."""
+    x, y, w, h = (float(v) for v in average)
+    return [Box(label, x, y, w, h)] + [Box(label, *xywh) for xywh in METHODS[method].place(anchors, (w, h))]

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import InputError
-from constants import CLASS_NAMES, STORED_SIZE
+from chexnet.utils import InputError
+from chexnet.constants import CLASS_NAMES, STORED_SIZE
 
 FORMAT = "chexnet-preprocessed"
 VERSION = 1

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from common import InputError, atomic_path
+from chexnet.utils import InputError, atomic_path
 
 
 @dataclass(frozen=True)

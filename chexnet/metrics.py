@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from constants import DEFAULT_THRESHOLD
+from chexnet.constants import DEFAULT_THRESHOLD
 
 
 def _defined(labels: np.ndarray) -> bool:

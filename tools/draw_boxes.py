@@ -1,6 +1,6 @@
 """Draw the boxes of a box file (ours or the original project's) on their X-rays.
 
-    python3 draw_boxes.py BOX_TXT [--images DIR] [--bbox-list CSV] [--out DIR]
+    python3 tools/draw_boxes.py BOX_TXT [--images DIR] [--bbox-list CSV] [--out DIR]
 
 For every image of the box file, writes <out>/<name>_boxes.png: the X-ray with its predicted
 boxes in blue and, given --bbox-list, the ground-truth boxes of that image in red. The image
@@ -10,15 +10,18 @@ names the folder that holds the images (the original's file says ../images/NAME.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
-from boxfile import ImageBoxes, read_box_file
-from common import InputError, run_cli
-from constants import ORIGINAL_SIZE
-from images import read_xray
-from tables import TruthBox, boxes_by_image, read_bbox_list
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root: chexnet/, model.py
+
+from chexnet.boxfile import ImageBoxes, read_box_file  # noqa: E402
+from chexnet.constants import ORIGINAL_SIZE  # noqa: E402
+from chexnet.images import check_images_exist, read_xray, require_original_size  # noqa: E402
+from chexnet.nih import TruthBox, read_truth_by_image  # noqa: E402
+from chexnet.utils import InputError, run_cli  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -43,35 +46,25 @@ def image_path(entry: ImageBoxes, images: Path | None) -> Path:
     return images / Path(entry.image_path).name if images is not None else Path(entry.image_path)
 
 
-def check_images(box_txt: Path, entries: list[ImageBoxes], images: Path | None) -> None:
-    """Fail before drawing anything when an image is missing, naming it and where it was looked for."""
-    for entry in entries:
-        path = image_path(entry, images)
-        if not path.is_file():
-            hint = "" if images is not None else " (use --images DIR to name the folder of the images)"
-            raise InputError(f"{box_txt}: {entry.image_path}: image not found at {path}{hint}")
-
-
 def main(args: argparse.Namespace) -> None:
-    import plots  # matplotlib loads only when the script runs
+    from chexnet import localization_figures  # matplotlib loads only when the script runs
 
     if args.size < 16:
         raise InputError(f"--size {args.size}: must be at least 16 pixels")
     if not args.box_txt.is_file():
         raise InputError(f"{args.box_txt}: box file not found")
     entries = read_box_file(args.box_txt)
-    check_images(args.box_txt, entries, args.images)
+    hint = "" if args.images is not None else " (use --images DIR to name the folder of the images)"
+    check_images_exist([image_path(e, args.images) for e in entries], args.box_txt, hint=hint)
     truth: dict[str, list[TruthBox]] | None = None
     if args.bbox_list is not None:
-        truth = boxes_by_image(read_bbox_list(args.bbox_list))
+        truth = read_truth_by_image(args.bbox_list)
     for entry in tqdm(entries, desc="drawing", unit="image"):
         path = image_path(entry, args.images)
         name = Path(entry.image_path).name
         image = read_xray(path)
-        if image.shape != (ORIGINAL_SIZE, ORIGINAL_SIZE):
-            raise InputError(f"{path}: image is {image.shape[1]}x{image.shape[0]}, expected "
-                             f"{ORIGINAL_SIZE}x{ORIGINAL_SIZE} (the frame of the box file)")
-        plots.boxes_figure(image, entry.boxes, truth.get(name, []) if truth is not None else None, None,
+        require_original_size(image, path)
+        localization_figures.boxes_figure(image, entry.boxes, truth.get(name, []) if truth is not None else None, None,
                            args.out / f"{Path(name).stem}_boxes.png", title=name, size=args.size)
     print(f"wrote {len(entries)} picture(s) into {args.out}")
 

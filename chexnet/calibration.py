@@ -1,0 +1,181 @@
+"""calibrate.py's library: Grad-CAM maps of the validation images, and the per-class grid search of
+box sizes and the box method's parameter that scores best against their true boxes.
+
+heatmaps.npz (np.savez, no pickle): key "IMAGE/CLASS" -> float32 (224, 224) and "IMAGE/probabilities"
+-> float32 (C,). float32 as localization computes them: float16 would create ties that change the
+peak test (a pixel equal to its neighbourhood's maximum).
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from chexnet import boxes, images, scoring
+from chexnet.constants import AVERAGE_BOXES, CLASS_NAMES, CROP_SIZE, PEAK_KEEP_FRACTION, THRESHOLD_FRACTION
+from chexnet.localize import class_probabilities
+from chexnet.nih import TruthBox
+from chexnet.utils import InputError, atomic_path
+from gradcam import GradCAM
+
+PROBS_KEY = "probabilities"  # heatmaps.npz: "IMAGE/probabilities" beside "IMAGE/CLASS"
+# Multipliers of the average box's width and height, searched independently (9 x 9). 1.0 first: a
+# tie keeps the table's size.
+SCALES = (1.0, 0.5, 0.625, 0.75, 0.875, 1.25, 1.5, 1.75, 2.0)
+# The method parameter's grid, its default first: a tie keeps the default.
+PARAM_GRIDS = {
+    "peaks": (PEAK_KEEP_FRACTION, 0.5, 0.6, 0.7, 0.8, 0.95),
+    "threshold": (THRESHOLD_FRACTION, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9),
+}
+
+# ---------------------------------------------------------------- heatmaps
+
+@dataclass
+class Heatmaps:
+    images: list[str]
+    probs: np.ndarray  # float32 (N, C)
+    maps: np.ndarray  # float32 (N, C, 224, 224), classes in CLASS_NAMES order
+
+
+def compute_heatmaps(net: torch.nn.Module, stored: np.ndarray, names: list[str], device: torch.device,
+                     batch_size: int, layer: str) -> Heatmaps:
+    """uint8 (N, 256, 256) stored images -> probabilities and all classes' maps of their centre crops."""
+    probs, maps = [], []
+    net.to(device)
+    with GradCAM(net, layer) as cam:
+        for start in tqdm(range(0, len(names), batch_size), unit="batch", file=sys.stderr, desc="heatmaps"):
+            crops = np.stack([images.center_crop(im) for im in stored[start:start + batch_size]])
+            probs.append(class_probabilities(cam, torch.from_numpy(crops).to(device)))
+            maps.append(cam.maps(range(len(CLASS_NAMES))).cpu().numpy())
+    return Heatmaps(list(names), np.concatenate(probs), np.concatenate(maps))
+
+
+def save_heatmaps(path: str | Path, hm: Heatmaps) -> None:
+    arrays = {}
+    for i, name in enumerate(hm.images):
+        arrays[f"{name}/{PROBS_KEY}"] = hm.probs[i].astype(np.float32)
+        for k, cls in enumerate(CLASS_NAMES):
+            arrays[f"{name}/{cls}"] = hm.maps[i, k].astype(np.float32)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def load_heatmaps(path: str | Path) -> Heatmaps:
+    """The inverse of save_heatmaps; every image must have its probabilities and all 8 maps."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: cannot read as heatmaps.npz ({err})") from None
+    names = list(dict.fromkeys(key.rsplit("/", 1)[0] for key in arrays))
+    try:
+        probs = np.stack([arrays[f"{n}/{PROBS_KEY}"] for n in names]).astype(np.float32)
+        maps = np.stack([[arrays[f"{n}/{c}"] for c in CLASS_NAMES] for n in names]).astype(np.float32)
+    except KeyError as err:
+        raise InputError(f"{path}: missing array {err}; write it with calibrate.py") from None
+    if probs.shape[1:] != (len(CLASS_NAMES),) or maps.shape[2:] != (CROP_SIZE, CROP_SIZE):
+        raise InputError(f"{path}: expected ({len(CLASS_NAMES)},) probabilities and "
+                         f"({CROP_SIZE}, {CROP_SIZE}) maps, got {probs.shape[1:]} and {maps.shape[2:]}")
+    if not (np.isfinite(probs).all() and np.isfinite(maps).all()):
+        raise InputError(f"{path}: NaN/inf values in the probabilities or maps")
+    return Heatmaps(names, probs, maps)
+
+
+# ---------------------------------------------------------------- search
+
+@dataclass
+class Choice:
+    scale_w: float
+    scale_h: float
+    param: float
+    score: float | None  # the class's original score on the tuning images (None: no predicted box)
+    mean_iou: float | None
+    note: str = ""
+
+
+def scaled_row(box: np.ndarray, scale_w: float, scale_h: float) -> np.ndarray:
+    """An (x, y, w, h) box with w, h multiplied, about the same centre."""
+    x, y, w, h = (float(v) for v in box)
+    if scale_w == 1.0 and scale_h == 1.0:
+        return np.array([x, y, w, h])  # exactly the table's numbers, no rounding through the centre
+    return np.array([x + w / 2 - w * scale_w / 2, y + h / 2 - h * scale_h / 2, w * scale_w, h * scale_h])
+
+
+def search_class(class_index: int, maps: dict[str, np.ndarray], truth: dict[str, list[TruthBox]],
+                 base_box: np.ndarray, method: str, scales=SCALES, params=None) -> Choice:
+    """Best (scale_w, scale_h, param) for one class. maps: image -> its (224, 224) heatmap on the images
+    where the class is active; truth: those images' true boxes. Lines as localization writes them (boxes.class_lines)."""
+    m = boxes.METHODS[method]
+    params = PARAM_GRIDS[method] if params is None else params
+    label = CLASS_NAMES[class_index]
+    best, best_key = Choice(1.0, 1.0, m.default, None, None), None
+    for param in params:
+        anchors = {name: m.locate(heatmap, param) for name, heatmap in maps.items()}
+        for scale_w in scales:
+            for scale_h in scales:
+                average = scaled_row(base_box, scale_w, scale_h)
+                preds = {name: boxes.class_lines(label, average, a, method) for name, a in anchors.items()}
+                figures = scoring.score_boxes(preds, truth)["classes"][label]["original"]
+                if figures["score"] is None:
+                    continue
+                key = (figures["score"], figures["mean_iou"])
+                if best_key is None or key > best_key:
+                    best, best_key = Choice(scale_w, scale_h, param, *key), key
+    return best
+
+
+def active(hm: Heatmaps, thresholds: np.ndarray) -> np.ndarray:
+    """bool (N, C): the classes localization would draw on each image."""
+    return hm.probs > thresholds[None, :]
+
+
+def tune(hm: Heatmaps, rows: list[int], act: np.ndarray, truth: dict[str, list[TruthBox]],
+         method: str) -> list[Choice]:
+    """One Choice per class, searched on the images `rows` of hm."""
+    default = boxes.METHODS[method].default
+    choices = []
+    for k, label in enumerate(tqdm(CLASS_NAMES, unit="class", file=sys.stderr, desc="search")):
+        names = [hm.images[i] for i in rows]
+        if not any(t.label == label for n in names for t in truth[n]):
+            choices.append(Choice(1.0, 1.0, default, None, None, "no true box in the tuning images: defaults kept"))
+            continue
+        maps = {hm.images[i]: hm.maps[i, k].astype(np.float32) for i in rows if act[i, k]}
+        if not maps:
+            choices.append(Choice(1.0, 1.0, default, None, None, "not active on any tuning image: defaults kept"))
+            continue
+        choices.append(search_class(k, maps, {n: truth[n] for n in names}, np.array(AVERAGE_BOXES[k]), method))
+    return choices
+
+
+def tuned_table(choices: list[Choice]) -> np.ndarray:
+    base = np.array(AVERAGE_BOXES, dtype=np.float64)
+    return np.stack([scaled_row(base[k], c.scale_w, c.scale_h) for k, c in enumerate(choices)])
+
+
+# ---------------------------------------------------------------- before / after
+
+def full_report(hm: Heatmaps, rows: list[int], act: np.ndarray, truth: dict, table: np.ndarray,
+                method: str, params: np.ndarray) -> dict:
+    """scoring.score_boxes of the box lines localization would write for the images `rows`."""
+    preds = {}
+    for i in rows:
+        lines = []
+        for k in np.flatnonzero(act[i]):
+            lines += boxes.class_boxes(int(k), hm.maps[i, k].astype(np.float32), table, method, float(params[k]))
+        preds[hm.images[i]] = lines
+    return scoring.score_boxes(preds, {hm.images[i]: truth[hm.images[i]] for i in rows})
+
+
+def split_rows(n: int, holdout: float, seed: int) -> tuple[list[int], list[int]]:
+    """(tuning rows, held-out rows): a seeded random `holdout` share of 0..n-1 is held out."""
+    if not 0.0 <= holdout < 1.0:
+        raise InputError(f"--holdout {holdout}: must be in [0, 1)")
+    order = np.random.default_rng(seed).permutation(n)
+    cut = int(round(n * holdout))
+    if holdout > 0 and (cut == 0 or cut == n):
+        raise InputError(f"--holdout {holdout}: {n} images cannot be split into two non-empty parts")
+    return sorted(order[cut:].tolist()), sorted(order[:cut].tolist())

@@ -1,0 +1,115 @@
+"""What every figure shares: matplotlib's headless Agg backend, colours, X-ray axes, saving.
+
+Nothing is drawn at import. Every figure is written as one PNG through save_figure (atomic) and
+closed. Pictures of an X-ray are drawn margin-free at a fixed pixel size: the
+image axes fill their part of the figure, in the coordinates of the 1024x1024 original (the
+box file's frame), so a box (x, y, w, h) covers output pixels column x * size / 1024 onward
+and row y * size / 1024 onward (x is the column, y the row; the origin is the top-left).
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: no display is needed or opened
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.cm import ScalarMappable  # noqa: E402
+from matplotlib.colors import Normalize  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+from chexnet.boxfile import Box  # noqa: E402
+from chexnet.utils import atomic_path  # noqa: E402
+from chexnet.constants import CROP_OFFSET, CROP_SIZE, ORIGINAL_SIZE, RESCALE_FACTOR  # noqa: E402
+from chexnet.nih import TruthBox  # noqa: E402
+
+DPI = 100
+# Predicted boxes are pure-ish blue, truth boxes red: both stand out from the gray X-ray and a
+# test can find their pixels by colour. Label text uses lighter tints, so it is never mistaken
+# for a box edge.
+PRED_COLOR = "#0050ff"
+TRUTH_COLOR = "#ff1a1a"
+PRED_TEXT = "#a8c4ff"
+TRUTH_TEXT = "#ffb0b0"
+BOX_LINEWIDTH = 2.0  # points; 2.8 px at DPI 100
+HEATMAP_ALPHA = 0.4
+# The 224 heatmap covers the centre crop: 16 px inside the 256 image, i.e. [64, 960) of the 1024 frame.
+CROP_START = CROP_OFFSET * RESCALE_FACTOR
+CROP_END = (CROP_OFFSET + CROP_SIZE) * RESCALE_FACTOR
+COLORBAR_PX = 90  # width of the strip right of a heatmap that holds its colour bar
+
+
+def save_figure(fig, out_path: str | os.PathLike) -> None:
+    """Write the PNG atomically (the temp name ends in .tmp, so the format is given) and close."""
+    try:
+        with atomic_path(out_path) as tmp:
+            fig.savefig(tmp, format="png", dpi=DPI)
+    finally:
+        plt.close(fig)
+
+
+def image_axes(fig, left_px: float, bottom_px: float, size: int):
+    """Margin-free axes of size x size pixels at (left_px, bottom_px), showing the 1024 frame."""
+    width, height = fig.get_size_inches() * DPI
+    ax = fig.add_axes((left_px / width, bottom_px / height, size / width, size / height))
+    ax.set_xlim(0, ORIGINAL_SIZE)
+    ax.set_ylim(ORIGINAL_SIZE, 0)  # row 0 at the top, as in the image
+    ax.set_axis_off()
+    return ax
+
+
+def show_xray(ax, image: np.ndarray) -> None:
+    """Any square gray image (1024 original, 256 stored) stretched over the 1024 frame."""
+    if image.ndim != 2 or image.shape[0] != image.shape[1]:
+        raise ValueError(f"expected a square (H, W) gray image, got shape {image.shape}")
+    ax.imshow(image, cmap="gray", vmin=0, vmax=255, extent=(0, ORIGINAL_SIZE, ORIGINAL_SIZE, 0),
+              interpolation="bilinear" if image.shape[0] < ORIGINAL_SIZE else "nearest")
+
+
+def show_heatmap(ax, heatmap: np.ndarray):
+    """(224, 224) map in [0, 1] over the centre crop of the 1024 frame."""
+    if heatmap.shape != (CROP_SIZE, CROP_SIZE):
+        raise ValueError(f"expected a ({CROP_SIZE}, {CROP_SIZE}) heatmap, got shape {heatmap.shape}")
+    return ax.imshow(heatmap, cmap="jet", vmin=0.0, vmax=1.0, alpha=HEATMAP_ALPHA, interpolation="bilinear",
+                     extent=(CROP_START, CROP_END, CROP_END, CROP_START))
+
+
+def colorbar(fig, rect: tuple[float, float, float, float], labelsize: float) -> None:
+    """The heatmap scale at full opacity (the overlay's alpha would wash the colours out)."""
+    mappable = ScalarMappable(norm=Normalize(0.0, 1.0), cmap="jet")
+    bar = fig.colorbar(mappable, cax=fig.add_axes(rect))
+    bar.ax.tick_params(labelsize=labelsize)
+    bar.set_label("Grad-CAM", fontsize=labelsize)
+
+
+def draw_boxes(ax, predicted: Sequence[Box], truth: Sequence[TruthBox] | None,
+                probs: dict[str, float] | None, fontsize: float, labels: bool = True) -> None:
+    """Truth first (red), predicted on top (blue); labels sit just above each box's top-left corner."""
+    for boxes, edge, text_color, is_pred in ((truth or (), TRUTH_COLOR, TRUTH_TEXT, False),
+                                             (predicted, PRED_COLOR, PRED_TEXT, True)):
+        for box in boxes:
+            ax.add_patch(Rectangle((box.x, box.y), box.w, box.h, fill=False, edgecolor=edge,
+                                   linewidth=BOX_LINEWIDTH))
+            if not labels:
+                continue
+            text = box.label
+            if is_pred and probs and box.label in probs:
+                text += f" {probs[box.label]:.2f}"
+            # Truth labels go below the box's bottom edge so that a truth and a predicted box at
+            # the same corner keep readable labels.
+            y, va = (box.y - 6, "bottom") if is_pred else (box.y + box.h + 6, "top")
+            ax.text(box.x, y, text, color=text_color, fontsize=fontsize, va=va, ha="left", clip_on=True,
+                    bbox=dict(facecolor="black", alpha=0.6, edgecolor="none", pad=1.5))
+
+
+def caption(ax, text: str, fontsize: float) -> None:
+    """White text on a dark band at the top-left, inside the image (the figure has no margins)."""
+    ax.text(12, 12, text, color="white", fontsize=fontsize, va="top", ha="left",
+            bbox=dict(facecolor="black", alpha=0.6, edgecolor="none", pad=3))
+
+
+def fontsize(size: int) -> float:
+    """Text that reads the same at any output size: 11 pt on a 1024 px picture."""
+    return max(7.0, 11.0 * size / ORIGINAL_SIZE)

@@ -1,0 +1,90 @@
+"""X-ray pixels from file to network: decode -> stored 256x256 uint8 -> 224 crops -> normalised tensors.
+
+The crops work on uint8 arrays (cheap, in the data workers); normalisation works on a uint8 batch
+already on the device, so only bytes cross the PCIe bus.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from chexnet.constants import (CROP_OFFSET, CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD, ORIGINAL_SIZE,
+                               STORED_SIZE)
+from chexnet.utils import InputError
+
+
+def read_xray(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file to a uint8 (H, W) grayscale array.
+
+    RGB and RGBA files (a few in the NIH release) keep their first (red) channel, as the
+    original did; 16-bit files are scaled to 8 bits. Errors name the file.
+    """
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: image not found")
+    if os.path.getsize(path) == 0:
+        raise InputError(f"{path}: empty file")
+    image = cv2.imread(os.fspath(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise InputError(f"{path}: cannot decode (not an image, or truncated)")
+    if image.ndim == 3:
+        image = image[:, :, 2]  # OpenCV orders channels B, G, R(, A): index 2 is red, the first in the file
+    if image.dtype == np.uint16:
+        image = ((image.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise InputError(f"{path}: unsupported pixel type {image.dtype}")
+    return np.ascontiguousarray(image)
+
+
+def resize_stored(image: np.ndarray) -> np.ndarray:
+    """(H, W) -> (256, 256) uint8 by area averaging, the right filter for a 4x downscale."""
+    return cv2.resize(image, (STORED_SIZE, STORED_SIZE), interpolation=cv2.INTER_AREA)
+
+
+def load_stored(path: str | os.PathLike) -> np.ndarray:
+    """Read one X-ray and return its stored (256, 256) form; refuse a size the box frame cannot map."""
+    image = read_xray(path)
+    require_original_size(image, path)
+    return resize_stored(image)
+
+
+def require_original_size(image: np.ndarray, path: str | os.PathLike) -> None:
+    """Boxes live in the 1024x1024 frame of the NIH release: another size cannot be mapped."""
+    if image.shape != (ORIGINAL_SIZE, ORIGINAL_SIZE):
+        raise InputError(f"{path}: image is {image.shape[1]}x{image.shape[0]}, expected "
+                         f"{ORIGINAL_SIZE}x{ORIGINAL_SIZE} (the NIH release size)")
+
+
+def check_images_exist(paths: Sequence[str | os.PathLike], source: str | os.PathLike,
+                       lines: Sequence[int] | None = None, hint: str = "") -> None:
+    """Every listed image must exist before any work starts. The error names the first missing image
+    and where it is listed: `source` line N (lines: the list's line numbers) or entry N."""
+    missing = [i for i, path in enumerate(paths) if not os.path.isfile(path)]
+    if missing:
+        i = missing[0]
+        where = f"line {lines[i]}" if lines is not None else f"entry {i + 1}"
+        more = f" (and {len(missing) - 1} more of {len(paths)})" if len(missing) > 1 else ""
+        raise InputError(f"{paths[i]}: image not found (listed in {source} {where}){more}{hint}")
+
+
+def center_crop(image: np.ndarray) -> np.ndarray:
+    """(256, 256) -> (224, 224): the crop that localization maps back with CROP_OFFSET."""
+    return image[CROP_OFFSET:CROP_OFFSET + CROP_SIZE, CROP_OFFSET:CROP_OFFSET + CROP_SIZE]
+
+
+def random_crop_flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The original's training augmentation: a random 224 crop, then a horizontal flip half the time."""
+    top, left = rng.integers(0, image.shape[0] - CROP_SIZE + 1, size=2)
+    crop = image[top:top + CROP_SIZE, left:left + CROP_SIZE]
+    return crop[:, ::-1] if rng.random() < 0.5 else crop
+
+
+def normalize(batch: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W) grayscale -> float (B, 3, H, W): the gray channel tiled 3 times, ImageNet-normalised."""
+    x = batch.unsqueeze(1).float().div_(255.0)  # (B, 1, H, W)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std  # broadcasts to (B, 3, H, W)

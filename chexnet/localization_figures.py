@@ -1,0 +1,205 @@
+"""Pictures of localized images: boxes, heatmaps, probabilities, and the contact sheet of a run.
+
+X-ray pictures use drawing's frame: the 1024x1024 original's coordinates, margin-free.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from chexnet import drawing
+from chexnet.boxfile import Box
+from chexnet.constants import CLASS_NAMES, ORIGINAL_SIZE
+from chexnet.drawing import plt
+from chexnet.nih import TruthBox
+
+
+def boxes_figure(image: np.ndarray, predicted: Sequence[Box], truth: Sequence[TruthBox] | None,
+                 probs: dict[str, float] | None, out_path: str | os.PathLike, title: str = "",
+                 size: int = ORIGINAL_SIZE, labels: bool = True) -> None:
+    """X-ray with predicted boxes (blue, class and probability) and truth boxes (red); size x size PNG."""
+    fig = plt.figure(figsize=(size / drawing.DPI, size / drawing.DPI), dpi=drawing.DPI)
+    ax = drawing.image_axes(fig, 0, 0, size)
+    drawing.show_xray(ax, image)
+    drawing.draw_boxes(ax, predicted, truth, probs, drawing.fontsize(size), labels)
+    legend = "blue: predicted" + ("   red: truth" if truth is not None else "")
+    drawing.caption(ax, f"{title}\n{legend}" if title else legend, drawing.fontsize(size))
+    drawing.save_figure(fig, out_path)
+
+
+def heatmap_overlay(image: np.ndarray, heatmap: np.ndarray, label: str, out_path: str | os.PathLike,
+                    predicted: Sequence[Box] = (), truth: Sequence[TruthBox] | None = None,
+                    prob: float | None = None, size: int = ORIGINAL_SIZE, title: str = "") -> None:
+    """Grad-CAM map (224, 224) in jet over the X-ray's centre crop, with a colour bar on the right.
+
+    The PNG is (size + drawing.COLORBAR_PX) wide and size high; the X-ray fills the left size x size.
+    """
+    fig = plt.figure(figsize=((size + drawing.COLORBAR_PX) / drawing.DPI, size / drawing.DPI), dpi=drawing.DPI)
+    ax = drawing.image_axes(fig, 0, 0, size)
+    drawing.show_xray(ax, image)
+    drawing.show_heatmap(ax, heatmap)
+    drawing.draw_boxes(ax, predicted, truth, None, drawing.fontsize(size))
+    head = f"{label} heatmap" + (f"  p={prob:.2f}" if prob is not None else "")
+    drawing.caption(ax, f"{title}\n{head}" if title else head, drawing.fontsize(size))
+    width = size + drawing.COLORBAR_PX
+    drawing.colorbar(fig, ((size + 12) / width, 0.1, 18 / width, 0.8), max(7.0, drawing.fontsize(size) * 0.8))
+    drawing.save_figure(fig, out_path)
+
+
+def probability_chart(probs: np.ndarray, thresholds: np.ndarray, out_path: str | os.PathLike,
+                      title: str = "", class_names: Sequence[str] = CLASS_NAMES) -> None:
+    """Horizontal bars of the 8 probabilities; a black tick marks each class's threshold.
+
+    A class is active (blue bar, bold name) when its probability exceeds its threshold, the rule
+    of localization (metrics.youden_thresholds).
+    600 x 380 px.
+    """
+    probs, thresholds = np.asarray(probs, float), np.asarray(thresholds, float)
+    active = probs > thresholds
+    fig, ax = plt.subplots(figsize=(6.0, 3.8), dpi=drawing.DPI)
+    rows = np.arange(len(class_names))
+    ax.barh(rows, probs, color=np.where(active, drawing.PRED_COLOR, "#b0b0b0"), height=0.6)
+    ax.scatter(thresholds, rows, marker="|", s=300, color="black", linewidths=2, zorder=3)
+    for row, p, t in zip(rows, probs, thresholds):
+        ax.text(min(max(p, t), 1.0) + 0.015, row, f"{p:.2f}", va="center", fontsize=8)
+    ax.set_yticks(rows, class_names)
+    for tick, on in zip(ax.get_yticklabels(), active):
+        tick.set_fontweight("bold" if on else "normal")
+    ax.invert_yaxis()  # first class on top
+    ax.set_xlim(0, 1.08)
+    ax.set_xlabel("probability (black tick: the class's threshold; blue: above it)", fontsize=9)
+    ax.set_title(title or "class probabilities", fontsize=10)
+    fig.tight_layout()
+    drawing.save_figure(fig, out_path)
+
+
+class SheetCell(NamedTuple):
+    """One picture of the contact sheet: the X-ray, its heatmap (or None) and its boxes."""
+    image: np.ndarray
+    heatmap: np.ndarray | None
+    predicted: Sequence[Box]
+    truth: Sequence[TruthBox]
+    caption: str = ""
+
+
+SHEET_LABEL_PX = 150  # left strip holding each row's class name
+
+
+SHEET_GAP_PX = 3  # white line between neighbouring cells, so captions and edges do not run together
+
+
+def contact_sheet(rows: Sequence[tuple[str, Sequence[SheetCell]]], out_path: str | os.PathLike,
+                  cell: int = 256) -> None:
+    """One row per class, its cells side by side: heatmap overlay, truth red, predicted blue.
+
+    PNG size: (SHEET_LABEL_PX + columns * cell + drawing.COLORBAR_PX) x (len(rows) * cell).
+    """
+    if not rows:
+        raise ValueError("contact_sheet needs at least one row")
+    columns = max(1, max(len(cells) for _, cells in rows))
+    width, height = SHEET_LABEL_PX + columns * cell + drawing.COLORBAR_PX, len(rows) * cell
+    fig = plt.figure(figsize=(width / drawing.DPI, height / drawing.DPI), dpi=drawing.DPI)
+    fig.patch.set_facecolor("white")
+    for r, (class_name, cells) in enumerate(rows):
+        bottom = height - (r + 1) * cell
+        fig.text(8 / width, (bottom + cell / 2) / height, class_name, fontsize=11, va="center", ha="left")
+        for c, item in enumerate(cells):
+            ax = drawing.image_axes(fig, SHEET_LABEL_PX + c * cell, bottom + SHEET_GAP_PX, cell - SHEET_GAP_PX)
+            drawing.show_xray(ax, item.image)
+            if item.heatmap is not None:
+                drawing.show_heatmap(ax, item.heatmap)
+            drawing.draw_boxes(ax, item.predicted, item.truth, None, drawing.fontsize(cell), labels=False)
+            if item.caption:
+                drawing.caption(ax, item.caption, 7)
+    if any(item.heatmap is not None for _, cells in rows for item in cells):
+        drawing.colorbar(fig, ((width - drawing.COLORBAR_PX + 12) / width, 0.1, 18 / width, 0.8), 8)
+    drawing.save_figure(fig, out_path)
+
+
+def image_figures(out_dir: str | os.PathLike, image_name: str, image: np.ndarray, probs: np.ndarray,
+                  thresholds: np.ndarray, heatmaps: dict[int, np.ndarray], predicted: Sequence[Box],
+                  truth: Sequence[TruthBox] | None = None, size: int = 512) -> list[Path]:
+    """All pictures of one localized image: boxes, the probability chart, one heatmap per class.
+
+    Writes <stem>_boxes.png, <stem>_probs.png and <stem>_heatmap_<Class>.png (for each class
+    index in heatmaps) into out_dir; returns their paths. image is (1024, 1024) or (256, 256).
+    """
+    out, stem = Path(out_dir), Path(image_name).stem
+    prob_of = {name: float(p) for name, p in zip(CLASS_NAMES, probs)}
+    paths = [out / f"{stem}_boxes.png", out / f"{stem}_probs.png"]
+    boxes_figure(image, predicted, truth, prob_of, paths[0], title=image_name, size=size)
+    probability_chart(probs, thresholds, paths[1], title=image_name)
+    for k, heatmap in sorted(heatmaps.items()):
+        name = CLASS_NAMES[k]
+        paths.append(out / f"{stem}_heatmap_{name}.png")
+        heatmap_overlay(image, heatmap, name, paths[-1], predicted=[b for b in predicted if b.label == name],
+                        truth=[b for b in truth or () if b.label == name] if truth is not None else None,
+                        prob=prob_of[name], size=size, title=image_name)
+    return paths
+
+
+class LocalizationPlots:
+    """Pictures of a localization run, fed one engine result at a time (denseNet_localization.py --plots).
+
+    The first `max_images` images get image_figures (boxes, probability chart, one heatmap per
+    detected class). The contact sheet keeps at most `per_class` cells per class, images with a
+    true box of the class first, then images where it was detected; a cell holds the (256, 256)
+    image and one (224, 224) heatmap, so memory stays bounded however many images stream past.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, thresholds: np.ndarray,
+                 truth: dict[str, list[TruthBox]] | None, max_images: int = 20, per_class: int = 4,
+                 size: int = 512):
+        self.out, self.thresholds, self.truth = Path(out_dir), np.asarray(thresholds, float), truth
+        self.max_images, self.per_class, self.size = max_images, per_class, size
+        self.seen = 0
+        self._cells: dict[str, tuple[list[SheetCell], list[SheetCell]]] = {n: ([], []) for n in CLASS_NAMES}
+
+    def _wanted(self, truth: Sequence[TruthBox], heatmaps: dict[int, np.ndarray]) -> list[int]:
+        """Classes whose sheet row still has room for this image."""
+        labels = {b.label for b in truth}
+        return [k for k, name in enumerate(CLASS_NAMES) if (name in labels or k in heatmaps)
+                and len(self._cells[name][0 if name in labels else 1]) < self.per_class]
+
+    def add(self, image_path: str, probs: np.ndarray, heatmaps: dict[int, np.ndarray],
+            predicted: Sequence[Box]) -> list[Path]:
+        """Draw this image's figures (while under max_images) and keep its sheet cells; returns the paths."""
+        from chexnet.images import read_xray, resize_stored  # OpenCV only when pictures are drawn
+
+        name = Path(image_path).name
+        truth = self.truth.get(name, []) if self.truth is not None else None
+        wanted = self._wanted(truth or (), heatmaps)
+        paths: list[Path] = []
+        if self.seen >= self.max_images and not wanted:
+            self.seen += 1
+            return paths  # nothing to draw: the image is not even decoded
+        image = read_xray(image_path)  # (1024, 1024) uint8
+        if self.seen < self.max_images:
+            paths = image_figures(self.out, name, image, probs, self.thresholds, heatmaps, predicted, truth,
+                                  size=self.size)
+        self.seen += 1
+        small = resize_stored(image) if wanted else None  # one (256, 256) copy shared by this image's cells
+        for k in wanted:
+            label = CLASS_NAMES[k]
+            class_truth = [b for b in truth or () if b.label == label]
+            cell = SheetCell(small, heatmaps.get(k), [b for b in predicted if b.label == label], class_truth,
+                             f"{Path(name).stem}  p={float(probs[k]):.2f}")
+            self._cells[label][0 if class_truth else 1].append(cell)
+        return paths
+
+    def rows(self) -> list[tuple[str, list[SheetCell]]]:
+        """Classes with at least one cell, in class order: truth-bearing images first."""
+        return [(name, (with_truth + detected)[:self.per_class])
+                for name, (with_truth, detected) in self._cells.items() if with_truth or detected]
+
+    def finish(self, cell: int = 256) -> Path | None:
+        """Write contact_sheet.png (None when no class was detected and no true box was seen)."""
+        rows = self.rows()
+        if not rows:
+            return None
+        path = self.out / "contact_sheet.png"
+        contact_sheet(rows, path, cell=cell)
+        return path

@@ -1,0 +1,126 @@
+"""The localization engine of denseNet_localization.py (and so of the bundle) and calibrate.py.
+
+It loads nothing by itself: callers resolve the model, thresholds and box sizes (chexnet.model_dir)
+and pass them in. Per batch: decode + crop in DataLoader workers (overlapping the network),
+normalise on the device, one forward, the classes with prob > threshold, one batched Grad-CAM
+backward for the classes active anywhere in the batch, then boxes in a background thread while
+the next batch runs through the network.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from chexnet import boxes
+from chexnet import images
+from chexnet.boxfile import Box
+from chexnet.utils import InputError
+from chexnet.constants import CLASS_NAMES, CROP_SIZE, DEFAULT_TARGET_LAYER
+from gradcam import GradCAM
+
+
+@dataclass
+class ImageResult:
+    image_path: str
+    probs: np.ndarray  # float32 (C,): sigmoid of the logits
+    heatmaps: dict[int, np.ndarray] = field(default_factory=dict)  # active class -> float32 (224, 224)
+    boxes: list[Box] = field(default_factory=list)  # per active class: average box, then heatmap boxes
+
+
+class FileCrops(Dataset):
+    """Path -> (uint8 (224, 224) centre crop, error text or ''). Errors travel as text: the main
+    process raises them as one-line InputErrors (a worker's exception would carry its traceback)."""
+
+    def __init__(self, paths: Sequence[str]):
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+        try:
+            crop = images.center_crop(images.load_stored(self.paths[index]))
+        except InputError as err:
+            return torch.zeros((CROP_SIZE, CROP_SIZE), dtype=torch.uint8), str(err)
+        return torch.from_numpy(np.ascontiguousarray(crop)), ""
+
+
+def iter_localize(model: torch.nn.Module, image_paths: Sequence[str], thresholds: np.ndarray,
+                  box_sizes: np.ndarray, device: torch.device, batch_size: int = 16,
+                  target_layer: str = DEFAULT_TARGET_LAYER, workers: int = 0,
+                  method: str = "peaks", method_params: np.ndarray | None = None) -> Iterator[ImageResult]:
+    """Yield one ImageResult per path, in input order. The model is moved to `device`.
+
+    thresholds: (C,) probabilities; box_sizes: (C, 4) average boxes (x, y, w, h) in 1024 px whose
+    w, h size the heatmap boxes; method_params: (C,) the box method's parameter per class (None: its
+    default; see resolve_box_params). While the generator is open the model carries the Grad-CAM hook.
+    """
+    thresholds = np.asarray(thresholds, dtype=np.float32)
+    box_sizes = np.asarray(box_sizes, dtype=np.float64)
+    if method not in boxes.METHODS:
+        raise ValueError(f"unknown box method {method!r}; choose from {', '.join(boxes.METHODS)}")
+    paths = list(image_paths)
+    loader = DataLoader(FileCrops(paths), batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=device.type == "cuda")
+    model.to(device)
+    start, pending = 0, None
+    with GradCAM(model, target_layer) as cam, ThreadPoolExecutor(max_workers=1) as pool:
+        for crops, errors in loader:
+            for message in errors:
+                if message:
+                    raise InputError(message)
+            batch_paths = paths[start:start + len(crops)]
+            start += len(crops)
+            probs, maps, classes = _network(cam, crops.to(device, non_blocking=True), thresholds)
+            job = pool.submit(_results, batch_paths, probs, maps, classes, thresholds, box_sizes, method,
+                              method_params)
+            if pending is not None:
+                yield from pending.result()  # boxes of the previous batch, made during this batch's pass
+            pending = job
+        if pending is not None:
+            yield from pending.result()
+
+
+def _network(cam: GradCAM, crops: torch.Tensor, thresholds: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """uint8 (B, 224, 224) on the device -> probs (B, C), maps (B, K, 224, 224), classes (K,)."""
+    probs = class_probabilities(cam, crops)
+    if probs.shape[1] != len(thresholds):
+        raise InputError(f"the model has {probs.shape[1]} outputs but there are {len(thresholds)} "
+                         f"thresholds")
+    classes = np.flatnonzero((probs > thresholds).any(axis=0))  # active in at least one image
+    maps = cam.maps(classes.tolist()).cpu().numpy()
+    return probs, maps, classes
+
+
+def class_probabilities(cam: GradCAM, crops: torch.Tensor) -> np.ndarray:
+    """uint8 (B, 224, 224) crops on the device -> float32 (B, C) sigmoid probabilities, with the
+    Grad-CAM graph kept for cam.maps(): normalise, one forward pass, sigmoid in fp32."""
+    logits = cam.forward(images.normalize(crops))
+    return torch.sigmoid(logits.float()).cpu().numpy()
+
+
+def _results(paths: list[str], probs: np.ndarray, maps: np.ndarray, classes: np.ndarray,
+             thresholds: np.ndarray, box_sizes: np.ndarray, method: str,
+             method_params: np.ndarray | None = None) -> list[ImageResult]:
+    """Per image: the heatmaps of its own active classes and their box lines, in class order."""
+    results = []
+    for b, path in enumerate(paths):
+        if not np.isfinite(probs[b]).all():
+            raise InputError(f"{path}: the model gives NaN/inf probabilities (a broken checkpoint?)")
+        result = ImageResult(path, probs[b])
+        for j, k in enumerate(classes):
+            if probs[b, k] > thresholds[k]:
+                result.heatmaps[int(k)] = maps[b, j].copy()
+                try:
+                    param = None if method_params is None else float(method_params[k])
+                    result.boxes += boxes.class_boxes(int(k), maps[b, j], box_sizes, method, param)
+                except ValueError as err:
+                    raise InputError(f"{path}: {CLASS_NAMES[k]}: {err}") from None
+        results.append(result)
+    return results

@@ -1,0 +1,100 @@
+"""train.py's data: crops of the preprocessed arrays, the seeded batch order, the loss and its weights.
+
+Reproducible by construction: the batch order of epoch e is a permutation drawn from (seed, e) and each
+image's crop/flip from (seed, e, image), so a run does not depend on the number of data workers.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from chexnet import preprocessed
+from chexnet.images import center_crop, random_crop_flip
+from chexnet.utils import InputError
+
+
+class TrainingCrops(Dataset):
+    """Rows of a (N, 256, 256) uint8 .npy as uint8 (224, 224) crops + float32 (8,) labels.
+
+    Train items are keyed (row, epoch) and get a random crop/flip seeded by (seed, epoch, row);
+    eval items are keyed by row and get the centre crop. The memory map is opened lazily in each
+    worker (pickling an np.memmap would copy the whole array into every worker).
+    """
+
+    def __init__(self, images_path: Path, labels: np.ndarray, rows: np.ndarray, train: bool, seed: int):
+        self.images_path, self.rows, self.train, self.seed = images_path, rows, train, seed
+        self.labels = torch.from_numpy(labels[rows].astype(np.float32))  # (n, 8)
+        self._images = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_images": None}
+
+    def __getitem__(self, key):
+        if self._images is None:
+            self._images = np.load(self.images_path, mmap_mode="r", allow_pickle=False)
+        if self.train:
+            i, epoch = key
+            rng = np.random.default_rng([self.seed, epoch, i])
+            crop = random_crop_flip(self._images[self.rows[i]], rng)
+        else:
+            i = key
+            crop = center_crop(self._images[self.rows[i]])
+        return torch.from_numpy(np.ascontiguousarray(crop)), self.labels[i]  # uint8 (224, 224), (8,)
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[tuple[int, int]]]:
+    """Shuffled batches of (item, epoch) keys; every item is used. A last batch of one item joins
+    the previous batch, since BatchNorm cannot train on a batch of one."""
+    order = np.random.default_rng([seed, epoch]).permutation(n).tolist()
+    batches = [[(i, epoch) for i in order[s:s + batch_size]] for s in range(0, n, batch_size)]
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2].extend(batches.pop())
+    return batches
+
+
+def loss_weights(labels: np.ndarray, mode: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(positive weight, negative weight), each float32 (C,), from 0/1 training labels (N, C)."""
+    if mode == "none":
+        return None
+    pos = labels.sum(axis=0).astype(np.float64)
+    neg = len(labels) - pos
+    if mode == "chexnet":
+        w_pos, w_neg = neg / len(labels), pos / len(labels)
+    else:  # wang
+        w_pos, w_neg = len(labels) / np.maximum(pos, 1), len(labels) / np.maximum(neg, 1)
+    return torch.tensor(w_pos, dtype=torch.float32), torch.tensor(w_neg, dtype=torch.float32)
+
+
+def bce_loss(logits: torch.Tensor, targets: torch.Tensor, weights) -> torch.Tensor:
+    """Mean BCE over (B, C) logits in fp32; each term weighted by its class's pos/neg weight if given."""
+    terms = nn.functional.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none")
+    if weights is not None:
+        w_pos, w_neg = weights
+        terms = terms * (targets * w_pos + (1 - targets) * w_neg)
+    return terms.mean()
+
+
+def make_datasets(data: preprocessed.Prepared, keep_no_finding: bool, seed: int
+                  ) -> tuple[TrainingCrops, TrainingCrops]:
+    """Training rows (those with a finding unless --keep-no-finding) and all validation rows."""
+    train_y, valid_y = np.asarray(data.train.labels), np.asarray(data.valid.labels)
+    rows = np.arange(len(train_y)) if keep_no_finding else np.flatnonzero(train_y.sum(axis=1) > 0)
+    print(f"train: {len(rows)} of {len(train_y)} images"
+          + ("" if keep_no_finding else " (those with none of the 8 findings dropped)")
+          + f"; valid: {len(valid_y)} images")
+    if len(rows) < 2:
+        hint = "" if keep_no_finding else " (images without findings were dropped; --keep-no-finding keeps them)"
+        raise InputError(f"{data.folder}: {len(rows)} training image(s); training needs at least 2{hint}")
+    if len(valid_y) == 0:
+        raise InputError(f"{data.folder}: no validation images")
+    x_train, _ = preprocessed.array_names("train")
+    x_valid, _ = preprocessed.array_names("valid")
+    return (TrainingCrops(data.folder / x_train, train_y, rows, True, seed),
+            TrainingCrops(data.folder / x_valid, valid_y, np.arange(len(valid_y)), False, seed))

@@ -1,0 +1,165 @@
+"""Tune box sizes and the box method's parameter on the validation images that have true boxes.
+
+    python3 tools/calibrate.py PREPROCESSED_DIR [--model model/best.pt] [--method peaks] [--out MODEL_DIR]
+
+1. Heatmaps: for every validation image of valid_boxes.csv, the model's 8 probabilities and the
+   Grad-CAM maps of all 8 classes, from the preprocessed valid_X.npy (the same 256 -> 224 centre crop
+   that localization takes from the PNGs; no PNG is decoded again). They are saved as
+   OUT/heatmaps.npz (np.savez, no pickle): key "IMAGE/CLASS" -> float32 (224, 224), and
+   "IMAGE/probabilities" -> float32 (8,). `--heatmaps OUT/heatmaps.npz` re-runs the tuning from
+   that file without the network.
+2. A class is active on an image when its probability exceeds its threshold (thresholds.npy beside
+   the model, as denseNet_localization.py decides). Per class, a grid search over the width and
+   height multipliers of the class's average box (SCALES; each scaled about the box's centre, width
+   on x = columns, height on y = rows) and the method's parameter (PARAM_GRIDS: the peaks method's
+   keep fraction, or the threshold method's fraction of the map's maximum). The objective is the
+   original project's score from evaluate.py (mean of the shares of predicted boxes with IoU > 0.25
+   and IoU > 0.5), of the class's own lines (its average box, then its heatmap boxes) on the images
+   where it is active; ties go to the higher mean IoU of those boxes, then to the earlier grid
+   point (the defaults come first). A class with no true box, or no active image, keeps the
+   defaults.
+3. OUT/box_sizes.json (model_dir.write_box_sizes): the tuned average boxes, the tuned parameter per
+   class for --method, and a record of the calibration. denseNet_localization.py reads it from
+   beside its --model when no --bbox-list is given.
+The score before (the original's table, the method's default) and after is printed per class on the
+same images, with evaluate.py's full scoring (all classes together, first 10 boxes per image).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root: chexnet/, model.py
+
+from chexnet import boxes, model_dir, preprocessed  # noqa: E402
+from chexnet.calibration import (Choice, Heatmaps, active, compute_heatmaps, full_report,  # noqa: E402
+                                 load_heatmaps, save_heatmaps, split_rows, tune, tuned_table)
+from chexnet.constants import AVERAGE_BOXES, CLASS_NAMES, DEFAULT_TARGET_LAYER  # noqa: E402
+from chexnet.nih import TruthBox, boxes_by_image  # noqa: E402
+from chexnet.scoring import ORIGINAL_TOP_K, OVERALL  # noqa: E402
+from chexnet.utils import InputError, run_cli, select_device  # noqa: E402
+from model import load_checkpoint, model_from_checkpoint  # noqa: E402
+
+OPTIMISM = ("note: the parameters were tuned on these same images, so 'after' is optimistic; "
+            "use --holdout to see them on images the search did not use")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("preprocessed", type=str, help="preprocessed folder (valid_X.npy, valid_boxes.csv)")
+    p.add_argument("--model", type=str, default=model_dir.DEFAULT_MODEL,
+                   help=f"checkpoint (default: {model_dir.DEFAULT_MODEL})")
+    p.add_argument("--out", type=str, default=None,
+                   help="folder for box_sizes.json and heatmaps.npz (default: the folder of --model, "
+                        "where denseNet_localization.py looks)")
+    p.add_argument("--method", type=str, default="peaks", choices=sorted(boxes.METHODS),
+                   help="box method whose parameter is tuned (default: peaks)")
+    p.add_argument("--thresholds", type=str, default=None,
+                   help="a .npy of 8 probabilities or one number (default: thresholds.npy beside --model, "
+                        "else the checkpoint's)")
+    p.add_argument("--heatmaps", type=str, default=None,
+                   help="a heatmaps.npz of an earlier run: tune from it without the network (default: None, "
+                        "compute and save OUT/heatmaps.npz)")
+    p.add_argument("--holdout", type=float, default=0.0,
+                   help="fraction of the images kept out of the search and scored separately (default: 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --holdout split (default: 0)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
+    p.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--layer", type=str, default=DEFAULT_TARGET_LAYER,
+                   help=f"Grad-CAM target layer (default: {DEFAULT_TARGET_LAYER})")
+    return p
+
+
+def format_comparison(title: str, before: dict, after: dict, choices: list[Choice], parameter: str) -> str:
+    """Per class: truth boxes, then before -> after of the predicted boxes, the score and their mean IoU."""
+    lines = [title, f"{'class':<14}{'truth':>6}{'boxes':>10}{'score':>15}{'mean IoU':>15}{'w x':>7}{'h x':>7}"
+             f"{parameter:>15}  note"]
+    cell = lambda v: "-" if v is None else f"{v:.3f}"
+    for name in CLASS_NAMES + (OVERALL,):
+        b, a = before["classes"][name]["original"], after["classes"][name]["original"]
+        c = choices[CLASS_NAMES.index(name)] if name in CLASS_NAMES else None
+        tuned = (f"{c.scale_w:>7g}{c.scale_h:>7g}{c.param:>15g}  {c.note}" if c else "")
+        lines.append(f"{name:<14}{before['classes'][name]['truth_boxes']:>6}{b['boxes']:>4} ->{a['boxes']:>4}"
+                     f"{cell(b['score']):>6} ->{cell(a['score']):>6}{cell(b['mean_iou']):>6} ->"
+                     f"{cell(a['mean_iou']):>6}{tuned}")
+    return "\n".join(lines)
+
+
+
+# ---------------------------------------------------------------- command line
+
+def truth_of_valid(folder: str) -> dict[str, list[TruthBox]]:
+    """valid_boxes.csv grouped by image (read_valid_boxes already turns a bad file into an InputError)."""
+    return boxes_by_image([TruthBox(r["image"], r["label"], r["x"], r["y"], r["w"], r["h"])
+                           for r in preprocessed.read_valid_boxes(folder)])
+
+
+def heatmaps_for(args: argparse.Namespace, checkpoint: dict, data: preprocessed.Prepared, names: list[str],
+                 out: Path) -> Heatmaps:
+    """From --heatmaps, or computed with the model and saved as OUT/heatmaps.npz."""
+    if args.heatmaps is not None:
+        hm = load_heatmaps(args.heatmaps)
+        missing = [n for n in names if n not in hm.images]
+        if missing:
+            raise InputError(f"{args.heatmaps}: no heatmaps for {len(missing)} validation images, "
+                             f"the first: {missing[0]}")
+        rows = [hm.images.index(n) for n in names]
+        return Heatmaps(names, hm.probs[rows], hm.maps[rows])
+    net = model_from_checkpoint(checkpoint, source=args.model)
+    index = {n: i for i, n in enumerate(data.valid.names)}
+    stored = np.stack([data.valid.images[index[n]] for n in names])
+    hm = compute_heatmaps(net, stored, names, select_device(args.device), args.batch_size, args.layer)
+    save_heatmaps(out / model_dir.HEATMAPS, hm)
+    print(f"wrote {out / model_dir.HEATMAPS}: {len(names)} images x {len(CLASS_NAMES)} classes")
+    return hm
+
+
+def main(args: argparse.Namespace) -> dict:
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size {args.batch_size}: must be >= 1")
+    data = preprocessed.load_prepared(args.preprocessed)
+    truth = truth_of_valid(args.preprocessed)
+    names = [n for n in data.valid.names if n in truth]
+    if not names:
+        raise InputError(f"{args.preprocessed}: no validation image has a true box; nothing to calibrate on")
+    tune_rows, hold_rows = split_rows(len(names), args.holdout, args.seed)
+    out = Path(args.out) if args.out is not None else Path(args.model).parent
+    checkpoint = load_checkpoint(args.model)
+    thresholds, thresholds_from = model_dir.resolve_thresholds(args.thresholds, args.model, checkpoint)
+    print(f"{len(names)} validation images with true boxes ({len(tune_rows)} tuning, {len(hold_rows)} held out); "
+          f"thresholds from {thresholds_from}; method {args.method}", file=sys.stderr)
+    hm = heatmaps_for(args, checkpoint, data, names, out)
+    act = active(hm, thresholds)
+    choices = tune(hm, tune_rows, act, truth, args.method)
+    method = boxes.METHODS[args.method]
+    table, params = tuned_table(choices), np.array([c.param for c in choices])
+    base_table, base_params = np.array(AVERAGE_BOXES, dtype=np.float64), np.full(len(CLASS_NAMES), method.default)
+    record = {"method": args.method, "images": len(names), "tuned_on": len(tune_rows), "held_out": len(hold_rows)}
+    for part, rows in (("tuning", tune_rows), ("holdout", hold_rows)):
+        if not rows:
+            continue
+        before = full_report(hm, rows, act, truth, base_table, args.method, base_params)
+        after = full_report(hm, rows, act, truth, table, args.method, params)
+        title = (f"original score on the {len(rows)} {part} images (evaluate.py, first "
+                 f"{ORIGINAL_TOP_K} boxes per image): before = the original's table and "
+                 f"{method.parameter} {method.default:g}; after = tuned")
+        print(format_comparison(title, before, after, choices, method.parameter))
+        record[part] = {name: {"before": before["classes"][name]["original"]["score"],
+                               "after": after["classes"][name]["original"]["score"]}
+                        for name in CLASS_NAMES + (OVERALL,)}
+    if not hold_rows:
+        print(OPTIMISM)
+    record["choices"] = {name: {"scale_w": c.scale_w, "scale_h": c.scale_h, method.parameter: c.param,
+                                "note": c.note} for name, c in zip(CLASS_NAMES, choices)}
+    path = out / model_dir.BOX_SIZES
+    model_dir.write_box_sizes(path, table, method=args.method, params=params, calibration=record)
+    print(f"wrote {path}")
+    return record
+
+
+if __name__ == "__main__":
+    run_cli(lambda: main(get_args_parser().parse_args()))
