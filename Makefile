@@ -21,7 +21,7 @@ demo: env
 	$(PY) denseNet_localization.py sample/test.txt sample/images \
 		--model $(OUT)/model/best.pt --bbox-list sample/BBox_List_2017.csv --out $(OUT)/bounding_box.txt \
 		--plots $(OUT)/plots --sheet-cell 160
-	$(PY) evaluate.py $(OUT)/bounding_box.txt sample/BBox_List_2017.csv --out $(OUT)/evaluation
+	$(PY) tools/evaluate.py $(OUT)/bounding_box.txt sample/BBox_List_2017.csv --out $(OUT)/evaluation
 	$(MAKE) --no-print-directory readme-figures
 
 # The few small pictures that README.md shows (the only tracked files under output/), copied from

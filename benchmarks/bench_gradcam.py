@@ -33,7 +33,7 @@ FAST = ("forward", "ours")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--images", type=str, nargs="+", default=DEFAULT_FOLDERS,
                    help="folders of real PNGs (default: sample/images and ../shared/nih/images when present)")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16], help="batch sizes (default: 1 16)")

@@ -37,7 +37,7 @@ SIZES = np.array(AVERAGE_BOXES, dtype=np.float64)  # (8, 4) x, y, w, h in 1024 p
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--images", type=str, nargs="+", default=DEFAULT_FOLDERS,
                    help="folders of real PNGs (default: sample/images and ../shared/nih/images when present)")
     p.add_argument("--images-count", type=int, default=32, help="images localized per run (default: 32)")

@@ -31,7 +31,7 @@ from original_way import original_load  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--images", type=str, nargs="+", default=DEFAULT_FOLDERS,
                    help="folders of real 1024x1024 PNGs, each name used once (default: sample/images and "
                         "../shared/nih/images when present)")

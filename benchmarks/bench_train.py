@@ -37,7 +37,7 @@ from model import build_model  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--images", type=str, nargs="+", default=DEFAULT_FOLDERS,
                    help="folders of real PNGs (default: sample/images and ../shared/nih/images when present)")
     p.add_argument("--batch-size", type=int, default=16, help="images per step (default: 16)")

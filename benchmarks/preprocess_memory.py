@@ -27,7 +27,7 @@ from chexnet.utils import InputError, run_cli  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[50, 400],
                         help="numbers of images to preprocess (default: 50 400)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],

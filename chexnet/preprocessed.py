@@ -54,10 +54,6 @@ class Prepared:
     train: Split
     valid: Split
 
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.meta["class_names"])
-
 
 def load_prepared(folder: str | Path) -> Prepared:
     """Open a preprocessed folder, checking meta.json and array shapes before anything else."""

@@ -173,3 +173,27 @@ def test_all_zero_activation_gives_zero_map(model, batch):
 def test_unknown_layer_lists_valid_names(model):
     with pytest.raises(InputError, match="norm5"):
         GradCAM(model, "features.denseblock9")
+
+
+def _rss_mib() -> float:
+    """This process's resident memory (Linux /proc), in MiB."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    pytest.skip("no /proc/self/status")
+
+
+def test_memory_stays_flat_over_100_uses():
+    """pytorch-grad-cam's check: 100 rounds of `with GradCAM(...)` leave no hook, graph or map behind."""
+    torch.manual_seed(0)
+    model = torchvision.models.densenet121(weights=None, num_classes=8).eval()
+    x = torch.randn(2, 3, 64, 64)
+    for i in range(100):
+        with GradCAM(model, DEFAULT_TARGET_LAYER) as cam:
+            logits, maps = cam.compute(x, [0, 3, 5])
+        assert maps.shape == (2, 3, 64, 64) and cam._activation is None and cam._logits is None
+        if i == 9:  # after the allocator's warm-up
+            start = _rss_mib()
+    assert _rss_mib() - start < 40, f"memory grew from {start:.0f} MiB to {_rss_mib():.0f} MiB"
+    assert all(not m._forward_hooks for m in model.modules())
+    assert all(p.requires_grad for p in model.parameters()) and not model.training

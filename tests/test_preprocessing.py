@@ -53,7 +53,7 @@ def test_cli_end_to_end_writes_a_folder_load_prepared_accepts(sample_dir, tmp_pa
             assert np.array_equal(split.images[i], load_stored(sample_dir / "images" / name))
     table = read_data_entry(sample_dir / "Data_Entry_2017.csv")
     assert data.train.labels[0].tolist() == [1, 0, 1, 1, 0, 0, 0, 0]  # 00000100_000: Atel|Effusion|Infiltration
-    assert data.train.labels.sum() == sum(len([l for l in table[n].labels if l in data.class_names])
+    assert data.train.labels.sum() == sum(len([l for l in table[n].labels if l in data.meta["class_names"]])
                                           for n in train_names)
     boxes = read_valid_boxes(out)
     assert len(boxes) == 6 and {b["image"] for b in boxes} <= set(data.valid.names)

@@ -228,8 +228,12 @@ def test_pickled_numpy_files_are_refused_without_running_code(sample_dir, tmp_pa
 
 
 def project_sources():
-    """The pipeline's modules: every .py at the root (benchmarks and tests are not the pipeline)."""
-    return sorted(ROOT.glob("*.py"))
+    """The project's code: the root's modules, the package and the other commands (benchmarks and
+    tests are not the pipeline)."""
+    sources = sorted(ROOT.glob("*.py")) + sorted((ROOT / "chexnet").glob("*.py")) \
+        + sorted((ROOT / "tools").glob("*.py"))
+    assert len(sources) > 20 and any(p.parent.name == "chexnet" for p in sources)
+    return sources
 
 
 def calls(tree):
@@ -248,7 +252,7 @@ def test_no_pickle_anywhere_and_every_load_is_weights_only():
     for path in project_sources():
         tree = ast.parse(path.read_text())
         for call, name in calls(tree):
-            where = f"{path.name}:{call.lineno}: {ast.unparse(call)[:80]}"
+            where = f"{path.relative_to(ROOT)}:{call.lineno}: {ast.unparse(call)[:80]}"
             if name == "torch.load" and keyword(call, "weights_only") is not True:
                 problems.append(f"{where}: torch.load without weights_only=True")
             if name in ("np.load", "np.save", "numpy.load", "numpy.save") and keyword(call, "allow_pickle") is not False:
@@ -289,9 +293,9 @@ def test_every_output_is_written_through_a_temporary_name():
                       if not any(c in list(ast.walk(inner)) for inner in function.body
                                  if isinstance(inner, (ast.FunctionDef, ast.AsyncFunctionDef)))]
             if writes and not ATOMIC.search(ast.unparse(function)) \
-                    and (path.name, function.name) not in WRITES_TO_A_TEMPORARY:
-                problems += [f"{path.name}:{c.lineno} in {function.name}: {ast.unparse(c)[:80]}" for c in writes]
-    assert problems == [], "writes outside common.atomic_path (add to WRITES_TO_A_TEMPORARY only after reading them)"
+                    and (path.relative_to(ROOT).as_posix(), function.name) not in WRITES_TO_A_TEMPORARY:
+                problems += [f"{path.relative_to(ROOT)}:{c.lineno} in {function.name}: {ast.unparse(c)[:80]}" for c in writes]
+    assert problems == [], "writes outside chexnet.utils.atomic_path (add to WRITES_TO_A_TEMPORARY only after reading them)"
 
 
 # ---------------------------------------------------------------- interruptions

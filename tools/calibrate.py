@@ -48,8 +48,7 @@ OPTIMISM = ("note: the parameters were tuned on these same images, so 'after' is
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("preprocessed", type=str, help="preprocessed folder (valid_X.npy, valid_boxes.csv)")
     p.add_argument("--model", type=str, default=model_dir.DEFAULT_MODEL,
                    help=f"checkpoint (default: {model_dir.DEFAULT_MODEL})")
