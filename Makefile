@@ -17,7 +17,7 @@ $(VENV)/.installed: requirements.txt
 demo: env
 	$(PY) preprocessing.py sample/images sample/Data_Entry_2017.csv sample/BBox_List_2017.csv \
 		sample/train.txt sample/valid.txt $(OUT)/preprocessed
-	$(PY) train.py $(OUT)/preprocessed --out $(OUT)/model --epochs 2 --batch-size 8 --seed 0
+	$(PY) train.py $(OUT)/preprocessed --out $(OUT)/model --epochs 2 --repeats 2 --batch-size 8 --seed 0
 	$(PY) denseNet_localization.py sample/test.txt sample/images \
 		--model $(OUT)/model/best.pt --bbox-list sample/BBox_List_2017.csv --out $(OUT)/bounding_box.txt \
 		--plots $(OUT)/plots --sheet-cell 160

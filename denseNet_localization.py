@@ -19,7 +19,7 @@ from tqdm import tqdm
 from chexnet import boxes, localize, model_dir, nih
 from chexnet.boxfile import ImageBoxes, write_box_file
 from chexnet.constants import DEFAULT_TARGET_LAYER
-from chexnet.images import check_images_exist
+from chexnet.images import RESIZE_METHODS, check_images_exist
 from chexnet.utils import InputError, run_cli, select_device, usable_cpus
 from model import load_checkpoint, model_from_checkpoint
 
@@ -58,6 +58,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", type=str, default=DEFAULT_TARGET_LAYER,
                    help=f"Grad-CAM target layer, a name from model.named_modules() (default: "
                         f"{DEFAULT_TARGET_LAYER})")
+    p.add_argument("--resize", type=str, default=None, choices=RESIZE_METHODS,
+                   help="how each image becomes 256x256: original or area (see preprocessing.py) "
+                        "(default: the checkpoint's, as its training images were resized)")
     add_picture_options(p)
     return p
 
@@ -94,6 +97,16 @@ def make_plotter(args: argparse.Namespace, thresholds):
                                                   max_images=args.plot_images)
 
 
+def resolve_resize(requested: str | None, checkpoint: dict, model_path: str) -> str:
+    """The checkpoint's resize unless --resize says otherwise (then a warning: the model did not
+    see images resized that way in training)."""
+    trained = checkpoint["resize"]
+    if requested is not None and requested != trained:
+        print(f"warning: --resize {requested}, but {model_path} was trained on images resized with "
+              f"{trained!r}", file=sys.stderr)
+    return requested or trained
+
+
 def main(args: argparse.Namespace) -> None:
     if args.batch_size < 1 or args.workers < 0:
         raise InputError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size}, "
@@ -108,14 +121,17 @@ def main(args: argparse.Namespace) -> None:
     box_sizes, sizes_from = model_dir.resolve_box_sizes(args.bbox_list, args.model)
     method = args.method or model_dir.calibrated_method(args.bbox_list, args.model) or "peaks"
     params, params_from = model_dir.resolve_box_params(args.bbox_list, args.model, method)
+    resize = resolve_resize(args.resize, checkpoint, args.model)
     print(f"{len(paths)} images, model {args.model} on {device}, thresholds from {thresholds_from}, "
-          f"box sizes from {sizes_from}, {method} parameters from {params_from}", file=sys.stderr)
+          f"box sizes from {sizes_from}, {method} parameters from {params_from}, resize {resize}",
+          file=sys.stderr)
 
     plotter, plot_seconds = make_plotter(args, thresholds), 0.0
     start = time.perf_counter()
     results = localize.iter_localize(net, paths, thresholds, box_sizes, device,
                                      batch_size=args.batch_size, target_layer=args.layer,
-                                     workers=args.workers, method=method, method_params=params)
+                                     workers=args.workers, method=method, method_params=params,
+                                     resize=resize)
     entries, detections = [], 0
     for result in tqdm(results, total=len(paths), unit="image", file=sys.stderr, desc="localize"):
         entries.append(ImageBoxes(result.image_path, result.boxes))

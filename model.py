@@ -5,7 +5,8 @@ Nothing runs on import. A checkpoint is a dict that rebuilds the model by itself
     {"format": "chexnet-checkpoint", "version": 1, "arch": "densenet121",
      "model": state_dict, "class_names": [...], "input_size": 224,
      "epoch": completed epochs | None, "optimizer": state | None, "metrics": {...},
-     "args": {...plain str/int/float/bool/None...}, "thresholds": [N floats] | None}
+     "args": {...plain str/int/float/bool/None...}, "thresholds": [N floats] | None,
+     "resize": "original" | "area"}   # how the training images went from 1024 to 256
 
 train.py adds "scaler", "rng" and "best" for --resume. Files are written atomically and read
 with torch.load(weights_only=True) only. The original project's .pkl files (a bare state dict
@@ -104,12 +105,13 @@ def normalize_keys(state: dict) -> dict:
 
 def new_checkpoint(state: dict, *, epoch: int | None = None, optimizer: dict | None = None,
                    metrics: dict | None = None, args: dict | None = None,
-                   thresholds=None) -> dict:
+                   thresholds=None, resize: str = "original") -> dict:
     """The checkpoint dict of this format (module docstring), for the 8-class model's state dict."""
     return {"format": FORMAT, "version": VERSION, "arch": ARCH, "model": state,
             "class_names": list(CLASS_NAMES), "input_size": CROP_SIZE, "epoch": epoch,
             "optimizer": optimizer, "metrics": metrics or {}, "args": args or {},
-            "thresholds": None if thresholds is None else [float(t) for t in thresholds]}
+            "thresholds": None if thresholds is None else [float(t) for t in thresholds],
+            "resize": resize}
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict) -> None:
@@ -130,6 +132,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         if obj["format"] != FORMAT or obj.get("version") != VERSION:
             raise InputError(f"{path}: format {obj.get('format')!r} v{obj.get('version')}; "
                              f"expected {FORMAT!r} v{VERSION}")
+        obj.setdefault("resize", "area")  # written before the choice existed: all used area
         return obj
     return _from_state_dict(path, obj)
 

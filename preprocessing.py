@@ -32,7 +32,7 @@ from tqdm import tqdm
 from chexnet import preprocessed
 from chexnet.utils import InputError, atomic_path, remove_stale_temporaries, run_cli, usable_cpus, write_text_atomic
 from chexnet.constants import CLASS_NAMES, STORED_SIZE
-from chexnet.images import check_images_exist, load_stored
+from chexnet.images import DEFAULT_RESIZE, RESIZE_METHODS, check_images_exist, load_stored
 from chexnet.nih import LabelRow, TruthBox, label_matrix, read_bbox_list, read_data_entry, read_image_list_lines
 
 # PNG decoding scales with cores; beyond ~16 processes the disk is the limit.
@@ -64,6 +64,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                              f"(default: the usable CPUs, at most 16: {DEFAULT_WORKERS} here)")
     parser.add_argument("--chunk", type=int, default=DEFAULT_CHUNK,
                         help=f"images per task handed to a worker (default: {DEFAULT_CHUNK})")
+    parser.add_argument("--resize", type=str, default=DEFAULT_RESIZE, choices=RESIZE_METHODS,
+                        help="1024 -> 256: original (the original project's pixels: bilinear without "
+                             "anti-aliasing, then its truncation) or area (OpenCV's area average, "
+                             f"every pixel counted) (default: {DEFAULT_RESIZE})")
     parser.add_argument("--quiet", action="store_true", default=False,
                         help="no progress bar and no summary; warnings and errors still show (default: off)")
     return parser
@@ -109,10 +113,10 @@ def _init_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops the pool, once
 
 
-def _load(path: str) -> np.ndarray:
+def _load(path: str, resize: str) -> np.ndarray:
     """uint8 (256, 256) stored image; any decoder failure becomes an InputError naming the file."""
     try:
-        return load_stored(path)
+        return load_stored(path, resize)
     except cv2.error as err:
         raise InputError(f"{path}: cannot decode ({str(err).strip().splitlines()[-1]})") from None
 
@@ -125,12 +129,12 @@ def create_stored_array(path: Path, count: int) -> int:
     return offset
 
 
-def _store_run(task: tuple[str, int, int, list[str]]) -> int:
+def _store_run(task: tuple[str, int, int, list[str], str]) -> int:
     """Decode a run of images and write them into their rows of the .npy through one short-lived
     memory-map window. Workers write their own rows, so no pixels travel between processes, and
     unmapping each window keeps memory flat (a long-lived map keeps every page it touched resident)."""
-    path, data_offset, first_row, paths = task
-    images = np.stack([_load(p) for p in paths])  # (n, 256, 256)
+    path, data_offset, first_row, paths, resize = task
+    images = np.stack([_load(p, resize) for p in paths])  # (n, 256, 256)
     window = np.memmap(path, dtype=np.uint8, mode="r+", offset=data_offset + first_row * images[0].nbytes,
                        shape=images.shape)
     window[:] = images
@@ -138,11 +142,13 @@ def _store_run(task: tuple[str, int, int, list[str]]) -> int:
     return len(paths)
 
 
-def store_images(paths: list[str], path: Path, workers: int, chunk: int) -> Iterator[int]:
+def store_images(paths: list[str], path: Path, workers: int, chunk: int,
+                 resize: str = DEFAULT_RESIZE) -> Iterator[int]:
     """Write the stored form of `paths`, in list order, as the .npy `path`; yields images done so far
     as runs of `chunk` finish (any order: each run owns its rows, so the file is the same for any workers)."""
     data_offset = create_stored_array(path, len(paths))
-    tasks = [(str(path), data_offset, first, paths[first:first + chunk]) for first in range(0, len(paths), chunk)]
+    tasks = [(str(path), data_offset, first, paths[first:first + chunk], resize)
+             for first in range(0, len(paths), chunk)]
     if workers <= 1 or len(tasks) <= 1:
         yield from map(_store_run, tasks)
         return
@@ -154,7 +160,7 @@ def write_images(plan: SplitPlan, path: Path, args: argparse.Namespace) -> None:
     progress = tqdm(total=len(plan.paths), desc=f"{plan.name} images", unit="img", disable=args.quiet,
                     file=sys.stderr, dynamic_ncols=True)
     with progress:
-        for done in store_images(plan.paths, path, args.workers, args.chunk):
+        for done in store_images(plan.paths, path, args.workers, args.chunk, args.resize):
             progress.update(done)
 
 
@@ -195,7 +201,7 @@ def write_folder(out_dir: Path, train: SplitPlan, valid: SplitPlan, boxes: list[
 
 def make_meta(train: SplitPlan, valid: SplitPlan, args: argparse.Namespace) -> dict:
     return {"format": preprocessed.FORMAT, "version": preprocessed.VERSION, "class_names": list(CLASS_NAMES),
-            "image_size": STORED_SIZE, "train_images": train.names, "valid_images": valid.names,
+            "image_size": STORED_SIZE, "resize": args.resize, "train_images": train.names, "valid_images": valid.names,
             "sources": {"images": args.images, "data_entry": args.data_entry, "bbox_list": args.bbox_list,
                         "train_list": args.train_txt, "valid_list": args.valid_txt}}
 

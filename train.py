@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from chexnet import metrics, model_dir, preprocessed
-from chexnet.constants import ADAM_BETAS, BATCH_SIZE, CLASS_NAMES, EPOCHS, LEARNING_RATE
+from chexnet.constants import ADAM_BETAS, BATCH_SIZE, CLASS_NAMES, EPOCHS, LEARNING_RATE, REPEATS
 from chexnet.images import normalize
 from chexnet.train_data import TrainingCrops, bce_loss, epoch_batches, loss_weights, make_datasets
 from chexnet.utils import InputError, remove_stale_temporaries, run_cli, select_device, usable_cpus
@@ -42,6 +42,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=str, default="model",
                    help="folder for last.pt, best.pt, thresholds.npy, metrics.jsonl (default: model)")
     p.add_argument("--epochs", type=int, default=EPOCHS, help=f"total epochs (default: {EPOCHS})")
+    p.add_argument("--repeats", type=int, default=REPEATS,
+                   help=f"passes over every training image per epoch, each with its own random crop "
+                        f"and flip; the original's 4 augmented copies (default: {REPEATS})")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"batch size (default: {BATCH_SIZE})")
     p.add_argument("--lr", type=float, default=LEARNING_RATE,
                    help=f"Adam learning rate, betas {ADAM_BETAS} (default: {LEARNING_RATE})")
@@ -102,13 +105,14 @@ def train_one_epoch(model, loader, optimizer, scaler, weights, device, autocast,
 
 
 @torch.no_grad()
-def validate(model, loader, device, autocast, class_names=CLASS_NAMES) -> dict:
+def validate(model, loader, device, class_names=CLASS_NAMES) -> dict:
     """Centre-crop validation: unweighted BCE, per-class and mean AUROC, and the raw probabilities."""
     model.eval()
     probs, labels, loss_sum = [], [], 0.0
     for images, targets in tqdm(loader, desc="validate", file=sys.stderr, leave=False, dynamic_ncols=True):
-        with autocast():
-            logits = model(to_input(images, device)).float()  # (B, 8)
+        # fp32 even when training is mixed: AUROC, the best epoch and the thresholds come from the
+        # probabilities localization computes (fp32), so no image near a threshold flips.
+        logits = model(to_input(images, device)).float()  # (B, 8)
         loss_sum += bce_loss(logits, targets.to(device), None).item() * len(targets)
         probs.append(torch.sigmoid(logits).cpu().numpy())
         labels.append(targets.numpy())
@@ -135,10 +139,10 @@ def plain_args(args) -> dict:
     return {k: v if v is None or isinstance(v, (str, int, float, bool)) else str(v) for k, v in vars(args).items()}
 
 
-def make_checkpoint(model, args, epoch: int, record: dict, thresholds, extra: dict) -> dict:
+def make_checkpoint(run: Run, args, epoch: int, record: dict, thresholds, extra: dict) -> dict:
     """model.py's checkpoint dict, plus `extra` (the optimizer and --resume state for last.pt)."""
-    return {**new_checkpoint(model.state_dict(), epoch=epoch, metrics=record, args=plain_args(args),
-                             thresholds=thresholds), **extra}
+    return {**new_checkpoint(run.model.state_dict(), epoch=epoch, metrics=record, args=plain_args(args),
+                             thresholds=thresholds, resize=run.resize), **extra}
 
 
 def read_metrics(path: Path, upto: int) -> list[dict]:
@@ -148,7 +152,7 @@ def read_metrics(path: Path, upto: int) -> list[dict]:
     return [r for r in model_dir.read_metrics_log(path) if r["epoch"] <= upto]
 
 
-RECIPE = ("batch_size", "lr", "loss_weight", "keep_no_finding", "seed")
+RECIPE = ("batch_size", "lr", "loss_weight", "keep_no_finding", "seed", "repeats")
 
 
 def resume(out: Path, args, model, optimizer, scaler) -> tuple[int, dict | None, list[dict]]:
@@ -205,14 +209,15 @@ class Run:
     valid_loader: DataLoader
     weights: tuple[torch.Tensor, torch.Tensor] | None
     loader_kw: dict
+    resize: str  # how the preprocessed images were resized (meta.json), recorded in checkpoints
 
 
 def setup(args) -> Run:
     """Device, model, optimizer, scaler, autocast, datasets and loss weights."""
     if args.batch_size < 2:
         raise InputError(f"--batch-size {args.batch_size}: must be at least 2 (BatchNorm needs 2 images)")
-    if args.epochs < 1:
-        raise InputError(f"--epochs {args.epochs}: must be at least 1")
+    if args.epochs < 1 or args.repeats < 1:
+        raise InputError(f"--epochs {args.epochs}, --repeats {args.repeats}: each must be at least 1")
     device = select_device(args.device)
     torch.manual_seed(args.seed)  # the head's (and, with --weights none, all) initial weights
     if device.type == "cuda":
@@ -228,17 +233,18 @@ def setup(args) -> Run:
     weights = None if weights is None else tuple(w.to(device) for w in weights)
     loader_kw = {"num_workers": args.workers, "pin_memory": device.type == "cuda"}
     valid_loader = DataLoader(valid_set, batch_size=args.batch_size, shuffle=False, **loader_kw)
-    return Run(device, model, optimizer, scaler, autocast, train_set, valid_loader, weights, loader_kw)
+    return Run(device, model, optimizer, scaler, autocast, train_set, valid_loader, weights, loader_kw,
+               data.resize)
 
 
 def run_epoch(run: Run, args, epoch: int) -> tuple[dict, dict]:
     """Train one epoch and validate: (the metrics.jsonl record, validate()'s result)."""
     start = time.perf_counter()
-    batches = epoch_batches(len(run.train_set), args.batch_size, args.seed, epoch)
+    batches = epoch_batches(len(run.train_set), args.batch_size, args.seed, epoch, args.repeats)
     loader = DataLoader(run.train_set, batch_sampler=batches, **run.loader_kw)
     train_loss = train_one_epoch(run.model, loader, run.optimizer, run.scaler, run.weights, run.device,
                                  run.autocast, epoch)
-    result = validate(run.model, run.valid_loader, run.device, run.autocast)
+    result = validate(run.model, run.valid_loader, run.device)
     record = {"epoch": epoch, "train_loss": train_loss, "valid_loss": result["valid_loss"],
               "auroc": result["auroc"], "mean_auroc": result["mean_auroc"],
               "seconds": round(time.perf_counter() - start, 3)}
@@ -265,10 +271,10 @@ def main(args) -> None:
             best = {"epoch": epoch, "score": score(record)}
             thresholds = metrics.youden_thresholds(result["labels"], result["probs"])
             model_dir.save_thresholds(out / model_dir.THRESHOLDS, thresholds)
-            save_checkpoint(out / model_dir.BEST, make_checkpoint(run.model, args, epoch, record,
+            save_checkpoint(out / model_dir.BEST, make_checkpoint(run, args, epoch, record,
                                                                   thresholds, {"optimizer": None}))
             print(f"  best so far: saved {out / model_dir.BEST} and {out / model_dir.THRESHOLDS}")
-        save_checkpoint(out / model_dir.LAST, make_checkpoint(run.model, args, epoch, record, None, {
+        save_checkpoint(out / model_dir.LAST, make_checkpoint(run, args, epoch, record, None, {
             "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(), "best": best,
             "rng": {"torch": torch.get_rng_state()}}))
         if args.plots:

@@ -5,7 +5,7 @@ on CUDA, fp32 against mixed precision.
     python3 benchmarks/bench_train.py --device cuda --amp both --batch-size 64 --steps 20
 
 A temporary uint8 (N, 256, 256) .npy is made from real PNGs (repeated to fill the steps). Timed:
-  data path     train.CropDataset over the memory map (random crop/flip per image), DataLoader with
+  data path     train_data.TrainingCrops over the memory map (random crop/flip per image), DataLoader with
                 --workers processes and pinned memory on CUDA, train.to_input, forward, BCE, backward,
                 Adam step: what train.py does in an epoch
   in memory     the same steps on the same batches, already cropped, normalised and on the device
@@ -30,6 +30,7 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 import train  # noqa: E402
+from chexnet import train_data  # noqa: E402
 from chexnet.utils import run_cli, select_device  # noqa: E402
 from chexnet.constants import ADAM_BETAS, LEARNING_RATE  # noqa: E402
 from chexnet.images import load_stored  # noqa: E402
@@ -67,7 +68,7 @@ class Stepper:
     def step(self, x, y) -> None:
         with self.autocast():
             logits = self.model(x)
-        loss = train.bce_loss(logits, y, None)
+        loss = train_data.bce_loss(logits, y, None)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -120,7 +121,7 @@ def bench_data_path(args, device, dataset, amp_mode) -> Timings:
     t = Timings("step")
     stepper = Stepper(device, torch.channels_last, amp_mode)
     steps = args.steps + 1
-    batches = train.epoch_batches(steps * args.batch_size, args.batch_size, 0, 1)
+    batches = train_data.epoch_batches(steps * args.batch_size, args.batch_size, 0, 1)
     prepared = in_memory(dataset, batches, device, torch.channels_last)
     memory_run(stepper, prepared[:2])  # warm-up
     for _ in range(args.reps):
@@ -139,7 +140,7 @@ def bench_data_path(args, device, dataset, amp_mode) -> Timings:
 def bench_variants(args, device, dataset, variants: dict) -> Timings:
     """In-memory steps of each (layout, amp mode) variant, interleaved."""
     t = Timings("step")
-    batches = train.epoch_batches((args.steps + 1) * args.batch_size, args.batch_size, 0, 1)
+    batches = train_data.epoch_batches((args.steps + 1) * args.batch_size, args.batch_size, 0, 1)
     ready = {}
     for name, (layout, amp_mode) in variants.items():
         stepper = Stepper(device, layout, amp_mode)
@@ -166,7 +167,7 @@ def main(args: argparse.Namespace) -> None:
           + f"; batch {args.batch_size}, {args.steps} timed steps a run")
     with tempfile.TemporaryDirectory() as folder:
         npy, labels = make_memmap(Path(folder), paths, (args.steps + 1) * args.batch_size)
-        dataset = train.CropDataset(npy, labels, np.arange(len(labels)), True, 0)
+        dataset = train_data.TrainingCrops(npy, labels, np.arange(len(labels)), True, 0)
         t = bench_data_path(args, device, dataset, amp_modes[-1])
         print(t.table("in memory", "train.py's data path vs in-memory tensors "
                                    f"({train.amp_setup(device, amp_modes[-1])[2]}, channels_last)"))

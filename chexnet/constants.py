@@ -82,3 +82,5 @@ LEARNING_RATE = 2e-4
 ADAM_BETAS = (0.9, 0.999)
 BATCH_SIZE = 64
 EPOCHS = 10
+# The original trained on 4 random crop+flip copies of every image (its "aug4"): 4 passes per epoch.
+REPEATS = 4

@@ -14,7 +14,11 @@ import torch
 
 from chexnet.constants import (CROP_OFFSET, CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD, ORIGINAL_SIZE,
                                STORED_SIZE)
+from chexnet.original_resize import resize_original
 from chexnet.utils import InputError
+
+RESIZE_METHODS = ("original", "area")
+DEFAULT_RESIZE = "original"  # the original's pixels (faithful by default)
 
 
 def read_xray(path: str | os.PathLike) -> np.ndarray:
@@ -39,16 +43,23 @@ def read_xray(path: str | os.PathLike) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def resize_stored(image: np.ndarray) -> np.ndarray:
-    """(H, W) -> (256, 256) uint8 by area averaging, the right filter for a 4x downscale."""
-    return cv2.resize(image, (STORED_SIZE, STORED_SIZE), interpolation=cv2.INTER_AREA)
+def resize_stored(image: np.ndarray, method: str = DEFAULT_RESIZE) -> np.ndarray:
+    """uint8 (H, W) -> uint8 (256, 256). "original": the original project's pixels (scikit-image
+    0.13.1's bilinear resize without anti-aliasing, then its float -> uint8 truncation; see
+    original_resize.py); "area": OpenCV's area average, the right filter for a 4x reduction (the mean
+    of each 4x4 block, rounded), which sees every pixel where "original" samples 4 of 16."""
+    if method == "original":
+        return resize_original(image)
+    if method == "area":
+        return cv2.resize(image, (STORED_SIZE, STORED_SIZE), interpolation=cv2.INTER_AREA)
+    raise ValueError(f"unknown resize {method!r}; choose from {', '.join(RESIZE_METHODS)}")
 
 
-def load_stored(path: str | os.PathLike) -> np.ndarray:
+def load_stored(path: str | os.PathLike, resize: str = DEFAULT_RESIZE) -> np.ndarray:
     """Read one X-ray and return its stored (256, 256) form; refuse a size the box frame cannot map."""
     image = read_xray(path)
     require_original_size(image, path)
-    return resize_stored(image)
+    return resize_stored(image, resize)
 
 
 def require_original_size(image: np.ndarray, path: str | os.PathLike) -> None:

@@ -36,15 +36,15 @@ class FileCrops(Dataset):
     """Path -> (uint8 (224, 224) centre crop, error text or ''). Errors travel as text: the main
     process raises them as one-line InputErrors (a worker's exception would carry its traceback)."""
 
-    def __init__(self, paths: Sequence[str]):
-        self.paths = list(paths)
+    def __init__(self, paths: Sequence[str], resize: str):
+        self.paths, self.resize = list(paths), resize
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
         try:
-            crop = images.center_crop(images.load_stored(self.paths[index]))
+            crop = images.center_crop(images.load_stored(self.paths[index], self.resize))
         except InputError as err:
             return torch.zeros((CROP_SIZE, CROP_SIZE), dtype=torch.uint8), str(err)
         return torch.from_numpy(np.ascontiguousarray(crop)), ""
@@ -53,19 +53,21 @@ class FileCrops(Dataset):
 def iter_localize(model: torch.nn.Module, image_paths: Sequence[str], thresholds: np.ndarray,
                   box_sizes: np.ndarray, device: torch.device, batch_size: int = 16,
                   target_layer: str = DEFAULT_TARGET_LAYER, workers: int = 0,
-                  method: str = "peaks", method_params: np.ndarray | None = None) -> Iterator[ImageResult]:
+                  method: str = "peaks", method_params: np.ndarray | None = None,
+                  resize: str = images.DEFAULT_RESIZE) -> Iterator[ImageResult]:
     """Yield one ImageResult per path, in input order. The model is moved to `device`.
 
     thresholds: (C,) probabilities; box_sizes: (C, 4) average boxes (x, y, w, h) in 1024 px whose
     w, h size the heatmap boxes; method_params: (C,) the box method's parameter per class (None: its
-    default; see resolve_box_params). While the generator is open the model carries the Grad-CAM hook.
+    default; see resolve_box_params); resize: how each image becomes 256x256, as the model's training
+    images did (images.resize_stored). While the generator is open the model carries the Grad-CAM hook.
     """
     thresholds = np.asarray(thresholds, dtype=np.float32)
     box_sizes = np.asarray(box_sizes, dtype=np.float64)
     if method not in boxes.METHODS:
         raise ValueError(f"unknown box method {method!r}; choose from {', '.join(boxes.METHODS)}")
     paths = list(image_paths)
-    loader = DataLoader(FileCrops(paths), batch_size=batch_size, shuffle=False, num_workers=workers,
+    loader = DataLoader(FileCrops(paths, resize), batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda")
     model.to(device)
     start, pending = 0, None

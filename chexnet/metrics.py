@@ -40,12 +40,14 @@ def mean_auroc(aurocs: list[float | None]) -> float | None:
 
 
 def youden_thresholds(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """labels 0/1 (N, C), probabilities (N, C) -> float32 (C,) thresholds maximising tpr - fpr.
+    """labels 0/1 (N, C), float32 probabilities (N, C) -> float32 (C,) thresholds maximising tpr - fpr.
 
-    Localization predicts a class where prob > threshold. roc_curve's cut points mean
-    'score >= t' (t is a score itself; the first one is +inf: nothing predicted), so we return
-    the midpoint between the best cut point and the next lower score (or 0), which makes '>'
-    select exactly the same images; the +inf cut point becomes 1.0.
+    Localization predicts a class where prob > threshold, both float32. roc_curve's cut points mean
+    'score >= t' (t is a score itself; the first one is +inf: nothing predicted), so we return the
+    midpoint between the best cut point and the next lower score (or 0), which makes '>' select
+    exactly the same images; the +inf cut point becomes 1.0. The midpoint is taken in float32, the
+    precision at which it is applied: where the two scores are adjacent float32 values it would round
+    up to the cut itself and select nothing, so then the float32 just below the cut is used.
     """
     labels, probs = _check(labels, probs)
     out = np.full(labels.shape[1], DEFAULT_THRESHOLD, dtype=np.float32)
@@ -54,8 +56,15 @@ def youden_thresholds(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
             fpr, tpr, cuts = roc_curve(labels[:, c], probs[:, c], drop_intermediate=False)
             best = int(np.argmax(tpr - fpr))  # first maximum: the highest cut point among ties
             lower = cuts[best + 1] if best + 1 < len(cuts) else 0.0
-            out[c] = 1.0 if not np.isfinite(cuts[best]) else (cuts[best] + lower) / 2
+            out[c] = 1.0 if not np.isfinite(cuts[best]) else _below(cuts[best], lower)
     return out
+
+
+def _below(cut: float, lower: float) -> np.float32:
+    """A float32 t with lower <= t < cut: 'p > t' is then 'p >= cut' for every float32 p."""
+    cut32 = np.float32(cut)
+    t = np.float32((float(cut) + float(lower)) / 2)
+    return t if t < cut32 else np.nextafter(cut32, np.float32(-np.inf))
 
 
 def format_auroc(value: float | None) -> str:

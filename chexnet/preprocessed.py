@@ -10,6 +10,8 @@
       meta.json        written last, so its presence means the folder is complete:
                        {"format": "chexnet-preprocessed", "version": 1,
                         "class_names": [...], "image_size": 256,
+                        "resize": "original" | "area",   # how 1024 became 256 (images.py);
+                                                         # absent in folders made before: "area"
                         "train_images": [...], "valid_images": [...],   # row order of the arrays
                         "sources": {"images": ..., "data_entry": ..., "bbox_list": ...,
                                     "train_list": ..., "valid_list": ...}}
@@ -53,6 +55,11 @@ class Prepared:
     meta: dict
     train: Split
     valid: Split
+
+    @property
+    def resize(self) -> str:
+        """How the stored images were resized; folders written before the choice existed used area."""
+        return self.meta.get("resize", "area")
 
 
 def load_prepared(folder: str | Path) -> Prepared:

@@ -20,8 +20,8 @@ from chexnet.utils import InputError
 class TrainingCrops(Dataset):
     """Rows of a (N, 256, 256) uint8 .npy as uint8 (224, 224) crops + float32 (8,) labels.
 
-    Train items are keyed (row, epoch) and get a random crop/flip seeded by (seed, epoch, row);
-    eval items are keyed by row and get the centre crop. The memory map is opened lazily in each
+    Train items are keyed (row, epoch, repeat) and get a random crop/flip seeded by (seed, epoch,
+    repeat, row): each of an image's REPEATS passes in an epoch has its own crop; eval items are keyed by row and get the centre crop. The memory map is opened lazily in each
     worker (pickling an np.memmap would copy the whole array into every worker).
     """
 
@@ -40,8 +40,8 @@ class TrainingCrops(Dataset):
         if self._images is None:
             self._images = np.load(self.images_path, mmap_mode="r", allow_pickle=False)
         if self.train:
-            i, epoch = key
-            rng = np.random.default_rng([self.seed, epoch, i])
+            i, epoch, repeat = key
+            rng = np.random.default_rng([self.seed, epoch, repeat, i])
             crop = random_crop_flip(self._images[self.rows[i]], rng)
         else:
             i = key
@@ -49,11 +49,16 @@ class TrainingCrops(Dataset):
         return torch.from_numpy(np.ascontiguousarray(crop)), self.labels[i]  # uint8 (224, 224), (8,)
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[tuple[int, int]]]:
-    """Shuffled batches of (item, epoch) keys; every item is used. A last batch of one item joins
-    the previous batch, since BatchNorm cannot train on a batch of one."""
-    order = np.random.default_rng([seed, epoch]).permutation(n).tolist()
-    batches = [[(i, epoch) for i in order[s:s + batch_size]] for s in range(0, n, batch_size)]
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int,
+                  repeats: int = 1) -> list[list[tuple[int, int, int]]]:
+    """Shuffled batches of (item, epoch, repeat) keys: every item `repeats` times, all shuffled
+    together. A last batch of one item joins the previous batch (BatchNorm cannot train on one).
+
+    The original made 4 random crop+flip copies of every image once and trained 10 epochs over all
+    of them (40 passes per image); repeats=4 gives its step count, with a fresh crop each pass."""
+    order = np.random.default_rng([seed, epoch]).permutation(n * repeats).tolist()
+    keys = [(k % n, epoch, k // n) for k in order]
+    batches = [keys[s:s + batch_size] for s in range(0, len(keys), batch_size)]
     if len(batches) > 1 and len(batches[-1]) == 1:
         batches[-2].extend(batches.pop())
     return batches

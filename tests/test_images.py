@@ -16,18 +16,19 @@ def area_resize(image):
 
 def test_grayscale_png_is_stored_as_uint8_256(sample_dir):
     path = sample_dir / "images" / "00000404_000.png"
-    stored = load_stored(path)
+    stored = load_stored(path, "area")
     assert stored.dtype == np.uint8 and stored.shape == (256, 256)
     original = np.asarray(Image.open(path))  # decoded by another library
     assert original.shape == (1024, 1024)
     assert np.array_equal(stored, area_resize(original))
+    assert np.array_equal(load_stored(path), resize_stored(original, "original"))  # the default
 
 
 def test_rgba_png_keeps_the_red_channel(sample_dir):
     path = sample_dir / "images" / RGBA_NAME
     rgba = np.asarray(Image.open(path))  # PIL keeps the file's R, G, B, A order
     assert rgba.shape == (1024, 1024, 4)
-    assert np.array_equal(load_stored(path), area_resize(np.ascontiguousarray(rgba[:, :, 0])))
+    assert np.array_equal(load_stored(path, "area"), area_resize(np.ascontiguousarray(rgba[:, :, 0])))
 
 
 def test_rgba_with_distinct_channels_picks_red(sample_dir, tmp_path):

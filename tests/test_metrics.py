@@ -46,3 +46,13 @@ def test_metrics_log_names_a_bad_line(tmp_path):
         read_metrics_log(log)
     log.write_text('{"epoch": 1, "train_loss": 0.5}\n\n')
     assert read_metrics_log(log) == [{"epoch": 1, "train_loss": 0.5}]
+
+
+def test_youden_threshold_fires_when_scores_are_adjacent_float32():
+    """The issue's case: the cut and the next lower score one float32 step apart. The float64
+    midpoint rounds up to the cut in float32 and the class would never fire."""
+    probs = np.array([[1.0], [1.0], [1 - 2**-24], [0.5]], dtype=np.float32)
+    labels = np.array([[1], [1], [0], [0]])
+    t = metrics.youden_thresholds(labels, probs)
+    assert t.dtype == np.float32 and t[0] < 1.0
+    assert ((probs[:, 0] > t[0]) == labels[:, 0].astype(bool)).all()

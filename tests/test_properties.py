@@ -160,3 +160,25 @@ def test_a_count_that_does_not_match_its_lines_is_an_input_error_naming_the_line
     assert "\n" not in str(err.value)
     line_number = int(str(err.value)[len(str(path)) + 1:].split(":")[0])
     assert 1 <= line_number <= len(lines) + 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0, 1, width=32), min_size=2, max_size=30), st.data())
+def test_youden_threshold_selects_exactly_the_cut_in_float32(values, data):
+    """For float32 probabilities with neighbours one ulp apart, 'p > t' (both float32) selects exactly
+    the images of the best cut ('p >= cut') that Youden's J chose."""
+    from sklearn.metrics import roc_curve
+
+    from chexnet import metrics
+
+    base = np.array(values, dtype=np.float32)
+    steps = np.nextafter(base, np.float32(1))  # adjacent float32 values
+    probs = np.concatenate([base, steps])[:, None]
+    labels = np.array(data.draw(st.lists(st.integers(0, 1), min_size=len(probs), max_size=len(probs))))
+    if labels.min() == labels.max():
+        return
+    t = metrics.youden_thresholds(labels[:, None], probs)[0]
+    fpr, tpr, cuts = roc_curve(labels, probs[:, 0].astype(np.float64), drop_intermediate=False)
+    best = int(np.argmax(tpr - fpr))
+    chosen = probs[:, 0] >= cuts[best] if np.isfinite(cuts[best]) else np.zeros(len(probs), bool)
+    assert np.array_equal(probs[:, 0] > t, chosen)

@@ -124,7 +124,7 @@ def test_drop_no_finding(data_dir):
     dropped, _ = train_data.make_datasets(data, keep_no_finding=False, seed=0)
     kept, _ = train_data.make_datasets(data, keep_no_finding=True, seed=0)
     assert dropped.rows.tolist() == np.flatnonzero(has_finding).tolist() and len(kept) == N_TRAIN
-    image, label = dropped[(0, 1)]
+    image, label = dropped[(0, 1, 0)]
     assert image.dtype == torch.uint8 and image.shape == (224, 224) and label.sum() > 0
 
 
@@ -142,9 +142,23 @@ def test_errors(data_dir, tmp_path):
 def test_epoch_batches_use_every_item_and_never_a_batch_of_one():
     batches = train_data.epoch_batches(9, 4, seed=0, epoch=1)
     assert [len(b) for b in batches] == [4, 5]
-    assert sorted(i for b in batches for i, _ in b) == list(range(9))
+    assert sorted(i for b in batches for i, _, _ in b) == list(range(9))
     assert batches == train_data.epoch_batches(9, 4, seed=0, epoch=1)
     assert batches != train_data.epoch_batches(9, 4, seed=0, epoch=2)
+
+
+def test_repeats_pass_over_every_image_that_many_times_with_their_own_crops(tmp_path):
+    """The original's step count: 4 passes per image per epoch, shuffled together, each a new crop."""
+    batches = train_data.epoch_batches(5, 4, seed=0, epoch=3, repeats=4)
+    keys = [k for b in batches for k in b]
+    assert sorted(keys) == [(i, 3, r) for i in range(5) for r in range(4)]
+    assert [len(b) for b in batches] == [4, 4, 4, 4, 4]
+    npy = tmp_path / "x.npy"
+    np.save(npy, np.random.default_rng(0).integers(0, 256, (5, 256, 256), dtype=np.uint8))
+    crops = train_data.TrainingCrops(npy, np.zeros((5, 8), np.uint8), np.arange(5), True, seed=0)
+    passes = [crops[(2, 3, r)][0] for r in range(4)]
+    assert not all(torch.equal(passes[0], p) for p in passes[1:])
+    assert torch.equal(passes[1], crops[(2, 3, 1)][0])  # a pass's crop is a function of its key
 
 
 def test_loss_weights_formulas():

@@ -179,7 +179,7 @@ def _inference_checkpoint(checkpoint: dict, thresholds: np.ndarray) -> dict:
     (scaler, rng, best), which would double the bundle's size; the bundle's thresholds inside too."""
     return new_checkpoint(checkpoint["model"], epoch=checkpoint.get("epoch"),
                           metrics=checkpoint.get("metrics"), args=checkpoint.get("args"),
-                          thresholds=thresholds)
+                          thresholds=thresholds, resize=checkpoint["resize"])
 
 
 def _check_stage(stage: Path, thresholds: np.ndarray, sizes: np.ndarray) -> None:

@@ -128,6 +128,10 @@ def main(args: argparse.Namespace) -> dict:
     tune_rows, hold_rows = split_rows(len(names), args.holdout, args.seed)
     out = Path(args.out) if args.out is not None else Path(args.model).parent
     checkpoint = load_checkpoint(args.model)
+    if checkpoint["resize"] != data.resize:  # localization resizes as the checkpoint says
+        print(f"warning: {args.preprocessed} holds images resized with {data.resize!r}, but "
+              f"{args.model} was trained on {checkpoint['resize']!r}; heatmaps will differ from "
+              f"localization's", file=sys.stderr)
     thresholds, thresholds_from = model_dir.resolve_thresholds(args.thresholds, args.model, checkpoint)
     print(f"{len(names)} validation images with true boxes ({len(tune_rows)} tuning, {len(hold_rows)} held out); "
           f"thresholds from {thresholds_from}; method {args.method}", file=sys.stderr)
