@@ -3,8 +3,10 @@
     python3 benchmarks/bench_preprocess.py [--reps 5] [--images sample/images ../shared/nih/images]
 
 Per image, one core (OpenCV's threads set to 1, as in preprocessing.py's workers):
-  original   imageio decode + skimage.transform.resize to float64 (+ /255), the original's path
-  ours       images.load_stored: OpenCV grayscale decode + INTER_AREA resize to uint8
+  original   imageio decode + skimage.transform.resize to float64 (+ /255), the original's path as
+             it ran (order 1, no anti-aliasing: scikit-image 0.13.1 had none)
+  ours       images.load_stored: OpenCV decode + the original's resize restated (the default)
+  ours area  images.load_stored(resize="area"): OpenCV decode + INTER_AREA (--resize area)
   decode     cv2.imread alone (the floor: PNG decoding)
 Then preprocessing.store_images over the list repeated --scale-images long with 1 and 2 workers
 (the speed-up from a second process), and a check that the arrays of 1 and 2 workers and of a
@@ -45,7 +47,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 def per_image(paths: list[str], reps: int) -> Timings:
     t = Timings("image")
     methods = {"original (imageio+skimage, float64)": original_load,
-               "ours (cv2 gray + INTER_AREA, uint8)": load_stored,
+               "ours (cv2 + original resize, uint8)": load_stored,
+               "ours --resize area (cv2 + INTER_AREA)": lambda p: load_stored(p, "area"),
                "decode alone (cv2.imread)": lambda p: cv2.imread(p, cv2.IMREAD_UNCHANGED)}
     for fn in methods.values():
         fn(paths[0])  # warm-up: imports, page cache
