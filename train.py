@@ -28,8 +28,9 @@ from tqdm import tqdm
 from chexnet import metrics, model_dir, preprocessed
 from chexnet.constants import ADAM_BETAS, BATCH_SIZE, CLASS_NAMES, EPOCHS, LEARNING_RATE, REPEATS
 from chexnet.images import normalize
-from chexnet.train_data import TrainingCrops, bce_loss, epoch_batches, loss_weights, make_datasets
-from chexnet.utils import InputError, remove_stale_temporaries, run_cli, select_device, usable_cpus
+from chexnet.train_data import (EpochBatches, bce_loss, default_workers, loader_options, loss_weights,
+                                make_datasets)
+from chexnet.utils import InputError, remove_stale_temporaries, run_cli, select_device
 from model import build_model, load_checkpoint, load_weights, new_checkpoint, save_checkpoint
 
 LOSS_WEIGHTS = ("none", "chexnet", "wang")
@@ -69,8 +70,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", dest="plots", action="store_false",
                    help="do not draw training_curves.png and roc_curves.png into --out (default: draw them "
                         "after each epoch, outside the timed part)")
-    p.add_argument("--workers", type=int, default=min(4, usable_cpus()),
-                   help="data-loading processes, 0 = in the main process (default: min(4, usable CPUs))")
+    p.add_argument("--workers", type=int, default=default_workers(),
+                   help="data-loading processes, kept between epochs; 0 = in the main process "
+                        f"(default: the usable CPUs, at most 16: {default_workers()} here)")
     return p
 
 
@@ -205,10 +207,9 @@ class Run:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     autocast: Callable
-    train_set: TrainingCrops
+    train_loader: DataLoader  # batches of train_loader.batch_sampler's epoch (EpochBatches)
     valid_loader: DataLoader
     weights: tuple[torch.Tensor, torch.Tensor] | None
-    loader_kw: dict
     resize: str  # how the preprocessed images were resized (meta.json), recorded in checkpoints
 
 
@@ -231,19 +232,20 @@ def setup(args) -> Run:
     print(f"device {device}, precision {precision}, {args.workers} data workers")
     weights = loss_weights(train_set.labels.numpy(), args.loss_weight)
     weights = None if weights is None else tuple(w.to(device) for w in weights)
-    loader_kw = {"num_workers": args.workers, "pin_memory": device.type == "cuda"}
+    loader_kw = loader_options(device.type, args.workers)
+    batches = EpochBatches(len(train_set), args.batch_size, args.seed, args.repeats)
+    train_loader = DataLoader(train_set, batch_sampler=batches, **loader_kw)
     valid_loader = DataLoader(valid_set, batch_size=args.batch_size, shuffle=False, **loader_kw)
-    return Run(device, model, optimizer, scaler, autocast, train_set, valid_loader, weights, loader_kw,
+    return Run(device, model, optimizer, scaler, autocast, train_loader, valid_loader, weights,
                data.resize)
 
 
 def run_epoch(run: Run, args, epoch: int) -> tuple[dict, dict]:
     """Train one epoch and validate: (the metrics.jsonl record, validate()'s result)."""
     start = time.perf_counter()
-    batches = epoch_batches(len(run.train_set), args.batch_size, args.seed, epoch, args.repeats)
-    loader = DataLoader(run.train_set, batch_sampler=batches, **run.loader_kw)
-    train_loss = train_one_epoch(run.model, loader, run.optimizer, run.scaler, run.weights, run.device,
-                                 run.autocast, epoch)
+    run.train_loader.batch_sampler.set_epoch(epoch)
+    train_loss = train_one_epoch(run.model, run.train_loader, run.optimizer, run.scaler, run.weights,
+                                 run.device, run.autocast, epoch)
     result = validate(run.model, run.valid_loader, run.device)
     record = {"epoch": epoch, "train_loss": train_loss, "valid_loss": result["valid_loss"],
               "auroc": result["auroc"], "mean_auroc": result["mean_auroc"],

@@ -10,11 +10,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from chexnet import preprocessed
 from chexnet.images import center_crop, random_crop_flip
-from chexnet.utils import InputError
+from chexnet.utils import InputError, usable_cpus
+
+# Most loading processes train.py starts by default: on the CPU a worker turns some 3,000-4,000
+# images/s into crops (benchmarks/README.md), so 16 keep far ahead of one GPU; beyond that
+# they only cost memory and start-up.
+MAX_DEFAULT_WORKERS = 16
 
 
 class TrainingCrops(Dataset):
@@ -62,6 +67,38 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int,
     if len(batches) > 1 and len(batches[-1]) == 1:
         batches[-2].extend(batches.pop())
     return batches
+
+
+class EpochBatches(Sampler):
+    """epoch_batches() of the epoch last given to set_epoch(): one DataLoader (and so one set of
+    persistent workers) serves every epoch, with the same batches as a loader made per epoch."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, repeats: int = 1):
+        self.n, self.batch_size, self.seed, self.repeats, self.epoch = n, batch_size, seed, repeats, 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        return len(self.batches())
+
+    def batches(self) -> list[list[tuple[int, int, int]]]:
+        return epoch_batches(self.n, self.batch_size, self.seed, self.epoch, self.repeats)
+
+
+def default_workers() -> int:
+    """train.py's --workers default: one loading process per usable CPU, at most 16."""
+    return min(MAX_DEFAULT_WORKERS, usable_cpus())
+
+
+def loader_options(device_type: str, workers: int) -> dict:
+    """DataLoader keywords of train.py: pinned batches for a CUDA copy that overlaps compute, and
+    workers kept alive between epochs (their start costs about a second an epoch)."""
+    return {"num_workers": workers, "pin_memory": device_type == "cuda",
+            "persistent_workers": workers > 0}
 
 
 def loss_weights(labels: np.ndarray, mode: str) -> tuple[torch.Tensor, torch.Tensor] | None:

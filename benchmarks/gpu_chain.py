@@ -1,0 +1,115 @@
+"""gpu_check's first part: the four commands chained on one device, the bundle in a fresh folder.
+
+preprocessing.py -> train.py (2 short epochs, random init, offline) -> denseNet_localization.py ->
+inference.py --build-bundle, then the unzipped bundle's `python3 inference.py` (no arguments; the
+device from $CHEXNET_DEVICE) in a folder holding only the bundle, images/ and test.txt. Both box files
+use threshold 0 for every class, so every heatmap and every box of every image is compared.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+from timing import ROOT
+
+from chexnet.constants import CLASS_NAMES  # noqa: E402
+
+SAMPLE = ROOT / "sample"
+HEADER = re.compile(r"^\S+ \d+$")
+BOX = re.compile(r"^(%s) -?\d+\.\d -?\d+\.\d \d+\.\d \d+\.\d$" % "|".join(CLASS_NAMES))
+TIMEOUT_S = 600
+
+
+def write_lists(work: Path, tiny: bool) -> dict[str, list[str]]:
+    """train/valid/test lists from sample/ (tiny: 8/4/2 images), written into work/."""
+    sizes = {"train": 8, "valid": 4, "test": 2} if tiny else {"train": None, "valid": None, "test": None}
+    lists = {}
+    for split, size in sizes.items():
+        names = (SAMPLE / f"{split}.txt").read_text().split()[:size]
+        (work / f"{split}.txt").write_text("".join(n + "\n" for n in names))
+        lists[split] = names
+    return lists
+
+
+def command(cwd: Path, script: str | Path, *args: str, env: dict | None = None) -> tuple[str, float]:
+    """Run a project script with this Python; (stdout + stderr, seconds). A failure stops the check."""
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("CHEXNET_")}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(script), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=TIMEOUT_S, env={**clean, **(env or {})})
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{Path(script).name} {' '.join(args)} failed ({proc.returncode}):\n"
+                           f"{proc.stderr[-3000:]}")
+    return proc.stdout + proc.stderr, seconds
+
+
+def box_file_format_errors(lines: list[str], expected_images: list[str]) -> list[str]:
+    """Lines that break `[image_path] [count]` + count `[disease] [x] [y] [w] [h]` lines."""
+    errors, i, images = [], 0, []
+    while i < len(lines):
+        if not HEADER.match(lines[i]):
+            return errors + [f"line {i + 1}: not an image header: {lines[i]!r}"]
+        path, count = lines[i].rsplit(" ", 1)
+        images.append(path)
+        errors += [f"line {j + 1}: {lines[j]!r}" for j in range(i + 1, min(i + 1 + int(count), len(lines)))
+                   if not BOX.match(lines[j])]
+        i += 1 + int(count)
+    if images != expected_images:
+        errors.append(f"images {images} != {expected_images}")
+    return errors
+
+
+def copy_images(names: list[str], folder: Path) -> None:
+    (folder / "images").mkdir(parents=True)
+    for name in names:
+        shutil.copy(SAMPLE / "images" / name, folder / "images" / name)
+    (folder / "test.txt").write_text("".join(n + "\n" for n in names))
+
+
+def train_options(repeats_known: bool) -> list[str]:
+    """2 short epochs from random weights at batch 8 (one pass per image when --repeats exists)."""
+    return ["--epochs", "2", "--batch-size", "8", "--weights", "none", "--no-plots",
+            *(["--repeats", "1"] if repeats_known else [])]
+
+
+def run_chain(work: Path, device: str, tiny: bool, workers: int, repeats_known: bool) -> dict:
+    """The chain on `device`; returns what it saw (seconds per stage, precision, box-file checks)."""
+    work.mkdir(parents=True, exist_ok=True)
+    lists, seconds = write_lists(work, tiny), {}
+    out, seconds["preprocessing"] = command(
+        work, ROOT / "preprocessing.py", str(SAMPLE / "images"), str(SAMPLE / "Data_Entry_2017.csv"),
+        str(SAMPLE / "BBox_List_2017.csv"), "train.txt", "valid.txt", "prepared", "--quiet")
+    out, seconds["train"] = command(work, ROOT / "train.py", "prepared", "--device", device,
+                                    "--workers", str(workers), *train_options(repeats_known))
+    found = re.search(r"device (\S+), precision (\S+),", out)
+    local = work / "local"
+    copy_images(lists["test"], local)
+    _, seconds["localization"] = command(
+        local, ROOT / "denseNet_localization.py", "test.txt", "images", "--model", "../model/best.pt",
+        "--thresholds", "0", "--device", device, "--workers", str(workers))
+    _, seconds["build_bundle"] = command(work, ROOT / "inference.py", "--build-bundle", "deepQ.zip",
+                                         "--model", "model/best.pt", "--thresholds", "0")
+    fresh = work / "fresh"
+    copy_images(lists["test"], fresh)
+    with zipfile.ZipFile(work / "deepQ.zip") as zf:
+        zf.extractall(fresh)
+    bundle_log, seconds["bundle_run"] = command(fresh, "inference.py", env={
+        "CHEXNET_DEVICE": device, "CHEXNET_WORKERS": str(workers)})
+    ours = (local / "bounding_box.txt").read_text().splitlines()
+    theirs = (fresh / "bounding_box.txt").read_text().splitlines()
+    expected = [f"images/{n}" for n in lists["test"]]
+    return {"device": device, "train_device": found and found.group(1),
+            "train_precision": found and found.group(2),
+            "bundle_device_line": next((ln for ln in bundle_log.splitlines() if " on " in ln), ""),
+            "images": {k: len(v) for k, v in lists.items()}, "seconds": seconds,
+            "box_lines": len(ours), "boxes": sum(1 for ln in ours if BOX.match(ln)),
+            "format_errors": box_file_format_errors(ours, expected)
+            + box_file_format_errors(theirs, expected),
+            "bundle_equals_localization": ours == theirs}

@@ -1,0 +1,247 @@
+"""The GPU path proven in one run: the chain on the device, training speed, Grad-CAM, a projection.
+
+    python3 benchmarks/gpu_check.py [--device cuda] [--compile] [--json FILE]   # under 8 min on an H100/H200
+    python3 benchmarks/gpu_check.py --device cpu --tiny                           # the same code, < 1 min
+
+1. chain: preprocessing.py -> train.py (2 short epochs) -> denseNet_localization.py -> the bundle's
+   `python3 inference.py` in a fresh folder, all on --device; both box files in the exact format and
+   equal line for line (gpu_chain.py).
+2. training at --batch-size on 224 crops: fp32 NCHW, train.py's default (mixed precision on CUDA,
+   channels_last), and with --compile the latter under torch.compile; each fed by tensors already on
+   the device and by train.py's data path (uint8 memory map -> DataLoader workers -> pinned copy ->
+   normalise on the device); peak GPU memory; the data path with no step at all, in 0 and N workers.
+3. Grad-CAM of all 8 classes on the device against fp32 on the CPU (max difference), strict fp32 and
+   as localization runs; Grad-CAM time / plain forward; localization end to end, images/s.
+4. projection: minutes of the original recipe on the NIH release from the measured images/s.
+Prints one table and writes one JSON (after every part, so a run stopped early keeps what it did).
+All data come from sample/; no network. Exit status 1 when a part failed (its error is in the JSON).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shutil
+import tempfile
+import traceback
+from pathlib import Path
+
+from timing import machine, set_threads
+
+import torch  # noqa: E402
+
+import denseNet_localization  # noqa: E402
+import train  # noqa: E402
+from chexnet import train_data  # noqa: E402
+from chexnet.constants import EPOCHS  # noqa: E402
+from chexnet.utils import run_cli, select_device, write_text_atomic  # noqa: E402
+import gpu_chain  # noqa: E402
+import gpu_speed  # noqa: E402
+
+NIH_IMAGES = 112_120  # rows of Data_Entry_2017(_v2020).csv
+NIH_WITH_FINDING = 46_649  # of them with at least one of the 8 findings (counted in the 2020 table)
+SIZES = {  # (training batch, timed steps, Grad-CAM batch, images compared with the CPU, reps,
+    #          localized images)
+    "full": (64, 40, 64, 8, 10, 512),
+    "tiny": (2, 1, 2, 1, 1, 2),
+}
+TARGETS = {"mixed_over_fp32": 2.5, "data_path_overhead": 1.05, "gradcam_over_forward": 1.3,
+           "map_difference": 1e-3, "projected_minutes": 20.0}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--tiny", action="store_true",
+                   help="tiny sizes (batch 2, 1 timed step, 2 test images): the code path in under a "
+                        "minute on a CPU (default: full sizes, batch 64)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time train.py's default under torch.compile (default: off)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader processes (default: train.py's, the usable CPUs up to 16; 1 with --tiny)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads of this process (default: torch's own; 1 with --tiny)")
+    p.add_argument("--parts", type=str, nargs="+", default=["chain", "training", "gradcam", "localization"],
+                   choices=["chain", "training", "gradcam", "localization"],
+                   help="parts to run (default: all four; the projection needs training and gradcam)")
+    p.add_argument("--train-share", type=float, default=0.7,
+                   help="training share of the NIH release in the projection (default: 0.7, CheXNet's "
+                        "70/10/20 split)")
+    p.add_argument("--valid-share", type=float, default=0.1,
+                   help="validation share (every image, findings or not) in the projection (default: 0.1)")
+    p.add_argument("--json", type=str, default="output/gpu_check.json",
+                   help="the JSON to write (default: output/gpu_check.json)")
+    p.add_argument("--work", type=str, default=None,
+                   help="folder for the chain's files, kept (default: a temporary folder, removed)")
+    return p
+
+
+def training_part(args, device, folder: Path, report: dict) -> None:
+    batch, steps = SIZES[args.size][:2]
+    dataset = gpu_speed.training_data(folder, batch, steps)
+    variants = [{"name": "NCHW fp32", "amp": "off", "channels_last": False, "compile": False},
+                {"name": "train.py default", "amp": "auto", "channels_last": True, "compile": False}]
+    if args.compile:
+        variants.append({**variants[1], "name": "train.py default + torch.compile", "compile": True})
+    results = report["training"] = {"batch": batch, "steps": steps, "workers": args.workers,
+                                    "variants": []}
+    for variant in variants:
+        try:
+            results["variants"].append(gpu_speed.training_variant(dataset, device, batch, args.workers,
+                                                                  variant))
+        except Exception as err:  # noqa: BLE001 (torch.compile may be unavailable; the rest still counts)
+            if not variant["compile"]:
+                raise
+            results["variants"].append({**variant, "error": f"{type(err).__name__}: {err}"[:500]})
+    results["loader_alone_images_per_s"] = {
+        str(w): gpu_speed.loader_alone(dataset, device, batch, w) for w in sorted({0, args.workers})}
+
+
+def gradcam_part(args, device, report: dict) -> None:
+    _, _, batch, compared, reps, _ = SIZES[args.size]
+    crops = gpu_speed.stored_images(batch)[:, 16:240, 16:240]  # (B, 224, 224) centre crops
+    crops = torch.from_numpy(crops.copy())
+    report["gradcam"] = {**gpu_speed.gradcam_against_cpu(crops[:compared], device),
+                         **gpu_speed.gradcam_speed(crops, device, reps)}
+
+
+def localization_part(args, device, report: dict) -> None:
+    count = SIZES[args.size][5]
+    batch = denseNet_localization.get_args_parser().parse_args(["TEST_TXT", "IMAGES"]).batch_size
+    report["localization"] = gpu_speed.localization_speed(device, count, min(batch, count), args.workers)
+
+
+def train_default(name: str, fallback):
+    """A default of train.py's parser, `fallback` where it has no such option."""
+    return getattr(train.get_args_parser().parse_args(["DATA"]), name, fallback)
+
+
+def projection(args, report: dict) -> dict:
+    """Minutes of the original recipe on the NIH release at the measured rates."""
+    default = next(v for v in report["training"]["variants"] if v["name"] == "train.py default")
+    repeats = train_default("repeats", 4)  # issue 11's --repeats; the original's 4 copies per image
+    train_images = round(NIH_WITH_FINDING * args.train_share)
+    valid_images = round(NIH_IMAGES * args.valid_share)
+    train_min = EPOCHS * repeats * train_images / default["data_path_images_per_s"] / 60
+    valid_min = EPOCHS * valid_images / report["gradcam"]["forward_images_per_s"] / 60
+    return {"train_images": train_images, "repeats": repeats, "epochs": EPOCHS,
+            "valid_images": valid_images, "train_images_per_s": default["data_path_images_per_s"],
+            "valid_images_per_s": report["gradcam"]["forward_images_per_s"],
+            "train_minutes": train_min, "valid_minutes": valid_min, "minutes": train_min + valid_min}
+
+
+def main(args) -> None:
+    args.size = "tiny" if args.tiny else "full"
+    args.workers = args.workers if args.workers is not None else (1 if args.tiny else
+                                                                  train_data.default_workers())
+    if args.threads or args.tiny:
+        set_threads(args.threads or 1)
+    device = select_device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as train.py sets it
+    report = {"check": "gpu_check", "version": 1, "size": args.size,
+              "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "machine": machine(), "device": describe(device), "torch": torch.__version__,
+              "args": {k: v for k, v in vars(args).items()}, "errors": {}}
+    folder = Path(args.work or tempfile.mkdtemp(prefix="gpu_check_"))
+    try:
+        run_parts(args, device, folder, report)
+    finally:
+        if args.work is None:
+            shutil.rmtree(folder, ignore_errors=True)
+    print(table(report))
+    if report["errors"]:
+        raise SystemExit(1)
+
+
+def run_parts(args, device, folder: Path, report: dict) -> None:
+    parts = {"chain": lambda: report.__setitem__("chain", gpu_chain.run_chain(
+                 folder / "chain", str(device), args.tiny, args.workers, train_default("repeats", None)
+                 is not None)),
+             "training": lambda: training_part(args, device, folder, report),
+             "gradcam": lambda: gradcam_part(args, device, report),
+             "localization": lambda: localization_part(args, device, report)}
+    for name in args.parts:
+        print(f"gpu_check: {name} ...", flush=True)
+        try:
+            parts[name]()
+        except Exception as err:  # noqa: BLE001 (one failed part must not hide the others' figures)
+            report["errors"][name] = "".join(traceback.format_exception_only(err)).strip()[-3000:]
+            traceback.print_exc()
+        if "training" in report and "gradcam" in report and "variants" in report["training"]:
+            report["projection"] = projection(args, report)
+        report["targets"] = targets(report)
+        write_text_atomic(args.json, json.dumps(report, indent=1, default=str) + "\n")
+
+
+def describe(device: torch.device) -> str:
+    if device.type != "cuda":
+        return str(device)
+    return f"{device} ({torch.cuda.get_device_name(device)}, bf16 {torch.cuda.is_bf16_supported()})"
+
+
+def targets(report: dict) -> list[dict]:
+    """The issue's targets against what was measured (None where the part did not run)."""
+    rows = []
+
+    def add(what, value, target, met):
+        rows.append({"what": what, "value": value, "target": target,
+                     "met": None if value is None else bool(met(value))})
+
+    variants = {v["name"]: v for v in report.get("training", {}).get("variants", []) if "error" not in v}
+    fp32, default = variants.get("NCHW fp32"), variants.get("train.py default")
+    add("train.py default / fp32 NCHW, images/s in memory",
+        default and fp32 and default["in_memory_images_per_s"] / fp32["in_memory_images_per_s"],
+        f">= {TARGETS['mixed_over_fp32']}", lambda v: v >= TARGETS["mixed_over_fp32"])
+    add("data path time / in memory (train.py default)",
+        default and default["data_path_time_over_in_memory"],
+        f"<= {TARGETS['data_path_overhead']}", lambda v: v <= TARGETS["data_path_overhead"])
+    cam = report.get("gradcam", {})
+    add("Grad-CAM 8 classes time / plain forward", cam.get("gradcam_time_over_forward"),
+        f"<= {TARGETS['gradcam_over_forward']}", lambda v: v <= TARGETS["gradcam_over_forward"])
+    for name in ("fp32", "as_localization"):
+        add(f"max map difference to the CPU ({name})", cam.get(f"{name}_max_map_difference"),
+            f"<= {TARGETS['map_difference']}", lambda v: v <= TARGETS["map_difference"])
+    add("original recipe on the NIH release, minutes", report.get("projection", {}).get("minutes"),
+        f"< {TARGETS['projected_minutes']}", lambda v: v < TARGETS["projected_minutes"])
+    chain = report.get("chain", {})
+    add("bundle's box file == denseNet_localization's", chain.get("bundle_equals_localization"),
+        "equal", bool)
+    return rows
+
+
+def table(report: dict) -> str:
+    """One table: what was measured and the targets."""
+    lines = [f"gpu_check on {report['device']} ({report['size']} sizes); {report['machine']}"]
+    for v in report.get("training", {}).get("variants", []):
+        if "error" in v:
+            lines.append(f"  training {v['name']}: {v['error']}")
+            continue
+        memory = "" if v["peak_memory_mib"] is None else f", peak {v['peak_memory_mib']:.0f} MiB"
+        lines.append(f"  training {v['name']} ({v['precision']}, "
+                     f"{'channels_last' if v['channels_last'] else 'NCHW'}): in memory "
+                     f"{v['in_memory_images_per_s']:.1f} images/s, data path "
+                     f"{v['data_path_images_per_s']:.1f}{memory}")
+    for workers, rate in report.get("training", {}).get("loader_alone_images_per_s", {}).items():
+        lines.append(f"  data path alone, {workers} workers: {rate:.0f} images/s")
+    if "localization" in report:
+        lines.append(f"  localization end to end, all 8 classes active: "
+                     f"{report['localization']['images_per_s']:.1f} images/s")
+    if "projection" in report:
+        p = report["projection"]
+        lines.append(f"  projection: {p['epochs']} epochs x {p['repeats']} repeats x {p['train_images']} "
+                     f"images = {p['train_minutes']:.1f} min training + {p['valid_minutes']:.1f} min "
+                     f"validation")
+    lines.append(f"  {'target':<52} {'measured':>12} {'aim':>9}  verdict")
+    for row in report["targets"]:
+        value = row["value"]
+        shown = "-" if value is None else (str(value) if isinstance(value, bool) else f"{value:.4g}")
+        verdict = {None: "not run", True: "met", False: "MISSED"}[row["met"]]
+        lines.append(f"  {row['what']:<52} {shown:>12} {row['target']:>9}  {verdict}")
+    for part, error in report["errors"].items():
+        lines.append(f"  FAILED {part}: {error.splitlines()[-1] if error else ''}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    run_cli(lambda: main(get_args_parser().parse_args()))
