@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= output
 
-.PHONY: demo readme-figures benchmark test env clean
+.PHONY: demo readme-figures benchmark gpu-check test env clean
 
 env: $(VENV)/.installed
 
@@ -43,6 +43,13 @@ benchmark: env
 	$(PY) benchmarks/localization_benchmark.py --work $(OUT)/bench_full
 	mkdir -p $(OUT)/README_figures
 	cp $(OUT)/bench_full/plots_peaks/contact_sheet.png $(OUT)/README_figures/synthetic_contact_sheet.png
+
+# The GPU path in one run (benchmarks/README.md): the chain on CUDA, training speed, Grad-CAM against
+# the CPU, the projection; one table and $(OUT)/gpu_check.json. Under 8 minutes on an H100/H200.
+# GPU_CHECK_ARGS="--device cpu --tiny" runs the same code on a CPU in about a minute.
+GPU_CHECK_ARGS ?= --device cuda --compile
+gpu-check: env
+	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS) --json $(OUT)/gpu_check.json
 
 test: env
 	$(PY) -m pytest -q tests

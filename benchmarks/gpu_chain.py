@@ -27,8 +27,8 @@ TIMEOUT_S = 600
 
 
 def write_lists(work: Path, tiny: bool) -> dict[str, list[str]]:
-    """train/valid/test lists from sample/ (tiny: 8/4/2 images), written into work/."""
-    sizes = {"train": 8, "valid": 4, "test": 2} if tiny else {"train": None, "valid": None, "test": None}
+    """train/valid/test lists from sample/ (tiny: 4/2/2 images), written into work/."""
+    sizes = {"train": 4, "valid": 2, "test": 2} if tiny else {"train": None, "valid": None, "test": None}
     lists = {}
     for split, size in sizes.items():
         names = (SAMPLE / f"{split}.txt").read_text().split()[:size]
@@ -37,7 +37,7 @@ def write_lists(work: Path, tiny: bool) -> dict[str, list[str]]:
     return lists
 
 
-def command(cwd: Path, script: str | Path, *args: str, env: dict | None = None) -> tuple[str, float]:
+def run_command(cwd: Path, script: str | Path, *args: str, env: dict | None = None) -> tuple[str, float]:
     """Run a project script with this Python; (stdout + stderr, seconds). A failure stops the check."""
     clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("CHEXNET_")}
     start = time.perf_counter()
@@ -73,21 +73,25 @@ def copy_images(names: list[str], folder: Path) -> None:
     (folder / "test.txt").write_text("".join(n + "\n" for n in names))
 
 
-def train_options(repeats_known: bool) -> list[str]:
-    """2 short epochs from random weights at batch 8 (one pass per image when --repeats exists)."""
-    return ["--epochs", "2", "--batch-size", "8", "--weights", "none", "--no-plots",
+def train_options(tiny: bool, repeats_known: bool) -> list[str]:
+    """2 short epochs from random weights at batch 8 (tiny: 4), one pass per image (--repeats 1)."""
+    return ["--epochs", "2", "--batch-size", "4" if tiny else "8", "--weights", "none", "--no-plots",
             *(["--repeats", "1"] if repeats_known else [])]
 
 
-def run_chain(work: Path, device: str, tiny: bool, workers: int, repeats_known: bool) -> dict:
-    """The chain on `device`; returns what it saw (seconds per stage, precision, box-file checks)."""
+def run_chain(work: Path, device: str, tiny: bool, workers: int, repeats_known: bool,
+              threads: int | None = None) -> dict:
+    """The chain on `device`; returns what it saw (seconds per stage, precision, box-file checks).
+    threads: OMP_NUM_THREADS of the commands (None: torch's default)."""
+    env = {} if threads is None else {"OMP_NUM_THREADS": str(threads)}
+    command = lambda cwd, script, *a, env=env: run_command(cwd, script, *a, env=env)  # noqa: E731
     work.mkdir(parents=True, exist_ok=True)
     lists, seconds = write_lists(work, tiny), {}
     out, seconds["preprocessing"] = command(
         work, ROOT / "preprocessing.py", str(SAMPLE / "images"), str(SAMPLE / "Data_Entry_2017.csv"),
         str(SAMPLE / "BBox_List_2017.csv"), "train.txt", "valid.txt", "prepared", "--quiet")
     out, seconds["train"] = command(work, ROOT / "train.py", "prepared", "--device", device,
-                                    "--workers", str(workers), *train_options(repeats_known))
+                                    "--workers", str(workers), *train_options(tiny, repeats_known))
     found = re.search(r"device (\S+), precision (\S+),", out)
     local = work / "local"
     copy_images(lists["test"], local)
@@ -101,7 +105,7 @@ def run_chain(work: Path, device: str, tiny: bool, workers: int, repeats_known: 
     with zipfile.ZipFile(work / "deepQ.zip") as zf:
         zf.extractall(fresh)
     bundle_log, seconds["bundle_run"] = command(fresh, "inference.py", env={
-        "CHEXNET_DEVICE": device, "CHEXNET_WORKERS": str(workers)})
+        **env, "CHEXNET_DEVICE": device, "CHEXNET_WORKERS": str(workers)})
     ours = (local / "bounding_box.txt").read_text().splitlines()
     theirs = (fresh / "bounding_box.txt").read_text().splitlines()
     expected = [f"images/{n}" for n in lists["test"]]

@@ -28,11 +28,12 @@ from pathlib import Path
 
 from timing import machine, set_threads
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import denseNet_localization  # noqa: E402
 import train  # noqa: E402
-from chexnet import train_data  # noqa: E402
+from chexnet import images, train_data  # noqa: E402
 from chexnet.constants import EPOCHS  # noqa: E402
 from chexnet.utils import run_cli, select_device, write_text_atomic  # noqa: E402
 import gpu_chain  # noqa: E402
@@ -40,10 +41,13 @@ import gpu_speed  # noqa: E402
 
 NIH_IMAGES = 112_120  # rows of Data_Entry_2017(_v2020).csv
 NIH_WITH_FINDING = 46_649  # of them with at least one of the 8 findings (counted in the 2020 table)
-SIZES = {  # (training batch, timed steps, Grad-CAM batch, images compared with the CPU, reps,
-    #          localized images)
-    "full": (64, 40, 64, 8, 10, 512),
-    "tiny": (2, 1, 2, 1, 1, 2),
+# Sizes: training batch, untimed warm-up steps and timed steps per feed; Grad-CAM batch, images
+# compared with the CPU, timed repetitions; images localized end to end.
+SIZES = {
+    "full": {"batch": 64, "warm": 3, "steps": 40, "cam_batch": 64, "compared": 8, "reps": 10,
+             "localized": 512},
+    "tiny": {"batch": 2, "warm": 1, "steps": 1, "cam_batch": 2, "compared": 1, "reps": 1,
+             "localized": 2},
 }
 TARGETS = {"mixed_over_fp32": 2.5, "data_path_overhead": 1.05, "gradcam_over_forward": 1.3,
            "map_difference": 1e-3, "projected_minutes": 20.0}
@@ -77,8 +81,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def training_part(args, device, folder: Path, report: dict) -> None:
-    batch, steps = SIZES[args.size][:2]
-    dataset = gpu_speed.training_data(folder, batch, steps)
+    size = SIZES[args.size]
+    batch, steps = size["batch"], size["steps"]
+    dataset = gpu_speed.training_data(folder, batch, size["warm"] + steps)
     variants = [{"name": "NCHW fp32", "amp": "off", "channels_last": False, "compile": False},
                 {"name": "train.py default", "amp": "auto", "channels_last": True, "compile": False}]
     if args.compile:
@@ -88,7 +93,7 @@ def training_part(args, device, folder: Path, report: dict) -> None:
     for variant in variants:
         try:
             results["variants"].append(gpu_speed.training_variant(dataset, device, batch, args.workers,
-                                                                  variant))
+                                                                  variant, size["warm"]))
         except Exception as err:  # noqa: BLE001 (torch.compile may be unavailable; the rest still counts)
             if not variant["compile"]:
                 raise
@@ -98,15 +103,15 @@ def training_part(args, device, folder: Path, report: dict) -> None:
 
 
 def gradcam_part(args, device, report: dict) -> None:
-    _, _, batch, compared, reps, _ = SIZES[args.size]
-    crops = gpu_speed.stored_images(batch)[:, 16:240, 16:240]  # (B, 224, 224) centre crops
-    crops = torch.from_numpy(crops.copy())
-    report["gradcam"] = {**gpu_speed.gradcam_against_cpu(crops[:compared], device),
-                         **gpu_speed.gradcam_speed(crops, device, reps)}
+    size = SIZES[args.size]
+    crops = torch.from_numpy(np.stack([images.center_crop(x) for x in
+                                       gpu_speed.stored_images(size["cam_batch"])]))  # (B, 224, 224)
+    report["gradcam"] = {**gpu_speed.gradcam_against_cpu(crops[:size["compared"]], device),
+                         **gpu_speed.gradcam_speed(crops, device, size["reps"])}
 
 
 def localization_part(args, device, report: dict) -> None:
-    count = SIZES[args.size][5]
+    count = SIZES[args.size]["localized"]
     batch = denseNet_localization.get_args_parser().parse_args(["TEST_TXT", "IMAGES"]).batch_size
     report["localization"] = gpu_speed.localization_speed(device, count, min(batch, count), args.workers)
 
@@ -134,8 +139,9 @@ def main(args) -> None:
     args.size = "tiny" if args.tiny else "full"
     args.workers = args.workers if args.workers is not None else (1 if args.tiny else
                                                                   train_data.default_workers())
-    if args.threads or args.tiny:
-        set_threads(args.threads or 1)
+    args.threads = args.threads or (1 if args.tiny else None)
+    if args.threads:
+        set_threads(args.threads)
     device = select_device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as train.py sets it
@@ -156,8 +162,8 @@ def main(args) -> None:
 
 def run_parts(args, device, folder: Path, report: dict) -> None:
     parts = {"chain": lambda: report.__setitem__("chain", gpu_chain.run_chain(
-                 folder / "chain", str(device), args.tiny, args.workers, train_default("repeats", None)
-                 is not None)),
+                 folder / "chain", str(device), args.tiny, args.workers,
+                 train_default("repeats", None) is not None, args.threads)),
              "training": lambda: training_part(args, device, folder, report),
              "gradcam": lambda: gradcam_part(args, device, report),
              "localization": lambda: localization_part(args, device, report)}

@@ -23,7 +23,6 @@ from chexnet.constants import ADAM_BETAS, AVERAGE_BOXES, CLASS_NAMES, LEARNING_R
 from gradcam import GradCAM  # noqa: E402
 from model import build_model  # noqa: E402
 
-WARM_STEPS = 2  # untimed steps first: cudnn.benchmark's search, torch.compile, the loader's start
 
 
 def sample_paths() -> list[str]:
@@ -77,24 +76,25 @@ def feed(loader, device, layout):
         yield x, targets.to(device, non_blocking=True)
 
 
-def timed_images_per_s(batches, step, device) -> tuple[float, float]:
-    """(images/s over the batches after WARM_STEPS, seconds of the warm steps)."""
+def timed_images_per_s(batches, step, device, warm_steps: int) -> tuple[float, float]:
+    """(images/s over the batches after the first warm_steps, seconds of those untimed steps: the
+    cudnn.benchmark search, torch.compile, the loader's start)."""
     start, count, warm = time.perf_counter(), 0, None
     for i, (x, y) in enumerate(batches):
         step(x, y)
-        if i + 1 == WARM_STEPS:
+        if i + 1 == warm_steps:
             sync(device)
             warm = time.perf_counter() - start
             start = time.perf_counter()
-        elif i + 1 > WARM_STEPS:
+        elif i + 1 > warm_steps:
             count += len(y)
     sync(device)
     return count / (time.perf_counter() - start), warm
 
 
 def training_data(folder: Path, batch: int, steps: int) -> train_data.TrainingCrops:
-    """A uint8 memory map of (WARM_STEPS + steps) batches and random labels, as train.py reads it."""
-    count = (WARM_STEPS + steps) * batch
+    """A uint8 memory map of `steps` batches and random labels, as train.py reads it."""
+    count = steps * batch
     path = folder / "train_X.npy"
     np.save(path, stored_images(count), allow_pickle=False)
     labels = np.random.default_rng(0).integers(0, 2, size=(count, len(CLASS_NAMES))).astype(np.uint8)
@@ -106,16 +106,16 @@ def train_loader(dataset, batch: int, device, workers: int) -> DataLoader:
     return DataLoader(dataset, batch_sampler=batches, **train_data.loader_options(device.type, workers))
 
 
-def training_variant(dataset, device, batch: int, workers: int, variant: dict) -> dict:
+def training_variant(dataset, device, batch: int, workers: int, variant: dict, warm_steps: int) -> dict:
     """One variant's images/s fed by tensors already on the device and by train.py's data path."""
     layout = torch.channels_last if variant["channels_last"] else torch.contiguous_format
     stepper = Stepper(device, layout, variant["amp"], variant["compile"])
     ready = list(feed(train_loader(dataset, batch, device, 0), device, layout))
-    in_memory, warm = timed_images_per_s(ready, stepper.step, device)
+    in_memory, warm = timed_images_per_s(ready, stepper.step, device, warm_steps)
     del ready
     reset_peak(device)  # the peak of train.py's situation: batches arrive one at a time
     loader = feed(train_loader(dataset, batch, device, workers), device, layout)
-    data_path, _ = timed_images_per_s(loader, stepper.step, device)
+    data_path, _ = timed_images_per_s(loader, stepper.step, device, warm_steps)
     return {**variant, "precision": stepper.precision, "in_memory_images_per_s": in_memory,
             "data_path_images_per_s": data_path, "data_path_time_over_in_memory": in_memory / data_path,
             "warm_up_s": warm, "peak_memory_mib": peak_mib(device)}
