@@ -23,6 +23,7 @@ import datetime
 import json
 import shutil
 import tempfile
+import time
 import traceback
 from pathlib import Path
 
@@ -49,6 +50,7 @@ SIZES = {
     "tiny": {"batch": 2, "warm": 1, "steps": 1, "cam_batch": 2, "compared": 1, "reps": 1,
              "localized": 2},
 }
+PARTS = ("chain", "gradcam", "localization", "training")  # torch.compile's variant comes last
 TARGETS = {"mixed_over_fp32": 2.5, "data_path_overhead": 1.05, "gradcam_over_forward": 1.3,
            "map_difference": 1e-3, "projected_minutes": 20.0}
 
@@ -65,9 +67,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="DataLoader processes (default: train.py's, the usable CPUs up to 16; 1 with --tiny)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads of this process (default: torch's own; 1 with --tiny)")
-    p.add_argument("--parts", type=str, nargs="+", default=["chain", "training", "gradcam", "localization"],
-                   choices=["chain", "training", "gradcam", "localization"],
-                   help="parts to run (default: all four; the projection needs training and gradcam)")
+    p.add_argument("--parts", type=str, nargs="+", default=list(PARTS), choices=PARTS,
+                   help=f"parts to run, in this order (default: {' '.join(PARTS)}; the projection "
+                        "needs gradcam and training)")
     p.add_argument("--train-share", type=float, default=0.7,
                    help="training share of the NIH release in the projection (default: 0.7, CheXNet's "
                         "70/10/20 split)")
@@ -80,26 +82,31 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def training_part(args, device, folder: Path, report: dict) -> None:
+def training_part(args, device, folder: Path, report: dict, save) -> None:
+    """Each variant in turn (saved as it comes: torch.compile, last, may outlast a time limit)."""
     size = SIZES[args.size]
     batch, steps = size["batch"], size["steps"]
     dataset = gpu_speed.training_data(folder, batch, size["warm"] + steps)
-    variants = [{"name": "NCHW fp32", "amp": "off", "channels_last": False, "compile": False},
-                {"name": "train.py default", "amp": "auto", "channels_last": True, "compile": False}]
+    strict = {"name": "NCHW fp32", "amp": "off", "channels_last": False, "compile": False, "tf32": False}
+    default = {**strict, "name": "train.py default", "amp": "auto", "channels_last": True, "tf32": None}
+    variants = [strict, default]
+    if device.type == "cuda":  # --amp off as PyTorch runs it: cuDNN convolutions in TF32
+        variants.insert(1, {**strict, "name": "NCHW --amp off (cuDNN TF32)", "tf32": None})
     if args.compile:
-        variants.append({**variants[1], "name": "train.py default + torch.compile", "compile": True})
+        variants.append({**default, "name": "train.py default + torch.compile", "compile": True})
     results = report["training"] = {"batch": batch, "steps": steps, "workers": args.workers,
                                     "variants": []}
+    results["loader_alone_images_per_s"] = {  # the data path with no step: can it feed the device?
+        str(w): gpu_speed.loader_alone(dataset, device, batch, w) for w in sorted({0, args.workers})}
     for variant in variants:
         try:
             results["variants"].append(gpu_speed.training_variant(dataset, device, batch, args.workers,
                                                                   variant, size["warm"]))
+            save()
         except Exception as err:  # noqa: BLE001 (torch.compile may be unavailable; the rest still counts)
             if not variant["compile"]:
                 raise
             results["variants"].append({**variant, "error": f"{type(err).__name__}: {err}"[:500]})
-    results["loader_alone_images_per_s"] = {
-        str(w): gpu_speed.loader_alone(dataset, device, batch, w) for w in sorted({0, args.workers})}
 
 
 def gradcam_part(args, device, report: dict) -> None:
@@ -148,7 +155,8 @@ def main(args) -> None:
     report = {"check": "gpu_check", "version": 1, "size": args.size,
               "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "machine": machine(), "device": describe(device), "torch": torch.__version__,
-              "args": {k: v for k, v in vars(args).items()}, "errors": {}}
+              "args": {k: v for k, v in vars(args).items()}, "seconds": {}, "errors": {},
+              "cudnn_tf32_default": torch.backends.cudnn.allow_tf32}
     folder = Path(args.work or tempfile.mkdtemp(prefix="gpu_check_"))
     try:
         run_parts(args, device, folder, report)
@@ -164,20 +172,26 @@ def run_parts(args, device, folder: Path, report: dict) -> None:
     parts = {"chain": lambda: report.__setitem__("chain", gpu_chain.run_chain(
                  folder / "chain", str(device), args.tiny, args.workers,
                  train_default("repeats", None) is not None, args.threads)),
-             "training": lambda: training_part(args, device, folder, report),
+             "training": lambda: training_part(args, device, folder, report, save),
              "gradcam": lambda: gradcam_part(args, device, report),
              "localization": lambda: localization_part(args, device, report)}
+    def save() -> None:
+        measured = {v["name"] for v in report.get("training", {}).get("variants", []) if "error" not in v}
+        if "gradcam" in report and "train.py default" in measured:
+            report["projection"] = projection(args, report)
+        report["targets"] = targets(report)
+        write_text_atomic(args.json, json.dumps(report, indent=1, default=str) + "\n")
+
     for name in args.parts:
         print(f"gpu_check: {name} ...", flush=True)
+        start = time.perf_counter()
         try:
             parts[name]()
         except Exception as err:  # noqa: BLE001 (one failed part must not hide the others' figures)
             report["errors"][name] = "".join(traceback.format_exception_only(err)).strip()[-3000:]
             traceback.print_exc()
-        if "training" in report and "gradcam" in report and "variants" in report["training"]:
-            report["projection"] = projection(args, report)
-        report["targets"] = targets(report)
-        write_text_atomic(args.json, json.dumps(report, indent=1, default=str) + "\n")
+        report["seconds"][name] = round(time.perf_counter() - start, 1)
+        save()
 
 
 def describe(device: torch.device) -> str:

@@ -109,13 +109,14 @@ def train_loader(dataset, batch: int, device, workers: int) -> DataLoader:
 def training_variant(dataset, device, batch: int, workers: int, variant: dict, warm_steps: int) -> dict:
     """One variant's images/s fed by tensors already on the device and by train.py's data path."""
     layout = torch.channels_last if variant["channels_last"] else torch.contiguous_format
-    stepper = Stepper(device, layout, variant["amp"], variant["compile"])
-    ready = list(feed(train_loader(dataset, batch, device, 0), device, layout))
-    in_memory, warm = timed_images_per_s(ready, stepper.step, device, warm_steps)
-    del ready
-    reset_peak(device)  # the peak of train.py's situation: batches arrive one at a time
-    loader = feed(train_loader(dataset, batch, device, workers), device, layout)
-    data_path, _ = timed_images_per_s(loader, stepper.step, device, warm_steps)
+    with cuda_tf32(variant["tf32"]):
+        stepper = Stepper(device, layout, variant["amp"], variant["compile"])
+        ready = list(feed(train_loader(dataset, batch, device, 0), device, layout))
+        in_memory, warm = timed_images_per_s(ready, stepper.step, device, warm_steps)
+        del ready
+        reset_peak(device)  # the peak of train.py's situation: batches arrive one at a time
+        loader = feed(train_loader(dataset, batch, device, workers), device, layout)
+        data_path, _ = timed_images_per_s(loader, stepper.step, device, warm_steps)
     return {**variant, "precision": stepper.precision, "in_memory_images_per_s": in_memory,
             "data_path_images_per_s": data_path, "data_path_time_over_in_memory": in_memory / data_path,
             "warm_up_s": warm, "peak_memory_mib": peak_mib(device)}
@@ -136,10 +137,11 @@ def loader_alone(dataset, device, batch: int, workers: int) -> float:
 
 
 @contextmanager
-def cuda_tf32(allowed: bool):
-    """cuDNN's and cuBLAS's TF32 switches set for the block, restored after."""
+def cuda_tf32(allowed: bool | None):
+    """cuDNN's and cuBLAS's TF32 switches set for the block (None: as they are), restored after."""
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = allowed
+    if allowed is not None:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = allowed
     try:
         yield
     finally:
@@ -161,7 +163,7 @@ def gradcam_against_cpu(crops: torch.Tensor, device) -> dict:
     ref_logits, ref_maps = gradcam_maps(model, crops, torch.device("cpu"))
     out = {"images": len(crops)}
     for name, tf32 in (("fp32", False), ("as_localization", None)):
-        with cuda_tf32(tf32) if tf32 is not None else _nothing():
+        with cuda_tf32(tf32):
             logits, maps = gradcam_maps(model, crops, device)
         out[f"{name}_max_map_difference"] = float(np.abs(maps - ref_maps).max())
         out[f"{name}_max_logit_difference"] = float(np.abs(logits - ref_logits).max())
@@ -169,11 +171,6 @@ def gradcam_against_cpu(crops: torch.Tensor, device) -> dict:
         f" (cuDNN TF32 {'on' if torch.backends.cudnn.allow_tf32 else 'off'})" if device.type == "cuda"
         else "")
     return out
-
-
-@contextmanager
-def _nothing():
-    yield
 
 
 def gradcam_speed(crops: torch.Tensor, device, reps: int) -> dict:

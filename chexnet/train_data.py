@@ -16,9 +16,9 @@ from chexnet import preprocessed
 from chexnet.images import center_crop, random_crop_flip
 from chexnet.utils import InputError, usable_cpus
 
-# Most loading processes train.py starts by default: on the CPU a worker turns some 3,000-4,000
-# images/s into crops (benchmarks/README.md), so 16 keep far ahead of one GPU; beyond that
-# they only cost memory and start-up.
+# Most loading processes train.py starts by default: one core turns about 5,000 images/s into
+# crops and batches of 64 (benchmarks/README.md), so 16 keep far ahead of one GPU's DenseNet-121
+# steps; beyond that they only cost memory and start-up.
 MAX_DEFAULT_WORKERS = 16
 
 
