@@ -28,8 +28,8 @@ from tqdm import tqdm
 from chexnet import metrics, model_dir, preprocessed
 from chexnet.constants import ADAM_BETAS, BATCH_SIZE, CLASS_NAMES, EPOCHS, LEARNING_RATE, REPEATS
 from chexnet.images import normalize
-from chexnet.train_data import (EpochBatches, bce_loss, default_workers, loader_options, loss_weights,
-                                make_datasets)
+from chexnet.train_data import (EpochBatches, bce_loss, default_workers, loader_options,
+                                loss_weights, make_datasets)
 from chexnet.utils import InputError, remove_stale_temporaries, run_cli, select_device
 from model import build_model, load_checkpoint, load_weights, new_checkpoint, save_checkpoint
 
@@ -244,8 +244,8 @@ def run_epoch(run: Run, args, epoch: int) -> tuple[dict, dict]:
     """Train one epoch and validate: (the metrics.jsonl record, validate()'s result)."""
     start = time.perf_counter()
     run.train_loader.batch_sampler.set_epoch(epoch)
-    train_loss = train_one_epoch(run.model, run.train_loader, run.optimizer, run.scaler, run.weights,
-                                 run.device, run.autocast, epoch)
+    train_loss = train_one_epoch(run.model, run.train_loader, run.optimizer, run.scaler,
+                                 run.weights, run.device, run.autocast, epoch)
     result = validate(run.model, run.valid_loader, run.device)
     record = {"epoch": epoch, "train_loss": train_loss, "valid_loss": result["valid_loss"],
               "auroc": result["auroc"], "mean_auroc": result["mean_auroc"],

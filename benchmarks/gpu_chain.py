@@ -2,8 +2,8 @@
 
 preprocessing.py -> train.py (2 short epochs, random init, offline) -> denseNet_localization.py ->
 inference.py --build-bundle, then the unzipped bundle's `python3 inference.py` (no arguments; the
-device from $CHEXNET_DEVICE) in a folder holding only the bundle, images/ and test.txt. Both box files
-use threshold 0 for every class, so every heatmap and every box of every image is compared.
+device from $CHEXNET_DEVICE) in a folder holding only the bundle, images/ and test.txt. Both box
+files use threshold 0 for every class, so every heatmap and every box of every image is compared.
 """
 from __future__ import annotations
 
@@ -28,18 +28,21 @@ TIMEOUT_S = 600
 
 def write_lists(work: Path, tiny: bool) -> dict[str, list[str]]:
     """train/valid/test lists from sample/ (tiny: 4/2/2 images), written into work/."""
-    sizes = {"train": 4, "valid": 2, "test": 2} if tiny else {"train": None, "valid": None, "test": None}
     lists = {}
-    for split, size in sizes.items():
+    for split, size in {"train": 4, "valid": 2, "test": 2}.items():
+        size = size if tiny else None
         names = (SAMPLE / f"{split}.txt").read_text().split()[:size]
         (work / f"{split}.txt").write_text("".join(n + "\n" for n in names))
         lists[split] = names
     return lists
 
 
-def run_command(cwd: Path, script: str | Path, *args: str, env: dict | None = None) -> tuple[str, float]:
-    """Run a project script with this Python; (stdout + stderr, seconds). A failure stops the check."""
-    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("CHEXNET_")}
+def run_command(cwd: Path, script: str | Path, *args: str, env: dict | None = None
+                ) -> tuple[str, float]:
+    """Run a project script with this Python: (stdout + stderr, seconds). A failure stops the check.
+    Neither PYTHONPATH nor a $CHEXNET_ variable of the caller reaches it."""
+    clean = {k: v for k, v in os.environ.items()
+             if k != "PYTHONPATH" and not k.startswith("CHEXNET_")}
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, str(script), *args], cwd=cwd, capture_output=True,
                           text=True, timeout=TIMEOUT_S, env={**clean, **(env or {})})
@@ -58,8 +61,8 @@ def box_file_format_errors(lines: list[str], expected_images: list[str]) -> list
             return errors + [f"line {i + 1}: not an image header: {lines[i]!r}"]
         path, count = lines[i].rsplit(" ", 1)
         images.append(path)
-        errors += [f"line {j + 1}: {lines[j]!r}" for j in range(i + 1, min(i + 1 + int(count), len(lines)))
-                   if not BOX.match(lines[j])]
+        body = range(i + 1, min(i + 1 + int(count), len(lines)))
+        errors += [f"line {j + 1}: {lines[j]!r}" for j in body if not BOX.match(lines[j])]
         i += 1 + int(count)
     if images != expected_images:
         errors.append(f"images {images} != {expected_images}")
@@ -75,7 +78,8 @@ def copy_images(names: list[str], folder: Path) -> None:
 
 def train_options(tiny: bool, repeats_known: bool) -> list[str]:
     """2 short epochs from random weights at batch 8 (tiny: 4), one pass per image (--repeats 1)."""
-    return ["--epochs", "2", "--batch-size", "4" if tiny else "8", "--weights", "none", "--no-plots",
+    return ["--epochs", "2", "--batch-size", "4" if tiny else "8", "--weights", "none",
+            "--no-plots",
             *(["--repeats", "1"] if repeats_known else [])]
 
 
@@ -87,17 +91,18 @@ def run_chain(work: Path, device: str, tiny: bool, workers: int, repeats_known: 
     command = lambda cwd, script, *a, env=env: run_command(cwd, script, *a, env=env)  # noqa: E731
     work.mkdir(parents=True, exist_ok=True)
     lists, seconds = write_lists(work, tiny), {}
-    out, seconds["preprocessing"] = command(
-        work, ROOT / "preprocessing.py", str(SAMPLE / "images"), str(SAMPLE / "Data_Entry_2017.csv"),
-        str(SAMPLE / "BBox_List_2017.csv"), "train.txt", "valid.txt", "prepared", "--quiet")
+    tables = [str(SAMPLE / "Data_Entry_2017.csv"), str(SAMPLE / "BBox_List_2017.csv")]
+    out, seconds["preprocessing"] = command(work, ROOT / "preprocessing.py", str(SAMPLE / "images"),
+                                            *tables, "train.txt", "valid.txt", "prepared",
+                                            "--quiet")
     out, seconds["train"] = command(work, ROOT / "train.py", "prepared", "--device", device,
                                     "--workers", str(workers), *train_options(tiny, repeats_known))
     found = re.search(r"device (\S+), precision (\S+),", out)
     local = work / "local"
     copy_images(lists["test"], local)
     _, seconds["localization"] = command(
-        local, ROOT / "denseNet_localization.py", "test.txt", "images", "--model", "../model/best.pt",
-        "--thresholds", "0", "--device", device, "--workers", str(workers))
+        local, ROOT / "denseNet_localization.py", "test.txt", "images", "--model",
+        "../model/best.pt", "--thresholds", "0", "--device", device, "--workers", str(workers))
     _, seconds["build_bundle"] = command(work, ROOT / "inference.py", "--build-bundle", "deepQ.zip",
                                          "--model", "model/best.pt", "--thresholds", "0")
     fresh = work / "fresh"

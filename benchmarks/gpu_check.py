@@ -1,7 +1,7 @@
 """The GPU path proven in one run: the chain on the device, training speed, Grad-CAM, a projection.
 
-    python3 benchmarks/gpu_check.py [--device cuda] [--compile] [--json FILE]   # under 8 min on an H100/H200
-    python3 benchmarks/gpu_check.py --device cpu --tiny                           # the same code, < 1 min
+    python3 benchmarks/gpu_check.py --device cuda --compile [--json FILE]  # < 8 min, H100/H200
+    python3 benchmarks/gpu_check.py --device cpu --tiny     # the same code on a CPU, about 1 min
 
 1. chain: preprocessing.py -> train.py (2 short epochs) -> denseNet_localization.py -> the bundle's
    `python3 inference.py` in a fresh folder, all on --device; both box files in the exact format and
@@ -46,35 +46,38 @@ NIH_WITH_FINDING = 46_649  # of them with at least one of the 8 findings (counte
 # compared with the CPU, timed repetitions; images localized end to end.
 SIZES = {
     "full": {"batch": 64, "warm": 3, "steps": 40, "cam_batch": 64, "compared": 8, "reps": 10,
-             "localized": 512},
+             "localized": 512, "loader_batches": 40},
     "tiny": {"batch": 2, "warm": 1, "steps": 1, "cam_batch": 2, "compared": 1, "reps": 1,
-             "localized": 2},
+             "localized": 2, "loader_batches": 3},
 }
-PARTS = ("chain", "gradcam", "localization", "training")  # torch.compile's variant comes last
+PARTS = ("chain", "gradcam", "localization", "loader", "training")  # torch.compile comes last
 TARGETS = {"mixed_over_fp32": 2.5, "data_path_overhead": 1.05, "gradcam_over_forward": 1.3,
            "map_difference": 1e-3, "projected_minutes": 20.0}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--device", type=str, default="auto",
+                   help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--tiny", action="store_true",
-                   help="tiny sizes (batch 2, 1 timed step, 2 test images): the code path in under a "
-                        "minute on a CPU (default: full sizes, batch 64)")
+                   help="tiny sizes (batch 2, 1 timed step, 2 test images): the code path in "
+                        "about a minute on a CPU (default: full sizes, batch 64)")
     p.add_argument("--compile", action="store_true",
                    help="also time train.py's default under torch.compile (default: off)")
     p.add_argument("--workers", type=int, default=None,
-                   help="DataLoader processes (default: train.py's, the usable CPUs up to 16; 1 with --tiny)")
+                   help="DataLoader processes (default: train.py's, the usable CPUs up to 16; "
+                        "1 with --tiny)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads of this process (default: torch's own; 1 with --tiny)")
     p.add_argument("--parts", type=str, nargs="+", default=list(PARTS), choices=PARTS,
                    help=f"parts to run, in this order (default: {' '.join(PARTS)}; the projection "
                         "needs gradcam and training)")
     p.add_argument("--train-share", type=float, default=0.7,
-                   help="training share of the NIH release in the projection (default: 0.7, CheXNet's "
-                        "70/10/20 split)")
+                   help="training share of the NIH release in the projection (default: 0.7, "
+                        "CheXNet's 70/10/20 split)")
     p.add_argument("--valid-share", type=float, default=0.1,
-                   help="validation share (every image, findings or not) in the projection (default: 0.1)")
+                   help="validation share (every image, findings or not) in the projection "
+                        "(default: 0.1)")
     p.add_argument("--json", type=str, default="output/gpu_check.json",
                    help="the JSON to write (default: output/gpu_check.json)")
     p.add_argument("--work", type=str, default=None,
@@ -87,8 +90,10 @@ def training_part(args, device, folder: Path, report: dict, save) -> None:
     size = SIZES[args.size]
     batch, steps = size["batch"], size["steps"]
     dataset = gpu_speed.training_data(folder, batch, size["warm"] + steps)
-    strict = {"name": "NCHW fp32", "amp": "off", "channels_last": False, "compile": False, "tf32": False}
-    default = {**strict, "name": "train.py default", "amp": "auto", "channels_last": True, "tf32": None}
+    strict = {"name": "NCHW fp32", "amp": "off", "channels_last": False, "compile": False,
+              "tf32": False}
+    default = {**strict, "name": "train.py default", "amp": "auto", "channels_last": True,
+               "tf32": None}
     variants = [strict, default]
     if device.type == "cuda":  # --amp off as PyTorch runs it: cuDNN convolutions in TF32
         variants.insert(1, {**strict, "name": "NCHW --amp off (cuDNN TF32)", "tf32": None})
@@ -97,22 +102,32 @@ def training_part(args, device, folder: Path, report: dict, save) -> None:
     results = report["training"] = {"batch": batch, "steps": steps, "workers": args.workers,
                                     "variants": []}
     results["loader_alone_images_per_s"] = {  # the data path with no step: can it feed the device?
-        str(w): gpu_speed.loader_alone(dataset, device, batch, w) for w in sorted({0, args.workers})}
+        str(w): gpu_speed.loader_alone(dataset, device, batch, w)
+        for w in sorted({0, args.workers})}
     for variant in variants:
         try:
-            results["variants"].append(gpu_speed.training_variant(dataset, device, batch, args.workers,
-                                                                  variant, size["warm"]))
+            results["variants"].append(gpu_speed.training_variant(
+                dataset, device, batch, args.workers, variant, size["warm"]))
             save()
-        except Exception as err:  # noqa: BLE001 (torch.compile may be unavailable; the rest still counts)
+        except Exception as err:  # noqa: BLE001 (torch.compile may fail; the rest still counts)
             if not variant["compile"]:
                 raise
             results["variants"].append({**variant, "error": f"{type(err).__name__}: {err}"[:500]})
 
 
+def loader_part(args, folder: Path, report: dict) -> None:
+    """The workers' part of train.py's data path alone, at 0, 1, 2, ... --workers processes."""
+    size = SIZES[args.size]
+    dataset = gpu_speed.training_data(folder, size["batch"], size["loader_batches"], "loader.npy")
+    counts = sorted({0, 1, *range(2, args.workers + 1, 2), args.workers})
+    report["loader"] = {"batch": size["batch"], "crops_and_batches_images_per_s": {
+        str(w): gpu_speed.crops_and_batches(dataset, size["batch"], w) for w in counts}}
+
+
 def gradcam_part(args, device, report: dict) -> None:
     size = SIZES[args.size]
-    crops = torch.from_numpy(np.stack([images.center_crop(x) for x in
-                                       gpu_speed.stored_images(size["cam_batch"])]))  # (B, 224, 224)
+    stored = gpu_speed.stored_images(size["cam_batch"])
+    crops = torch.from_numpy(np.stack([images.center_crop(x) for x in stored]))  # (B, 224, 224)
     report["gradcam"] = {**gpu_speed.gradcam_against_cpu(crops[:size["compared"]], device),
                          **gpu_speed.gradcam_speed(crops, device, size["reps"])}
 
@@ -120,7 +135,8 @@ def gradcam_part(args, device, report: dict) -> None:
 def localization_part(args, device, report: dict) -> None:
     count = SIZES[args.size]["localized"]
     batch = denseNet_localization.get_args_parser().parse_args(["TEST_TXT", "IMAGES"]).batch_size
-    report["localization"] = gpu_speed.localization_speed(device, count, min(batch, count), args.workers)
+    report["localization"] = gpu_speed.localization_speed(device, count, min(batch, count),
+                                                          args.workers)
 
 
 def train_default(name: str, fallback):
@@ -139,7 +155,8 @@ def projection(args, report: dict) -> dict:
     return {"train_images": train_images, "repeats": repeats, "epochs": EPOCHS,
             "valid_images": valid_images, "train_images_per_s": default["data_path_images_per_s"],
             "valid_images_per_s": report["gradcam"]["forward_images_per_s"],
-            "train_minutes": train_min, "valid_minutes": valid_min, "minutes": train_min + valid_min}
+            "train_minutes": train_min, "valid_minutes": valid_min,
+            "minutes": train_min + valid_min}
 
 
 def main(args) -> None:
@@ -174,9 +191,11 @@ def run_parts(args, device, folder: Path, report: dict) -> None:
                  train_default("repeats", None) is not None, args.threads)),
              "training": lambda: training_part(args, device, folder, report, save),
              "gradcam": lambda: gradcam_part(args, device, report),
-             "localization": lambda: localization_part(args, device, report)}
+             "localization": lambda: localization_part(args, device, report),
+             "loader": lambda: loader_part(args, folder, report)}
     def save() -> None:
-        measured = {v["name"] for v in report.get("training", {}).get("variants", []) if "error" not in v}
+        variants = report.get("training", {}).get("variants", [])
+        measured = {v["name"] for v in variants if "error" not in v}
         if "gradcam" in report and "train.py default" in measured:
             report["projection"] = projection(args, report)
         report["targets"] = targets(report)
@@ -208,7 +227,8 @@ def targets(report: dict) -> list[dict]:
         rows.append({"what": what, "value": value, "target": target,
                      "met": None if value is None else bool(met(value))})
 
-    variants = {v["name"]: v for v in report.get("training", {}).get("variants", []) if "error" not in v}
+    variants = {v["name"]: v for v in report.get("training", {}).get("variants", [])
+                if "error" not in v}
     fp32, default = variants.get("NCHW fp32"), variants.get("train.py default")
     add("train.py default / fp32 NCHW, images/s in memory",
         default and fp32 and default["in_memory_images_per_s"] / fp32["in_memory_images_per_s"],
@@ -243,19 +263,23 @@ def table(report: dict) -> str:
                      f"{v['in_memory_images_per_s']:.1f} images/s, data path "
                      f"{v['data_path_images_per_s']:.1f}{memory}")
     for workers, rate in report.get("training", {}).get("loader_alone_images_per_s", {}).items():
-        lines.append(f"  data path alone, {workers} workers: {rate:.0f} images/s")
+        lines.append(f"  data path to the device, no step, {workers} workers: {rate:.0f} images/s")
+    rates = report.get("loader", {}).get("crops_and_batches_images_per_s", {})
+    if rates:
+        lines.append("  crops and batches alone (workers: images/s): "
+                     + ", ".join(f"{w}: {r:.0f}" for w, r in rates.items()))
     if "localization" in report:
         lines.append(f"  localization end to end, all 8 classes active: "
                      f"{report['localization']['images_per_s']:.1f} images/s")
     if "projection" in report:
         p = report["projection"]
-        lines.append(f"  projection: {p['epochs']} epochs x {p['repeats']} repeats x {p['train_images']} "
-                     f"images = {p['train_minutes']:.1f} min training + {p['valid_minutes']:.1f} min "
-                     f"validation")
+        lines.append(f"  projection: {p['epochs']} epochs x {p['repeats']} repeats x "
+                     f"{p['train_images']} images = {p['train_minutes']:.1f} min training + "
+                     f"{p['valid_minutes']:.1f} min validation")
     lines.append(f"  {'target':<52} {'measured':>12} {'aim':>9}  verdict")
     for row in report["targets"]:
         value = row["value"]
-        shown = "-" if value is None else (str(value) if isinstance(value, bool) else f"{value:.4g}")
+        shown = "-" if value is None else str(value) if isinstance(value, bool) else f"{value:.4g}"
         verdict = {None: "not run", True: "met", False: "MISSED"}[row["met"]]
         lines.append(f"  {row['what']:<52} {shown:>12} {row['target']:>9}  {verdict}")
     for part, error in report["errors"].items():

@@ -1,9 +1,9 @@
-"""gpu_check's measurements: training steps (by precision and layout, fed by train.py's data path or by
-tensors already on the device), the loader alone, Grad-CAM against the CPU, localization end to end.
+"""gpu_check's measurements: training steps (by precision and layout, fed by train.py's data path or
+by tensors already on the device), the loader alone, Grad-CAM against the CPU, localization.
 
-Every part uses the project's own code (train.amp_setup/to_input, chexnet.train_data's dataset, batches
-and loader options, gradcam.GradCAM, localize.iter_localize), on real sample X-rays. The network has
-random (seeded) weights: the work per image is that of a trained one.
+Every part uses the project's own code (train.amp_setup/to_input, chexnet.train_data's dataset,
+batches and loader options, gradcam.GradCAM, localize.iter_localize), on real sample X-rays. The
+network has random (seeded) weights: the work per image is that of a trained one.
 """
 from __future__ import annotations
 
@@ -55,7 +55,8 @@ class Stepper:
 
     def __init__(self, device: torch.device, layout, amp: str, compiled: bool):
         self.model = seeded_model(device, layout).train()
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=LEARNING_RATE, betas=ADAM_BETAS)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=LEARNING_RATE,
+                                          betas=ADAM_BETAS)
         self.autocast, self.scaler, self.precision = train.amp_setup(device, amp)
         self.forward = torch.compile(self.model) if compiled else self.model
 
@@ -92,21 +93,24 @@ def timed_images_per_s(batches, step, device, warm_steps: int) -> tuple[float, f
     return count / (time.perf_counter() - start), warm
 
 
-def training_data(folder: Path, batch: int, steps: int) -> train_data.TrainingCrops:
+def training_data(folder: Path, batch: int, steps: int, name: str = "train_X.npy"
+                  ) -> train_data.TrainingCrops:
     """A uint8 memory map of `steps` batches and random labels, as train.py reads it."""
     count = steps * batch
-    path = folder / "train_X.npy"
+    path = folder / name
     np.save(path, stored_images(count), allow_pickle=False)
-    labels = np.random.default_rng(0).integers(0, 2, size=(count, len(CLASS_NAMES))).astype(np.uint8)
+    labels = np.random.default_rng(0).integers(0, 2, size=(count, len(CLASS_NAMES)), dtype=np.uint8)
     return train_data.TrainingCrops(path, labels, np.arange(count), True, seed=0)
 
 
 def train_loader(dataset, batch: int, device, workers: int) -> DataLoader:
     batches = train_data.EpochBatches(len(dataset), batch, seed=0)
-    return DataLoader(dataset, batch_sampler=batches, **train_data.loader_options(device.type, workers))
+    options = train_data.loader_options(device.type, workers)
+    return DataLoader(dataset, batch_sampler=batches, **options)
 
 
-def training_variant(dataset, device, batch: int, workers: int, variant: dict, warm_steps: int) -> dict:
+def training_variant(dataset, device, batch: int, workers: int, variant: dict,
+                     warm_steps: int) -> dict:
     """One variant's images/s fed by tensors already on the device and by train.py's data path."""
     layout = torch.channels_last if variant["channels_last"] else torch.contiguous_format
     with cuda_tf32(variant["tf32"]):
@@ -118,7 +122,8 @@ def training_variant(dataset, device, batch: int, workers: int, variant: dict, w
         loader = feed(train_loader(dataset, batch, device, workers), device, layout)
         data_path, _ = timed_images_per_s(loader, stepper.step, device, warm_steps)
     return {**variant, "precision": stepper.precision, "in_memory_images_per_s": in_memory,
-            "data_path_images_per_s": data_path, "data_path_time_over_in_memory": in_memory / data_path,
+            "data_path_images_per_s": data_path,
+            "data_path_time_over_in_memory": in_memory / data_path,
             "warm_up_s": warm, "peak_memory_mib": peak_mib(device)}
 
 
@@ -133,6 +138,18 @@ def loader_alone(dataset, device, batch: int, workers: int) -> float:
         else:
             count += len(y)
     sync(device)
+    return count / (time.perf_counter() - start)
+
+
+def crops_and_batches(dataset, batch: int, workers: int) -> float:
+    """Images/s of the workers' part alone (memmap rows, seeded crop/flip, collate into uint8
+    batches), without the copy to a device: the ceiling of per-sample Python in the loader."""
+    count, start = 0, None
+    for i, (crops, _) in enumerate(train_loader(dataset, batch, torch.device("cpu"), workers)):
+        if i == 0:
+            start = time.perf_counter()  # after the workers' start
+        else:
+            count += len(crops)
     return count / (time.perf_counter() - start)
 
 
@@ -157,8 +174,9 @@ def gradcam_maps(model, crops: torch.Tensor, device) -> tuple[np.ndarray, np.nda
 
 
 def gradcam_against_cpu(crops: torch.Tensor, device) -> dict:
-    """Max differences of the device's maps (and logits) to fp32 CPU maps of the same images: strict
-    fp32 (TF32 off) and as localization runs (PyTorch's defaults: cuDNN convolutions may use TF32)."""
+    """Max differences of the device's maps (and logits) to fp32 CPU maps of the same images:
+    strict fp32 (TF32 off) and as localization runs (PyTorch's defaults: cuDNN convolutions may
+    use TF32)."""
     model = seeded_model(torch.device("cpu")).eval()
     ref_logits, ref_maps = gradcam_maps(model, crops, torch.device("cpu"))
     out = {"images": len(crops)}
@@ -167,14 +185,14 @@ def gradcam_against_cpu(crops: torch.Tensor, device) -> dict:
             logits, maps = gradcam_maps(model, crops, device)
         out[f"{name}_max_map_difference"] = float(np.abs(maps - ref_maps).max())
         out[f"{name}_max_logit_difference"] = float(np.abs(logits - ref_logits).max())
-    out["localization_precision"] = "fp32" + (
-        f" (cuDNN TF32 {'on' if torch.backends.cudnn.allow_tf32 else 'off'})" if device.type == "cuda"
-        else "")
+    tf32 = "on" if torch.backends.cudnn.allow_tf32 else "off"
+    out["localization_precision"] = f"fp32 (cuDNN TF32 {tf32})" if device.type == "cuda" else "fp32"
     return out
 
 
 def gradcam_speed(crops: torch.Tensor, device, reps: int) -> dict:
-    """Grad-CAM of all 8 classes against a plain forward at batch len(crops), as localization runs."""
+    """Grad-CAM of all 8 classes against a plain forward at batch len(crops), as localization
+    runs it."""
     model = seeded_model(device).eval()
     x = images.normalize(crops.to(device))
 
@@ -201,7 +219,8 @@ def gradcam_speed(crops: torch.Tensor, device, reps: int) -> dict:
 
 
 def localization_speed(device, count: int, batch: int, workers: int) -> dict:
-    """localize.iter_localize end to end (decode, crop, forward, Grad-CAM, boxes), every class active."""
+    """localize.iter_localize end to end (decode, crop, forward, Grad-CAM, boxes), every class
+    active."""
     model = seeded_model(device).eval()
     paths = [sample_paths()[i % len(sample_paths())] for i in range(count)]
     thresholds, sizes = np.zeros(len(CLASS_NAMES), np.float32), np.array(AVERAGE_BOXES)

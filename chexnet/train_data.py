@@ -74,7 +74,8 @@ class EpochBatches(Sampler):
     persistent workers) serves every epoch, with the same batches as a loader made per epoch."""
 
     def __init__(self, n: int, batch_size: int, seed: int, repeats: int = 1):
-        self.n, self.batch_size, self.seed, self.repeats, self.epoch = n, batch_size, seed, repeats, 1
+        self.n, self.batch_size, self.seed, self.repeats = n, batch_size, seed, repeats
+        self.epoch = 1
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -1,6 +1,6 @@
-"""benchmarks/gpu_check.py --device cpu --tiny: the GPU check's code runs every day on the CPU, so it
-cannot rot between GPU runs; its chain's box files (denseNet_localization's and the unzipped bundle's)
-are equal, and its JSON has every part."""
+"""benchmarks/gpu_check.py --device cpu --tiny: the GPU check's code runs every day on the CPU, so
+it cannot rot between GPU runs; its chain's box files (denseNet_localization's and the unzipped
+bundle's) are equal, and its JSON has every part."""
 import json
 import sys
 from pathlib import Path
@@ -18,8 +18,9 @@ import gpu_check  # noqa: E402
 def report(tmp_path_factory):
     folder = tmp_path_factory.mktemp("gpu_check")
     threads = torch.get_num_threads()
-    args = gpu_check.get_args_parser().parse_args(
-        ["--device", "cpu", "--tiny", "--json", str(folder / "check.json"), "--work", str(folder / "work")])
+    args = gpu_check.get_args_parser().parse_args(["--device", "cpu", "--tiny", "--json",
+                                                   str(folder / "check.json"), "--work",
+                                                   str(folder / "work")])
     try:
         gpu_check.main(args)  # in this process: one torch start-up fewer than a subprocess
     finally:
@@ -30,11 +31,13 @@ def report(tmp_path_factory):
 def test_every_part_ran_and_the_json_holds_its_figures(report):
     data, _ = report
     assert data["errors"] == {} and data["size"] == "tiny" and data["device"] == "cpu"
-    assert {"chain", "training", "gradcam", "localization", "projection", "targets"} <= set(data)
+    assert {"chain", "training", "gradcam", "localization", "loader", "projection",
+            "targets"} <= set(data)
+    assert set(data["loader"]["crops_and_batches_images_per_s"]) == {"0", "1"}
     variants = {v["name"]: v for v in data["training"]["variants"]}
     assert set(variants) == {"NCHW fp32", "train.py default"}
     for v in variants.values():
-        assert v["precision"] == "fp32" and v["peak_memory_mib"] is None  # the CPU: no autocast, no GPU
+        assert v["precision"] == "fp32" and v["peak_memory_mib"] is None  # the CPU: no autocast
         assert v["in_memory_images_per_s"] > 0 and v["data_path_images_per_s"] > 0
     assert set(data["training"]["loader_alone_images_per_s"]) == {"0", "1"}
     cam = data["gradcam"]
@@ -42,7 +45,8 @@ def test_every_part_ran_and_the_json_holds_its_figures(report):
     assert cam["gradcam_time_over_forward"] > 0 and data["localization"]["images_per_s"] > 0
     projection = data["projection"]
     assert projection["train_images"] == round(46_649 * 0.7) and projection["epochs"] == 10
-    assert projection["minutes"] == pytest.approx(projection["train_minutes"] + projection["valid_minutes"])
+    total = projection["train_minutes"] + projection["valid_minutes"]
+    assert projection["minutes"] == pytest.approx(total) and projection["repeats"] == 4
     assert [t["met"] is None for t in data["targets"]] == [False] * len(data["targets"])
 
 
@@ -58,6 +62,7 @@ def test_the_chain_wrote_equal_box_files_in_the_exact_format(report):
 
 def test_box_file_format_check_finds_a_broken_line():
     good = ["images/a.png 1", "Mass 1.0 2.0 3.0 4.0"]
-    assert gpu_check.gpu_chain.box_file_format_errors(good, ["images/a.png"]) == []
-    assert gpu_check.gpu_chain.box_file_format_errors(["images/a.png 1", "Mass 1 2 3 4"], ["images/a.png"])
-    assert gpu_check.gpu_chain.box_file_format_errors(good, ["images/b.png"])
+    check = gpu_check.gpu_chain.box_file_format_errors
+    assert check(good, ["images/a.png"]) == []
+    assert check(["images/a.png 1", "Mass 1 2 3 4"], ["images/a.png"])  # not %.1f
+    assert check(good, ["images/b.png"])
