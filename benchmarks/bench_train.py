@@ -18,7 +18,6 @@ precision (bf16 where supported), cudnn.benchmark on.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -45,9 +44,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=3,
                    help="timed steps per run, after the first step (timed apart) (default: 3)")
     p.add_argument("--reps", type=int, default=3, help="runs of each variant (default: 3)")
-    p.add_argument("--workers", type=int, nargs="+", default=[0, min(4, os.cpu_count() or 1)],
+    p.add_argument("--workers", type=int, nargs="+", default=[0, train_data.default_workers()],
                    help="DataLoader process counts to time, 0 = in the main process (default: 0 and "
-                        "train.py's default min(4, CPU count))")
+                        "train.py's default, the usable CPUs up to 16)")
     p.add_argument("--device", type=str, default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     p.add_argument("--amp", type=str, default="off", choices=["off", "on", "both"],
                    help="CUDA only: off = fp32, on = train.amp_setup('auto'), both = time each (default: off)")

@@ -116,9 +116,12 @@ def run_chain(work: Path, device: str, tiny: bool, workers: int, repeats_known: 
     expected = [f"images/{n}" for n in lists["test"]]
     return {"device": device, "train_device": found and found.group(1),
             "train_precision": found and found.group(2),
-            "bundle_device_line": next((ln for ln in bundle_log.splitlines() if " on " in ln), ""),
+            "bundle_device": (re.search(r" on (\S+?),", bundle_log) or [None, None])[1],
             "images": {k: len(v) for k, v in lists.items()}, "seconds": seconds,
             "box_lines": len(ours), "boxes": sum(1 for ln in ours if BOX.match(ln)),
             "format_errors": box_file_format_errors(ours, expected)
             + box_file_format_errors(theirs, expected),
-            "bundle_equals_localization": ours == theirs}
+            "bundle_equals_localization": ours == theirs,
+            "first_difference": next((f"line {i + 1}: {a!r} vs {b!r}" for i, (a, b) in
+                                      enumerate(zip(ours, theirs)) if a != b),
+                                     None if len(ours) == len(theirs) else "lengths differ")}

@@ -253,6 +253,11 @@ def targets(report: dict) -> list[dict]:
 def table(report: dict) -> str:
     """One table: what was measured and the targets."""
     lines = [f"gpu_check on {report['device']} ({report['size']} sizes); {report['machine']}"]
+    chain = report.get("chain")
+    if chain:
+        lines.append(f"  chain: train.py on {chain['train_device']} in {chain['train_precision']}; "
+                     f"the bundle on {chain['bundle_device']}; {chain['boxes']} boxes; seconds "
+                     + ", ".join(f"{k} {v:.0f}" for k, v in chain["seconds"].items()))
     for v in report.get("training", {}).get("variants", []):
         if "error" in v:
             lines.append(f"  training {v['name']}: {v['error']}")
