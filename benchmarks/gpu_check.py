@@ -3,16 +3,19 @@
     python3 benchmarks/gpu_check.py --device cuda --compile [--json FILE]  # < 8 min, H100/H200
     python3 benchmarks/gpu_check.py --device cpu --tiny     # the same code on a CPU, about 1 min
 
-1. chain: preprocessing.py -> train.py (2 short epochs) -> denseNet_localization.py -> the bundle's
-   `python3 inference.py` in a fresh folder, all on --device; both box files in the exact format and
-   equal line for line (gpu_chain.py).
-2. training at --batch-size on 224 crops: fp32 NCHW, train.py's default (mixed precision on CUDA,
-   channels_last), and with --compile the latter under torch.compile; each fed by tensors already on
-   the device and by train.py's data path (uint8 memory map -> DataLoader workers -> pinned copy ->
-   normalise on the device); peak GPU memory; the data path with no step at all, in 0 and N workers.
-3. Grad-CAM of all 8 classes on the device against fp32 on the CPU (max difference), strict fp32 and
-   as localization runs; Grad-CAM time / plain forward; localization end to end, images/s.
-4. projection: minutes of the original recipe on the NIH release from the measured images/s.
+Its parts, in this order (--parts picks some):
+  chain         preprocessing.py -> train.py (2 short epochs) -> denseNet_localization.py -> the
+                bundle's `python3 inference.py` in a fresh folder, all on --device: both box files
+                in the exact format and equal line for line (gpu_chain.py)
+  gradcam       the maps of all 8 classes on the device against fp32 on the CPU (max difference),
+                in strict fp32 and as localization runs; Grad-CAM time / plain forward, batch 64
+  localization  localize.iter_localize end to end, images/s
+  loader        the workers' part of train.py's data path alone, at 0..N workers
+  training      batch 64, 224 crops: fp32 NCHW, train.py's default (mixed precision on CUDA,
+                channels_last) and with --compile the latter under torch.compile, last; each fed
+                by tensors already on the device and by train.py's data path (uint8 memory map ->
+                DataLoader workers -> pinned copy -> normalise on the device); peak GPU memory
+and then the projection: minutes of the original recipe on the NIH release at the measured rates.
 Prints one table and writes one JSON (after every part, so a run stopped early keeps what it did).
 All data come from sample/; no network. Exit status 1 when a part failed (its error is in the JSON).
 """

@@ -222,7 +222,8 @@ def localization_speed(device, count: int, batch: int, workers: int) -> dict:
     """localize.iter_localize end to end (decode, crop, forward, Grad-CAM, boxes), every class
     active."""
     model = seeded_model(device).eval()
-    paths = [sample_paths()[i % len(sample_paths())] for i in range(count)]
+    files = sample_paths()
+    paths = [files[i % len(files)] for i in range(count)]
     thresholds, sizes = np.zeros(len(CLASS_NAMES), np.float32), np.array(AVERAGE_BOXES)
     run = lambda p: sum(len(r.boxes) for r in localize.iter_localize(  # noqa: E731
         model, p, thresholds, sizes, device, batch_size=batch, workers=workers))
