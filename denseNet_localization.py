@@ -48,8 +48,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="box file to write (default: bounding_box.txt in the working folder)")
     p.add_argument("--method", type=str, default=None, choices=sorted(boxes.METHODS),
                    help="how heatmaps become boxes: peaks, the original's heuristic, or the "
-                        "rectangles of the map's regions above a fraction of its maximum (threshold), "
-                        "a percentile of its values (percentile) or Otsu's threshold (otsu); each "
+                        "rectangles of the map's regions above a fraction of its maximum "
+                        "(threshold), a percentile of its values (percentile) or Otsu's "
+                        "threshold (otsu); each "
                         "active class opens with its average box (default: the method "
                         "box_sizes.json beside --model was calibrated for, else peaks)")
     p.add_argument("--batch-size", type=int, default=16,
@@ -72,8 +73,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def add_cam_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cam", type=str, default=DEFAULT_CAM, choices=list(CAM_METHODS),
-                   help="class activation map: gradcam (the original's), gradcam++, layercam, or cam "
-                        "(the classifier's weights on the final features) (default: gradcam)")
+                   help="class activation map: gradcam (the original's), gradcam++, layercam, or "
+                        "cam (the classifier's weights on the final features) (default: gradcam)")
     p.add_argument("--layer", type=str, default=None,
                    help=f"target layer, a name from model.named_modules() (default: the method's: "
                         f"{DEFAULT_TARGET_LAYER}; {FINAL_FEATURES} for cam, its only one)")
@@ -147,7 +148,8 @@ def main(args: argparse.Namespace) -> None:
                                      workers=args.workers, method=method, method_params=params,
                                      resize=resize, cam_method=args.cam)
     entries, detections = [], 0
-    saved = SavedHeatmaps([], [], [], [], args.cam, args.layer or CAM_METHODS[args.cam].default_layer)
+    layer = args.layer or CAM_METHODS[args.cam].default_layer
+    saved = SavedHeatmaps([], [], [], [], args.cam, layer)
     for result in tqdm(results, total=len(paths), unit="image", file=sys.stderr, desc="localize"):
         entries.append(ImageBoxes(result.image_path, result.boxes))
         detections += len(result.heatmaps)

@@ -109,7 +109,8 @@ class BaseCAM:
         if not classes:
             batch = self._logits.shape[0]
             return self._logits.new_zeros((batch, 0) + self._input_size, dtype=torch.float32)
-        grads = self._gradients(classes).float() if self.needs_gradients else None  # (K, B, ch, h, w)
+        # (K, B, ch, h, w), or None for a method that needs no backward
+        grads = self._gradients(classes).float() if self.needs_gradients else None
         self._logits = None  # the graph is spent
         cam = self.combine(self._activation.detach().float(), grads, classes)  # (B, K, h, w)
         cam = F.interpolate(cam, size=self._input_size, mode="bilinear", align_corners=False)
@@ -175,18 +176,19 @@ class LayerCAM(BaseCAM):
 
 
 class CAM(BaseCAM):
-    """Zhou et al. 2016: M_k = sum_c w_kc relu(F)_c on the final features (norm5; torchvision applies
-    its ReLU in place after it, the hook keeps the pre-ReLU copy). Exact for DenseNet's global
-    average pool + linear head: the mean of M_k over positions is logit_k - bias_k. No backward; no
-    ReLU on the map (the paper's formula), so min-max puts its lowest value at 0."""
+    """Zhou et al. 2016: M_k = sum_c w_kc relu(F)_c on the final features (norm5; torchvision
+    applies its ReLU in place after it, the hook keeps the pre-ReLU copy). Exact for DenseNet's
+    global average pool + linear head: the mean of M_k over positions is logit_k - bias_k. No
+    backward; no ReLU on the map (the paper's formula), so min-max puts its lowest value at 0."""
 
     default_layer = FINAL_FEATURES
     needs_gradients = False
 
     def __init__(self, model: nn.Module, target_layer: str | None = None, batched: bool = True):
         if target_layer not in (None, FINAL_FEATURES):
-            raise InputError(f"the cam method uses the final features ({FINAL_FEATURES}) and the "
-                             f"classifier's weights; it takes no other layer (got {target_layer!r})")
+            raise InputError(f"the cam method uses the final features ({FINAL_FEATURES}) and "
+                             f"the classifier's weights; it takes no other layer (got "
+                             f"{target_layer!r})")
         head = getattr(model, "classifier", None)
         if not isinstance(head, nn.Linear):
             raise InputError("the cam method needs a model whose `classifier` is one nn.Linear")

@@ -4,14 +4,15 @@ largest map difference after min-max normalisation, and the time per image for a
     python3 benchmarks/bench_cam_methods.py [--batch 4] [--threads 2] [--model CKPT]
 
 Needs requirements-bench.txt (grad-cam); not run in CI. The package has no classic CAM: `cam` is
-timed only (its exactness is tests/test_cam_methods.py's). Ours: one forward and one batched backward
-for the 8 classes; the package: one call (forward + backward) per class.
+timed only (its exactness is tests/test_cam_methods.py's). Ours: one forward and one batched
+backward for the 8 classes; the package: one call (forward + backward) per class.
 """
 from __future__ import annotations
 
 import argparse
 
-from timing import DEFAULT_FOLDERS, Timings, bench_model, machine, real_pngs, set_threads, stored_crops
+from timing import (DEFAULT_FOLDERS, Timings, bench_model, machine, real_pngs, set_threads,
+                    stored_crops)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

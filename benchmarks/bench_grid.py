@@ -24,8 +24,10 @@ RANDOM_DRAWS = 20  # random placements averaged for the chance control
 SHOWN_T = ("0.1", "0.25", "0.5")
 
 
-def heatmap_boxes(saved, rule: str, average: dict[str, np.ndarray], classes) -> dict[str, list[Box]]:
-    """image name -> the boxes `rule` makes from each saved map of a planted class (no average box)."""
+def heatmap_boxes(saved, rule: str, average: dict[str, np.ndarray], classes
+                  ) -> dict[str, list[Box]]:
+    """image name -> the boxes `rule` makes from each saved map of a planted class (no average
+    box)."""
     preds: dict[str, list[Box]] = {}
     for image, label, heatmap in zip(saved.images, saved.labels, saved.maps):
         preds.setdefault(scoring.image_key(image), [])
@@ -48,7 +50,8 @@ def map_figures(saved, truth: dict, names: list[str]) -> dict:
 
 def seconds_per_image(log: Path, images: int) -> float | None:
     """From denseNet_localization.py's last line: 'in S s (R images/s)' (network + boxes only)."""
-    found = re.findall(r"in ([0-9.]+) s \(", log.read_text(errors="replace")) if log.is_file() else []
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    found = re.findall(r"in ([0-9.]+) s \(", text)
     return float(found[-1]) / images if found and images else None
 
 
@@ -97,8 +100,8 @@ def summarize(per_seed: list[dict], classes) -> dict:
             runs = [cells(r, cam, rule, classes) for r in per_seed]
             table[f"{cam} / {rule}"] = {
                 k: (None if any(r[k] is None for r in runs) else
-                    {"mean": float(np.mean([r[k] for r in runs])), "min": float(min(r[k] for r in runs)),
-                     "max": float(max(r[k] for r in runs))})
+                    {"mean": float(np.mean([r[k] for r in runs])),
+                     "min": float(min(r[k] for r in runs)), "max": float(max(r[k] for r in runs))})
                 for k in runs[0]}
     return table
 

@@ -126,16 +126,17 @@ def run_pipeline(at: Layout, p: dict, seed: int, device: str, timings: dict[str,
     write_subset(d / "BBox_List_2017.csv", read_image_list(d / "valid.txt"), at.bbox_valid)
     write_subset(d / "BBox_List_2017.csv", read_image_list(d / "test.txt"), at.bbox_test)
     for cam in cams:
-        cmd = [py, "denseNet_localization.py", str(d / "test.txt"), str(d / "images"), "--model",
-               str(at.model / "best.pt"), "--bbox-list", str(at.bbox_valid), "--out", str(at.boxes(cam)),
-               "--device", device, "--method", "peaks", "--cam", cam, "--save-heatmaps", str(at.heatmaps(cam))]
+        cmd = [py, "denseNet_localization.py", str(d / "test.txt"), str(d / "images"),
+               "--model", str(at.model / "best.pt"), "--bbox-list", str(at.bbox_valid),
+               "--out", str(at.boxes(cam)), "--device", device, "--method", "peaks", "--cam", cam,
+               "--save-heatmaps", str(at.heatmaps(cam))]
         if cam == DEFAULT_CAM:  # pictures: the contact sheet and a few images, planted boxes in red
             cmd += ["--plots", str(at.work / "plots_peaks"), "--truth", str(at.bbox_test),
                     "--plot-images", "6", "--sheet-cell", "160"]
         run_stage(f"localize_{cam}", cmd, at.work, timings)
-        run_stage(f"evaluate_{cam}", [py, "tools/evaluate.py", str(at.boxes(cam)), str(at.bbox_test),
-                                      "--out", str(at.evaluation(cam)), "--heatmaps", str(at.heatmaps(cam))],
-                  at.work, timings)
+        evaluate = [py, "tools/evaluate.py", str(at.boxes(cam)), str(at.bbox_test),
+                    "--out", str(at.evaluation(cam)), "--heatmaps", str(at.heatmaps(cam))]
+        run_stage(f"evaluate_{cam}", evaluate, at.work, timings)
     return cams
 
 
@@ -231,15 +232,17 @@ def score_all(at: Layout, cams: list[str], seed: int) -> dict:
     cli = json.loads((at.evaluation(base) / "evaluation.json").read_text())
     as_written = score(preds, truth)
     if json.loads(json.dumps(as_written)) != figures(cli["classes"]):
-        raise RuntimeError(f"{at.boxes(base)}: in-process scores differ from evaluate.py's evaluation.json")
+        raise RuntimeError(f"{at.boxes(base)}: in-process scores differ from evaluate.py's "
+                           f"evaluation.json")
     heat, removed = heatmap_only(preds, average)
     rows = {f"{base} + peaks: box file as written": as_written,
             f"{base} + peaks: heatmap boxes only": score(heat, truth),
             "chance: class average box": score(average_only(preds, average), truth),
             "planted boxes (oracle)": score(planted(truth), truth)}
-    grid = {cam: bench_grid.score_grid(at.heatmaps(cam), truth, test_names, average, CLASSES, seed, CONTROLS)
-            for cam in cams}
-    seconds = {cam: bench_grid.seconds_per_image(at.work / "logs" / f"localize_{cam}.log", len(test_names))
+    grid = {cam: bench_grid.score_grid(at.heatmaps(cam), truth, test_names, average, CLASSES,
+                                       seed, CONTROLS) for cam in cams}
+    logs = at.work / "logs"
+    seconds = {cam: bench_grid.seconds_per_image(logs / f"localize_{cam}.log", len(test_names))
                for cam in cams}
     return {"test_images": len(test_names), "test_images_with_findings": len(truth),
             "average_boxes": {c: [round(float(v), 1) for v in average[c]] for c in CLASSES},
@@ -295,7 +298,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="run the chain once per seed (WORK/seed_S) and report mean and range "
                              "(default: None, the one --seed)")
     parser.add_argument("--cams", type=str, nargs="+", default=list(CAM_METHODS),
-                        choices=list(CAM_METHODS), help=f"CAM methods (default: all: {' '.join(CAM_METHODS)})")
+                        choices=list(CAM_METHODS),
+                        help=f"CAM methods (default: all: {' '.join(CAM_METHODS)})")
     for key, kind in (("n_train", int), ("n_valid", int), ("n_test", int), ("epochs", int),
                       ("repeats", int), ("batch_size", int), ("lr", float), ("resize", str)):
         parser.add_argument(f"--{key.replace('_', '-')}", type=kind, default=None,
@@ -308,12 +312,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def run_seed(work: Path, settings: dict, seed: int, args: argparse.Namespace) -> dict:
-    """One seed's chain (or, with --rescore, its existing files) scored; writes WORK/benchmark.json."""
+    """One seed's chain (--rescore: its existing files) scored into WORK/benchmark.json."""
     at, timings = Layout(work.resolve()), {}
     if args.rescore:
         cams = [c for c in CAM_METHODS if at.heatmaps(c).is_file()]
         if not cams:
-            raise InputError(f"{at.work}: no heatmaps_*.npz to rescore; run without --rescore first")
+            raise InputError(f"{at.work}: no heatmaps_*.npz to rescore; run without --rescore")
         previous = at.work / "benchmark.json"
         if previous.is_file():  # the settings and timings are those of the run that made the files
             old = json.loads(previous.read_text())
@@ -334,7 +338,8 @@ def main(args: argparse.Namespace) -> dict:
     if args.seeds is None:
         result = run_seed(work, settings, args.seed, args)
         print(format_table(result), end="")
-        print(bench_grid.format_summary(bench_grid.summarize([result], CLASSES), [args.seed]), end="")
+        summary = bench_grid.summarize([result], CLASSES)
+        print(bench_grid.format_summary(summary, [args.seed]), end="")
         print(f"wrote {work / 'benchmark.json'}")
         return result
     per_seed = [run_seed(work / f"seed_{s}", settings, s, args) for s in args.seeds]

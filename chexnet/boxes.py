@@ -6,7 +6,8 @@ A crop pixel (row, col) is the original's pixel ((col + 16) * 4, (row + 16) * 4)
 Box methods live in METHODS, so the CLI can offer them by name: "peaks" is the original heuristic
 (one box of the class's average size per strong peak), "threshold" the bounding rectangles of the
 connected regions above a fraction of the map's maximum, "percentile" and "otsu" the same above a
-percentile of the map's values or above Otsu's threshold: those three take no size from any table. Each is called as
+percentile of the map's values or above Otsu's threshold: those three take no size from any
+table. Each is called as
 `method(heatmap, size_wh, param=None) -> [(x, y, w, h), ...]` in the 1024 frame, and is split in
 two so that calibrate.py can search sizes without recomputing the slow part: `locate(heatmap,
 param)` (size-free anchors) and `place(anchors, size_wh)`. Crop pixels become 1024 pixels in one
@@ -114,7 +115,7 @@ def percentile_rects(heatmap: np.ndarray, percentile: float = REGION_PERCENTILE
 
 
 def otsu_level(data: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold of values in [0, 1]: the bin edge that maximises the between-class variance."""
+    """Otsu's threshold of values in [0, 1]: the bin edge maximising the between-class variance."""
     counts, edges = np.histogram(data, bins=bins, range=(0.0, 1.0))
     centres = (edges[:-1] + edges[1:]) / 2
     w0 = np.cumsum(counts)[:-1].astype(np.float64)  # pixels below edge i + 1
@@ -127,7 +128,7 @@ def otsu_level(data: np.ndarray, bins: int = 256) -> float:
 
 
 def otsu_rects(heatmap: np.ndarray, scale: float = OTSU_SCALE) -> list[tuple[int, int, int, int]]:
-    """As threshold_rects, the regions at or above `scale` x Otsu's threshold (capped at the max)."""
+    """As threshold_rects, the regions at or above `scale` x Otsu's threshold (at most the max)."""
     if scale <= 0:
         raise ValueError(f"Otsu scale must be > 0, got {scale}")
     data = check_heatmap(heatmap)

@@ -16,8 +16,8 @@ import torch
 from tqdm import tqdm
 
 from chexnet import boxes, images, scoring
-from chexnet.constants import (AVERAGE_BOXES, CLASS_NAMES, CROP_SIZE, OTSU_SCALE, PEAK_KEEP_FRACTION,
-                               REGION_PERCENTILE, THRESHOLD_FRACTION)
+from chexnet.constants import (AVERAGE_BOXES, CLASS_NAMES, CROP_SIZE, OTSU_SCALE,
+                               PEAK_KEEP_FRACTION, REGION_PERCENTILE, THRESHOLD_FRACTION)
 from chexnet.localize import class_probabilities
 from chexnet.nih import TruthBox
 from chexnet.utils import InputError, atomic_path

@@ -1,4 +1,4 @@
-"""The heatmap file of `denseNet_localization.py --save-heatmaps FILE.npz`, scored by tools/evaluate.py.
+"""The file of `denseNet_localization.py --save-heatmaps FILE.npz`, which tools/evaluate.py scores.
 
 np.savez, no pickle (strings are fixed-width unicode arrays): one row per (image, active class), in
 the order localization yields them:
@@ -34,7 +34,8 @@ class SavedHeatmaps:
 
 def write_heatmaps(path: str | os.PathLike, saved: SavedHeatmaps) -> None:
     maps = np.asarray(saved.maps, dtype=np.float32).reshape(-1, CROP_SIZE, CROP_SIZE)
-    arrays = {"image": np.array(saved.images, dtype=str), "label": np.array(saved.labels, dtype=str),
+    arrays = {"image": np.array(saved.images, dtype=str),
+              "label": np.array(saved.labels, dtype=str),
               "probability": np.asarray(saved.probs, dtype=np.float32), "heatmap": maps,
               "cam": np.array(saved.cam), "layer": np.array(saved.layer)}
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
@@ -42,7 +43,7 @@ def write_heatmaps(path: str | os.PathLike, saved: SavedHeatmaps) -> None:
 
 
 def read_heatmaps(path: str | os.PathLike) -> SavedHeatmaps:
-    """The inverse of write_heatmaps; a missing key, a wrong shape or a NaN is a one-line InputError."""
+    """The inverse of write_heatmaps; a missing key, a bad shape or a NaN: a one-line InputError."""
     try:
         with np.load(path, allow_pickle=False) as data:
             missing = [k for k in KEYS if k not in data.files]

@@ -73,7 +73,8 @@ def iter_localize(model: torch.nn.Module, image_paths: Sequence[str], thresholds
                         pin_memory=device.type == "cuda")
     model.to(device)
     start, pending = 0, None
-    with make_cam(cam_method, model, target_layer) as cam, ThreadPoolExecutor(max_workers=1) as pool:
+    with make_cam(cam_method, model, target_layer) as cam, \
+            ThreadPoolExecutor(max_workers=1) as pool:
         for crops, errors in loader:
             for message in errors:
                 if message:

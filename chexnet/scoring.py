@@ -249,6 +249,7 @@ def score_maps(maps: dict[tuple[str, str], np.ndarray], truth: dict[str, list[Tr
                 acc[0], acc[1] = acc[0] + 1, acc[1] + (heatmap is not None)
                 acc[2], acc[3] = acc[2] + hit, acc[3] + overlap
     return {"tolerance_crop_px": tolerance, "fraction": fraction, "classes": {
-        name: {"pairs": n, "with_map": m, "pointing": _ratio(h, n), "pointing_with_map": _ratio(h, m),
-               "map_iou": _ratio(s, n), "map_iou_with_map": _ratio(s, m)}
+        name: {"pairs": n, "with_map": m, "pointing": _ratio(h, n),
+               "pointing_with_map": _ratio(h, m), "map_iou": _ratio(s, n),
+               "map_iou_with_map": _ratio(s, m)}
         for name, (n, m, h, s) in sums.items()}}

@@ -1,4 +1,5 @@
-"""Every CAM method's batched maps equal a plain per-class, per-image restatement of its paper's formula."""
+"""Each CAM method's batched maps equal a per-class, per-image restatement of its paper's
+formula."""
 import cv2
 import numpy as np
 import pytest
@@ -89,7 +90,7 @@ def test_batched_maps_equal_the_papers_formula(model, x, name):
 
 
 def test_cam_is_exact_for_pool_and_linear_head(model, x):
-    """Mean over positions of the raw CAM is the logit minus the bias (global pool + linear head)."""
+    """The raw CAM's mean over positions is the logit minus the bias (global pool + linear head)."""
     store = {}
     with CAM(model) as cam:
         original = cam.combine

@@ -1,4 +1,4 @@
-"""Metrics with no box prior: the pointing game and the thresholded map's IoU; the --save-heatmaps file."""
+"""Metrics with no box prior (pointing game, thresholded map's IoU); the --save-heatmaps file."""
 import numpy as np
 import pytest
 
@@ -72,7 +72,8 @@ def test_heatmap_file_round_trip_without_pickle(tmp_path):
 def test_evaluate_scores_heatmaps(tmp_path):
     (tmp_path / "boxes.txt").write_text("im/a.png 0\nim/b.png 0\n")
     (tmp_path / "truth.csv").write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
-                                        "a.png,Nodule,200,200,100,100\nb.png,Mass,300,300,200,200\n")
+                                        "a.png,Nodule,200,200,100,100\n"
+                                        "b.png,Mass,300,300,200,200\n")
     heatmap = peak_map(46 - 16, 46 - 16)  # (46 + 0.5) * 4 = 186: within 60 px of the box at 200
     write_heatmaps(tmp_path / "hm.npz", SavedHeatmaps(["im/a.png"], ["Nodule"], [0.9],
                                                       heatmap[None], "gradcam", "l"))

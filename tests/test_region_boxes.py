@@ -1,4 +1,4 @@
-"""Box rules whose extent comes from the map alone: percentile and Otsu regions (and their calibration grid)."""
+"""Box rules whose extent comes from the map alone: percentile and Otsu regions, their grids."""
 import numpy as np
 import pytest
 

@@ -187,18 +187,20 @@ def test_quick_benchmark_runs_the_real_scripts_end_to_end(tmp_path):
     oracle = rows["planted boxes (oracle)"]
     assert oracle[scoring.OVERALL]["truth_boxes"] == len(truth)
     assert set(oracle[scoring.OVERALL]["acc_iou"].values()) == {1.0}
-    whole, heat = rows["gradcam + peaks: box file as written"], rows["gradcam + peaks: heatmap boxes only"]
+    whole = rows["gradcam + peaks: box file as written"]
+    heat = rows["gradcam + peaks: heatmap boxes only"]
     for c in whole:  # dropping boxes can only lose hits
         assert all(whole[c]["acc_iou"][t] >= heat[c]["acc_iou"][t] for t in whole[c]["acc_iou"]
                    if whole[c]["acc_iou"][t] is not None)
     # The original format writes one average box first for each class detected in an image.
     preds = bench.load_preds(tmp_path / "boxes_gradcam.txt")
-    detected = sum(len({b.label for b in boxes if b.label in bench.CLASSES}) for boxes in preds.values())
+    detected = sum(len({b.label for b in found if b.label in bench.CLASSES})
+                   for found in preds.values())
     assert result["average_boxes_removed"]["gradcam"] == detected
     for cam in cams:
         assert (tmp_path / f"evaluation_{cam}" / "evaluation.json").is_file()
         assert set(result["grid"][cam]["rules"]) == set(boxes.METHODS)
         assert result["seconds_per_image"][cam] > 0
-    # the grid's Grad-CAM + peaks from the saved maps is the box file's heatmap boxes (to its '%.1f')
+    # the grid's Grad-CAM + peaks (from the saved maps) scores the same truth as the box file
     grid = result["grid"]["gradcam"]["rules"]["peaks"]["heat"][scoring.OVERALL]
     assert grid["truth_boxes"] == heat[scoring.OVERALL]["truth_boxes"]

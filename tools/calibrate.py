@@ -4,8 +4,8 @@
 
 1. Heatmaps: for every validation image of valid_boxes.csv, the model's 8 probabilities and the
    maps (--cam, default Grad-CAM) of all 8 classes, from the preprocessed valid_X.npy (the same
-   256 -> 224 centre crop that localization takes from the PNGs; no PNG is decoded again). They are saved as
-   OUT/heatmaps.npz (np.savez, no pickle): key "IMAGE/CLASS" -> float32 (224, 224), and
+   256 -> 224 centre crop that localization takes from the PNGs; no PNG is decoded again). They
+   are saved as OUT/heatmaps.npz (np.savez, no pickle): key "IMAGE/CLASS" -> float32 (224, 224), and
    "IMAGE/probabilities" -> float32 (8,). `--heatmaps OUT/heatmaps.npz` re-runs the tuning from
    that file without the network.
 2. A class is active on an image when its probability exceeds its threshold (thresholds.npy beside
@@ -71,8 +71,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
     p.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--cam", type=str, default=DEFAULT_CAM, choices=list(CAM_METHODS),
-                   help="class activation map: gradcam (the original's), gradcam++, layercam or cam "
-                        "(default: gradcam)")
+                   help="class activation map: gradcam (the original's), gradcam++, layercam "
+                        "or cam (default: gradcam)")
     p.add_argument("--layer", type=str, default=None,
                    help=f"target layer (default: the method's: {DEFAULT_TARGET_LAYER}; "
                         f"{FINAL_FEATURES} for cam)")
@@ -117,8 +117,8 @@ def heatmaps_for(args: argparse.Namespace, checkpoint: dict, data: preprocessed.
     net = model_from_checkpoint(checkpoint, source=args.model)
     index = {n: i for i, n in enumerate(data.valid.names)}
     stored = np.stack([data.valid.images[index[n]] for n in names])
-    hm = compute_heatmaps(net, stored, names, select_device(args.device), args.batch_size, args.layer,
-                          args.cam)
+    hm = compute_heatmaps(net, stored, names, select_device(args.device), args.batch_size,
+                          args.layer, args.cam)
     save_heatmaps(out / model_dir.HEATMAPS, hm)
     print(f"wrote {out / model_dir.HEATMAPS}: {len(names)} images x {len(CLASS_NAMES)} classes")
     return hm
@@ -141,15 +141,16 @@ def main(args: argparse.Namespace) -> dict:
               f"localization's", file=sys.stderr)
     thresholds, thresholds_from = model_dir.resolve_thresholds(args.thresholds, args.model, checkpoint)
     print(f"{len(names)} validation images with true boxes ({len(tune_rows)} tuning, {len(hold_rows)} held out); "
-          f"thresholds from {thresholds_from}; method {args.method}, maps {args.cam}", file=sys.stderr)
+          f"thresholds from {thresholds_from}; method {args.method}, maps {args.cam}",
+          file=sys.stderr)
     hm = heatmaps_for(args, checkpoint, data, names, out)
     act = active(hm, thresholds)
     choices = tune(hm, tune_rows, act, truth, args.method)
     method = boxes.METHODS[args.method]
     table, params = tuned_table(choices), np.array([c.param for c in choices])
     base_table, base_params = np.array(AVERAGE_BOXES, dtype=np.float64), np.full(len(CLASS_NAMES), method.default)
-    record = {"method": args.method, "cam": args.cam, "images": len(names), "tuned_on": len(tune_rows),
-              "held_out": len(hold_rows)}
+    record = {"method": args.method, "cam": args.cam, "images": len(names),
+              "tuned_on": len(tune_rows), "held_out": len(hold_rows)}
     for part, rows in (("tuning", tune_rows), ("holdout", hold_rows)):
         if not rows:
             continue
