@@ -5,9 +5,9 @@
 1. Heatmaps: for every validation image of valid_boxes.csv, the model's 8 probabilities and the
    maps (--cam, default Grad-CAM) of all 8 classes, from the preprocessed valid_X.npy (the same
    256 -> 224 centre crop that localization takes from the PNGs; no PNG is decoded again). They
-   are saved as OUT/heatmaps.npz (np.savez, no pickle): key "IMAGE/CLASS" -> float32 (224, 224), and
-   "IMAGE/probabilities" -> float32 (8,). `--heatmaps OUT/heatmaps.npz` re-runs the tuning from
-   that file without the network.
+   are saved as OUT/heatmaps.npz (np.savez, no pickle): key "IMAGE/CLASS" -> float32
+   (224, 224), and "IMAGE/probabilities" -> float32 (8,). `--heatmaps OUT/heatmaps.npz` re-runs
+   the tuning from that file without the network.
 2. A class is active on an image when its probability exceeds its threshold (thresholds.npy beside
    the model, as denseNet_localization.py decides). Per class, a grid search over the width and
    height multipliers of the class's average box (SCALES; each scaled about the box's centre, width
