@@ -1,9 +1,10 @@
 """Localize findings in chest X-rays: python3 denseNet_localization.py TEST_TXT IMAGES.
 
 For every image of TEST_TXT (read from IMAGES): the 8 probabilities, the active classes (probability >
-the class's threshold), a Grad-CAM heatmap per active class, then boxes: per active class in class
-order, the class's average box, then the boxes its heatmap gives (--method peaks, the original's: one
-box of the average size per strong peak; or threshold). Writes bounding_box.txt: per image
+the class's threshold), a heatmap per active class (--cam, default Grad-CAM, the original's), then
+boxes: per active class in class order, the class's average box, then the boxes its heatmap gives
+(--method peaks, the original's: one box of the average size per strong peak; or threshold,
+percentile, otsu: regions of the map, no size from any table). Writes bounding_box.txt: per image
 `[IMAGES/name] [count]`, then `[disease] [x] [y] [width] [height]` lines, '%.1f', in pixels of the
 1024x1024 original.
 """
@@ -18,9 +19,11 @@ from tqdm import tqdm
 
 from chexnet import boxes, localize, model_dir, nih
 from chexnet.boxfile import ImageBoxes, write_box_file
-from chexnet.constants import DEFAULT_TARGET_LAYER
+from chexnet.constants import CLASS_NAMES, DEFAULT_TARGET_LAYER
+from chexnet.heatmap_file import SavedHeatmaps, write_heatmaps
 from chexnet.images import RESIZE_METHODS, check_images_exist
 from chexnet.utils import InputError, run_cli, select_device, usable_cpus
+from gradcam import DEFAULT_CAM, FINAL_FEATURES, METHODS as CAM_METHODS
 from model import load_checkpoint, model_from_checkpoint
 
 DEFAULT_WORKERS = min(4, usable_cpus())
@@ -44,9 +47,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=str, default="bounding_box.txt",
                    help="box file to write (default: bounding_box.txt in the working folder)")
     p.add_argument("--method", type=str, default=None, choices=sorted(boxes.METHODS),
-                   help="how heatmaps become boxes: peaks, the original's heuristic, or threshold, "
-                        "the rectangles of the regions above a fraction of the map's maximum; either "
-                        "way each active class opens with its average box (default: the method "
+                   help="how heatmaps become boxes: peaks, the original's heuristic, or the "
+                        "rectangles of the map's regions above a fraction of its maximum "
+                        "(threshold), a percentile of its values (percentile) or Otsu's "
+                        "threshold (otsu); each "
+                        "active class opens with its average box (default: the method "
                         "box_sizes.json beside --model was calibrated for, else peaks)")
     p.add_argument("--batch-size", type=int, default=16,
                    help="images per forward pass (default: 16)")
@@ -55,14 +60,24 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
                    help=f"image-decoding processes; 0 decodes in the main process (default: "
                         f"min(4, CPUs) = {DEFAULT_WORKERS})")
-    p.add_argument("--layer", type=str, default=DEFAULT_TARGET_LAYER,
-                   help=f"Grad-CAM target layer, a name from model.named_modules() (default: "
-                        f"{DEFAULT_TARGET_LAYER})")
+    add_cam_options(p)
     p.add_argument("--resize", type=str, default=None, choices=RESIZE_METHODS,
                    help="how each image becomes 256x256: original or area (see preprocessing.py) "
                         "(default: the checkpoint's, as its training images were resized)")
+    p.add_argument("--save-heatmaps", type=str, default=None,
+                   help="also write the heatmaps of the active classes to this .npz (float32, no "
+                        "pickle; tools/evaluate.py --heatmaps scores them) (default: None)")
     add_picture_options(p)
     return p
+
+
+def add_cam_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cam", type=str, default=DEFAULT_CAM, choices=list(CAM_METHODS),
+                   help="class activation map: gradcam (the original's), gradcam++, layercam, or "
+                        "cam (the classifier's weights on the final features) (default: gradcam)")
+    p.add_argument("--layer", type=str, default=None,
+                   help=f"target layer, a name from model.named_modules() (default: the method's: "
+                        f"{DEFAULT_TARGET_LAYER}; {FINAL_FEATURES} for cam, its only one)")
 
 
 def add_picture_options(p: argparse.ArgumentParser) -> None:
@@ -131,22 +146,37 @@ def main(args: argparse.Namespace) -> None:
     results = localize.iter_localize(net, paths, thresholds, box_sizes, device,
                                      batch_size=args.batch_size, target_layer=args.layer,
                                      workers=args.workers, method=method, method_params=params,
-                                     resize=resize)
+                                     resize=resize, cam_method=args.cam)
     entries, detections = [], 0
+    layer = args.layer or CAM_METHODS[args.cam].default_layer
+    saved = SavedHeatmaps([], [], [], [], args.cam, layer)
     for result in tqdm(results, total=len(paths), unit="image", file=sys.stderr, desc="localize"):
         entries.append(ImageBoxes(result.image_path, result.boxes))
         detections += len(result.heatmaps)
+        if args.save_heatmaps is not None:
+            keep_heatmaps(saved, result)
         if plotter is not None:
             tick = time.perf_counter()
             plotter.add(result.image_path, result.probs, result.heatmaps, result.boxes)
             plot_seconds += time.perf_counter() - tick
     write_box_file(args.out, entries)
+    if args.save_heatmaps is not None:
+        write_heatmaps(args.save_heatmaps, saved)
+        print(f"wrote {args.save_heatmaps}: {len(saved.labels)} heatmaps", file=sys.stderr)
     seconds = time.perf_counter() - start - plot_seconds  # the rate below is localization's alone
     n_boxes = sum(len(e.boxes) for e in entries)
     print(f"wrote {args.out}: {len(entries)} images, {detections} active classes, {n_boxes} boxes "
           f"in {seconds:.1f} s ({len(entries) / seconds:.1f} images/s)")
     if plotter is not None:
         finish_pictures(plotter, args, plot_seconds)
+
+
+def keep_heatmaps(saved: SavedHeatmaps, result: localize.ImageResult) -> None:
+    for k, heatmap in result.heatmaps.items():
+        saved.images.append(result.image_path)
+        saved.labels.append(CLASS_NAMES[k])
+        saved.probs.append(float(result.probs[k]))
+        saved.maps.append(heatmap.astype("float32"))
 
 
 def finish_pictures(plotter, args: argparse.Namespace, plot_seconds: float) -> None:

@@ -1,6 +1,8 @@
-"""Grad-CAM for a multi-label classifier: one forward, one batched backward for all wanted classes.
+"""Class activation maps for a multi-label classifier: one forward, one batched backward for all
+wanted classes. Methods (METHODS, `--cam`): gradcam (the original's, the default), gradcam++,
+layercam and cam (the classic class activation map from the classifier's weights).
 
-    with GradCAM(model) as cam:
+    with make_cam("gradcam", model) as cam:            # or GradCAM(model), LayerCAM(model), ...
         logits, maps = cam.compute(x, class_indices)   # x (B, 3, H, W) -> (B, C), (B, K, H, W) in [0, 1]
 
 Or in two steps, when the classes depend on the predictions (localization picks the active ones):
@@ -8,10 +10,13 @@ Or in two steps, when the classes depend on the predictions (localization picks 
         logits = cam.forward(x)
         maps = cam.maps(class_indices)
 
-A forward hook on the one target layer swaps its output for a leaf copy that requires grad; the
-gradient of each class LOGIT with respect to that copy gives the channel weights. After min-max
-normalisation this is the original's map (it used post-sigmoid gradients, which only rescale each
-map by sigmoid'(logit), a positive number), without the underflow of a saturated sigmoid.
+BaseCAM does the hooking: a forward hook on the one target layer swaps its output for a leaf copy
+that requires grad; the gradients of the class LOGITS with respect to that copy come from one
+batched backward. A method is one small `combine(activation, grads, classes)` giving the raw
+low-resolution maps (pytorch-grad-cam's shape); the base resizes and min-max normalises them. For
+Grad-CAM, after min-max normalisation this is the original's map (it used post-sigmoid gradients,
+which only rescale each map by sigmoid'(logit), a positive number), without the underflow of a
+saturated sigmoid.
 """
 from __future__ import annotations
 
@@ -25,12 +30,18 @@ from torch import nn
 from chexnet.constants import DEFAULT_TARGET_LAYER
 from chexnet.utils import InputError
 
+FINAL_FEATURES = "features.norm5"  # DenseNet's last feature map, before the head's ReLU + pool
 
-class GradCAM:
+
+class BaseCAM:
     """Context manager: hooks `target_layer` on enter; on exit removes the hook and restores the
-    model's training mode and its parameters' requires_grad flags."""
+    model's training mode and its parameters' requires_grad flags. Subclasses define combine()."""
 
-    def __init__(self, model: nn.Module, target_layer: str = DEFAULT_TARGET_LAYER, batched: bool = True):
+    default_layer = DEFAULT_TARGET_LAYER
+    needs_gradients = True  # False: the map needs no backward pass (classic CAM)
+
+    def __init__(self, model: nn.Module, target_layer: str | None = None, batched: bool = True):
+        target_layer = self.default_layer if target_layer is None else target_layer
         modules = dict(model.named_modules())
         if target_layer not in modules or not target_layer:
             examples = ", ".join(n for n in modules if n.endswith(("conv2", "norm5")))
@@ -47,7 +58,7 @@ class GradCAM:
         self._logits: torch.Tensor | None = None  # (B, C)
         self._input_size: tuple[int, int] | None = None
 
-    def __enter__(self) -> "GradCAM":
+    def __enter__(self) -> "BaseCAM":
         self._was_training = self.model.training
         # Gradients are needed for the activation only: no graph (and no memory) for the layers before it.
         self._flags = [(p, p.requires_grad) for p in self.model.parameters()]
@@ -78,7 +89,7 @@ class GradCAM:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x float (B, 3, H, W) -> logits (B, C); keeps the graph for maps()."""
         if self._handle is None:
-            raise RuntimeError("use GradCAM inside a `with` block")
+            raise RuntimeError(f"use {type(self).__name__} inside a `with` block")
         self._activation, self._armed = None, True
         try:
             with torch.enable_grad():
@@ -98,9 +109,17 @@ class GradCAM:
         if not classes:
             batch = self._logits.shape[0]
             return self._logits.new_zeros((batch, 0) + self._input_size, dtype=torch.float32)
-        grads = self._gradients(classes)  # (K, B, ch, h, w)
+        # (K, B, ch, h, w), or None for a method that needs no backward
+        grads = self._gradients(classes).float() if self.needs_gradients else None
         self._logits = None  # the graph is spent
-        return _cam(self._activation.detach(), grads, self._input_size)
+        cam = self.combine(self._activation.detach().float(), grads, classes)  # (B, K, h, w)
+        cam = F.interpolate(cam, size=self._input_size, mode="bilinear", align_corners=False)
+        return normalize_maps(cam)  # rows y, columns x
+
+    def combine(self, activation: torch.Tensor, grads: torch.Tensor | None,
+                classes: list[int]) -> torch.Tensor:
+        """activation (B, ch, h, w), grads (K, B, ch, h, w) float32 -> raw maps (B, K, h, w)."""
+        raise NotImplementedError
 
     def compute(self, x: torch.Tensor, class_indices: Sequence[int] | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,12 +147,70 @@ class GradCAM:
         return torch.stack(grads)
 
 
-def _cam(activation: torch.Tensor, grads: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """activation (B, ch, h, w), grads (K, B, ch, h, w) -> float32 (B, K, H, W) in [0, 1]."""
-    weights = grads.float().mean(dim=(-2, -1))  # (K, B, ch): spatially averaged gradients
-    cam = torch.relu(torch.einsum("kbc,bchw->bkhw", weights, activation.float()))  # (B, K, h, w)
-    cam = F.interpolate(cam, size=size, mode="bilinear", align_corners=False)  # rows y, columns x
-    return normalize_maps(cam)
+class GradCAM(BaseCAM):
+    """Selvaraju et al. 2017: channel weights = spatially averaged gradients; ReLU of the sum."""
+
+    def combine(self, activation, grads, classes):
+        weights = grads.mean(dim=(-2, -1))  # (K, B, ch)
+        return torch.relu(torch.einsum("kbc,bchw->bkhw", weights, activation))
+
+
+class GradCAMPlusPlus(BaseCAM):
+    """Chattopadhyay et al. 2018, eq. 19 with exp(logit) (pytorch-grad-cam's form): per-pixel
+    alpha = g^2 / (2 g^2 + sum_ij(A) g^3), channel weight = sum_ij alpha relu(g)."""
+
+    def combine(self, activation, grads, classes):
+        g2 = grads * grads
+        total = activation.sum(dim=(-2, -1))[None, :, :, None, None]  # (1, B, ch, 1, 1)
+        alpha = g2 / (2 * g2 + total * g2 * grads + 1e-6)
+        alpha = torch.where(grads != 0, alpha, torch.zeros_like(alpha))
+        weights = (alpha * torch.relu(grads)).sum(dim=(-2, -1))  # (K, B, ch)
+        return torch.relu(torch.einsum("kbc,bchw->bkhw", weights, activation))
+
+
+class LayerCAM(BaseCAM):
+    """Jiang et al. 2021: each position weighted by its own positive gradient; ReLU of the sum."""
+
+    def combine(self, activation, grads, classes):
+        return torch.relu(torch.einsum("kbchw,bchw->bkhw", torch.relu(grads), activation))
+
+
+class CAM(BaseCAM):
+    """Zhou et al. 2016: M_k = sum_c w_kc relu(F)_c on the final features (norm5; torchvision
+    applies its ReLU in place after it, the hook keeps the pre-ReLU copy). Exact for DenseNet's
+    global average pool + linear head: the mean of M_k over positions is logit_k - bias_k. No
+    backward; no ReLU on the map (the paper's formula), so min-max puts its lowest value at 0."""
+
+    default_layer = FINAL_FEATURES
+    needs_gradients = False
+
+    def __init__(self, model: nn.Module, target_layer: str | None = None, batched: bool = True):
+        if target_layer not in (None, FINAL_FEATURES):
+            raise InputError(f"the cam method uses the final features ({FINAL_FEATURES}) and "
+                             f"the classifier's weights; it takes no other layer (got "
+                             f"{target_layer!r})")
+        head = getattr(model, "classifier", None)
+        if not isinstance(head, nn.Linear):
+            raise InputError("the cam method needs a model whose `classifier` is one nn.Linear")
+        super().__init__(model, target_layer, batched)
+        self._head = head
+
+    def combine(self, activation, grads, classes):
+        weights = self._head.weight.detach().float()[classes]  # (K, ch)
+        return torch.einsum("kc,bchw->bkhw", weights, torch.relu(activation))
+
+
+METHODS: dict[str, type[BaseCAM]] = {
+    "gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "layercam": LayerCAM, "cam": CAM,
+}
+DEFAULT_CAM = "gradcam"  # the original's
+
+
+def make_cam(name: str, model: nn.Module, target_layer: str | None = None) -> BaseCAM:
+    """The CAM method `name` of METHODS on `model` (target_layer None: the method's default)."""
+    if name not in METHODS:
+        raise InputError(f"unknown CAM method {name!r}; choose from {', '.join(METHODS)}")
+    return METHODS[name](model, target_layer)
 
 
 def normalize_maps(cam: torch.Tensor) -> torch.Tensor:

@@ -1,13 +1,16 @@
 """Localization with a known truth: the whole real chain on planted findings, against chance and wrong geometry.
 
-    python3 benchmarks/localization_benchmark.py [--work DIR] [--quick]
+    python3 benchmarks/localization_benchmark.py [--work DIR] [--quick] [--seeds 0 1 2] [--cams ...]
 
 1. benchmarks/synthetic.py writes a ChestX-ray14-shaped dataset: real X-ray backgrounds with
    planted findings (Nodule, Mass, Pneumothorax) whose boxes are known.
 2. preprocessing.py, then train.py from random weights (image-level labels only) on the CPU.
-3. denseNet_localization.py on test.txt, once per box method of boxes.METHODS, with box
-   sizes from the validation images' boxes (as calibration on the validation set would).
-4. evaluate.py scores each box file against the test images' planted boxes. The same evaluator
+3. denseNet_localization.py on test.txt, once per CAM method (--cams; --method peaks, box sizes
+   from the validation images' boxes, as calibration would), each saving its heatmaps
+   (--save-heatmaps); every box rule of boxes.METHODS then runs on those maps in this process
+   (bench_grid: the method x rule table with its controls, the pointing game, time per image).
+4. evaluate.py scores each box file (and its heatmaps) against the test images' planted boxes;
+   for Grad-CAM + peaks, the original's chain, the same evaluator
    (its functions, in this process) then scores controls built from the same predictions:
    - heatmap boxes only: the box file minus the class's average box, which the original format
      writes first for every detected class whatever the heatmap says;
@@ -16,7 +19,8 @@
      ((x224 + 16) * 4 computed as x224 * 4, i.e. 64 px up and left in the 1024 image);
    - the planted boxes themselves (must score 1.0).
 A correct chain localizes far above chance; the wrong geometries must fall to chance or below.
-The figures go to stdout as a table and to WORK/benchmark.json.
+The figures go to stdout as a table and to WORK/benchmark.json. --seeds runs the whole chain once
+per seed (WORK/seed_S) and reports the grid's mean and range over them; --seed S runs one.
 """
 from __future__ import annotations
 
@@ -37,7 +41,8 @@ if str(ROOT) not in sys.path:  # run as `python3 benchmarks/...`: the project mo
 
 from chexnet import boxes  # noqa: E402
 from chexnet import nih, scoring  # noqa: E402
-from benchmarks import synthetic  # noqa: E402
+from benchmarks import bench_grid, synthetic  # noqa: E402
+from gradcam import DEFAULT_CAM, METHODS as CAM_METHODS  # noqa: E402
 from chexnet.boxfile import Box, read_box_file  # noqa: E402
 from chexnet.utils import InputError, run_cli, write_text_atomic  # noqa: E402
 from chexnet.constants import CLASS_NAMES, CROP_OFFSET, RESCALE_FACTOR  # noqa: E402
@@ -56,7 +61,6 @@ PRESETS = {
 }
 CLASSES = tuple(synthetic.PLANTED_CLASSES)
 SHOWN_T = ("0.1", "0.25", "0.5")  # Wang et al.'s IoU thresholds shown in the table
-RANDOM_DRAWS = 20  # random placements averaged for the chance row
 AVERAGE_TOLERANCE = 0.051  # the box file writes '%.1f': a box within this of the average box is it
 SHIFT = CROP_OFFSET * RESCALE_FACTOR  # 64 px: the crop offset in the 1024 image
 
@@ -94,15 +98,19 @@ class Layout:
         self.data, self.prep, self.model = self.work / "data", self.work / "preprocessed", self.work / "model"
         self.bbox_valid, self.bbox_test = self.work / "bbox_valid.csv", self.work / "bbox_test.csv"
 
-    def boxes(self, method: str) -> Path:
-        return self.work / f"boxes_{method}.txt"
+    def boxes(self, cam: str) -> Path:
+        return self.work / f"boxes_{cam}.txt"
 
-    def evaluation(self, method: str) -> Path:
-        return self.work / f"evaluation_{method}"
+    def evaluation(self, cam: str) -> Path:
+        return self.work / f"evaluation_{cam}"
+
+    def heatmaps(self, cam: str) -> Path:
+        return self.work / f"heatmaps_{cam}.npz"
 
 
-def run_pipeline(at: Layout, p: dict, seed: int, device: str, timings: dict[str, float]) -> list[str]:
-    """Every stage, each a real script in a subprocess; returns the box methods that ran."""
+def run_pipeline(at: Layout, p: dict, seed: int, device: str, timings: dict[str, float],
+                 cams: list[str]) -> list[str]:
+    """Every stage, each a real script in a subprocess; returns the CAM methods that ran."""
     py, d = sys.executable, at.data
     run_stage("synthetic", [py, "benchmarks/synthetic.py", str(d), "--n-train", str(p["n_train"]),
                             "--n-valid", str(p["n_valid"]), "--n-test", str(p["n_test"]), "--seed", str(seed)],
@@ -117,18 +125,19 @@ def run_pipeline(at: Layout, p: dict, seed: int, device: str, timings: dict[str,
     run_stage("train", train, at.work, timings)
     write_subset(d / "BBox_List_2017.csv", read_image_list(d / "valid.txt"), at.bbox_valid)
     write_subset(d / "BBox_List_2017.csv", read_image_list(d / "test.txt"), at.bbox_test)
-    methods = sorted(boxes.METHODS)
-    for method in methods:
-        cmd = [py, "denseNet_localization.py", str(d / "test.txt"), str(d / "images"), "--model",
-               str(at.model / "best.pt"), "--bbox-list", str(at.bbox_valid), "--out", str(at.boxes(method)),
-               "--device", device, "--method", method,
-               # pictures: the contact sheet and a few images, the test images' planted boxes in red
-               "--plots", str(at.work / f"plots_{method}"), "--truth", str(at.bbox_test),
-               "--plot-images", "6", "--sheet-cell", "160"]
-        run_stage(f"localize_{method}", cmd, at.work, timings)
-        run_stage(f"evaluate_{method}", [py, "tools/evaluate.py", str(at.boxes(method)), str(at.bbox_test),
-                                         "--out", str(at.evaluation(method))], at.work, timings)
-    return methods
+    for cam in cams:
+        cmd = [py, "denseNet_localization.py", str(d / "test.txt"), str(d / "images"),
+               "--model", str(at.model / "best.pt"), "--bbox-list", str(at.bbox_valid),
+               "--out", str(at.boxes(cam)), "--device", device, "--method", "peaks", "--cam", cam,
+               "--save-heatmaps", str(at.heatmaps(cam))]
+        if cam == DEFAULT_CAM:  # pictures: the contact sheet and a few images, planted boxes in red
+            cmd += ["--plots", str(at.work / "plots_peaks"), "--truth", str(at.bbox_test),
+                    "--plot-images", "6", "--sheet-cell", "160"]
+        run_stage(f"localize_{cam}", cmd, at.work, timings)
+        evaluate = [py, "tools/evaluate.py", str(at.boxes(cam)), str(at.bbox_test),
+                    "--out", str(at.evaluation(cam)), "--heatmaps", str(at.heatmaps(cam))]
+        run_stage(f"evaluate_{cam}", evaluate, at.work, timings)
+    return cams
 
 
 # ---------------------------------------------------------------- controls built from the predictions
@@ -208,40 +217,37 @@ def mean_figures(runs: list[dict]) -> dict:
     return out
 
 
-def score_method(at: Layout, method: str, truth: dict, average: dict[str, np.ndarray], seed: int) -> tuple[dict, int]:
-    """Rows of one box method: its file, its heatmap boxes, and their chance and wrong-geometry twins."""
-    preds = load_preds(at.boxes(method))
-    cli = json.loads((at.evaluation(method) / "evaluation.json").read_text())
-    as_written = score(preds, truth)
-    if json.loads(json.dumps(as_written)) != figures(cli["classes"]):
-        raise RuntimeError(f"{at.boxes(method)}: in-process scores differ from evaluate.py's evaluation.json")
-    heat, removed = heatmap_only(preds, average)
-    rng = np.random.default_rng(seed)
-    rows = {
-        f"{method}: box file as written": as_written,
-        f"{method}: heatmap boxes only": score(heat, truth),
-        f"{method}: heatmap, x/y swapped": score(each_box(heat, swap_xy), truth),
-        f"{method}: heatmap, crop offset dropped": score(each_box(heat, drop_crop_offset), truth),
-        f"{method}: heatmap, random positions": mean_figures(
-            [score(random_positions(heat, rng), truth) for _ in range(RANDOM_DRAWS)]),
-    }
-    return rows, removed
+CONTROLS = {"score": score, "mean": mean_figures, "random": random_positions, "each": each_box,
+            "swap": swap_xy, "shift": drop_crop_offset}
 
 
-def score_all(at: Layout, methods: list[str], seed: int) -> dict:
+def score_all(at: Layout, cams: list[str], seed: int) -> dict:
+    """The original chain's rows (Grad-CAM + peaks as written), chance, the oracle, and the grid."""
     test_names = read_image_list(at.data / "test.txt")
     truth = nih.read_truth_by_image(at.bbox_test)
     table = average_boxes(read_bbox_list(at.bbox_valid))  # (8, 4), the sizes the localizer used
     average = {c: table[CLASS_NAMES.index(c)] for c in CLASSES}
-    rows, removed = {}, {}
-    for method in methods:
-        method_rows, removed[method] = score_method(at, method, truth, average, seed)
-        rows.update(method_rows)
-    rows["chance: class average box"] = score(average_only(load_preds(at.boxes(methods[0])), average), truth)
-    rows["planted boxes (oracle)"] = score(planted(truth), truth)
+    base = cams[0] if DEFAULT_CAM not in cams else DEFAULT_CAM
+    preds = load_preds(at.boxes(base))
+    cli = json.loads((at.evaluation(base) / "evaluation.json").read_text())
+    as_written = score(preds, truth)
+    if json.loads(json.dumps(as_written)) != figures(cli["classes"]):
+        raise RuntimeError(f"{at.boxes(base)}: in-process scores differ from evaluate.py's "
+                           f"evaluation.json")
+    heat, removed = heatmap_only(preds, average)
+    rows = {f"{base} + peaks: box file as written": as_written,
+            f"{base} + peaks: heatmap boxes only": score(heat, truth),
+            "chance: class average box": score(average_only(preds, average), truth),
+            "planted boxes (oracle)": score(planted(truth), truth)}
+    grid = {cam: bench_grid.score_grid(at.heatmaps(cam), truth, test_names, average, CLASSES,
+                                       seed, CONTROLS) for cam in cams}
+    logs = at.work / "logs"
+    seconds = {cam: bench_grid.seconds_per_image(logs / f"localize_{cam}.log", len(test_names))
+               for cam in cams}
     return {"test_images": len(test_names), "test_images_with_findings": len(truth),
             "average_boxes": {c: [round(float(v), 1) for v in average[c]] for c in CLASSES},
-            "average_boxes_removed": removed, "rows": rows}
+            "average_boxes_removed": {base: removed}, "rows": rows, "grid": grid,
+            "seconds_per_image": seconds}
 
 
 def training_log(at: Layout) -> list[dict]:
@@ -288,6 +294,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke-test sizes {PRESETS['quick']} instead of {PRESETS['full']} (default: off)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and of training (default: 0)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="run the chain once per seed (WORK/seed_S) and report mean and range "
+                             "(default: None, the one --seed)")
+    parser.add_argument("--cams", type=str, nargs="+", default=list(CAM_METHODS),
+                        choices=list(CAM_METHODS),
+                        help=f"CAM methods (default: all: {' '.join(CAM_METHODS)})")
     for key, kind in (("n_train", int), ("n_valid", int), ("n_test", int), ("epochs", int),
                       ("repeats", int), ("batch_size", int), ("lr", float), ("resize", str)):
         parser.add_argument(f"--{key.replace('_', '-')}", type=kind, default=None,
@@ -299,26 +311,47 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(args: argparse.Namespace) -> dict:
-    settings = dict(PRESETS["quick" if args.quick else "full"])
-    settings.update({k: getattr(args, k) for k in settings if getattr(args, k) is not None})
-    at, timings = Layout(Path(args.work).resolve()), {}
+def run_seed(work: Path, settings: dict, seed: int, args: argparse.Namespace) -> dict:
+    """One seed's chain (--rescore: its existing files) scored into WORK/benchmark.json."""
+    at, timings = Layout(work.resolve()), {}
     if args.rescore:
-        methods = sorted(p.name[len("boxes_"):-len(".txt")] for p in at.work.glob("boxes_*.txt"))
-        if not methods:
-            raise InputError(f"{at.work}: no boxes_*.txt to rescore; run without --rescore first")
+        cams = [c for c in CAM_METHODS if at.heatmaps(c).is_file()]
+        if not cams:
+            raise InputError(f"{at.work}: no heatmaps_*.npz to rescore; run without --rescore")
         previous = at.work / "benchmark.json"
         if previous.is_file():  # the settings and timings are those of the run that made the files
             old = json.loads(previous.read_text())
             settings, timings = old["settings"], old["timings"]
     else:
-        methods = run_pipeline(at, settings, args.seed, args.device, timings)
-    result = score_all(at, methods, args.seed)
-    result.update({"settings": settings, "seed": args.seed, "methods": methods,
+        cams = run_pipeline(at, settings, seed, args.device, timings, list(args.cams))
+    result = score_all(at, cams, seed)
+    result.update({"settings": settings, "seed": seed, "cams": cams, "rules": sorted(boxes.METHODS),
                    "training": training_log(at), "timings": timings})
     write_text_atomic(at.work / "benchmark.json", json.dumps(result, indent=1) + "\n")
-    print(format_table(result), end="")
-    print(f"wrote {at.work / 'benchmark.json'}")
+    return result
+
+
+def main(args: argparse.Namespace) -> dict:
+    settings = dict(PRESETS["quick" if args.quick else "full"])
+    settings.update({k: getattr(args, k) for k in settings if getattr(args, k) is not None})
+    work = Path(args.work)
+    if args.seeds is None:
+        result = run_seed(work, settings, args.seed, args)
+        print(format_table(result), end="")
+        summary = bench_grid.summarize([result], CLASSES)
+        print(bench_grid.format_summary(summary, [args.seed]), end="")
+        print(f"wrote {work / 'benchmark.json'}")
+        return result
+    per_seed = [run_seed(work / f"seed_{s}", settings, s, args) for s in args.seeds]
+    summary = bench_grid.summarize(per_seed, CLASSES)
+    result = {"seeds": args.seeds, "settings": settings, "summary": summary,
+              "per_seed": {str(s): r["rows"] for s, r in zip(args.seeds, per_seed)}}
+    write_text_atomic(work / "benchmark.json", json.dumps(result, indent=1) + "\n")
+    for s, r in zip(args.seeds, per_seed):
+        print(f"seed {s}:\n{format_table(r)}", end="")
+    print(f"mean over seeds {args.seeds} ([min-max] where shown):")
+    print(bench_grid.format_summary(summary, args.seeds), end="")
+    print(f"wrote {work / 'benchmark.json'}")
     return result
 
 

@@ -5,7 +5,9 @@ A crop pixel (row, col) is the original's pixel ((col + 16) * 4, (row + 16) * 4)
 
 Box methods live in METHODS, so the CLI can offer them by name: "peaks" is the original heuristic
 (one box of the class's average size per strong peak), "threshold" the bounding rectangles of the
-connected regions above a fraction of the map's maximum. Each is called as
+connected regions above a fraction of the map's maximum, "percentile" and "otsu" the same above a
+percentile of the map's values or above Otsu's threshold: those three take no size from any
+table. Each is called as
 `method(heatmap, size_wh, param=None) -> [(x, y, w, h), ...]` in the 1024 frame, and is split in
 two so that calibrate.py can search sizes without recomputing the slow part: `locate(heatmap,
 param)` (size-free anchors) and `place(anchors, size_wh)`. Crop pixels become 1024 pixels in one
@@ -23,7 +25,8 @@ from scipy import ndimage
 
 from chexnet.boxfile import Box
 from chexnet.constants import (CLASS_NAMES, CROP_OFFSET, CROP_SIZE, PEAK_CONTRAST, PEAK_DILATIONS,
-                       PEAK_KEEP_FRACTION, PEAK_NEIGHBORHOOD, RESCALE_FACTOR, THRESHOLD_FRACTION)
+                       OTSU_SCALE, PEAK_KEEP_FRACTION, PEAK_NEIGHBORHOOD, REGION_PERCENTILE,
+                       RESCALE_FACTOR, THRESHOLD_FRACTION)
 
 XYWH = tuple[float, float, float, float]
 
@@ -99,10 +102,44 @@ def threshold_rects(heatmap: np.ndarray, fraction: float = THRESHOLD_FRACTION) -
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"threshold fraction must be in (0, 1], got {fraction}")
     data = check_heatmap(heatmap)
+    return _rects_at_or_above(data, fraction * data.max())
+
+
+def percentile_rects(heatmap: np.ndarray, percentile: float = REGION_PERCENTILE
+                     ) -> list[tuple[int, int, int, int]]:
+    """As threshold_rects, the regions at or above the map's `percentile` (0-100) of its values."""
+    if not 0.0 <= percentile < 100.0:
+        raise ValueError(f"percentile must be in [0, 100), got {percentile}")
+    data = check_heatmap(heatmap)
+    return _rects_at_or_above(data, max(float(np.percentile(data, percentile)), np.nextafter(0, 1)))
+
+
+def otsu_level(data: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of values in [0, 1]: the bin edge maximising the between-class variance."""
+    counts, edges = np.histogram(data, bins=bins, range=(0.0, 1.0))
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(counts)[:-1].astype(np.float64)  # pixels below edge i + 1
+    w1 = counts.sum() - w0
+    m0 = np.cumsum(counts * centres)[:-1]
+    m1 = (counts * centres).sum() - m0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = np.where((w0 > 0) & (w1 > 0), w0 * w1 * (m0 / w0 - m1 / w1) ** 2, -1.0)
+    return float(edges[1 + int(np.argmax(between))])
+
+
+def otsu_rects(heatmap: np.ndarray, scale: float = OTSU_SCALE) -> list[tuple[int, int, int, int]]:
+    """As threshold_rects, the regions at or above `scale` x Otsu's threshold (at most the max)."""
+    if scale <= 0:
+        raise ValueError(f"Otsu scale must be > 0, got {scale}")
+    data = check_heatmap(heatmap)
+    return _rects_at_or_above(data, min(scale * otsu_level(data), data.max()))
+
+
+def _rects_at_or_above(data: np.ndarray, level: float) -> list[tuple[int, int, int, int]]:
     top_value = data.max()
     if top_value <= 0 or top_value == data.min():
         return []
-    labeled, count = ndimage.label(data >= fraction * top_value, structure=np.ones((3, 3)))
+    labeled, count = ndimage.label(data >= level, structure=np.ones((3, 3)))
     slices = ndimage.find_objects(labeled)
     strength = ndimage.maximum(data, labeled, range(1, count + 1))
     order = sorted(range(count), key=lambda i: -strength[i])  # stable: ties keep row-major order
@@ -128,7 +165,11 @@ class Method:
 METHODS: dict[str, Method] = {
     "peaks": Method("keep_fraction", PEAK_KEEP_FRACTION, find_peaks, place_peaks),
     "threshold": Method("fraction", THRESHOLD_FRACTION, threshold_rects, place_rects),
+    "percentile": Method("percentile", REGION_PERCENTILE, percentile_rects, place_rects),
+    "otsu": Method("otsu_scale", OTSU_SCALE, otsu_rects, place_rects),
 }
+# Rules whose boxes take their size from the map alone (the others from the average box's size).
+SIZE_FREE = ("threshold", "percentile", "otsu")
 
 
 def class_boxes(class_index: int, heatmap: np.ndarray, box_table: np.ndarray,

@@ -16,11 +16,12 @@ import torch
 from tqdm import tqdm
 
 from chexnet import boxes, images, scoring
-from chexnet.constants import AVERAGE_BOXES, CLASS_NAMES, CROP_SIZE, PEAK_KEEP_FRACTION, THRESHOLD_FRACTION
+from chexnet.constants import (AVERAGE_BOXES, CLASS_NAMES, CROP_SIZE, OTSU_SCALE,
+                               PEAK_KEEP_FRACTION, REGION_PERCENTILE, THRESHOLD_FRACTION)
 from chexnet.localize import class_probabilities
 from chexnet.nih import TruthBox
 from chexnet.utils import InputError, atomic_path
-from gradcam import GradCAM
+from gradcam import DEFAULT_CAM, make_cam
 
 PROBS_KEY = "probabilities"  # heatmaps.npz: "IMAGE/probabilities" beside "IMAGE/CLASS"
 # Multipliers of the average box's width and height, searched independently (9 x 9). 1.0 first: a
@@ -30,6 +31,8 @@ SCALES = (1.0, 0.5, 0.625, 0.75, 0.875, 1.25, 1.5, 1.75, 2.0)
 PARAM_GRIDS = {
     "peaks": (PEAK_KEEP_FRACTION, 0.5, 0.6, 0.7, 0.8, 0.95),
     "threshold": (THRESHOLD_FRACTION, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9),
+    "percentile": (REGION_PERCENTILE, 80.0, 85.0, 90.0, 97.0, 98.0, 99.0, 99.5),
+    "otsu": (OTSU_SCALE, 0.6, 0.8, 1.2, 1.4, 1.6, 1.8),
 }
 
 # ---------------------------------------------------------------- heatmaps
@@ -42,11 +45,11 @@ class Heatmaps:
 
 
 def compute_heatmaps(net: torch.nn.Module, stored: np.ndarray, names: list[str], device: torch.device,
-                     batch_size: int, layer: str) -> Heatmaps:
+                     batch_size: int, layer: str | None, cam_method: str = DEFAULT_CAM) -> Heatmaps:
     """uint8 (N, 256, 256) stored images -> probabilities and all classes' maps of their centre crops."""
     probs, maps = [], []
     net.to(device)
-    with GradCAM(net, layer) as cam:
+    with make_cam(cam_method, net, layer) as cam:
         for start in tqdm(range(0, len(names), batch_size), unit="batch", file=sys.stderr, desc="heatmaps"):
             crops = np.stack([images.center_crop(im) for im in stored[start:start + batch_size]])
             probs.append(class_probabilities(cam, torch.from_numpy(crops).to(device)))

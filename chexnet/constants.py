@@ -73,6 +73,13 @@ PEAK_KEEP_FRACTION = 0.9  # keep a peak whose heatmap value exceeds this share o
 # maximum, the usual measure of a blob's extent. calibrate.py tunes it per class.
 THRESHOLD_FRACTION = 0.5
 
+# Box rules whose extent comes from the map alone (no size from any truth table), tuned per class
+# by calibrate.py: regions at or above this percentile of the map's 224 x 224 values (95: the top
+# 5% of the crop, about 50 x 50 crop pixels, 200 x 200 of the 1024 image, if in one piece) ...
+REGION_PERCENTILE = 95.0
+# ... or above this multiple of the map's Otsu threshold (1.0: Otsu's own, 256 bins over [0, 1]).
+OTSU_SCALE = 1.0
+
 # Decision threshold for a class whose validation set cannot give one (no positive or no
 # negative example, so Youden's J is undefined).
 DEFAULT_THRESHOLD = 0.5

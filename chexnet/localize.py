@@ -20,8 +20,8 @@ from chexnet import boxes
 from chexnet import images
 from chexnet.boxfile import Box
 from chexnet.utils import InputError
-from chexnet.constants import CLASS_NAMES, CROP_SIZE, DEFAULT_TARGET_LAYER
-from gradcam import GradCAM
+from chexnet.constants import CLASS_NAMES, CROP_SIZE
+from gradcam import DEFAULT_CAM, BaseCAM, make_cam
 
 
 @dataclass
@@ -52,15 +52,17 @@ class FileCrops(Dataset):
 
 def iter_localize(model: torch.nn.Module, image_paths: Sequence[str], thresholds: np.ndarray,
                   box_sizes: np.ndarray, device: torch.device, batch_size: int = 16,
-                  target_layer: str = DEFAULT_TARGET_LAYER, workers: int = 0,
+                  target_layer: str | None = None, workers: int = 0,
                   method: str = "peaks", method_params: np.ndarray | None = None,
-                  resize: str = images.DEFAULT_RESIZE) -> Iterator[ImageResult]:
+                  resize: str = images.DEFAULT_RESIZE, cam_method: str = DEFAULT_CAM
+                  ) -> Iterator[ImageResult]:
     """Yield one ImageResult per path, in input order. The model is moved to `device`.
 
     thresholds: (C,) probabilities; box_sizes: (C, 4) average boxes (x, y, w, h) in 1024 px whose
     w, h size the heatmap boxes; method_params: (C,) the box method's parameter per class (None: its
     default; see resolve_box_params); resize: how each image becomes 256x256, as the model's training
-    images did (images.resize_stored). While the generator is open the model carries the Grad-CAM hook.
+    images did (images.resize_stored); cam_method: a name of gradcam.METHODS, hooked at target_layer
+    (None: the method's default). While the generator is open the model carries the CAM hook.
     """
     thresholds = np.asarray(thresholds, dtype=np.float32)
     box_sizes = np.asarray(box_sizes, dtype=np.float64)
@@ -71,7 +73,8 @@ def iter_localize(model: torch.nn.Module, image_paths: Sequence[str], thresholds
                         pin_memory=device.type == "cuda")
     model.to(device)
     start, pending = 0, None
-    with GradCAM(model, target_layer) as cam, ThreadPoolExecutor(max_workers=1) as pool:
+    with make_cam(cam_method, model, target_layer) as cam, \
+            ThreadPoolExecutor(max_workers=1) as pool:
         for crops, errors in loader:
             for message in errors:
                 if message:
@@ -88,7 +91,7 @@ def iter_localize(model: torch.nn.Module, image_paths: Sequence[str], thresholds
             yield from pending.result()
 
 
-def _network(cam: GradCAM, crops: torch.Tensor, thresholds: np.ndarray
+def _network(cam: BaseCAM, crops: torch.Tensor, thresholds: np.ndarray
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """uint8 (B, 224, 224) on the device -> probs (B, C), maps (B, K, 224, 224), classes (K,)."""
     probs = class_probabilities(cam, crops)
@@ -100,7 +103,7 @@ def _network(cam: GradCAM, crops: torch.Tensor, thresholds: np.ndarray
     return probs, maps, classes
 
 
-def class_probabilities(cam: GradCAM, crops: torch.Tensor) -> np.ndarray:
+def class_probabilities(cam: BaseCAM, crops: torch.Tensor) -> np.ndarray:
     """uint8 (B, 224, 224) crops on the device -> float32 (B, C) sigmoid probabilities, with the
     Grad-CAM graph kept for cam.maps(): normalise, one forward pass, sigmoid in fp32."""
     logits = cam.forward(images.normalize(crops))

@@ -9,6 +9,12 @@ Three metrics, each per class and overall (README and tools/evaluate.py --help s
    predicted box's area); hits / truth boxes; and AFP, false positives per evaluated image;
 3. the mean, over truth boxes, of the best IoU of a predicted box of its class.
 Only images that have truth boxes are scored. A figure with an empty denominator is None.
+
+Maps are scored without any box (score_maps, no box size from anywhere): the pointing game (Zhang
+et al. 2018): a hit when the map's maximum lies within POINTING_TOLERANCE pixels of a truth box of
+its class, and the IoU of the map thresholded at a fraction of its maximum with the union of the
+class's truth boxes. Both per (image, class) pair that has a truth box; a pair without a map (the
+class was not active) is a miss and IoU 0, and the `with_map` figures leave such pairs out.
 """
 from __future__ import annotations
 
@@ -19,7 +25,10 @@ from dataclasses import dataclass
 from typing import Iterable, Protocol
 
 from chexnet.boxfile import Box, ImageBoxes
-from chexnet.constants import BOX_TABLE_ALIASES, CLASS_NAMES
+import numpy as np
+
+from chexnet.constants import (BOX_TABLE_ALIASES, CLASS_NAMES, CROP_OFFSET, CROP_SIZE,
+                               RESCALE_FACTOR, STORED_SIZE)
 from chexnet.nih import TruthBox
 from chexnet.utils import InputError
 
@@ -29,6 +38,10 @@ WANG_THRESHOLDS = (0.1, 0.25, 0.5, 0.75, 0.9)
 ORIGINAL_TOP_K = 10
 ORIGINAL_IOU_CUTS = (0.25, 0.5)
 OVERALL = "overall"
+# The pointing game's tolerance: 15 pixels at the map's own scale, the 224 crop the network sees
+# (Zhang et al.'s 15 px at the network's input), i.e. 60 px of the 1024 image.
+POINTING_TOLERANCE = 15
+MAP_IOU_FRACTION = 0.5  # score_maps: a map pixel is "on" at >= this share of the map's maximum
 
 
 class BoxLike(Protocol):
@@ -181,3 +194,62 @@ def score_boxes(preds: dict[str, list[Box]], truth: dict[str, list[TruthBox]]) -
         "thresholds": list(WANG_THRESHOLDS),
         "classes": {name: tallies[name].summary(len(evaluated)) for name in CLASS_NAMES + (OVERALL,)},
     }
+
+
+# ---------------------------------------------------------------- maps, no box prior
+
+def map_peak_xy(heatmap: np.ndarray) -> tuple[float, float]:
+    """The centre of the map's (first) maximum, (x, y) in pixels of the 1024 image."""
+    row, col = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+    return ((col + 0.5 + CROP_OFFSET) * RESCALE_FACTOR, (row + 0.5 + CROP_OFFSET) * RESCALE_FACTOR)
+
+
+def points_at(x: float, y: float, truths: list, tolerance: float = POINTING_TOLERANCE) -> bool:
+    """Is (x, y) (1024 px) within `tolerance` crop pixels (x4 in the 1024 frame) of a truth box?"""
+    reach = tolerance * RESCALE_FACTOR
+    for t in truths:
+        dx, dy = max(t.x - x, 0.0, x - (t.x + t.w)), max(t.y - y, 0.0, y - (t.y + t.h))
+        if math.hypot(dx, dy) <= reach:
+            return True
+    return False
+
+
+def map_mask_iou(heatmap: np.ndarray, truths: list, fraction: float = MAP_IOU_FRACTION) -> float:
+    """IoU, on the 256 grid of the stored image (1 cell = 4 px of 1024), of the map's pixels at >=
+    fraction of its maximum (a flat zero map: none) with the union of the truth boxes."""
+    grid = np.zeros((STORED_SIZE, STORED_SIZE), dtype=bool)
+    top = float(heatmap.max())
+    if top > 0:
+        grid[CROP_OFFSET:CROP_OFFSET + CROP_SIZE, CROP_OFFSET:CROP_OFFSET + CROP_SIZE] = \
+            heatmap >= fraction * top
+    truth = np.zeros_like(grid)
+    for t in truths:
+        left, right = int(t.x // RESCALE_FACTOR), int(math.ceil((t.x + t.w) / RESCALE_FACTOR))
+        top_row, bottom = int(t.y // RESCALE_FACTOR), int(math.ceil((t.y + t.h) / RESCALE_FACTOR))
+        truth[max(top_row, 0):max(bottom, 0), max(left, 0):max(right, 0)] = True
+    union = int((grid | truth).sum())
+    return int((grid & truth).sum()) / union if union else 0.0
+
+
+def score_maps(maps: dict[tuple[str, str], np.ndarray], truth: dict[str, list[TruthBox]],
+               fraction: float = MAP_IOU_FRACTION, tolerance: float = POINTING_TOLERANCE) -> dict:
+    """maps: (image key, class) -> (224, 224) map; per class and OVERALL: pairs (image, class with a
+    truth box), with_map, pointing, pointing_with_map, map_iou, map_iou_with_map."""
+    sums = {name: [0, 0, 0, 0.0] for name in CLASS_NAMES + (OVERALL,)}  # pairs, mapped, hits, iou
+    for key, truths in truth.items():
+        for label in sorted({t.label for t in truths}):
+            mine = [t for t in truths if t.label == label]
+            heatmap = maps.get((key, label))
+            hit, overlap = False, 0.0
+            if heatmap is not None:
+                hit = points_at(*map_peak_xy(heatmap), mine, tolerance)
+                overlap = map_mask_iou(heatmap, mine, fraction)
+            for name in (label, OVERALL):
+                acc = sums[name]
+                acc[0], acc[1] = acc[0] + 1, acc[1] + (heatmap is not None)
+                acc[2], acc[3] = acc[2] + hit, acc[3] + overlap
+    return {"tolerance_crop_px": tolerance, "fraction": fraction, "classes": {
+        name: {"pairs": n, "with_map": m, "pointing": _ratio(h, n),
+               "pointing_with_map": _ratio(h, m), "map_iou": _ratio(s, n),
+               "map_iou_with_map": _ratio(s, m)}
+        for name, (n, m, h, s) in sums.items()}}

@@ -14,7 +14,8 @@ from chexnet.boxfile import Box, ImageBoxes, read_box_file, write_box_file
 from chexnet.constants import CROP_OFFSET, RESCALE_FACTOR
 from chexnet.images import read_xray
 from chexnet.nih import read_bbox_list, read_data_entry, read_image_list
-from chexnet import nih, scoring
+from chexnet import boxes, nih, scoring
+from gradcam import METHODS as CAM_METHODS
 
 SIZES = {"train": 8, "valid": 8, "test": 8}
 SEED = 5
@@ -179,20 +180,27 @@ def test_quick_benchmark_runs_the_real_scripts_end_to_end(tmp_path):
     The model is far too small to localize; what must hold is the plumbing and the bookkeeping."""
     result = bench.main(bench.get_args_parser().parse_args(["--quick", "--work", str(tmp_path)]))
     assert result == json.loads((tmp_path / "benchmark.json").read_text())
-    rows, methods = result["rows"], result["methods"]
-    assert "peaks" in methods and len(result["training"]) == 1
+    rows, cams = result["rows"], result["cams"]
+    assert cams == list(CAM_METHODS) and len(result["training"]) == 1
     truth = read_bbox_list(tmp_path / "bbox_test.csv")
     assert {b.image for b in truth} <= set(read_image_list(tmp_path / "data" / "test.txt"))
     oracle = rows["planted boxes (oracle)"]
     assert oracle[scoring.OVERALL]["truth_boxes"] == len(truth)
     assert set(oracle[scoring.OVERALL]["acc_iou"].values()) == {1.0}
-    for method in methods:
-        assert (tmp_path / f"evaluation_{method}" / "evaluation.json").is_file()
-        whole, heat = rows[f"{method}: box file as written"], rows[f"{method}: heatmap boxes only"]
-        for c in whole:  # dropping boxes can only lose hits
-            assert all(whole[c]["acc_iou"][t] >= heat[c]["acc_iou"][t] for t in whole[c]["acc_iou"]
-                       if whole[c]["acc_iou"][t] is not None)
-        # The original format writes one average box first for each class detected in an image.
-        preds = bench.load_preds(tmp_path / f"boxes_{method}.txt")
-        detected = sum(len({b.label for b in boxes if b.label in bench.CLASSES}) for boxes in preds.values())
-        assert result["average_boxes_removed"][method] == detected
+    whole = rows["gradcam + peaks: box file as written"]
+    heat = rows["gradcam + peaks: heatmap boxes only"]
+    for c in whole:  # dropping boxes can only lose hits
+        assert all(whole[c]["acc_iou"][t] >= heat[c]["acc_iou"][t] for t in whole[c]["acc_iou"]
+                   if whole[c]["acc_iou"][t] is not None)
+    # The original format writes one average box first for each class detected in an image.
+    preds = bench.load_preds(tmp_path / "boxes_gradcam.txt")
+    detected = sum(len({b.label for b in found if b.label in bench.CLASSES})
+                   for found in preds.values())
+    assert result["average_boxes_removed"]["gradcam"] == detected
+    for cam in cams:
+        assert (tmp_path / f"evaluation_{cam}" / "evaluation.json").is_file()
+        assert set(result["grid"][cam]["rules"]) == set(boxes.METHODS)
+        assert result["seconds_per_image"][cam] > 0
+    # the grid's Grad-CAM + peaks (from the saved maps) scores the same truth as the box file
+    grid = result["grid"]["gradcam"]["rules"]["peaks"]["heat"][scoring.OVERALL]
+    assert grid["truth_boxes"] == heat[scoring.OVERALL]["truth_boxes"]

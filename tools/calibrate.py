@@ -3,16 +3,17 @@
     python3 tools/calibrate.py PREPROCESSED_DIR [--model model/best.pt] [--method peaks] [--out MODEL_DIR]
 
 1. Heatmaps: for every validation image of valid_boxes.csv, the model's 8 probabilities and the
-   Grad-CAM maps of all 8 classes, from the preprocessed valid_X.npy (the same 256 -> 224 centre crop
-   that localization takes from the PNGs; no PNG is decoded again). They are saved as
-   OUT/heatmaps.npz (np.savez, no pickle): key "IMAGE/CLASS" -> float32 (224, 224), and
-   "IMAGE/probabilities" -> float32 (8,). `--heatmaps OUT/heatmaps.npz` re-runs the tuning from
-   that file without the network.
+   maps (--cam, default Grad-CAM) of all 8 classes, from the preprocessed valid_X.npy (the same
+   256 -> 224 centre crop that localization takes from the PNGs; no PNG is decoded again). They
+   are saved as OUT/heatmaps.npz (np.savez, no pickle): key "IMAGE/CLASS" -> float32
+   (224, 224), and "IMAGE/probabilities" -> float32 (8,). `--heatmaps OUT/heatmaps.npz` re-runs
+   the tuning from that file without the network.
 2. A class is active on an image when its probability exceeds its threshold (thresholds.npy beside
    the model, as denseNet_localization.py decides). Per class, a grid search over the width and
    height multipliers of the class's average box (SCALES; each scaled about the box's centre, width
    on x = columns, height on y = rows) and the method's parameter (PARAM_GRIDS: the peaks method's
-   keep fraction, or the threshold method's fraction of the map's maximum). The objective is the
+   keep fraction, the threshold method's fraction of the map's maximum, the percentile method's
+   percentile, the otsu method's multiple of Otsu's threshold). The objective is the
    original project's score from evaluate.py (mean of the shares of predicted boxes with IoU > 0.25
    and IoU > 0.5), of the class's own lines (its average box, then its heatmap boxes) on the images
    where it is active; ties go to the higher mean IoU of those boxes, then to the earlier grid
@@ -41,6 +42,7 @@ from chexnet.constants import AVERAGE_BOXES, CLASS_NAMES, DEFAULT_TARGET_LAYER  
 from chexnet.nih import TruthBox, boxes_by_image  # noqa: E402
 from chexnet.scoring import ORIGINAL_TOP_K, OVERALL  # noqa: E402
 from chexnet.utils import InputError, run_cli, select_device  # noqa: E402
+from gradcam import DEFAULT_CAM, FINAL_FEATURES, METHODS as CAM_METHODS  # noqa: E402
 from model import load_checkpoint, model_from_checkpoint  # noqa: E402
 
 OPTIMISM = ("note: the parameters were tuned on these same images, so 'after' is optimistic; "
@@ -68,8 +70,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the --holdout split (default: 0)")
     p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
     p.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--layer", type=str, default=DEFAULT_TARGET_LAYER,
-                   help=f"Grad-CAM target layer (default: {DEFAULT_TARGET_LAYER})")
+    p.add_argument("--cam", type=str, default=DEFAULT_CAM, choices=list(CAM_METHODS),
+                   help="class activation map: gradcam (the original's), gradcam++, layercam "
+                        "or cam (default: gradcam)")
+    p.add_argument("--layer", type=str, default=None,
+                   help=f"target layer (default: the method's: {DEFAULT_TARGET_LAYER}; "
+                        f"{FINAL_FEATURES} for cam)")
     return p
 
 
@@ -111,7 +117,8 @@ def heatmaps_for(args: argparse.Namespace, checkpoint: dict, data: preprocessed.
     net = model_from_checkpoint(checkpoint, source=args.model)
     index = {n: i for i, n in enumerate(data.valid.names)}
     stored = np.stack([data.valid.images[index[n]] for n in names])
-    hm = compute_heatmaps(net, stored, names, select_device(args.device), args.batch_size, args.layer)
+    hm = compute_heatmaps(net, stored, names, select_device(args.device), args.batch_size,
+                          args.layer, args.cam)
     save_heatmaps(out / model_dir.HEATMAPS, hm)
     print(f"wrote {out / model_dir.HEATMAPS}: {len(names)} images x {len(CLASS_NAMES)} classes")
     return hm
@@ -134,14 +141,16 @@ def main(args: argparse.Namespace) -> dict:
               f"localization's", file=sys.stderr)
     thresholds, thresholds_from = model_dir.resolve_thresholds(args.thresholds, args.model, checkpoint)
     print(f"{len(names)} validation images with true boxes ({len(tune_rows)} tuning, {len(hold_rows)} held out); "
-          f"thresholds from {thresholds_from}; method {args.method}", file=sys.stderr)
+          f"thresholds from {thresholds_from}; method {args.method}, maps {args.cam}",
+          file=sys.stderr)
     hm = heatmaps_for(args, checkpoint, data, names, out)
     act = active(hm, thresholds)
     choices = tune(hm, tune_rows, act, truth, args.method)
     method = boxes.METHODS[args.method]
     table, params = tuned_table(choices), np.array([c.param for c in choices])
     base_table, base_params = np.array(AVERAGE_BOXES, dtype=np.float64), np.full(len(CLASS_NAMES), method.default)
-    record = {"method": args.method, "images": len(names), "tuned_on": len(tune_rows), "held_out": len(hold_rows)}
+    record = {"method": args.method, "cam": args.cam, "images": len(names),
+              "tuned_on": len(tune_rows), "held_out": len(hold_rows)}
     for part, rows in (("tuning", tune_rows), ("holdout", hold_rows)):
         if not rows:
             continue

@@ -33,6 +33,12 @@ Three metrics, each per class and overall:
    (0 when there is none), averaged over the class's truth boxes (overall: all truth boxes).
 
 A figure whose denominator is empty (no predicted box, or no truth box, of a class) is None.
+
+With --heatmaps FILE.npz (denseNet_localization.py --save-heatmaps), the maps themselves are scored,
+with no box size from anywhere (scoring.score_maps), per (image, class) pair that has a truth box:
+the pointing game (the map's maximum within 15 pixels of the 224 crop, 60 px of the 1024 image, of
+a truth box of its class) and the IoU of the map's pixels at >= --map-fraction of its maximum with
+the union of the class's truth boxes. A pair whose class was not active has no map: a miss.
 """
 from __future__ import annotations
 
@@ -48,7 +54,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root
 
 from chexnet import nih  # noqa: E402
 from chexnet.boxfile import read_box_file  # noqa: E402
-from chexnet.scoring import ORIGINAL_IOU_CUTS, predictions_by_image, score_boxes  # noqa: E402
+from chexnet.heatmap_file import read_heatmaps  # noqa: E402
+from chexnet.scoring import (MAP_IOU_FRACTION, ORIGINAL_IOU_CUTS, image_key,  # noqa: E402
+                             predictions_by_image, score_boxes, score_maps)
 from chexnet.utils import InputError, run_cli, write_text_atomic  # noqa: E402
 
 # Wang et al.'s Table 4 (IoBB accuracy), drawn beside ours; the file names its source.
@@ -112,7 +120,29 @@ def format_report(report: dict) -> str:
     for key, what in (("afp_iou", "IoU <= T"), ("afp_iobb", "IoBB <= T")):
         lines += _table(f"average false positives per evaluated image ({what} with every truth box of its class)",
                         ts, [(n, [s[key][t] for t in ts]) for n, s in classes.items()])
+    if "maps" in report:
+        maps = report["maps"]
+        lines += _table(f"heatmaps, no box prior: pointing game ({maps['tolerance_crop_px']} px of "
+                        f"the 224 crop) and IoU of the map >= {maps['fraction']:g} x max",
+                        ["pairs", "mapped", "point", "point|m", "mapIoU", "IoU|m"],
+                        [(n, [s[k] for k in ("pairs", "with_map", "pointing", "pointing_with_map",
+                                             "map_iou", "map_iou_with_map")])
+                         for n, s in maps["classes"].items()])
     return "\n".join(lines) + "\n"
+
+
+def maps_report(path: str, truth: dict, images: set[str], fraction: float) -> dict:
+    """score_maps of a --save-heatmaps file over `images` (the box file's: an image with no active
+    class has no map but is scored); an (image, class) pair twice is an InputError."""
+    saved = read_heatmaps(path)
+    maps = {}
+    for image, label, heatmap in zip(saved.images, saved.labels, saved.maps):
+        key = (image_key(image), label)
+        if key in maps:
+            raise InputError(f"{path}: {label} of image {key[0]} appears more than once")
+        maps[key] = heatmap
+    report = score_maps(maps, {k: v for k, v in truth.items() if k in images}, fraction)
+    return {"heatmaps": str(path), "cam": saved.cam, "layer": saved.layer, **report}
 
 
 def write_outputs(report: dict, out_dir: str | os.PathLike) -> list[Path]:
@@ -137,6 +167,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plots", type=str, default=None,
                         help="folder for localization_iobb.png (beside Wang et al.'s Table 4) and "
                              "localization_iou.png (default: None, --out when given, else no figures)")
+    parser.add_argument("--heatmaps", type=str, default=None,
+                        help="a denseNet_localization.py --save-heatmaps .npz: also score its maps "
+                             "(pointing game, IoU of the thresholded map) (default: None)")
+    parser.add_argument("--map-fraction", type=float, default=MAP_IOU_FRACTION,
+                        help=f"with --heatmaps: a map pixel is on at >= this share of the map's "
+                             f"maximum (default: {MAP_IOU_FRACTION})")
     return parser
 
 
@@ -157,8 +193,13 @@ def main(args: argparse.Namespace) -> dict:
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"{args.box_txt}: cannot read as a text box file ({err})") from None
     preds = predictions_by_image(args.box_txt, entries)
-    report = score_boxes(preds, nih.read_truth_by_image(args.bbox_list))
+    truth = nih.read_truth_by_image(args.bbox_list)
+    report = score_boxes(preds, truth)
     report = {"box_file": str(args.box_txt), "bbox_list": str(args.bbox_list), **report}
+    if args.heatmaps is not None:
+        if not 0.0 < args.map_fraction <= 1.0:
+            raise InputError(f"--map-fraction {args.map_fraction}: must be in (0, 1]")
+        report["maps"] = maps_report(args.heatmaps, truth, set(preds), args.map_fraction)
     print(format_report(report), end="")
     if args.out is not None:
         for path in write_outputs(report, args.out):

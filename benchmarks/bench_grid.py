@@ -1,0 +1,126 @@
+"""The known-truth benchmark's grid: every CAM method x every box rule, each with its controls,
+scored from the heatmaps that denseNet_localization.py --save-heatmaps wrote (one localization run
+per CAM method; the box rules run here on the saved maps), and the table over several seeds.
+
+Per (cam, rule), Wang et al.'s accuracy at IoU > T of the heatmap boxes alone (no average box),
+and of three controls built from the same boxes: at random positions (chance), x/y swapped and the
+crop offset dropped (wrong geometry). The size-taking rule (peaks) sizes its boxes with the
+validation images' average box, as calibration would; the others take no size from any table.
+Per cam: the pointing game (and with each map transposed, its wrong-geometry control), the IoU of
+the map above half its maximum, and seconds per image of its localization run.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from chexnet import boxes, scoring
+from chexnet.boxfile import Box
+from chexnet.heatmap_file import read_heatmaps
+
+RANDOM_DRAWS = 20  # random placements averaged for the chance control
+SHOWN_T = ("0.1", "0.25", "0.5")
+
+
+def heatmap_boxes(saved, rule: str, average: dict[str, np.ndarray], classes
+                  ) -> dict[str, list[Box]]:
+    """image name -> the boxes `rule` makes from each saved map of a planted class (no average
+    box)."""
+    preds: dict[str, list[Box]] = {}
+    for image, label, heatmap in zip(saved.images, saved.labels, saved.maps):
+        preds.setdefault(scoring.image_key(image), [])
+        if label in classes:
+            size = (float(average[label][2]), float(average[label][3]))
+            preds[scoring.image_key(image)] += [Box(label, *xywh)
+                                                for xywh in boxes.METHODS[rule](heatmap, size)]
+    return preds
+
+
+def map_figures(saved, truth: dict, names: list[str]) -> dict:
+    """Pointing game, its transposed-map control and the map IoU, overall and per class."""
+    maps = {(scoring.image_key(i), l): m for i, l, m in zip(saved.images, saved.labels, saved.maps)}
+    scored = {k: v for k, v in truth.items() if k in names}
+    plain = scoring.score_maps(maps, scored)["classes"]
+    transposed = scoring.score_maps({k: m.T for k, m in maps.items()}, scored)["classes"]
+    return {c: {"pointing": plain[c]["pointing"], "pointing_transposed": transposed[c]["pointing"],
+                "map_iou": plain[c]["map_iou"], "pairs": plain[c]["pairs"]} for c in plain}
+
+
+def seconds_per_image(log: Path, images: int) -> float | None:
+    """From denseNet_localization.py's last line: 'in S s (R images/s)' (network + boxes only)."""
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    found = re.findall(r"in ([0-9.]+) s \(", text)
+    return float(found[-1]) / images if found and images else None
+
+
+def score_grid(heatmaps: Path, truth: dict, names: list[str], average: dict, classes, seed: int,
+               controls) -> dict:
+    """{rule: {"heat", "random", "swapped", "no_offset": figures}} and the map figures, one cam."""
+    saved = read_heatmaps(heatmaps)
+    score, rng = controls["score"], np.random.default_rng(seed)
+    grid = {}
+    for rule in sorted(boxes.METHODS):
+        heat = heatmap_boxes(saved, rule, average, classes)
+        heat.update({n: [] for n in names if n not in heat})  # an image with no active class
+        grid[rule] = {
+            "heat": score(heat, truth),
+            "random": controls["mean"]([score(controls["random"](heat, rng), truth)
+                                        for _ in range(RANDOM_DRAWS)]),
+            "swapped": score(controls["each"](heat, controls["swap"]), truth),
+            "no_offset": score(controls["each"](heat, controls["shift"]), truth),
+        }
+    return {"rules": grid, "maps": map_figures(saved, truth, names)}
+
+
+# ---------------------------------------------------------------- the table, over seeds
+
+def cells(seed_result: dict, cam: str, rule: str, classes) -> dict[str, float | None]:
+    """The table's numbers for one seed, cam and rule."""
+    g = seed_result["grid"][cam]["rules"][rule]
+    ov = scoring.OVERALL
+    out = {f"IoU>{t}": g["heat"][ov]["acc_iou"][t] for t in SHOWN_T}
+    out.update({f"{c[:4]}>.25": g["heat"][c]["acc_iou"]["0.25"] for c in classes})
+    out["mIoU"] = g["heat"][ov]["mean_iou"]
+    out.update({f"{k}>.25": g[key][ov]["acc_iou"]["0.25"]
+                for k, key in (("rand", "random"), ("swap", "swapped"), ("noofs", "no_offset"))})
+    maps = seed_result["grid"][cam]["maps"][ov]
+    out.update({"point": maps["pointing"], "pt-T": maps["pointing_transposed"],
+                "mapIoU": maps["map_iou"], "s/img": seed_result["seconds_per_image"].get(cam)})
+    return out
+
+
+def summarize(per_seed: list[dict], classes) -> dict:
+    """{"cam / rule": {column: {"mean", "min", "max"}}} over the seeds (None where any is None)."""
+    table = {}
+    first = per_seed[0]
+    for cam in first["grid"]:
+        for rule in first["grid"][cam]["rules"]:
+            runs = [cells(r, cam, rule, classes) for r in per_seed]
+            table[f"{cam} / {rule}"] = {
+                k: (None if any(r[k] is None for r in runs) else
+                    {"mean": float(np.mean([r[k] for r in runs])),
+                     "min": float(min(r[k] for r in runs)), "max": float(max(r[k] for r in runs))})
+                for k in runs[0]}
+    return table
+
+
+def format_summary(table: dict, seeds: list[int], markdown: bool = False) -> str:
+    """One row per cam / rule: means, and [min-max] for the overall IoU > 0.25 and pointing."""
+    columns = list(next(iter(table.values())))
+    ranged = {"IoU>0.25", "point"} if len(seeds) > 1 else set()
+
+    def fmt(k, v):
+        if v is None:
+            return "-"
+        digits = 3 if k == "s/img" else 2
+        text = f"{v['mean']:.{digits}f}"
+        return text + (f" [{v['min']:.2f}-{v['max']:.2f}]" if k in ranged else "")
+    rows = [[name] + [fmt(k, v[k]) for k in columns] for name, v in table.items()]
+    head = ["cam / box rule"] + columns
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [head] + rows) + "\n"

@@ -1,0 +1,118 @@
+"""Each CAM method's batched maps equal a per-class, per-image restatement of its paper's
+formula."""
+import cv2
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from chexnet.utils import InputError
+from gradcam import CAM, FINAL_FEATURES, METHODS, make_cam
+
+SIZE = 96  # a tiny input: DenseNet is convolutional up to its pooling (3x3 final features)
+CLASSES = [1, 5, 6]
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return torchvision.models.densenet121(num_classes=8).eval()
+
+
+@pytest.fixture(scope="module")
+def x():
+    return torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+
+
+def _finish(cam: np.ndarray) -> np.ndarray:
+    cam = cv2.resize(cam, (SIZE, SIZE), interpolation=cv2.INTER_LINEAR)
+    span = cam.max() - cam.min()
+    return (cam - cam.min()) / span if span > 0 else np.zeros_like(cam)
+
+
+def grad_cam(a, g, w):  # Selvaraju et al. 2017, eq. 1-2
+    return np.maximum(np.einsum("c,chw->hw", g.mean(axis=(1, 2)), a), 0)
+
+
+def grad_cam_pp(a, g, w):  # Chattopadhyay et al. 2018, eq. 19 (exp score: powers of the gradient)
+    alpha = np.zeros_like(g)
+    for c in range(a.shape[0]):
+        denominator = 2 * g[c] ** 2 + a[c].sum() * g[c] ** 3 + 1e-6
+        alpha[c] = np.where(g[c] != 0, g[c] ** 2 / denominator, 0)
+    weights = np.array([(alpha[c] * np.maximum(g[c], 0)).sum() for c in range(a.shape[0])])
+    return np.maximum(np.einsum("c,chw->hw", weights, a), 0)
+
+
+def layer_cam(a, g, w):  # Jiang et al. 2021, eq. 4-5
+    return np.maximum((np.maximum(g, 0) * a).sum(axis=0), 0)
+
+
+def class_cam(a, g, w):  # Zhou et al. 2016: M_c(x, y) = sum_k w_k^c f_k(x, y), f after the ReLU
+    return np.einsum("c,chw->hw", w, np.maximum(a, 0))
+
+
+FORMULAS = {"gradcam": grad_cam, "gradcam++": grad_cam_pp, "layercam": layer_cam, "cam": class_cam}
+
+
+def _reference(model, x, name):
+    """One forward + one backward per class, a hook on the layer; the formula per image, float64."""
+    layer = FINAL_FEATURES if name == "cam" else METHODS[name].default_layer
+    module = dict(model.named_modules())[layer]
+    store = {}
+
+    def keep(m, i, out):
+        store["a"] = out.detach().clone()
+        out.register_hook(lambda grad: store.__setitem__("g", grad.detach()))
+
+    handle = module.register_forward_hook(keep)
+    out = np.zeros((x.shape[0], len(CLASSES), SIZE, SIZE))
+    try:
+        for j, k in enumerate(CLASSES):
+            model.zero_grad()
+            model(x)[:, k].sum().backward()
+            w = model.classifier.weight[k].detach().double().numpy()
+            for b in range(x.shape[0]):
+                a, g = store["a"][b].double().numpy(), store["g"][b].double().numpy()
+                out[b, j] = _finish(FORMULAS[name](a, g, w))
+    finally:
+        handle.remove()
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_batched_maps_equal_the_papers_formula(model, x, name):
+    assert set(FORMULAS) == set(METHODS)
+    with make_cam(name, model) as cam:
+        logits, maps = cam.compute(x, CLASSES)
+    assert maps.shape == (2, len(CLASSES), SIZE, SIZE) and maps.dtype == torch.float32
+    np.testing.assert_allclose(maps.numpy(), _reference(model, x, name), atol=2e-5)
+    np.testing.assert_allclose(logits.numpy(), model(x).detach().numpy(), atol=1e-5)
+
+
+def test_cam_is_exact_for_pool_and_linear_head(model, x):
+    """The raw CAM's mean over positions is the logit minus the bias (global pool + linear head)."""
+    store = {}
+    with CAM(model) as cam:
+        original = cam.combine
+        cam.combine = lambda a, g, k: store.setdefault("raw", original(a, g, k))
+        logits = cam.forward(x)
+        cam.maps(list(range(8)))
+    recovered = store["raw"].mean(dim=(-2, -1)) + model.classifier.bias.detach()
+    np.testing.assert_allclose(recovered.numpy(), logits.numpy(), atol=1e-4)
+
+
+def test_cam_rejects_another_layer_and_unknown_method(model):
+    with pytest.raises(InputError, match="final features"):
+        make_cam("cam", model, "features.denseblock3")
+    with pytest.raises(InputError, match="choose from"):
+        make_cam("scorecam", model)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_model_left_as_found(model, x, name):
+    model.train()
+    flags = [p.requires_grad for p in model.parameters()]
+    with make_cam(name, model) as cam:
+        cam.compute(x[:1], [0])
+    assert model.training and [p.requires_grad for p in model.parameters()] == flags
+    model.eval()
