@@ -12,30 +12,38 @@ import cv2
 import numpy as np
 import torch
 
-from chexnet.constants import (CROP_OFFSET, CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD, ORIGINAL_SIZE,
-                               STORED_SIZE)
+from chexnet import xray_files
+from chexnet.constants import CROP_OFFSET, CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD, STORED_SIZE
 from chexnet.original_resize import resize_original
 from chexnet.utils import InputError
 
 RESIZE_METHODS = ("original", "area")
 DEFAULT_RESIZE = "original"  # the original's pixels (faithful by default)
+MIN_SIDE = STORED_SIZE  # a smaller image would be upsampled to the network's input
 
 
 def read_xray(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file to a uint8 (H, W) grayscale array.
+    """Decode an X-ray file (PNG 8/16 bit, JPEG, TIFF, DICOM) to a uint8 (H, W) grayscale array.
 
     RGB and RGBA files (a few in the NIH release) keep their first (red) channel, as the
-    original did; 16-bit files are scaled to 8 bits. Errors name the file.
+    original did; 16-bit files are scaled to 8 bits; DICOM goes through xray_files.read_dicom.
+    Any size of at least MIN_SIDE on each side. Errors name the file.
     """
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: image not found")
-    if os.path.getsize(path) == 0:
-        raise InputError(f"{path}: empty file")
+    xray_files.check_file(path)
+    image = xray_files.read_dicom(path) if xray_files.is_dicom(path) else _read_raster(path)
+    height, width = image.shape
+    if min(height, width) < MIN_SIDE:
+        raise InputError(f"{path}: image is {width}x{height} px; need at least {MIN_SIDE} px on "
+                         f"each side (a smaller image would be upsampled)")
+    return image
+
+
+def _read_raster(path: str | os.PathLike) -> np.ndarray:
     image = cv2.imread(os.fspath(path), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise InputError(f"{path}: cannot decode (not an image, or truncated)")
-    if image.ndim == 3:
-        image = image[:, :, 2]  # OpenCV orders channels B, G, R(, A): index 2 is red, the first in the file
+    if image.ndim == 3:  # OpenCV orders channels B, G, R(, A): index 2 is red, the first in the file
+        image = image[:, :, 2] if image.shape[2] >= 3 else image[:, :, 0]
     if image.dtype == np.uint16:
         image = ((image.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
     elif image.dtype != np.uint8:
@@ -56,17 +64,15 @@ def resize_stored(image: np.ndarray, method: str = DEFAULT_RESIZE) -> np.ndarray
 
 
 def load_stored(path: str | os.PathLike, resize: str = DEFAULT_RESIZE) -> np.ndarray:
-    """Read one X-ray and return its stored (256, 256) form; refuse a size the box frame cannot map."""
+    """Read one X-ray of any size and return its stored (256, 256) form."""
+    return resize_stored(read_xray(path), resize)
+
+
+def load_stored_sized(path: str | os.PathLike, resize: str = DEFAULT_RESIZE
+                      ) -> tuple[np.ndarray, tuple[int, int]]:
+    """The stored (256, 256) form and the original (width, height), which the boxes map back to."""
     image = read_xray(path)
-    require_original_size(image, path)
-    return resize_stored(image, resize)
-
-
-def require_original_size(image: np.ndarray, path: str | os.PathLike) -> None:
-    """Boxes live in the 1024x1024 frame of the NIH release: another size cannot be mapped."""
-    if image.shape != (ORIGINAL_SIZE, ORIGINAL_SIZE):
-        raise InputError(f"{path}: image is {image.shape[1]}x{image.shape[0]}, expected "
-                         f"{ORIGINAL_SIZE}x{ORIGINAL_SIZE} (the NIH release size)")
+    return resize_stored(image, resize), (image.shape[1], image.shape[0])
 
 
 def check_images_exist(paths: Sequence[str | os.PathLike], source: str | os.PathLike,

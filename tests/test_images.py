@@ -70,8 +70,10 @@ def test_bad_files_name_the_file(sample_dir, tmp_path, content, message):
         load_stored(path)
 
 
-def test_other_size_is_refused(tmp_path):
+def test_small_image_is_refused_other_sizes_are_resized(tmp_path):
     path = tmp_path / "small.png"
-    cv2.imwrite(str(path), np.zeros((512, 600), np.uint8))
-    with pytest.raises(InputError, match=r"small.png: image is 600x512, expected 1024x1024"):
+    cv2.imwrite(str(path), np.zeros((200, 600), np.uint8))
+    with pytest.raises(InputError, match=r"small.png: image is 600x200 px; need at least 256"):
         load_stored(path)
+    cv2.imwrite(str(path), np.zeros((512, 600), np.uint8))
+    assert load_stored(path).shape == (256, 256)

@@ -74,15 +74,15 @@ def _bad_bytes(sample_dir, kind):
         return b""
     if kind == "not an image":
         return b"Image Index,Finding Labels\n" * 100  # a CSV saved under a .png name
-    ok, data = cv2.imencode(".png", np.zeros((512, 600), np.uint8))
-    return data.tobytes()  # "other size": a valid PNG of 600x512
+    ok, data = cv2.imencode(".png", np.zeros((200, 600), np.uint8))
+    return data.tobytes()  # "too small": a valid PNG of 600x200
 
 
 @pytest.mark.parametrize("kind, message", [
     ("truncated", "cannot decode"),
     ("empty", "empty file"),
     ("not an image", "cannot decode"),
-    ("other size", "image is 600x512, expected 1024x1024"),
+    ("too small", "image is 600x200 px; need at least 256 px on each side"),
 ])
 def test_bad_image_is_one_line_error_and_writes_nothing(sample_dir, tmp_path, kind, message):
     images = linked_images(sample_dir, tmp_path / "images", ["00000100_000.png", "00026911_000.png"])
