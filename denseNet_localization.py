@@ -1,12 +1,16 @@
-"""Localize findings in chest X-rays: python3 denseNet_localization.py TEST_TXT IMAGES.
+"""Localize findings in chest X-rays: denseNet_localization.py TEST_TXT IMAGES | IMAGE | FOLDER.
 
-For every image of TEST_TXT (read from IMAGES): the 8 probabilities, the active classes (probability >
-the class's threshold), a heatmap per active class (--cam, default Grad-CAM, the original's), then
-boxes: per active class in class order, the class's average box, then the boxes its heatmap gives
-(--method peaks, the original's: one box of the average size per strong peak; or threshold,
-percentile, otsu: regions of the map, no size from any table). Writes bounding_box.txt: per image
+For every image of TEST_TXT (read from IMAGES), or one image file, or every image file of a folder
+(PNG, JPEG, TIFF, DICOM; any size of at least 256 px a side): the 8 probabilities, the active
+classes (probability > the class's threshold), a heatmap per active class (--cam, default Grad-CAM,
+the original's), then boxes: per active class in class order, the class's average box, then the
+boxes its heatmap gives (--method peaks, the original's: one box of the average size per strong
+peak; or threshold, percentile, otsu: regions of the map, no size from any table). Writes
+bounding_box.txt: per image
 `[IMAGES/name] [count]`, then `[disease] [x] [y] [width] [height]` lines, '%.1f', in pixels of the
-1024x1024 original.
+image itself (x = (col + 16) * W / 256: a 1024x1024 image gives the original's numbers). Given an
+image or a folder, it also prints one line per image: the classes above threshold, with their
+probabilities.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import time
 from tqdm import tqdm
 
 from chexnet import boxes, localize, model_dir, nih
+from chexnet import xray_files
 from chexnet.boxfile import ImageBoxes, write_box_file
 from chexnet.constants import CLASS_NAMES, DEFAULT_TARGET_LAYER
 from chexnet.heatmap_file import SavedHeatmaps, write_heatmaps
@@ -31,9 +36,12 @@ DEFAULT_WORKERS = min(4, usable_cpus())
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("test_txt", type=str, help="list of image names, one a line (TEST_TXT)")
-    p.add_argument("images", type=str,
-                   help="folder of the images (IMAGES); output paths are IMAGES/name")
+    p.add_argument("test_txt", type=str,
+                   help="list of image names, one a line (TEST_TXT); or one image file (PNG, JPEG, "
+                        "TIFF, DICOM), or a folder of them, whose paths the box file then names")
+    p.add_argument("images", type=str, nargs="?", default=None,
+                   help="with TEST_TXT: folder of the images (IMAGES); output paths are "
+                        "IMAGES/name (default: None; required with a list, refused with an image or a folder)")
     p.add_argument("--model", type=str, default=model_dir.DEFAULT_MODEL,
                    help=f"checkpoint (ours, or the original's .pkl) (default: {model_dir.DEFAULT_MODEL}, "
                         f"where train.py writes)")
@@ -126,9 +134,7 @@ def main(args: argparse.Namespace) -> None:
     if args.batch_size < 1 or args.workers < 0:
         raise InputError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size}, "
                          f"{args.workers}")
-    names = nih.read_image_list(args.test_txt)
-    paths = [os.path.join(args.images, name) for name in names]  # as the original writes them
-    check_images_exist(paths, args.test_txt)
+    paths, per_image = input_paths(args.test_txt, args.images)
     device = select_device(args.device)
     checkpoint = load_checkpoint(args.model)
     net = model_from_checkpoint(checkpoint, source=args.model)
@@ -155,6 +161,8 @@ def main(args: argparse.Namespace) -> None:
         detections += len(result.heatmaps)
         if args.save_heatmaps is not None:
             keep_heatmaps(saved, result)
+        if per_image:
+            tqdm.write(findings_line(result, thresholds), file=sys.stdout)
         if plotter is not None:
             tick = time.perf_counter()
             plotter.add(result.image_path, result.probs, result.heatmaps, result.boxes)
@@ -177,6 +185,31 @@ def keep_heatmaps(saved: SavedHeatmaps, result: localize.ImageResult) -> None:
         saved.labels.append(CLASS_NAMES[k])
         saved.probs.append(float(result.probs[k]))
         saved.maps.append(heatmap.astype("float32"))
+
+
+def input_paths(source: str, images: str | None) -> tuple[list[str], bool]:
+    """(image paths, whether they came from an image or a folder rather than a list of names)."""
+    if os.path.isdir(source) or (os.path.isfile(source) and xray_files.is_image_file(source)):
+        if images is not None:
+            raise InputError(f"{images}: IMAGES goes with a list of names; {source} is an image or "
+                             f"a folder, whose own paths are used")
+        return (xray_files.image_files(source) if os.path.isdir(source) else [source]), True
+    if images is None:
+        raise InputError(f"{source}: neither an image nor a folder; a list of names needs IMAGES, "
+                         f"the folder they are in")
+    names = nih.read_image_list(source)
+    paths = [os.path.join(images, name) for name in names]  # as the original writes them
+    check_images_exist(paths, source)
+    return paths, False
+
+
+def findings_line(result: localize.ImageResult, thresholds) -> str:
+    """`path WxH: Class 0.830, Class 0.610`: the classes above threshold, in class order."""
+    found = [f"{CLASS_NAMES[k]} {result.probs[k]:.3f}" for k in range(len(CLASS_NAMES))
+             if result.probs[k] > thresholds[k]]
+    width, height = result.size
+    return (f"{result.image_path} {width}x{height}: "
+            + (", ".join(found) if found else "no class above its threshold"))
 
 
 def finish_pictures(plotter, args: argparse.Namespace, plot_seconds: float) -> None:

@@ -14,6 +14,10 @@ param)` (size-free anchors) and `place(anchors, size_wh)`. Crop pixels become 10
 place only, crop_rect_to_original. For both methods, localization writes the class's average box
 first (class_boxes): the file reads the same whichever method made it, and the evaluator's
 difference between the methods is their heatmap boxes alone.
+
+Boxes are made in the 1024 frame (the NIH release's, in which the average boxes and box_sizes.json
+are given) and then scaled into the image's own pixels by to_image: an image of any size W x H,
+resized to 256x256, maps a crop pixel to ((col + 16) * W / 256, (row + 16) * H / 256).
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from scipy import ndimage
 from chexnet.boxfile import Box
 from chexnet.constants import (CLASS_NAMES, CROP_OFFSET, CROP_SIZE, PEAK_CONTRAST, PEAK_DILATIONS,
                        OTSU_SCALE, PEAK_KEEP_FRACTION, PEAK_NEIGHBORHOOD, REGION_PERCENTILE,
-                       RESCALE_FACTOR, THRESHOLD_FRACTION)
+                       ORIGINAL_SIZE, RESCALE_FACTOR, THRESHOLD_FRACTION)
 
 XYWH = tuple[float, float, float, float]
 
@@ -87,6 +91,15 @@ def crop_rect_to_original(left: int, top: int, right: int, bottom: int) -> XYWH:
     """Crop pixels [left, right) x [top, bottom) (columns x, rows y) -> (x, y, w, h) in 1024 px."""
     return (float((left + CROP_OFFSET) * RESCALE_FACTOR), float((top + CROP_OFFSET) * RESCALE_FACTOR),
             float((right - left) * RESCALE_FACTOR), float((bottom - top) * RESCALE_FACTOR))
+
+
+def to_image(box: Box, size: tuple[int, int]) -> Box:
+    """A box of the 1024 frame -> pixels of an image of size (width, height):
+    x = (col + 16) * W / 256, y = (row + 16) * H / 256, sizes likewise. 1024x1024 keeps the numbers."""
+    sx, sy = size[0] / ORIGINAL_SIZE, size[1] / ORIGINAL_SIZE
+    if sx == 1.0 and sy == 1.0:
+        return box
+    return Box(box.label, box.x * sx, box.y * sy, box.w * sx, box.h * sy)
 
 
 def place_peaks(centres: list[tuple[float, float]], size_wh: tuple[float, float]) -> list[XYWH]:

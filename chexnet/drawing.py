@@ -2,9 +2,10 @@
 
 Nothing is drawn at import. Every figure is written as one PNG through save_figure (atomic) and
 closed. Pictures of an X-ray are drawn margin-free at a fixed pixel size: the
-image axes fill their part of the figure, in the coordinates of the 1024x1024 original (the
-box file's frame), so a box (x, y, w, h) covers output pixels column x * size / 1024 onward
-and row y * size / 1024 onward (x is the column, y the row; the origin is the top-left).
+image axes fill their part of the figure, in the coordinates of the image's frame (its own pixels,
+the box file's frame; (1024, 1024) unless given), so a box (x, y, w, h) covers output pixels
+column x * width_px / W onward and row y * height_px / H onward (x is the column, y the row; the
+origin is the top-left).
 """
 from __future__ import annotations
 
@@ -35,9 +36,11 @@ PRED_TEXT = "#a8c4ff"
 TRUTH_TEXT = "#ffb0b0"
 BOX_LINEWIDTH = 2.0  # points; 2.8 px at DPI 100
 HEATMAP_ALPHA = 0.4
-# The 224 heatmap covers the centre crop: 16 px inside the 256 image, i.e. [64, 960) of the 1024 frame.
+# The 224 heatmap covers the centre crop: 16 px inside the 256 image, i.e. [64, 960) of the 1024 frame
+# and [16 W / 256, 240 W / 256) of a W-wide one.
 CROP_START = CROP_OFFSET * RESCALE_FACTOR
 CROP_END = (CROP_OFFSET + CROP_SIZE) * RESCALE_FACTOR
+SQUARE = (ORIGINAL_SIZE, ORIGINAL_SIZE)  # the NIH frame, (width, height)
 COLORBAR_PX = 90  # width of the strip right of a heatmap that holds its colour bar
 
 
@@ -50,30 +53,39 @@ def save_figure(fig, out_path: str | os.PathLike) -> None:
         plt.close(fig)
 
 
-def image_axes(fig, left_px: float, bottom_px: float, size: int):
-    """Margin-free axes of size x size pixels at (left_px, bottom_px), showing the 1024 frame."""
+def picture_height(width_px: int, frame: tuple[int, int] = SQUARE) -> int:
+    """Output height that keeps a frame's aspect ratio at width_px (width_px for a square)."""
+    return max(1, round(width_px * frame[1] / frame[0]))
+
+
+def image_axes(fig, left_px: float, bottom_px: float, size: int, frame: tuple[int, int] = SQUARE,
+               height_px: int | None = None):
+    """Margin-free axes of size x height_px (default size) pixels at (left_px, bottom_px), showing
+    the frame (width, height)."""
     width, height = fig.get_size_inches() * DPI
-    ax = fig.add_axes((left_px / width, bottom_px / height, size / width, size / height))
-    ax.set_xlim(0, ORIGINAL_SIZE)
-    ax.set_ylim(ORIGINAL_SIZE, 0)  # row 0 at the top, as in the image
+    tall = size if height_px is None else height_px
+    ax = fig.add_axes((left_px / width, bottom_px / height, size / width, tall / height))
+    ax.set_xlim(0, frame[0])
+    ax.set_ylim(frame[1], 0)  # row 0 at the top, as in the image
     ax.set_axis_off()
     return ax
 
 
-def show_xray(ax, image: np.ndarray) -> None:
-    """Any square gray image (1024 original, 256 stored) stretched over the 1024 frame."""
-    if image.ndim != 2 or image.shape[0] != image.shape[1]:
-        raise ValueError(f"expected a square (H, W) gray image, got shape {image.shape}")
-    ax.imshow(image, cmap="gray", vmin=0, vmax=255, extent=(0, ORIGINAL_SIZE, ORIGINAL_SIZE, 0),
-              interpolation="bilinear" if image.shape[0] < ORIGINAL_SIZE else "nearest")
+def show_xray(ax, image: np.ndarray, frame: tuple[int, int] = SQUARE) -> None:
+    """A gray image (the original, or its 256 stored form) stretched over the frame (width, height)."""
+    if image.ndim != 2:
+        raise ValueError(f"expected an (H, W) gray image, got shape {image.shape}")
+    ax.imshow(image, cmap="gray", vmin=0, vmax=255, extent=(0, frame[0], frame[1], 0),
+              interpolation="bilinear" if image.shape[1] < frame[0] else "nearest")
 
 
-def show_heatmap(ax, heatmap: np.ndarray):
-    """(224, 224) map in [0, 1] over the centre crop of the 1024 frame."""
+def show_heatmap(ax, heatmap: np.ndarray, frame: tuple[int, int] = SQUARE):
+    """(224, 224) map in [0, 1] over the centre crop of the frame (width, height)."""
     if heatmap.shape != (CROP_SIZE, CROP_SIZE):
         raise ValueError(f"expected a ({CROP_SIZE}, {CROP_SIZE}) heatmap, got shape {heatmap.shape}")
+    sx, sy = frame[0] / ORIGINAL_SIZE, frame[1] / ORIGINAL_SIZE
     return ax.imshow(heatmap, cmap="jet", vmin=0.0, vmax=1.0, alpha=HEATMAP_ALPHA, interpolation="bilinear",
-                     extent=(CROP_START, CROP_END, CROP_END, CROP_START))
+                     extent=(CROP_START * sx, CROP_END * sx, CROP_END * sy, CROP_START * sy))
 
 
 def colorbar(fig, rect: tuple[float, float, float, float], labelsize: float) -> None:

@@ -1,6 +1,7 @@
 """Pictures of localized images: boxes, heatmaps, probabilities, and the contact sheet of a run.
 
-X-ray pictures use drawing's frame: the 1024x1024 original's coordinates, margin-free.
+X-ray pictures use drawing's frame: the image's own pixels ((1024, 1024) unless a frame is given),
+margin-free, `size` pixels wide and as high as the frame's aspect ratio asks.
 """
 from __future__ import annotations
 
@@ -19,11 +20,14 @@ from chexnet.nih import TruthBox
 
 def boxes_figure(image: np.ndarray, predicted: Sequence[Box], truth: Sequence[TruthBox] | None,
                  probs: dict[str, float] | None, out_path: str | os.PathLike, title: str = "",
-                 size: int = ORIGINAL_SIZE, labels: bool = True) -> None:
-    """X-ray with predicted boxes (blue, class and probability) and truth boxes (red); size x size PNG."""
-    fig = plt.figure(figsize=(size / drawing.DPI, size / drawing.DPI), dpi=drawing.DPI)
-    ax = drawing.image_axes(fig, 0, 0, size)
-    drawing.show_xray(ax, image)
+                 size: int = ORIGINAL_SIZE, labels: bool = True,
+                 frame: tuple[int, int] = drawing.SQUARE) -> None:
+    """X-ray with predicted boxes (blue, class and probability) and truth boxes (red), in the
+    frame (width, height) of the boxes; a PNG size wide, drawing.picture_height(size, frame) high."""
+    tall = drawing.picture_height(size, frame)
+    fig = plt.figure(figsize=(size / drawing.DPI, tall / drawing.DPI), dpi=drawing.DPI)
+    ax = drawing.image_axes(fig, 0, 0, size, frame, tall)
+    drawing.show_xray(ax, image, frame)
     drawing.draw_boxes(ax, predicted, truth, probs, drawing.fontsize(size), labels)
     legend = "blue: predicted" + ("   red: truth" if truth is not None else "")
     drawing.caption(ax, f"{title}\n{legend}" if title else legend, drawing.fontsize(size))
@@ -32,15 +36,19 @@ def boxes_figure(image: np.ndarray, predicted: Sequence[Box], truth: Sequence[Tr
 
 def heatmap_overlay(image: np.ndarray, heatmap: np.ndarray, label: str, out_path: str | os.PathLike,
                     predicted: Sequence[Box] = (), truth: Sequence[TruthBox] | None = None,
-                    prob: float | None = None, size: int = ORIGINAL_SIZE, title: str = "") -> None:
+                    prob: float | None = None, size: int = ORIGINAL_SIZE, title: str = "",
+                    frame: tuple[int, int] = drawing.SQUARE) -> None:
     """Grad-CAM map (224, 224) in jet over the X-ray's centre crop, with a colour bar on the right.
 
-    The PNG is (size + drawing.COLORBAR_PX) wide and size high; the X-ray fills the left size x size.
+    The PNG is (size + drawing.COLORBAR_PX) wide and picture_height(size, frame) high; the X-ray
+    fills the left part.
     """
-    fig = plt.figure(figsize=((size + drawing.COLORBAR_PX) / drawing.DPI, size / drawing.DPI), dpi=drawing.DPI)
-    ax = drawing.image_axes(fig, 0, 0, size)
-    drawing.show_xray(ax, image)
-    drawing.show_heatmap(ax, heatmap)
+    tall = drawing.picture_height(size, frame)
+    fig = plt.figure(figsize=((size + drawing.COLORBAR_PX) / drawing.DPI, tall / drawing.DPI),
+                     dpi=drawing.DPI)
+    ax = drawing.image_axes(fig, 0, 0, size, frame, tall)
+    drawing.show_xray(ax, image, frame)
+    drawing.show_heatmap(ax, heatmap, frame)
     drawing.draw_boxes(ax, predicted, truth, None, drawing.fontsize(size))
     head = f"{label} heatmap" + (f"  p={prob:.2f}" if prob is not None else "")
     drawing.caption(ax, f"{title}\n{head}" if title else head, drawing.fontsize(size))
@@ -83,6 +91,7 @@ class SheetCell(NamedTuple):
     predicted: Sequence[Box]
     truth: Sequence[TruthBox]
     caption: str = ""
+    frame: tuple[int, int] = drawing.SQUARE  # the boxes' frame: the original image's (width, height)
 
 
 SHEET_LABEL_PX = 150  # left strip holding each row's class name
@@ -107,10 +116,12 @@ def contact_sheet(rows: Sequence[tuple[str, Sequence[SheetCell]]], out_path: str
         bottom = height - (r + 1) * cell
         fig.text(8 / width, (bottom + cell / 2) / height, class_name, fontsize=11, va="center", ha="left")
         for c, item in enumerate(cells):
-            ax = drawing.image_axes(fig, SHEET_LABEL_PX + c * cell, bottom + SHEET_GAP_PX, cell - SHEET_GAP_PX)
-            drawing.show_xray(ax, item.image)
+            # square cells: a non-square frame is stretched, its boxes with it
+            ax = drawing.image_axes(fig, SHEET_LABEL_PX + c * cell, bottom + SHEET_GAP_PX,
+                                    cell - SHEET_GAP_PX, item.frame)
+            drawing.show_xray(ax, item.image, item.frame)
             if item.heatmap is not None:
-                drawing.show_heatmap(ax, item.heatmap)
+                drawing.show_heatmap(ax, item.heatmap, item.frame)
             drawing.draw_boxes(ax, item.predicted, item.truth, None, drawing.fontsize(cell), labels=False)
             if item.caption:
                 drawing.caption(ax, item.caption, 7)
@@ -121,23 +132,25 @@ def contact_sheet(rows: Sequence[tuple[str, Sequence[SheetCell]]], out_path: str
 
 def image_figures(out_dir: str | os.PathLike, image_name: str, image: np.ndarray, probs: np.ndarray,
                   thresholds: np.ndarray, heatmaps: dict[int, np.ndarray], predicted: Sequence[Box],
-                  truth: Sequence[TruthBox] | None = None, size: int = 512) -> list[Path]:
+                  truth: Sequence[TruthBox] | None = None, size: int = 512,
+                  frame: tuple[int, int] = drawing.SQUARE) -> list[Path]:
     """All pictures of one localized image: boxes, the probability chart, one heatmap per class.
 
     Writes <stem>_boxes.png, <stem>_probs.png and <stem>_heatmap_<Class>.png (for each class
-    index in heatmaps) into out_dir; returns their paths. image is (1024, 1024) or (256, 256).
+    index in heatmaps) into out_dir; returns their paths. frame: the boxes' (width, height), over
+    which the image (the original, or its 256 stored form) is drawn.
     """
     out, stem = Path(out_dir), Path(image_name).stem
     prob_of = {name: float(p) for name, p in zip(CLASS_NAMES, probs)}
     paths = [out / f"{stem}_boxes.png", out / f"{stem}_probs.png"]
-    boxes_figure(image, predicted, truth, prob_of, paths[0], title=image_name, size=size)
+    boxes_figure(image, predicted, truth, prob_of, paths[0], title=image_name, size=size, frame=frame)
     probability_chart(probs, thresholds, paths[1], title=image_name)
     for k, heatmap in sorted(heatmaps.items()):
         name = CLASS_NAMES[k]
         paths.append(out / f"{stem}_heatmap_{name}.png")
         heatmap_overlay(image, heatmap, name, paths[-1], predicted=[b for b in predicted if b.label == name],
                         truth=[b for b in truth or () if b.label == name] if truth is not None else None,
-                        prob=prob_of[name], size=size, title=image_name)
+                        prob=prob_of[name], size=size, title=image_name, frame=frame)
     return paths
 
 
@@ -176,17 +189,18 @@ class LocalizationPlots:
         if self.seen >= self.max_images and not wanted:
             self.seen += 1
             return paths  # nothing to draw: the image is not even decoded
-        image = read_xray(image_path)  # (1024, 1024) uint8
+        image = read_xray(image_path)  # (H, W) uint8: the boxes are in its pixels
+        frame = (image.shape[1], image.shape[0])
         if self.seen < self.max_images:
             paths = image_figures(self.out, name, image, probs, self.thresholds, heatmaps, predicted, truth,
-                                  size=self.size)
+                                  size=self.size, frame=frame)
         self.seen += 1
         small = resize_stored(image) if wanted else None  # one (256, 256) copy shared by this image's cells
         for k in wanted:
             label = CLASS_NAMES[k]
             class_truth = [b for b in truth or () if b.label == label]
             cell = SheetCell(small, heatmaps.get(k), [b for b in predicted if b.label == label], class_truth,
-                             f"{Path(name).stem}  p={float(probs[k]):.2f}")
+                             f"{Path(name).stem}  p={float(probs[k]):.2f}", frame)
             self._cells[label][0 if class_truth else 1].append(cell)
         return paths
 

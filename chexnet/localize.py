@@ -20,7 +20,7 @@ from chexnet import boxes
 from chexnet import images
 from chexnet.boxfile import Box
 from chexnet.utils import InputError
-from chexnet.constants import CLASS_NAMES, CROP_SIZE
+from chexnet.constants import CLASS_NAMES, CROP_SIZE, ORIGINAL_SIZE
 from gradcam import DEFAULT_CAM, BaseCAM, make_cam
 
 
@@ -30,11 +30,13 @@ class ImageResult:
     probs: np.ndarray  # float32 (C,): sigmoid of the logits
     heatmaps: dict[int, np.ndarray] = field(default_factory=dict)  # active class -> float32 (224, 224)
     boxes: list[Box] = field(default_factory=list)  # per active class: average box, then heatmap boxes
+    size: tuple[int, int] = (ORIGINAL_SIZE, ORIGINAL_SIZE)  # (width, height): the boxes' frame
 
 
 class FileCrops(Dataset):
-    """Path -> (uint8 (224, 224) centre crop, error text or ''). Errors travel as text: the main
-    process raises them as one-line InputErrors (a worker's exception would carry its traceback)."""
+    """Path -> (uint8 (224, 224) centre crop, int64 (2,) original width and height, error or '').
+    Errors travel as text: the main process raises them as one-line InputErrors (a worker's
+    exception would carry its traceback)."""
 
     def __init__(self, paths: Sequence[str], resize: str):
         self.paths, self.resize = list(paths), resize
@@ -42,12 +44,14 @@ class FileCrops(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
         try:
-            crop = images.center_crop(images.load_stored(self.paths[index], self.resize))
+            stored, size = images.load_stored_sized(self.paths[index], self.resize)
         except InputError as err:
-            return torch.zeros((CROP_SIZE, CROP_SIZE), dtype=torch.uint8), str(err)
-        return torch.from_numpy(np.ascontiguousarray(crop)), ""
+            blank = torch.zeros((CROP_SIZE, CROP_SIZE), dtype=torch.uint8)
+            return blank, torch.zeros(2, dtype=torch.int64), str(err)
+        crop = np.ascontiguousarray(images.center_crop(stored))
+        return torch.from_numpy(crop), torch.tensor(size, dtype=torch.int64), ""
 
 
 def iter_localize(model: torch.nn.Module, image_paths: Sequence[str], thresholds: np.ndarray,
@@ -75,7 +79,7 @@ def iter_localize(model: torch.nn.Module, image_paths: Sequence[str], thresholds
     start, pending = 0, None
     with make_cam(cam_method, model, target_layer) as cam, \
             ThreadPoolExecutor(max_workers=1) as pool:
-        for crops, errors in loader:
+        for crops, sizes, errors in loader:
             for message in errors:
                 if message:
                     raise InputError(message)
@@ -83,7 +87,7 @@ def iter_localize(model: torch.nn.Module, image_paths: Sequence[str], thresholds
             start += len(crops)
             probs, maps, classes = _network(cam, crops.to(device, non_blocking=True), thresholds)
             job = pool.submit(_results, batch_paths, probs, maps, classes, thresholds, box_sizes, method,
-                              method_params)
+                              method_params, [tuple(s) for s in sizes.tolist()])
             if pending is not None:
                 yield from pending.result()  # boxes of the previous batch, made during this batch's pass
             pending = job
@@ -112,19 +116,23 @@ def class_probabilities(cam: BaseCAM, crops: torch.Tensor) -> np.ndarray:
 
 def _results(paths: list[str], probs: np.ndarray, maps: np.ndarray, classes: np.ndarray,
              thresholds: np.ndarray, box_sizes: np.ndarray, method: str,
-             method_params: np.ndarray | None = None) -> list[ImageResult]:
-    """Per image: the heatmaps of its own active classes and their box lines, in class order."""
+             method_params: np.ndarray | None = None,
+             sizes: list[tuple[int, int]] | None = None) -> list[ImageResult]:
+    """Per image: the heatmaps of its own active classes and their box lines, in class order, in
+    the image's own pixels (sizes: (width, height) per image; None: 1024x1024)."""
     results = []
     for b, path in enumerate(paths):
         if not np.isfinite(probs[b]).all():
             raise InputError(f"{path}: the model gives NaN/inf probabilities (a broken checkpoint?)")
-        result = ImageResult(path, probs[b])
+        size = (ORIGINAL_SIZE, ORIGINAL_SIZE) if sizes is None else sizes[b]
+        result = ImageResult(path, probs[b], size=size)
         for j, k in enumerate(classes):
             if probs[b, k] > thresholds[k]:
                 result.heatmaps[int(k)] = maps[b, j].copy()
                 try:
                     param = None if method_params is None else float(method_params[k])
-                    result.boxes += boxes.class_boxes(int(k), maps[b, j], box_sizes, method, param)
+                    lines = boxes.class_boxes(int(k), maps[b, j], box_sizes, method, param)
+                    result.boxes += [boxes.to_image(box, size) for box in lines]
                 except ValueError as err:
                     raise InputError(f"{path}: {CLASS_NAMES[k]}: {err}") from None
         results.append(result)

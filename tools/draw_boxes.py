@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root
 
 from chexnet.boxfile import ImageBoxes, read_box_file  # noqa: E402
 from chexnet.constants import ORIGINAL_SIZE  # noqa: E402
-from chexnet.images import check_images_exist, read_xray, require_original_size  # noqa: E402
+from chexnet.images import check_images_exist, read_xray  # noqa: E402
 from chexnet.nih import TruthBox, read_truth_by_image  # noqa: E402
 from chexnet.utils import InputError, run_cli  # noqa: E402
 
@@ -37,8 +37,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("output/boxes"),
                         help="folder for the <name>_boxes.png pictures (default: output/boxes)")
     parser.add_argument("--size", type=int, default=ORIGINAL_SIZE,
-                        help=f"width and height of each picture in pixels (default: {ORIGINAL_SIZE}, "
-                             "one pixel per X-ray pixel)")
+                        help=f"width of each picture in pixels; the height keeps the image's aspect "
+                             f"(default: {ORIGINAL_SIZE}, one pixel per pixel of a 1024x1024 X-ray)")
     return parser
 
 
@@ -62,10 +62,10 @@ def main(args: argparse.Namespace) -> None:
     for entry in tqdm(entries, desc="drawing", unit="image"):
         path = image_path(entry, args.images)
         name = Path(entry.image_path).name
-        image = read_xray(path)
-        require_original_size(image, path)
+        image = read_xray(path)  # any size: the box file is in its own pixels
         localization_figures.boxes_figure(image, entry.boxes, truth.get(name, []) if truth is not None else None, None,
-                           args.out / f"{Path(name).stem}_boxes.png", title=name, size=args.size)
+                           args.out / f"{Path(name).stem}_boxes.png", title=name, size=args.size,
+                           frame=(image.shape[1], image.shape[0]))
     print(f"wrote {len(entries)} picture(s) into {args.out}")
 
 
