@@ -8,7 +8,8 @@ decoded by a pool of worker processes, each writing its run of rows (list order)
 .npy through a short-lived memory map, so no pixels travel between processes and peak memory
 does not grow with the number of images. Arrays are written under temporary names and renamed
 at the end; meta.json comes last, so a folder with meta.json is complete and a failed run
-leaves no such folder behind.
+leaves no such folder behind. Images of any size (at least 256 px a side) are resized to 256x256;
+meta.json keeps each one's original (width, height), which maps boxes back to its pixels.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from tqdm import tqdm
 from chexnet import preprocessed
 from chexnet.utils import InputError, atomic_path, remove_stale_temporaries, run_cli, usable_cpus, write_text_atomic
 from chexnet.constants import CLASS_NAMES, STORED_SIZE
-from chexnet.images import DEFAULT_RESIZE, RESIZE_METHODS, check_images_exist, load_stored
+from chexnet.images import DEFAULT_RESIZE, RESIZE_METHODS, check_images_exist, load_stored_sized
 from chexnet.nih import LabelRow, TruthBox, label_matrix, read_bbox_list, read_data_entry, read_image_list_lines
 
 # PNG decoding scales with cores; beyond ~16 processes the disk is the limit.
@@ -49,6 +50,7 @@ class SplitPlan:
     lines: list[int]  # line number in the list file of each name
     labels: np.ndarray  # uint8 (N, 8)
     paths: list[str]
+    sizes: list[list[int]] | None = None  # [width, height] of each image, once decoded
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -113,10 +115,11 @@ def _init_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops the pool, once
 
 
-def _load(path: str, resize: str) -> np.ndarray:
-    """uint8 (256, 256) stored image; any decoder failure becomes an InputError naming the file."""
+def _load(path: str, resize: str) -> tuple[np.ndarray, tuple[int, int]]:
+    """uint8 (256, 256) stored image and the original (width, height); any decoder failure becomes
+    an InputError naming the file."""
     try:
-        return load_stored(path, resize)
+        return load_stored_sized(path, resize)
     except cv2.error as err:
         raise InputError(f"{path}: cannot decode ({str(err).strip().splitlines()[-1]})") from None
 
@@ -129,38 +132,51 @@ def create_stored_array(path: Path, count: int) -> int:
     return offset
 
 
-def _store_run(task: tuple[str, int, int, list[str], str]) -> int:
+def _store_run(task: tuple[str, int, int, list[str], str]) -> tuple[int, list[tuple[int, int]]]:
     """Decode a run of images and write them into their rows of the .npy through one short-lived
     memory-map window. Workers write their own rows, so no pixels travel between processes, and
-    unmapping each window keeps memory flat (a long-lived map keeps every page it touched resident)."""
+    unmapping each window keeps memory flat (a long-lived map keeps every page it touched resident).
+    Returns the run's first row and its images' original (width, height)."""
     path, data_offset, first_row, paths, resize = task
-    images = np.stack([_load(p, resize) for p in paths])  # (n, 256, 256)
+    loaded = [_load(p, resize) for p in paths]
+    images = np.stack([stored for stored, _ in loaded])  # (n, 256, 256)
     window = np.memmap(path, dtype=np.uint8, mode="r+", offset=data_offset + first_row * images[0].nbytes,
                        shape=images.shape)
     window[:] = images
     del window  # unmapped: the kernel's page cache writes the pages back
-    return len(paths)
+    return first_row, [size for _, size in loaded]
 
 
 def store_images(paths: list[str], path: Path, workers: int, chunk: int,
-                 resize: str = DEFAULT_RESIZE) -> Iterator[int]:
+                 resize: str = DEFAULT_RESIZE, sizes: list | None = None) -> Iterator[int]:
     """Write the stored form of `paths`, in list order, as the .npy `path`; yields images done so far
-    as runs of `chunk` finish (any order: each run owns its rows, so the file is the same for any workers)."""
+    as runs of `chunk` finish (any order: each run owns its rows, so the file is the same for any
+    workers). sizes: a list of len(paths) that receives each image's [width, height] in list order."""
     data_offset = create_stored_array(path, len(paths))
     tasks = [(str(path), data_offset, first, paths[first:first + chunk], resize)
              for first in range(0, len(paths), chunk)]
     if workers <= 1 or len(tasks) <= 1:
-        yield from map(_store_run, tasks)
-        return
-    with multiprocessing.Pool(min(workers, len(tasks)), initializer=_init_worker) as pool:
-        yield from pool.imap_unordered(_store_run, tasks)
+        runs = map(_store_run, tasks)
+    else:
+        pool = multiprocessing.Pool(min(workers, len(tasks)), initializer=_init_worker)
+        runs = _closing_pool(pool, pool.imap_unordered(_store_run, tasks))
+    for first, run_sizes in runs:
+        if sizes is not None:
+            sizes[first:first + len(run_sizes)] = [list(size) for size in run_sizes]
+        yield len(run_sizes)
+
+
+def _closing_pool(pool, results: Iterator) -> Iterator:
+    with pool:
+        yield from results
 
 
 def write_images(plan: SplitPlan, path: Path, args: argparse.Namespace) -> None:
     progress = tqdm(total=len(plan.paths), desc=f"{plan.name} images", unit="img", disable=args.quiet,
                     file=sys.stderr, dynamic_ncols=True)
     with progress:
-        for done in store_images(plan.paths, path, args.workers, args.chunk, args.resize):
+        plan.sizes = [[0, 0]] * len(plan.paths)
+        for done in store_images(plan.paths, path, args.workers, args.chunk, args.resize, plan.sizes):
             progress.update(done)
 
 
@@ -202,6 +218,7 @@ def write_folder(out_dir: Path, train: SplitPlan, valid: SplitPlan, boxes: list[
 def make_meta(train: SplitPlan, valid: SplitPlan, args: argparse.Namespace) -> dict:
     return {"format": preprocessed.FORMAT, "version": preprocessed.VERSION, "class_names": list(CLASS_NAMES),
             "image_size": STORED_SIZE, "resize": args.resize, "train_images": train.names, "valid_images": valid.names,
+            "train_sizes": train.sizes, "valid_sizes": valid.sizes,
             "sources": {"images": args.images, "data_entry": args.data_entry, "bbox_list": args.bbox_list,
                         "train_list": args.train_txt, "valid_list": args.valid_txt}}
 

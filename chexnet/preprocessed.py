@@ -6,17 +6,21 @@
       valid_X.npy      uint8 (M, 256, 256)
       valid_y.npy      uint8 (M, 8)
       valid_boxes.csv  ground-truth boxes of the validation images:
-                       image,label,x,y,w,h (1024-pixel frame; 'Infiltrate' already mapped)
+                       image,label,x,y,w,h (the image's own pixels, as the table gives them;
+                       'Infiltrate' already mapped)
       meta.json        written last, so its presence means the folder is complete:
                        {"format": "chexnet-preprocessed", "version": 1,
                         "class_names": [...], "image_size": 256,
                         "resize": "original" | "area",   # how 1024 became 256 (images.py);
                                                          # absent in folders made before: "area"
                         "train_images": [...], "valid_images": [...],   # row order of the arrays
+                        "train_sizes": [[W, H], ...], "valid_sizes": [...],  # originals, rows
                         "sources": {"images": ..., "data_entry": ..., "bbox_list": ...,
                                     "train_list": ..., "valid_list": ...}}
 
 All .npy files are plain arrays (np.load with allow_pickle=False) and open as memory maps.
+A folder written before the sizes were kept has no *_sizes: its images were all 1024x1024 (that
+version refused any other size), which is what load_prepared then gives.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from chexnet.utils import InputError
-from chexnet.constants import CLASS_NAMES, STORED_SIZE
+from chexnet.constants import CLASS_NAMES, ORIGINAL_SIZE, STORED_SIZE
 
 FORMAT = "chexnet-preprocessed"
 VERSION = 1
@@ -47,6 +51,7 @@ class Split:
     images: np.ndarray  # uint8 (N, 256, 256), a read-only memory map
     labels: np.ndarray  # uint8 (N, 8)
     names: list[str]
+    sizes: list[tuple[int, int]]  # each image's original (width, height): the frame of its boxes
 
 
 @dataclass
@@ -87,7 +92,20 @@ def _load_split(folder: Path, meta: dict, split: str) -> Split:
     names = list(meta[f"{split}_images"])
     images = _load_array(folder / x_name, np.uint8, (len(names), STORED_SIZE, STORED_SIZE))
     labels = _load_array(folder / y_name, np.uint8, (len(names), len(meta["class_names"])))
-    return Split(images, labels, names)
+    return Split(images, labels, names, _sizes(folder / META, meta, split, len(names)))
+
+
+def _sizes(meta_path: Path, meta: dict, split: str, count: int) -> list[tuple[int, int]]:
+    """The split's original (width, height) per row; 1024x1024 for a folder older than the key."""
+    if f"{split}_sizes" not in meta:
+        return [(ORIGINAL_SIZE, ORIGINAL_SIZE)] * count
+    sizes = meta[f"{split}_sizes"]
+    def pair(s) -> bool:
+        return isinstance(s, list) and len(s) == 2 and all(isinstance(v, int) and v > 0 for v in s)
+    if not (isinstance(sizes, list) and len(sizes) == count and all(pair(s) for s in sizes)):
+        raise InputError(f"{meta_path}: {split}_sizes must be {count} [width, height] pairs of "
+                         f"positive integers; run preprocessing.py again")
+    return [(w, h) for w, h in sizes]
 
 
 def _load_array(path: Path, dtype, shape: tuple[int, ...]) -> np.ndarray:

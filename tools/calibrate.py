@@ -38,7 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root
 from chexnet import boxes, model_dir, preprocessed  # noqa: E402
 from chexnet.calibration import (Choice, Heatmaps, active, compute_heatmaps, full_report,  # noqa: E402
                                  load_heatmaps, save_heatmaps, split_rows, tune, tuned_table)
-from chexnet.constants import AVERAGE_BOXES, CLASS_NAMES, DEFAULT_TARGET_LAYER  # noqa: E402
+from chexnet.constants import (AVERAGE_BOXES, CLASS_NAMES, DEFAULT_TARGET_LAYER,  # noqa: E402
+                               ORIGINAL_SIZE)
 from chexnet.nih import TruthBox, boxes_by_image  # noqa: E402
 from chexnet.scoring import ORIGINAL_TOP_K, OVERALL  # noqa: E402
 from chexnet.utils import InputError, run_cli, select_device  # noqa: E402
@@ -97,10 +98,20 @@ def format_comparison(title: str, before: dict, after: dict, choices: list[Choic
 
 # ---------------------------------------------------------------- command line
 
-def truth_of_valid(folder: str) -> dict[str, list[TruthBox]]:
-    """valid_boxes.csv grouped by image (read_valid_boxes already turns a bad file into an InputError)."""
-    return boxes_by_image([TruthBox(r["image"], r["label"], r["x"], r["y"], r["w"], r["h"])
-                           for r in preprocessed.read_valid_boxes(folder)])
+def truth_of_valid(folder: str, sizes: dict[str, tuple[int, int]] | None = None
+                   ) -> dict[str, list[TruthBox]]:
+    """valid_boxes.csv grouped by image (read_valid_boxes turns a bad file into an InputError),
+    in the 1024 frame where calibration places its boxes: an image of W x H px scales by 1024 / W,
+    1024 / H (sizes: image -> (W, H); None or absent: already 1024x1024)."""
+    rows = preprocessed.read_valid_boxes(folder)
+    sizes = sizes or {}
+    scaled = []
+    for r in rows:
+        w, h = sizes.get(r["image"], (ORIGINAL_SIZE, ORIGINAL_SIZE))
+        sx, sy = ORIGINAL_SIZE / w, ORIGINAL_SIZE / h
+        scaled.append(TruthBox(r["image"], r["label"], r["x"] * sx, r["y"] * sy,
+                               r["w"] * sx, r["h"] * sy))
+    return boxes_by_image(scaled)
 
 
 def heatmaps_for(args: argparse.Namespace, checkpoint: dict, data: preprocessed.Prepared, names: list[str],
@@ -128,7 +139,7 @@ def main(args: argparse.Namespace) -> dict:
     if args.batch_size < 1:
         raise InputError(f"--batch-size {args.batch_size}: must be >= 1")
     data = preprocessed.load_prepared(args.preprocessed)
-    truth = truth_of_valid(args.preprocessed)
+    truth = truth_of_valid(args.preprocessed, dict(zip(data.valid.names, data.valid.sizes)))
     names = [n for n in data.valid.names if n in truth]
     if not names:
         raise InputError(f"{args.preprocessed}: no validation image has a true box; nothing to calibrate on")
