@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= output
 
-.PHONY: demo readme-figures benchmark gpu-check test env clean
+.PHONY: demo readme-figures benchmark gpu-check any-image test env clean
 
 env: $(VENV)/.installed
 
@@ -51,8 +51,18 @@ GPU_CHECK_ARGS ?= --device cuda --compile
 gpu-check: env
 	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS) --json $(OUT)/gpu_check.json
 
+# Any image, one image or a folder (after make demo: it uses the demo's model): a folder mixing
+# DICOM, PNG and JPEG files of several sizes, made from sample/, localized in one command.
+any-image: env
+	$(PY) tools/example_scans.py $(OUT)/any_image
+	$(PY) denseNet_localization.py $(OUT)/any_image --model $(OUT)/model/best.pt \
+		--out $(OUT)/any_image_boxes.txt --plots $(OUT)/any_image_plots
+	mkdir -p $(OUT)/README_figures
+	cp $(OUT)/any_image_plots/chest_2048x2500_boxes.png $(OUT)/README_figures/any_image_boxes.png
+
 test: env
 	$(PY) -m pytest -q tests
 
 clean:
-	rm -rf $(OUT)/preprocessed $(OUT)/model $(OUT)/bounding_box.txt $(OUT)/plots $(OUT)/evaluation
+	rm -rf $(OUT)/preprocessed $(OUT)/model $(OUT)/bounding_box.txt $(OUT)/plots $(OUT)/evaluation \
+		$(OUT)/any_image $(OUT)/any_image_boxes.txt $(OUT)/any_image_plots
