@@ -75,10 +75,10 @@ def mixed(tmp_path_factory, png) -> Path:
     return folder
 
 
-def localize_paths(net, paths, thresholds=None):
-    thresholds = np.zeros(8, np.float32) if thresholds is None else thresholds
-    return list(localize.iter_localize(net, [str(p) for p in paths], thresholds, np.array(AVERAGE_BOXES),
-                                       torch.device("cpu"), batch_size=4))
+def localize_paths(net, paths, resize="original"):
+    return list(localize.iter_localize(net, [str(p) for p in paths], np.zeros(8, np.float32),
+                                       np.array(AVERAGE_BOXES), torch.device("cpu"), batch_size=4,
+                                       resize=resize))
 
 
 def inside(box: Box, size) -> bool:
@@ -111,12 +111,12 @@ def test_boxes_scale_with_the_image(net, tmp_path, sample_dir):
     and every box of the large one is the 1024 one's scaled by (2048 / 1024, 2500 / 1024)."""
     big = cv2.resize(read_xray(sample_dir / "images" / "00008386_000.png"), BIG, interpolation=cv2.INTER_CUBIC)
     cv2.imwrite(str(tmp_path / "big.png"), big)
-    stored, size = load_stored_sized(tmp_path / "big.png")
+    stored, size = load_stored_sized(tmp_path / "big.png", "area")
     assert size == BIG
-    # Nearest 4x upsampling: INTER_AREA brings it back to exactly these 256 pixels.
+    # Nearest 4x upsampling: the area average brings it back to exactly these 256 pixels.
     cv2.imwrite(str(tmp_path / "same.png"), cv2.resize(stored, (1024, 1024), interpolation=cv2.INTER_NEAREST))
-    assert np.array_equal(load_stored_sized(tmp_path / "same.png")[0], stored)
-    large, square = localize_paths(net, [tmp_path / "big.png", tmp_path / "same.png"])
+    assert np.array_equal(load_stored_sized(tmp_path / "same.png", "area")[0], stored)
+    large, square = localize_paths(net, [tmp_path / "big.png", tmp_path / "same.png"], resize="area")
     assert large.size == BIG and square.size == (1024, 1024)
     np.testing.assert_allclose(large.probs, square.probs, atol=1e-5)
     assert len(large.boxes) == len(square.boxes) > 8  # all 8 classes active, with heatmap boxes
