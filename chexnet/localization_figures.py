@@ -20,7 +20,8 @@ from chexnet.nih import TruthBox
 def boxes_figure(image: np.ndarray, predicted: Sequence[Box], truth: Sequence[TruthBox] | None,
                  probs: dict[str, float] | None, out_path: str | os.PathLike, title: str = "",
                  size: int = ORIGINAL_SIZE, labels: bool = True) -> None:
-    """X-ray with predicted boxes (blue, class and probability) and truth boxes (red); size x size PNG."""
+    """X-ray with predicted boxes (blue, class and probability) and truth boxes (red); size x size
+    PNG."""
     fig = plt.figure(figsize=(size / drawing.DPI, size / drawing.DPI), dpi=drawing.DPI)
     ax = drawing.image_axes(fig, 0, 0, size)
     drawing.show_xray(ax, image)
@@ -35,9 +36,11 @@ def heatmap_overlay(image: np.ndarray, heatmap: np.ndarray, label: str, out_path
                     prob: float | None = None, size: int = ORIGINAL_SIZE, title: str = "") -> None:
     """Grad-CAM map (224, 224) in jet over the X-ray's centre crop, with a colour bar on the right.
 
-    The PNG is (size + drawing.COLORBAR_PX) wide and size high; the X-ray fills the left size x size.
+    The PNG is (size + drawing.COLORBAR_PX) wide and size high; the X-ray fills the left size x
+    size.
     """
-    fig = plt.figure(figsize=((size + drawing.COLORBAR_PX) / drawing.DPI, size / drawing.DPI), dpi=drawing.DPI)
+    fig = plt.figure(figsize=((size + drawing.COLORBAR_PX) / drawing.DPI, size / drawing.DPI),
+                     dpi=drawing.DPI)
     ax = drawing.image_axes(fig, 0, 0, size)
     drawing.show_xray(ax, image)
     drawing.show_heatmap(ax, heatmap)
@@ -45,7 +48,8 @@ def heatmap_overlay(image: np.ndarray, heatmap: np.ndarray, label: str, out_path
     head = f"{label} heatmap" + (f"  p={prob:.2f}" if prob is not None else "")
     drawing.caption(ax, f"{title}\n{head}" if title else head, drawing.fontsize(size))
     width = size + drawing.COLORBAR_PX
-    drawing.colorbar(fig, ((size + 12) / width, 0.1, 18 / width, 0.8), max(7.0, drawing.fontsize(size) * 0.8))
+    drawing.colorbar(fig, ((size + 12) / width, 0.1, 18 / width, 0.8),
+                     max(7.0, drawing.fontsize(size) * 0.8))
     drawing.save_figure(fig, out_path)
 
 
@@ -105,13 +109,16 @@ def contact_sheet(rows: Sequence[tuple[str, Sequence[SheetCell]]], out_path: str
     fig.patch.set_facecolor("white")
     for r, (class_name, cells) in enumerate(rows):
         bottom = height - (r + 1) * cell
-        fig.text(8 / width, (bottom + cell / 2) / height, class_name, fontsize=11, va="center", ha="left")
+        fig.text(8 / width, (bottom + cell / 2) / height, class_name, fontsize=11, va="center",
+                 ha="left")
         for c, item in enumerate(cells):
-            ax = drawing.image_axes(fig, SHEET_LABEL_PX + c * cell, bottom + SHEET_GAP_PX, cell - SHEET_GAP_PX)
+            ax = drawing.image_axes(fig, SHEET_LABEL_PX + c * cell, bottom + SHEET_GAP_PX,
+                                    cell - SHEET_GAP_PX)
             drawing.show_xray(ax, item.image)
             if item.heatmap is not None:
                 drawing.show_heatmap(ax, item.heatmap)
-            drawing.draw_boxes(ax, item.predicted, item.truth, None, drawing.fontsize(cell), labels=False)
+            drawing.draw_boxes(ax, item.predicted, item.truth, None, drawing.fontsize(cell),
+                               labels=False)
             if item.caption:
                 drawing.caption(ax, item.caption, 7)
     if any(item.heatmap is not None for _, cells in rows for item in cells):
@@ -135,14 +142,17 @@ def image_figures(out_dir: str | os.PathLike, image_name: str, image: np.ndarray
     for k, heatmap in sorted(heatmaps.items()):
         name = CLASS_NAMES[k]
         paths.append(out / f"{stem}_heatmap_{name}.png")
-        heatmap_overlay(image, heatmap, name, paths[-1], predicted=[b for b in predicted if b.label == name],
-                        truth=[b for b in truth or () if b.label == name] if truth is not None else None,
+        heatmap_overlay(image, heatmap, name, paths[-1],
+                        predicted=[b for b in predicted if b.label == name],
+                        truth=([b for b in truth or () if b.label == name]
+                               if truth is not None else None),
                         prob=prob_of[name], size=size, title=image_name)
     return paths
 
 
 class LocalizationPlots:
-    """Pictures of a localization run, fed one engine result at a time (denseNet_localization.py --plots).
+    """Pictures of a localization run, fed one engine result at a time (denseNet_localization.py
+    --plots).
 
     The first `max_images` images get image_figures (boxes, probability chart, one heatmap per
     detected class). The contact sheet keeps at most `per_class` cells per class, images with a
@@ -156,7 +166,8 @@ class LocalizationPlots:
         self.out, self.thresholds, self.truth = Path(out_dir), np.asarray(thresholds, float), truth
         self.max_images, self.per_class, self.size = max_images, per_class, size
         self.seen = 0
-        self._cells: dict[str, tuple[list[SheetCell], list[SheetCell]]] = {n: ([], []) for n in CLASS_NAMES}
+        self._cells: dict[str, tuple[list[SheetCell], list[SheetCell]]] = {
+            n: ([], []) for n in CLASS_NAMES}
 
     def _wanted(self, truth: Sequence[TruthBox], heatmaps: dict[int, np.ndarray]) -> list[int]:
         """Classes whose sheet row still has room for this image."""
@@ -166,7 +177,8 @@ class LocalizationPlots:
 
     def add(self, image_path: str, probs: np.ndarray, heatmaps: dict[int, np.ndarray],
             predicted: Sequence[Box]) -> list[Path]:
-        """Draw this image's figures (while under max_images) and keep its sheet cells; returns the paths."""
+        """Draw this image's figures (while under max_images) and keep its sheet cells; returns the
+        paths."""
         from chexnet.images import read_xray, resize_stored  # OpenCV only when pictures are drawn
 
         name = Path(image_path).name
@@ -178,15 +190,16 @@ class LocalizationPlots:
             return paths  # nothing to draw: the image is not even decoded
         image = read_xray(image_path)  # (1024, 1024) uint8
         if self.seen < self.max_images:
-            paths = image_figures(self.out, name, image, probs, self.thresholds, heatmaps, predicted, truth,
-                                  size=self.size)
+            paths = image_figures(self.out, name, image, probs, self.thresholds, heatmaps,
+                                  predicted, truth, size=self.size)
         self.seen += 1
-        small = resize_stored(image) if wanted else None  # one (256, 256) copy shared by this image's cells
+        # one (256, 256) copy shared by this image's cells
+        small = resize_stored(image) if wanted else None
         for k in wanted:
             label = CLASS_NAMES[k]
             class_truth = [b for b in truth or () if b.label == label]
-            cell = SheetCell(small, heatmaps.get(k), [b for b in predicted if b.label == label], class_truth,
-                             f"{Path(name).stem}  p={float(probs[k]):.2f}")
+            cell = SheetCell(small, heatmaps.get(k), [b for b in predicted if b.label == label],
+                             class_truth, f"{Path(name).stem}  p={float(probs[k]):.2f}")
             self._cells[label][0 if class_truth else 1].append(cell)
         return paths
 
