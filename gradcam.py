@@ -3,7 +3,8 @@ wanted classes. Methods (METHODS, `--cam`): gradcam (the original's, the default
 layercam and cam (the classic class activation map from the classifier's weights).
 
     with make_cam("gradcam", model) as cam:            # or GradCAM(model), LayerCAM(model), ...
-        logits, maps = cam.compute(x, class_indices)   # x (B, 3, H, W) -> (B, C), (B, K, H, W) in [0, 1]
+        # x (B, 3, H, W) -> (B, C), (B, K, H, W) in [0, 1]
+        logits, maps = cam.compute(x, class_indices)
 
 Or in two steps, when the classes depend on the predictions (localization picks the active ones):
 
@@ -60,7 +61,8 @@ class BaseCAM:
 
     def __enter__(self) -> "BaseCAM":
         self._was_training = self.model.training
-        # Gradients are needed for the activation only: no graph (and no memory) for the layers before it.
+        # Gradients are needed for the activation only: no graph (and no memory) for the layers
+        # before it.
         self._flags = [(p, p.requires_grad) for p in self.model.parameters()]
         for p, _ in self._flags:
             p.requires_grad_(False)
@@ -80,7 +82,8 @@ class BaseCAM:
         if not self._armed:
             return None  # the model called directly inside `with`: leave its output alone
         if self._activation is not None:
-            raise RuntimeError(f"layer {self.target_layer!r} ran twice in one forward pass; hook another layer")
+            raise RuntimeError(f"layer {self.target_layer!r} ran twice in one forward pass; "
+                               "hook another layer")
         # A detached copy: the next op may be in place (torchvision's ReLU after norm5), and the
         # model continues from a clone of the leaf, so that op never touches what we keep.
         self._activation = output.detach().clone().requires_grad_(True)
@@ -123,7 +126,8 @@ class BaseCAM:
 
     def compute(self, x: torch.Tensor, class_indices: Sequence[int] | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One forward + one backward: logits (B, C) and maps (B, K, H, W); all C classes by default."""
+        """One forward + one backward: logits (B, C) and maps (B, K, H, W); all C classes by
+        default."""
         logits = self.forward(x)
         classes = range(logits.shape[1]) if class_indices is None else class_indices
         return logits, self.maps(classes)
@@ -131,7 +135,8 @@ class BaseCAM:
     def _gradients(self, classes: list[int]) -> torch.Tensor:
         """d logit[b, k] / d activation[b] for every wanted class k: (K, B, ch, h, w)."""
         logits, act = self._logits, self._activation
-        eye = torch.zeros((len(classes),) + tuple(logits.shape), dtype=logits.dtype, device=logits.device)
+        eye = torch.zeros((len(classes),) + tuple(logits.shape), dtype=logits.dtype,
+                          device=logits.device)
         for i, k in enumerate(classes):
             eye[i, :, k] = 1.0  # row i selects class k of every image: (K, B, C)
         if self.batched:
@@ -139,11 +144,13 @@ class BaseCAM:
                 (grads,) = torch.autograd.grad(logits, act, grad_outputs=eye, is_grads_batched=True,
                                                retain_graph=True)
                 return grads
-            except RuntimeError as err:  # an op without a vmap rule: same maps, one backward per class
+            except RuntimeError as err:
+                # an op without a vmap rule: same maps, one backward per class
                 warnings.warn(f"batched backward failed at {self.target_layer!r} ({err}); "
                               f"falling back to one backward per class")
                 self.batched = False
-        grads = [torch.autograd.grad(logits, act, grad_outputs=g, retain_graph=True)[0] for g in eye]
+        grads = [torch.autograd.grad(logits, act, grad_outputs=g, retain_graph=True)[0]
+                 for g in eye]
         return torch.stack(grads)
 
 

@@ -4,7 +4,8 @@ One script, two modes, chosen by what lies beside it:
 - bundle mode: a manifest.json beside this script (an unzipped deepQ.zip). Every file the manifest
   lists is checked (present, sha256 as built, a plain name inside the folder) BEFORE any bundled
   code runs; a mismatch is one `error:` line and exit status 2. Then denseNet_localization.py runs
-  the bundle's own checkpoint, thresholds and box sizes; --model/--thresholds/--bbox-list are refused.
+  the bundle's own checkpoint, thresholds and box sizes; --model/--thresholds/--bbox-list are
+  refused.
 - project mode: no manifest.json (the project folder): --model (default model/best.pt), thresholds
   and box sizes are found as denseNet_localization.py finds them.
 Both modes read the test list and the image folder from the options, else the environment variables
@@ -12,8 +13,9 @@ CHEXNET_TEST_LIST / CHEXNET_IMAGES / CHEXNET_OUT, else test.txt, images/ and bou
 working folder, and run denseNet_localization.py as a child process: the box file is the same, line
 for line. This file uses the standard library only, so it can check a bundle before trusting it.
 
-Build a bundle (project folder): python3 inference.py --build-bundle deepQ.zip [--model model/best.pt]
-(runs tools/build_bundle.py). Check one (zip or unzipped folder): python3 inference.py --check-bundle ZIP
+Build a bundle (project folder):
+python3 inference.py --build-bundle deepQ.zip [--model model/best.pt] (runs tools/build_bundle.py).
+Check one (zip or unzipped folder): python3 inference.py --check-bundle ZIP
 """
 from __future__ import annotations
 
@@ -33,15 +35,18 @@ BUNDLE_FORMAT = "chexnet-bundle"
 BUNDLE_VERSION = 2  # 2: the package's modules in chexnet/, the run's file names in "run"
 LOCALIZE = "denseNet_localization.py"
 BUILDER = Path("tools") / "build_bundle.py"
-# manifest["run"]: the files a run needs, by role (the builder writes them with chexnet.model_dir's names).
+# manifest["run"]: the files a run needs, by role (the builder writes them with chexnet.model_dir's
+# names).
 RUN_FILES = ("checkpoint", "thresholds", "box_sizes")
 # The run's options, each with its environment variable: the option beats the variable beats the
 # default (None: denseNet_localization.py's own default).
 RUN_OPTIONS = {
     "test_list": ("CHEXNET_TEST_LIST", str, "test.txt", "list of image names, one a line"),
-    "images": ("CHEXNET_IMAGES", str, "images", "folder of the images; the box file names them IMAGES/name"),
+    "images": ("CHEXNET_IMAGES", str, "images",
+               "folder of the images; the box file names them IMAGES/name"),
     "out": ("CHEXNET_OUT", str, "bounding_box.txt", "box file to write"),
-    "device": ("CHEXNET_DEVICE", str, "auto", "auto (the GPU if any, else the CPU), cpu, cuda or cuda:N"),
+    "device": ("CHEXNET_DEVICE", str, "auto",
+               "auto (the GPU if any, else the CPU), cpu, cuda or cuda:N"),
     "batch_size": ("CHEXNET_BATCH_SIZE", int, None, "images per forward pass"),
     "workers": ("CHEXNET_WORKERS", int, None, "image-decoding processes, 0: none"),
 }
@@ -56,10 +61,13 @@ class BundleError(Exception):
 def get_args_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     for option, (variable, kind, default, what) in RUN_OPTIONS.items():
-        shown = f"{default} in the working folder" if option in ("test_list", "images", "out") else default
+        shown = (f"{default} in the working folder" if option in ("test_list", "images", "out")
+                 else default)
         shown = shown or f"{LOCALIZE}'s --{option.replace('_', '-')} default"
-        # argparse passes a string default through `type`, so an int variable is checked like the option.
-        p.add_argument("--" + option.replace("_", "-"), type=kind, default=environ.get(variable, default),
+        # argparse passes a string default through `type`, so an int variable is checked like the
+        # option.
+        p.add_argument("--" + option.replace("_", "-"), type=kind,
+                       default=environ.get(variable, default),
                        help=f"{what} (default: ${variable}, else {shown})")
     p.add_argument("--model", type=str, default=None,
                    help=f"project mode and --build-bundle: the checkpoint (default: {LOCALIZE}'s, "
@@ -106,8 +114,8 @@ def parse_manifest(text: str, source: str) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{source}: not a {BUNDLE_FORMAT} manifest")
     if manifest.get("version") != BUNDLE_VERSION:
-        raise BundleError(f"{source}: bundle version {manifest.get('version')!r}; this inference.py reads "
-                          f"version {BUNDLE_VERSION}")
+        raise BundleError(f"{source}: bundle version {manifest.get('version')!r}; "
+                          f"this inference.py reads version {BUNDLE_VERSION}")
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
         raise BundleError(f"{source}: 'files' must map file names to sha256 digests")
@@ -122,11 +130,11 @@ def check_name(name: str, source: str) -> None:
     """Bundle files lie at the bundle's root or one folder down (the package): a name with '..', a
     drive, a root or a deeper folder escapes or is not ours."""
     path = PurePosixPath(name)
-    if (not name or "\\" in name or ":" in name or path.is_absolute() or not 1 <= len(path.parts) <= 2
-            or any(part in (".", "..", "") for part in path.parts) or name == MANIFEST
-            or str(path) != name):
-        raise BundleError(f"{source}: lists {name!r}, which is not a plain file name inside the bundle "
-                          f"folder; refused")
+    if (not name or "\\" in name or ":" in name or path.is_absolute()
+            or not 1 <= len(path.parts) <= 2 or any(part in (".", "..", "") for part in path.parts)
+            or name == MANIFEST or str(path) != name):
+        raise BundleError(f"{source}: lists {name!r}, which is not a plain file name inside the "
+                          f"bundle folder; refused")
 
 
 def verify_folder(folder: Path) -> dict:
@@ -156,11 +164,15 @@ def verify_zip(path: Path) -> dict:
             names = zf.namelist()
             if MANIFEST not in names:
                 raise BundleError(f"{path}: no {MANIFEST}; not a bundle")
-            manifest = parse_manifest(zf.read(MANIFEST).decode("utf-8", "replace"), f"{path}: {MANIFEST}")
+            manifest = parse_manifest(zf.read(MANIFEST).decode("utf-8", "replace"),
+                                      f"{path}: {MANIFEST}")
             extra = sorted(set(names) - set(manifest["files"]) - {MANIFEST})
             if extra or len(names) != len(set(names)):
-                raise BundleError(f"{path}: holds files its manifest does not list (or twice): {', '.join(extra)}")
-            _compare(manifest, lambda n: hashlib.sha256(zf.read(n)).hexdigest() if n in names else None, str(path))
+                raise BundleError(f"{path}: holds files its manifest does not list (or twice): "
+                                  f"{', '.join(extra)}")
+            _compare(manifest,
+                     lambda n: hashlib.sha256(zf.read(n)).hexdigest() if n in names else None,
+                     str(path))
     except (zipfile.BadZipFile, OSError) as err:
         raise BundleError(f"{path}: not a readable zip ({err})") from None
     return manifest
@@ -177,8 +189,8 @@ def _compare(manifest: dict, digest: Callable[[str], str | None], where: str) ->
     if missing or changed:
         parts = ([f"missing {', '.join(missing)}"] if missing else []) + \
                 ([f"sha256 differs for {', '.join(changed)}"] if changed else [])
-        raise BundleError(f"{where}: the bundle does not match its {MANIFEST} ({'; '.join(parts)}); "
-                          f"refused: unzip the bundle again or rebuild it")
+        raise BundleError(f"{where}: the bundle does not match its {MANIFEST} "
+                          f"({'; '.join(parts)}); refused: unzip the bundle again or rebuild it")
 
 
 def _read_text(path: Path) -> str:
@@ -203,13 +215,14 @@ def main(args: argparse.Namespace) -> int:
     if args.check_bundle is not None:
         manifest = verify_path(args.check_bundle)
         built = manifest.get("built_with", {})
-        print(f"{args.check_bundle}: OK, {len(manifest['files'])} files and {MANIFEST}, as built on "
-              f"{manifest.get('created')} with torch {built.get('torch')}, torchvision "
+        print(f"{args.check_bundle}: OK, {len(manifest['files'])} files and {MANIFEST}, "
+              f"as built on {manifest.get('created')} with torch {built.get('torch')}, torchvision "
               f"{built.get('torchvision')}, numpy {built.get('numpy')}")
         return 0
     if args.build_bundle is not None:
         if is_bundle():
-            raise BundleError(f"{HERE}: this is an unzipped bundle; build bundles in the project folder")
+            raise BundleError(f"{HERE}: this is an unzipped bundle; build bundles in the project "
+                              "folder")
         return _child(HERE / BUILDER, builder_argv(args))
     return _child(HERE / LOCALIZE, localization_argv(args))
 
@@ -231,15 +244,16 @@ def localization_argv(args: argparse.Namespace) -> list[str]:
     given = [f"--{k.replace('_', '-')}" for k in PROJECT_OPTIONS + ("box_sizes",)
              if getattr(args, k) is not None]
     if is_bundle() and given:
-        raise BundleError(f"{' '.join(given)}: this is a bundle; it runs its own checkpoint with the "
-                          f"thresholds and box sizes beside it (project-folder options)")
+        raise BundleError(f"{' '.join(given)}: this is a bundle; it runs its own checkpoint "
+                          f"with the thresholds and box sizes beside it (project-folder options)")
     if "--box-sizes" in given:
         raise BundleError("--box-sizes is for --build-bundle; to run with other box sizes use "
                           "--bbox-list or a box_sizes.json beside --model")
     if is_bundle():
         run = run_files(parse_manifest(_read_text(HERE / MANIFEST), str(HERE / MANIFEST)),
                         str(HERE / MANIFEST))
-        extra = ["--model", str(HERE / run["checkpoint"]), "--thresholds", str(HERE / run["thresholds"])]
+        extra = ["--model", str(HERE / run["checkpoint"]),
+                 "--thresholds", str(HERE / run["thresholds"])]
     else:
         extra = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in PROJECT_OPTIONS
                  if getattr(args, k) is not None]
@@ -258,7 +272,8 @@ def run_files(manifest: dict, source: str) -> dict:
         raise BundleError(f"{source}: no 'run' section; not a complete bundle")
     absent = [role for role in RUN_FILES if run.get(role) not in manifest["files"]]
     if absent or LOCALIZE not in manifest["files"]:
-        names = [str(run.get(role)) for role in absent] + ([] if LOCALIZE in manifest["files"] else [LOCALIZE])
+        names = ([str(run.get(role)) for role in absent]
+                 + ([] if LOCALIZE in manifest["files"] else [LOCALIZE]))
         raise BundleError(f"{source}: does not list {', '.join(names)}; not a complete bundle")
     return run
 

@@ -35,9 +35,11 @@ FEATURES = 1024  # width of DenseNet-121's pooled features, the classifier's inp
 # Prefixes that wrappers add to every key: DataParallel/DDP ("module."), torch.compile
 # ("_orig_mod."), and the original project's wrapper class ("densenet121.").
 _PREFIXES = ("module.", "_orig_mod.", "densenet121.")
-# PyTorch <= 0.3 named a dense layer's modules "norm.1", "conv.2"; torchvision now says "norm1", "conv2".
+# PyTorch <= 0.3 named a dense layer's modules "norm.1", "conv.2"; torchvision now says "norm1",
+# "conv2".
 _LEGACY_LAYER = re.compile(r"(denselayer\d+\.(?:norm|relu|conv))\.([12])\.")
-# The original head was Sequential(Linear, Sigmoid): "classifier.0.weight" is our "classifier.weight".
+# The original head was Sequential(Linear, Sigmoid): "classifier.0.weight" is our
+# "classifier.weight".
 _LEGACY_HEAD = re.compile(r"^classifier\.0\.")
 
 
@@ -69,15 +71,17 @@ def _imagenet_state() -> dict | None:
         return spec.get_state_dict(progress=True, check_hash=True)
     except (OSError, RuntimeError) as err:  # OSError covers URLError: offline, no cache
         cache = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(spec.url)
-        print(f"warning: ImageNet weights for DenseNet-121 could not be loaded ({type(err).__name__}: "
-              f"{err}); training starts from RANDOM initialisation. To use them, download {spec.url} "
-              f"to {cache}, or pass --weights PATH (a DenseNet-121 state dict), or --weights none "
-              f"to silence this warning.", file=sys.stderr)
+        print("warning: ImageNet weights for DenseNet-121 could not be loaded "
+              f"({type(err).__name__}: {err}); training starts from RANDOM initialisation. "
+              f"To use them, download {spec.url} to {cache}, or pass --weights PATH "
+              f"(a DenseNet-121 state dict), or --weights none to silence this warning.",
+              file=sys.stderr)
         return None
 
 
 def _load_features(model: nn.Module, state: dict, source: str) -> None:
-    """Load the `features.*` tensors of any DenseNet-121 state dict into model.features, strictly."""
+    """Load the `features.*` tensors of any DenseNet-121 state dict into model.features,
+    strictly."""
     state = normalize_keys(state)
     features = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
     if not features:
@@ -143,10 +147,12 @@ def _load_file(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        raise InputError(f"{path}: refused: loading it would run code or build objects that are not "
-                         f"tensors ({_first_line(err)}); only weights_only checkpoints load") from None
+        raise InputError(f"{path}: refused: loading it would run code or build objects that are "
+                         f"not tensors ({_first_line(err)}); only weights_only checkpoints "
+                         "load") from None
     except (RuntimeError, EOFError, ValueError, OSError) as err:
-        raise InputError(f"{path}: not a readable PyTorch checkpoint ({_first_line(err)})") from None
+        raise InputError(f"{path}: not a readable PyTorch checkpoint "
+                         f"({_first_line(err)})") from None
 
 
 def _from_state_dict(path: str | os.PathLike, state: dict) -> dict:
@@ -156,16 +162,18 @@ def _from_state_dict(path: str | os.PathLike, state: dict) -> dict:
     state = normalize_keys(state)
     head = state.get("classifier.weight")
     if head is None or tuple(head.shape[1:]) != (FEATURES,):
-        raise InputError(f"{path}: no DenseNet-121 classifier.weight (1024 inputs) in this state dict")
+        raise InputError(f"{path}: no DenseNet-121 classifier.weight (1024 inputs) in this "
+                         "state dict")
     if head.shape[0] != len(CLASS_NAMES):
-        raise InputError(f"{path}: the classifier has {head.shape[0]} outputs; a bare state dict must "
-                         f"have {len(CLASS_NAMES)} (the classes {', '.join(CLASS_NAMES)})")
+        raise InputError(f"{path}: the classifier has {head.shape[0]} outputs; a bare state dict "
+                         f"must have {len(CLASS_NAMES)} (the classes {', '.join(CLASS_NAMES)})")
     _add_batch_counters(state)
     return new_checkpoint(state, args={"converted_from": str(path)})
 
 
 def _add_batch_counters(state: dict) -> None:
-    """PyTorch < 0.4 BatchNorm had no num_batches_tracked; add it (unused in eval) so strict loading works."""
+    """PyTorch < 0.4 BatchNorm had no num_batches_tracked; add it (unused in eval) so strict
+    loading works."""
     for key in [k for k in state if k.endswith(".running_mean")]:
         counter = key[: -len("running_mean")] + "num_batches_tracked"
         state.setdefault(counter, torch.tensor(0, dtype=torch.long))
@@ -178,8 +186,9 @@ def model_from_checkpoint(checkpoint: dict, source: str = "checkpoint") -> nn.Mo
                          f"only {ARCH!r}")
     num_classes = len(checkpoint["class_names"])
     if list(checkpoint["class_names"]) != list(CLASS_NAMES):
-        raise InputError(f"{source}: trained for {num_classes} classes {list(checkpoint['class_names'])}; "
-                         f"this pipeline needs the {len(CLASS_NAMES)} classes {list(CLASS_NAMES)}")
+        raise InputError(f"{source}: trained for {num_classes} classes "
+                         f"{list(checkpoint['class_names'])}; this pipeline needs the "
+                         f"{len(CLASS_NAMES)} classes {list(CLASS_NAMES)}")
     model = build_model(num_classes, weights="none")
     load_weights(model, checkpoint["model"], source)
     return model.eval()
@@ -190,11 +199,12 @@ def load_weights(model: nn.Module, state: dict, source: str) -> None:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise InputError(f"{source}: weights do not fit DenseNet-121 with {model.classifier.out_features} "
-                         f"classes ({_first_line(err)})") from None
+        raise InputError(f"{source}: weights do not fit DenseNet-121 with "
+                         f"{model.classifier.out_features} classes ({_first_line(err)})") from None
 
 
 def _first_line(err: BaseException) -> str:
-    """The error's text on one line (load_state_dict spreads it over several), at most 300 characters."""
+    """The error's text on one line (load_state_dict spreads it over several), at most 300
+    characters."""
     text = " ".join(str(err).split())
     return text[:300] if text else type(err).__name__

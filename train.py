@@ -3,11 +3,11 @@
 The original recipe is the default: images with none of the 8 findings dropped, a random 224 crop of
 the 256 image + horizontal flip (on the fly, from the uint8 memory map), the gray channel tiled 3
 times, ImageNet normalisation; Adam lr 2e-4 betas (0.9, 0.999), batch 64, 10 epochs, BCE on logits.
-Every epoch validates on the centre crop and prints per-class and mean AUROC. Writes the model folder
-(chexnet/model_dir.py): last.pt, best.pt (best mean AUROC; lowest validation loss when no class has a
-defined AUROC), thresholds.npy (Youden's J of the best epoch), metrics.jsonl, and unless --no-plots
-training_curves.png and roc_curves.png. --resume (model, optimizer, scaler and torch RNG) gives on the
-CPU the same metrics as an uninterrupted run with the same --seed.
+Every epoch validates on the centre crop and prints per-class and mean AUROC. Writes the model
+folder (chexnet/model_dir.py): last.pt, best.pt (best mean AUROC; lowest validation loss when no
+class has a defined AUROC), thresholds.npy (Youden's J of the best epoch), metrics.jsonl, and unless
+--no-plots training_curves.png and roc_curves.png. --resume (model, optimizer, scaler and torch RNG)
+gives on the CPU the same metrics as an uninterrupted run with the same --seed.
 """
 from __future__ import annotations
 
@@ -41,35 +41,43 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("data", type=str, help="preprocessed folder written by preprocessing.py")
     p.add_argument("--out", type=str, default="model",
-                   help="folder for last.pt, best.pt, thresholds.npy, metrics.jsonl (default: model)")
+                   help="folder for last.pt, best.pt, thresholds.npy, metrics.jsonl "
+                        "(default: model)")
     p.add_argument("--epochs", type=int, default=EPOCHS, help=f"total epochs (default: {EPOCHS})")
     p.add_argument("--repeats", type=int, default=REPEATS,
-                   help=f"passes over every training image per epoch, each with its own random crop "
-                        f"and flip; the original's 4 augmented copies (default: {REPEATS})")
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"batch size (default: {BATCH_SIZE})")
+                   help="passes over every training image per epoch, each with its own random "
+                        f"crop and flip; the original's 4 augmented copies (default: {REPEATS})")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+                   help=f"batch size (default: {BATCH_SIZE})")
     p.add_argument("--lr", type=float, default=LEARNING_RATE,
                    help=f"Adam learning rate, betas {ADAM_BETAS} (default: {LEARNING_RATE})")
     p.add_argument("--loss-weight", type=str, default="none", choices=LOSS_WEIGHTS,
-                   help="per-class weights of the BCE terms from training-set counts, P positives and "
-                        "N negatives of the class: 'chexnet' weighs a positive N/(P+N) and a negative "
-                        "P/(P+N) (the CheXNet paper; the original computed it and never used it); 'wang' "
-                        "weighs a positive (P+N)/P and a negative (P+N)/N (Wang et al. 2017, counts "
+                   help="per-class weights of the BCE terms from training-set counts, P positives "
+                        "and N negatives of the class: 'chexnet' weighs a positive N/(P+N) and a "
+                        "negative P/(P+N) (the CheXNet paper; the original computed it and never "
+                        "used it); 'wang' weighs a positive (P+N)/P and a negative (P+N)/N "
+                        "(Wang et al. 2017, counts "
                         "floored at 1); 'none' weighs all 1 (default: none)")
     p.add_argument("--keep-no-finding", action="store_true",
-                   help="keep training images with none of the 8 findings (default: dropped, as the original)")
+                   help="keep training images with none of the 8 findings (default: dropped, as "
+                        "the original)")
     p.add_argument("--weights", type=str, default="imagenet",
-                   help="initial weights: imagenet (torchvision; random init with a warning when they "
-                        "cannot be loaded), none (random), or PATH to a DenseNet-121 state dict (default: imagenet)")
+                   help="initial weights: imagenet (torchvision; random init with a warning when "
+                        "they cannot be loaded), none (random), or PATH to a DenseNet-121 state "
+                        "dict (default: imagenet)")
     p.add_argument("--resume", action="store_true",
-                   help="continue from OUT/last.pt: model, optimizer, epoch, RNG (default: start afresh)")
-    p.add_argument("--seed", type=int, default=0, help="seed of init, batch order and augmentation (default: 0)")
-    p.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+                   help="continue from OUT/last.pt: model, optimizer, epoch, RNG "
+                        "(default: start afresh)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of init, batch order and augmentation (default: 0)")
+    p.add_argument("--device", type=str, default="auto",
+                   help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--amp", type=str, default="auto", choices=AMP_MODES,
-                   help="mixed precision on CUDA: auto = bf16 where supported, else fp16 with a gradient "
-                        "scaler; off = fp32. Ignored on the CPU (default: auto)")
+                   help="mixed precision on CUDA: auto = bf16 where supported, else fp16 with a "
+                        "gradient scaler; off = fp32. Ignored on the CPU (default: auto)")
     p.add_argument("--no-plots", dest="plots", action="store_false",
-                   help="do not draw training_curves.png and roc_curves.png into --out (default: draw them "
-                        "after each epoch, outside the timed part)")
+                   help="do not draw training_curves.png and roc_curves.png into --out "
+                        "(default: draw them after each epoch, outside the timed part)")
     p.add_argument("--workers", type=int, default=default_workers(),
                    help="data-loading processes, kept between epochs; 0 = in the main process "
                         f"(default: the usable CPUs, at most 16: {default_workers()} here)")
@@ -82,11 +90,13 @@ def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
-def train_one_epoch(model, loader, optimizer, scaler, weights, device, autocast, epoch: int) -> float:
+def train_one_epoch(model, loader, optimizer, scaler, weights, device, autocast,
+                    epoch: int) -> float:
     """One pass over the training batches; returns the mean training loss."""
     model.train()
     total, count = torch.zeros((), device=device), 0
-    bar = tqdm(loader, desc=f"epoch {epoch} train", file=sys.stderr, leave=False, dynamic_ncols=True)
+    bar = tqdm(loader, desc=f"epoch {epoch} train", file=sys.stderr, leave=False,
+               dynamic_ncols=True)
     for step, (images, targets) in enumerate(bar):
         x, y = to_input(images, device), targets.to(device, non_blocking=True)
         with autocast():
@@ -102,16 +112,19 @@ def train_one_epoch(model, loader, optimizer, scaler, weights, device, autocast,
             bar.set_postfix(loss=f"{total.item() / count:.4f}")
     mean = total.item() / max(count, 1)
     if not math.isfinite(mean):
-        raise FloatingPointError(f"epoch {epoch}: training loss is {mean}; lower --lr or try --amp off")
+        raise FloatingPointError(f"epoch {epoch}: training loss is {mean}; "
+                                 "lower --lr or try --amp off")
     return mean
 
 
 @torch.no_grad()
 def validate(model, loader, device, class_names=CLASS_NAMES) -> dict:
-    """Centre-crop validation: unweighted BCE, per-class and mean AUROC, and the raw probabilities."""
+    """Centre-crop validation: unweighted BCE, per-class and mean AUROC, and the raw
+    probabilities."""
     model.eval()
     probs, labels, loss_sum = [], [], 0.0
-    for images, targets in tqdm(loader, desc="validate", file=sys.stderr, leave=False, dynamic_ncols=True):
+    for images, targets in tqdm(loader, desc="validate", file=sys.stderr, leave=False,
+                                dynamic_ncols=True):
         # fp32 even when training is mixed: AUROC, the best epoch and the thresholds come from the
         # probabilities localization computes (fp32), so no image near a threshold flips.
         logits = model(to_input(images, device)).float()  # (B, 8)
@@ -125,7 +138,8 @@ def validate(model, loader, device, class_names=CLASS_NAMES) -> dict:
 
 
 def amp_setup(device: torch.device, mode: str):
-    """(autocast context factory, GradScaler, name): one code path for CPU, CUDA fp32, bf16, fp16."""
+    """(autocast context factory, GradScaler, name): one code path for CPU, CUDA fp32, bf16,
+    fp16."""
     dtype = None
     if device.type == "cuda" and mode != "off":
         bf16 = mode == "bf16" or (mode == "auto" and torch.cuda.is_bf16_supported())
@@ -137,18 +151,22 @@ def amp_setup(device: torch.device, mode: str):
 
 
 def plain_args(args) -> dict:
-    """argparse values as str/int/float/bool/None only, so the checkpoint loads with weights_only."""
-    return {k: v if v is None or isinstance(v, (str, int, float, bool)) else str(v) for k, v in vars(args).items()}
+    """argparse values as str/int/float/bool/None only, so the checkpoint loads with
+    weights_only."""
+    return {k: v if v is None or isinstance(v, (str, int, float, bool)) else str(v)
+            for k, v in vars(args).items()}
 
 
 def make_checkpoint(run: Run, args, epoch: int, record: dict, thresholds, extra: dict) -> dict:
     """model.py's checkpoint dict, plus `extra` (the optimizer and --resume state for last.pt)."""
-    return {**new_checkpoint(run.model.state_dict(), epoch=epoch, metrics=record, args=plain_args(args),
-                             thresholds=thresholds, resize=run.resize), **extra}
+    return {**new_checkpoint(run.model.state_dict(), epoch=epoch, metrics=record,
+                             args=plain_args(args), thresholds=thresholds, resize=run.resize),
+            **extra}
 
 
 def read_metrics(path: Path, upto: int) -> list[dict]:
-    """Records of epochs 1..upto: lines of epochs after the last checkpoint are dropped on resume."""
+    """Records of epochs 1..upto: lines of epochs after the last checkpoint are dropped on
+    resume."""
     if not path.is_file():
         return []
     return [r for r in model_dir.read_metrics_log(path) if r["epoch"] <= upto]
@@ -164,11 +182,13 @@ def resume(out: Path, args, model, optimizer, scaler) -> tuple[int, dict | None,
         raise InputError(f"{path}: not found; nothing to --resume (run without --resume to start)")
     ckpt = load_checkpoint(path)
     if "optimizer" not in ckpt or "rng" not in ckpt or ckpt.get("epoch") is None:
-        raise InputError(f"{path}: not a training checkpoint of train.py (no optimizer/epoch state)")
+        raise InputError(f"{path}: not a training checkpoint of train.py "
+                         "(no optimizer/epoch state)")
     for key in RECIPE:
         if ckpt["args"].get(key) != getattr(args, key):
             print(f"warning: --resume with {key}={getattr(args, key)!r}, the run used "
-                  f"{ckpt['args'].get(key)!r}; results will differ from an uninterrupted run", file=sys.stderr)
+                  f"{ckpt['args'].get(key)!r}; results will differ from an uninterrupted run",
+                  file=sys.stderr)
     load_weights(model, ckpt["model"], str(path))
     optimizer.load_state_dict(ckpt["optimizer"])
     if ckpt.get("scaler"):
@@ -179,11 +199,12 @@ def resume(out: Path, args, model, optimizer, scaler) -> tuple[int, dict | None,
 
 
 def draw_plots(out: Path, roc: tuple[np.ndarray, np.ndarray, np.ndarray] | None) -> None:
-    """training_curves.png from metrics.jsonl; roc_curves.png too when roc = (labels, probs, thresholds)
-    of a new best epoch ((N, 8), (N, 8), (8,)). A second or so per epoch."""
+    """training_curves.png from metrics.jsonl; roc_curves.png too when roc = (labels, probs,
+    thresholds) of a new best epoch ((N, 8), (N, 8), (8,)). A second or so per epoch."""
     from chexnet import training_figures  # matplotlib loads only when pictures are drawn
 
-    training_figures.training_figures(out, out / model_dir.METRICS_LOG, *(roc or (None, None, None)))
+    training_figures.training_figures(out, out / model_dir.METRICS_LOG,
+                                      *(roc or (None, None, None)))
 
 
 def report(record: dict, epochs: int) -> None:
@@ -216,9 +237,11 @@ class Run:
 def setup(args) -> Run:
     """Device, model, optimizer, scaler, autocast, datasets and loss weights."""
     if args.batch_size < 2:
-        raise InputError(f"--batch-size {args.batch_size}: must be at least 2 (BatchNorm needs 2 images)")
+        raise InputError(f"--batch-size {args.batch_size}: must be at least 2 "
+                         "(BatchNorm needs 2 images)")
     if args.epochs < 1 or args.repeats < 1:
-        raise InputError(f"--epochs {args.epochs}, --repeats {args.repeats}: each must be at least 1")
+        raise InputError(f"--epochs {args.epochs}, --repeats {args.repeats}: "
+                         "each must be at least 1")
     device = select_device(args.device)
     torch.manual_seed(args.seed)  # the head's (and, with --weights none, all) initial weights
     if device.type == "cuda":
@@ -256,7 +279,8 @@ def run_epoch(run: Run, args, epoch: int) -> tuple[dict, dict]:
 def main(args) -> None:
     run = setup(args)
     out = Path(args.out)
-    remove_stale_temporaries(out, model_dir.TRAINING_OUTPUTS)  # a killed save leaves ~85 MB temporaries
+    # a killed save leaves ~85 MB temporaries
+    remove_stale_temporaries(out, model_dir.TRAINING_OUTPUTS)
     done, best, records = 0, None, []
     if args.resume:
         done, best, records = resume(out, args, run.model, run.optimizer, run.scaler)
@@ -277,7 +301,8 @@ def main(args) -> None:
                                                                   thresholds, {"optimizer": None}))
             print(f"  best so far: saved {out / model_dir.BEST} and {out / model_dir.THRESHOLDS}")
         save_checkpoint(out / model_dir.LAST, make_checkpoint(run, args, epoch, record, None, {
-            "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(), "best": best,
+            "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
+            "best": best,
             "rng": {"torch": torch.get_rng_state()}}))
         if args.plots:
             draw_plots(out, (result["labels"], result["probs"], thresholds) if improved else None)

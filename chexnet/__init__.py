@@ -1,4 +1,5 @@
-"""Everything the pipeline's commands share: one level deep, imported by the commands, never importing them.
+"""Everything the pipeline's commands share: one level deep, imported by the commands, never
+importing them.
 
 Nothing runs on import; each module has one job (see README.md, "Architecture").
 """

@@ -67,11 +67,13 @@ def read_box_file(path: str | os.PathLike) -> list[ImageBoxes]:
 
 def _parse_header(path, index: int, line: str) -> tuple[ImageBoxes, int]:
     if _looks_like_box(line):  # 'Mass 1 2 3 4' would read as image 'Mass 1 2 3' with 4 boxes
-        raise InputError(f"{path}:{index + 1}: a box line where '[image_path] [number_of_detection]' was "
-                         f"expected (the count of the header above is smaller than its box lines): {line!r}")
+        raise InputError(f"{path}:{index + 1}: a box line where '[image_path] "
+                         "[number_of_detection]' was expected (the count of the header above is "
+                         f"smaller than its box lines): {line!r}")
     parts = line.rsplit(None, 1)
     if len(parts) != 2 or not parts[1].isdigit():
-        raise InputError(f"{path}:{index + 1}: expected '[image_path] [number_of_detection]', got {line!r}")
+        raise InputError(f"{path}:{index + 1}: expected '[image_path] [number_of_detection]', "
+                         f"got {line!r}")
     return ImageBoxes(parts[0]), int(parts[1])
 
 
@@ -95,5 +97,6 @@ def _parse_box(path, index: int, line: str) -> Box:
         x, y, w, h = (float(v) for v in parts[1:])
     except ValueError:
         raise InputError(
-            f"{path}:{index + 1}: expected '[disease] [x] [y] [width] [height]', got {line!r}") from None
+            f"{path}:{index + 1}: expected '[disease] [x] [y] [width] [height]', "
+            f"got {line!r}") from None
     return Box(parts[0], x, y, w, h)

@@ -1,9 +1,9 @@
 """calibrate.py's library: Grad-CAM maps of the validation images, and the per-class grid search of
 box sizes and the box method's parameter that scores best against their true boxes.
 
-heatmaps.npz (np.savez, no pickle): key "IMAGE/CLASS" -> float32 (224, 224) and "IMAGE/probabilities"
--> float32 (C,). float32 as localization computes them: float16 would create ties that change the
-peak test (a pixel equal to its neighbourhood's maximum).
+heatmaps.npz (np.savez, no pickle): key "IMAGE/CLASS" -> float32 (224, 224) and
+"IMAGE/probabilities" -> float32 (C,). float32 as localization computes them: float16 would create
+ties that change the peak test (a pixel equal to its neighbourhood's maximum).
 """
 from __future__ import annotations
 
@@ -44,13 +44,16 @@ class Heatmaps:
     maps: np.ndarray  # float32 (N, C, 224, 224), classes in CLASS_NAMES order
 
 
-def compute_heatmaps(net: torch.nn.Module, stored: np.ndarray, names: list[str], device: torch.device,
-                     batch_size: int, layer: str | None, cam_method: str = DEFAULT_CAM) -> Heatmaps:
-    """uint8 (N, 256, 256) stored images -> probabilities and all classes' maps of their centre crops."""
+def compute_heatmaps(net: torch.nn.Module, stored: np.ndarray, names: list[str],
+                     device: torch.device, batch_size: int, layer: str | None,
+                     cam_method: str = DEFAULT_CAM) -> Heatmaps:
+    """uint8 (N, 256, 256) stored images -> probabilities and all classes' maps of their centre
+    crops."""
     probs, maps = [], []
     net.to(device)
     with make_cam(cam_method, net, layer) as cam:
-        for start in tqdm(range(0, len(names), batch_size), unit="batch", file=sys.stderr, desc="heatmaps"):
+        for start in tqdm(range(0, len(names), batch_size), unit="batch", file=sys.stderr,
+                          desc="heatmaps"):
             crops = np.stack([images.center_crop(im) for im in stored[start:start + batch_size]])
             probs.append(class_probabilities(cam, torch.from_numpy(crops).to(device)))
             maps.append(cam.maps(range(len(CLASS_NAMES))).cpu().numpy())
@@ -77,12 +80,14 @@ def load_heatmaps(path: str | Path) -> Heatmaps:
     names = list(dict.fromkeys(key.rsplit("/", 1)[0] for key in arrays))
     try:
         probs = np.stack([arrays[f"{n}/{PROBS_KEY}"] for n in names]).astype(np.float32)
-        maps = np.stack([[arrays[f"{n}/{c}"] for c in CLASS_NAMES] for n in names]).astype(np.float32)
+        maps = np.stack([[arrays[f"{n}/{c}"] for c in CLASS_NAMES]
+                         for n in names]).astype(np.float32)
     except KeyError as err:
         raise InputError(f"{path}: missing array {err}; write it with calibrate.py") from None
     if probs.shape[1:] != (len(CLASS_NAMES),) or maps.shape[2:] != (CROP_SIZE, CROP_SIZE):
         raise InputError(f"{path}: expected ({len(CLASS_NAMES)},) probabilities and "
-                         f"({CROP_SIZE}, {CROP_SIZE}) maps, got {probs.shape[1:]} and {maps.shape[2:]}")
+                         f"({CROP_SIZE}, {CROP_SIZE}) maps, got {probs.shape[1:]} and "
+                         f"{maps.shape[2:]}")
     if not (np.isfinite(probs).all() and np.isfinite(maps).all()):
         raise InputError(f"{path}: NaN/inf values in the probabilities or maps")
     return Heatmaps(names, probs, maps)
@@ -105,13 +110,15 @@ def scaled_row(box: np.ndarray, scale_w: float, scale_h: float) -> np.ndarray:
     x, y, w, h = (float(v) for v in box)
     if scale_w == 1.0 and scale_h == 1.0:
         return np.array([x, y, w, h])  # exactly the table's numbers, no rounding through the centre
-    return np.array([x + w / 2 - w * scale_w / 2, y + h / 2 - h * scale_h / 2, w * scale_w, h * scale_h])
+    return np.array([x + w / 2 - w * scale_w / 2, y + h / 2 - h * scale_h / 2,
+                     w * scale_w, h * scale_h])
 
 
 def search_class(class_index: int, maps: dict[str, np.ndarray], truth: dict[str, list[TruthBox]],
                  base_box: np.ndarray, method: str, scales=SCALES, params=None) -> Choice:
-    """Best (scale_w, scale_h, param) for one class. maps: image -> its (224, 224) heatmap on the images
-    where the class is active; truth: those images' true boxes. Lines as localization writes them (boxes.class_lines)."""
+    """Best (scale_w, scale_h, param) for one class. maps: image -> its (224, 224) heatmap on the
+    images where the class is active; truth: those images' true boxes. Lines as localization writes
+    them (boxes.class_lines)."""
     m = boxes.METHODS[method]
     params = PARAM_GRIDS[method] if params is None else params
     label = CLASS_NAMES[class_index]
@@ -121,7 +128,8 @@ def search_class(class_index: int, maps: dict[str, np.ndarray], truth: dict[str,
         for scale_w in scales:
             for scale_h in scales:
                 average = scaled_row(base_box, scale_w, scale_h)
-                preds = {name: boxes.class_lines(label, average, a, method) for name, a in anchors.items()}
+                preds = {name: boxes.class_lines(label, average, a, method)
+                         for name, a in anchors.items()}
                 figures = scoring.score_boxes(preds, truth)["classes"][label]["original"]
                 if figures["score"] is None:
                     continue
@@ -144,13 +152,16 @@ def tune(hm: Heatmaps, rows: list[int], act: np.ndarray, truth: dict[str, list[T
     for k, label in enumerate(tqdm(CLASS_NAMES, unit="class", file=sys.stderr, desc="search")):
         names = [hm.images[i] for i in rows]
         if not any(t.label == label for n in names for t in truth[n]):
-            choices.append(Choice(1.0, 1.0, default, None, None, "no true box in the tuning images: defaults kept"))
+            choices.append(Choice(1.0, 1.0, default, None, None,
+                                  "no true box in the tuning images: defaults kept"))
             continue
         maps = {hm.images[i]: hm.maps[i, k].astype(np.float32) for i in rows if act[i, k]}
         if not maps:
-            choices.append(Choice(1.0, 1.0, default, None, None, "not active on any tuning image: defaults kept"))
+            choices.append(Choice(1.0, 1.0, default, None, None,
+                                  "not active on any tuning image: defaults kept"))
             continue
-        choices.append(search_class(k, maps, {n: truth[n] for n in names}, np.array(AVERAGE_BOXES[k]), method))
+        choices.append(search_class(k, maps, {n: truth[n] for n in names},
+                                    np.array(AVERAGE_BOXES[k]), method))
     return choices
 
 
@@ -168,7 +179,8 @@ def full_report(hm: Heatmaps, rows: list[int], act: np.ndarray, truth: dict, tab
     for i in rows:
         lines = []
         for k in np.flatnonzero(act[i]):
-            lines += boxes.class_boxes(int(k), hm.maps[i, k].astype(np.float32), table, method, float(params[k]))
+            lines += boxes.class_boxes(int(k), hm.maps[i, k].astype(np.float32), table, method,
+                                       float(params[k]))
         preds[hm.images[i]] = lines
     return scoring.score_boxes(preds, {hm.images[i]: truth[hm.images[i]] for i in rows})
 
@@ -180,5 +192,6 @@ def split_rows(n: int, holdout: float, seed: int) -> tuple[list[int], list[int]]
     order = np.random.default_rng(seed).permutation(n)
     cut = int(round(n * holdout))
     if holdout > 0 and (cut == 0 or cut == n):
-        raise InputError(f"--holdout {holdout}: {n} images cannot be split into two non-empty parts")
+        raise InputError(f"--holdout {holdout}: {n} images cannot be split into two non-empty "
+                         "parts")
     return sorted(order[cut:].tolist()), sorted(order[:cut].tolist())

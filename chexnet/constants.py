@@ -68,8 +68,8 @@ PEAK_CONTRAST = 0.1  # a maximum counts where max - min over the neighbourhood e
 PEAK_DILATIONS = 5  # binary dilations that merge nearby maxima before labelling
 PEAK_KEEP_FRACTION = 0.9  # keep a peak whose heatmap value exceeds this share of the map's max
 
-# The threshold box method (boxes.METHODS["threshold"]): regions where the heatmap is at least this share
-# of its maximum. Half the maximum: a Gaussian blob's rectangle is then its full width at half
+# The threshold box method (boxes.METHODS["threshold"]): regions where the heatmap is at least this
+# share of its maximum. Half the maximum: a Gaussian blob's rectangle is then its full width at half
 # maximum, the usual measure of a blob's extent. calibrate.py tunes it per class.
 THRESHOLD_FRACTION = 0.5
 

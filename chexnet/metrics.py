@@ -20,7 +20,8 @@ def _defined(labels: np.ndarray) -> bool:
 def _check(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
     if labels.shape != scores.shape or labels.ndim != 2:
-        raise ValueError(f"labels {labels.shape} and scores {scores.shape} must both be (N, classes)")
+        raise ValueError(f"labels {labels.shape} and scores {scores.shape} must both be "
+                         "(N, classes)")
     if not np.isfinite(scores).all():
         raise ValueError("scores contain NaN or infinity; the model diverged")
     return labels, scores
@@ -40,14 +41,15 @@ def mean_auroc(aurocs: list[float | None]) -> float | None:
 
 
 def youden_thresholds(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """labels 0/1 (N, C), float32 probabilities (N, C) -> float32 (C,) thresholds maximising tpr - fpr.
+    """labels 0/1 (N, C), float32 probabilities (N, C) -> float32 (C,) thresholds maximising
+    tpr - fpr.
 
     Localization predicts a class where prob > threshold, both float32. roc_curve's cut points mean
     'score >= t' (t is a score itself; the first one is +inf: nothing predicted), so we return the
     midpoint between the best cut point and the next lower score (or 0), which makes '>' select
     exactly the same images; the +inf cut point becomes 1.0. The midpoint is taken in float32, the
-    precision at which it is applied: where the two scores are adjacent float32 values it would round
-    up to the cut itself and select nothing, so then the float32 just below the cut is used.
+    precision at which it is applied: where the two scores are adjacent float32 values it would
+    round up to the cut itself and select nothing, so then the float32 just below the cut is used.
     """
     labels, probs = _check(labels, probs)
     out = np.full(labels.shape[1], DEFAULT_THRESHOLD, dtype=np.float32)

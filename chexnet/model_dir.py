@@ -44,7 +44,8 @@ DEFAULT_MODEL = f"{DEFAULT_FOLDER}/{BEST}"  # where train.py writes and localiza
 # ---------------------------------------------------------------- thresholds.npy
 
 def save_thresholds(path: str | os.PathLike, thresholds) -> None:
-    """float32 (C,), the precision at which localization compares them with float32 probabilities."""
+    """float32 (C,), the precision at which localization compares them with float32
+    probabilities."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:  # np.save(name) would append '.npy'
         np.save(f, np.asarray(thresholds, dtype=np.float32), allow_pickle=False)
 
@@ -123,20 +124,24 @@ def read_box_sizes(path: str | os.PathLike) -> np.ndarray:
         raise InputError(f"{path}: class_names {names} differ from {list(CLASS_NAMES)}")
     if (table.shape != (len(CLASS_NAMES), 4) or not np.isfinite(table).all()
             or (table[:, 2:] <= 0).any()):
-        raise InputError(f"{path}: boxes must be {len(CLASS_NAMES)} finite [x, y, w, h] with w, h > 0")
+        raise InputError(f"{path}: boxes must be {len(CLASS_NAMES)} finite [x, y, w, h] "
+                         "with w, h > 0")
     return table
 
 
 def write_box_sizes(path: str | os.PathLike, table: np.ndarray, method: str | None = None,
                     params: np.ndarray | None = None, calibration: dict | None = None) -> None:
     """The inverse of read_box_sizes (and read_box_params), written atomically; "method",
-    "parameter" and "params" only when tuned for a method, "calibration" when calibrate.py wrote it."""
+    "parameter" and "params" only when tuned for a method, "calibration" when calibrate.py wrote
+    it."""
     table = np.asarray(table, dtype=np.float64)
-    # Full precision (JSON floats round-trip exactly): a bundle or a re-read sizes boxes bit for bit.
+    # Full precision (JSON floats round-trip exactly): a bundle or a re-read sizes boxes bit for
+    # bit.
     data = {"class_names": list(CLASS_NAMES), "boxes": table.tolist()}
     if method is not None:
         values = np.asarray(params, dtype=np.float64)
-        data.update(method=method, parameter=boxes.METHODS[method].parameter, params=values.tolist())
+        data.update(method=method, parameter=boxes.METHODS[method].parameter,
+                    params=values.tolist())
     if calibration is not None:
         data["calibration"] = calibration
     write_text_atomic(path, json.dumps(data, indent=1) + "\n")

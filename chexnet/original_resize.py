@@ -1,15 +1,16 @@
-"""The original's resize, to the pixel: scikit-image 0.13.1's `resize(img, (256, 256))`, then train.py's
-`np.uint8(x * 255 * 255)` of the stored `resized / 255`.
+"""The original's resize, to the pixel: scikit-image 0.13.1's `resize(img, (256, 256))`, then
+train.py's `np.uint8(x * 255 * 255)` of the stored `resized / 255`.
 
-0.13.1's resize is bilinear (order 1), mode 'constant', clip, no anti-aliasing (that option came later),
-on img_as_float's `uint8 / 255`. It samples output pixel (r, c) at the input point that an affine map
-*estimated by SVD from three corners* gives; for an exact 4x reduction that is (4r + 1.5, 4c + 1.5), the
-mean of the block's central 2x2 pixels, but off by about 1e-13. Where that mean is a whole number (28% of
-the pixels of an X-ray), the final truncation turns the noise into v or v - 1. So the numbers depend on
-the estimated matrix: for 1024 -> 256 we keep the one that numpy 1.13.3 (OpenBLAS, AVX2 kernel) and
-scikit-image 0.13.1 computed, recorded bit for bit; other sizes estimate it with today's LAPACK, which
-can differ from 2018's in those last-ulp ties only. tests/test_original_resize.py compares with pixels
-that the real 2018 stack wrote (Python 3.6, numpy 1.13.3, scikit-image 0.13.1).
+0.13.1's resize is bilinear (order 1), mode 'constant', clip, no anti-aliasing (that option came
+later), on img_as_float's `uint8 / 255`. It samples output pixel (r, c) at the input point that an
+affine map *estimated by SVD from three corners* gives; for an exact 4x reduction that is (4r + 1.5,
+4c + 1.5), the mean of the block's central 2x2 pixels, but off by about 1e-13. Where that mean is a
+whole number (28% of the pixels of an X-ray), the final truncation turns the noise into v or v - 1.
+So the numbers depend on the estimated matrix: for 1024 -> 256 we keep the one that numpy 1.13.3
+(OpenBLAS, AVX2 kernel) and scikit-image 0.13.1 computed, recorded bit for bit; other sizes estimate
+it with today's LAPACK, which can differ from 2018's in those last-ulp ties only.
+tests/test_original_resize.py compares with pixels that the real 2018 stack wrote (Python 3.6, numpy
+1.13.3, scikit-image 0.13.1).
 
 Only the 4 * 256 * 256 samples are computed (about 1.5 ms per image, 12x faster than 0.13.1 itself).
 """
@@ -40,14 +41,17 @@ def resize_original(image: np.ndarray) -> np.ndarray:
         if outside is not None:
             v[outside] = 0.0  # mode 'constant', cval 0
     one_dc, dc, one_dr, dr = weights
-    out = one_dr * (one_dc * values[0] + dc * values[1]) + dr * (one_dc * values[2] + dc * values[3])
+    out = (one_dr * (one_dc * values[0] + dc * values[1])
+           + dr * (one_dc * values[2] + dc * values[3]))
     low, high = _AS_FLOAT[image.min()], _AS_FLOAT[image.max()]
-    keep_zero = (out == 0.0) if not low <= 0.0 <= high else None  # clip keeps cval outside the range
+    # clip keeps cval outside the range
+    keep_zero = (out == 0.0) if not low <= 0.0 <= high else None
     np.clip(out, low, high, out=out)
     if keep_zero is not None:
         out[keep_zero] = 0.0
     stored = out / 255  # preprocessing.py stored resized / 255 ...
-    return (stored * 255 * 255).astype(np.uint8).reshape(STORED)  # ... train.py: np.uint8(x*255*255)
+    # ... train.py: np.uint8(x*255*255)
+    return (stored * 255 * 255).astype(np.uint8).reshape(STORED)
 
 
 def _inverse_map(shape: tuple[int, int]) -> np.ndarray:

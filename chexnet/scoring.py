@@ -1,4 +1,5 @@
-"""Box-file scoring against ground-truth boxes: what tools/evaluate.py reports and calibrate.py tunes.
+"""Box-file scoring against ground-truth boxes: what tools/evaluate.py reports and calibrate.py
+tunes.
 
 Three metrics, each per class and overall (README and tools/evaluate.py --help say more):
 1. the original project's score (its iou.py): the first ORIGINAL_TOP_K predicted boxes of each
@@ -34,7 +35,8 @@ from chexnet.utils import InputError
 
 # Thresholds of Wang et al.'s Table 4 (ChestX-ray8), for both IoU and IoBB.
 WANG_THRESHOLDS = (0.1, 0.25, 0.5, 0.75, 0.9)
-# The original scorer (iou.py) looked at the first 10 boxes of each image, with IoU cuts 0.25 and 0.5.
+# The original scorer (iou.py) looked at the first 10 boxes of each image, with IoU cuts 0.25 and
+# 0.5.
 ORIGINAL_TOP_K = 10
 ORIGINAL_IOU_CUTS = (0.25, 0.5)
 OVERALL = "overall"
@@ -81,8 +83,10 @@ def image_key(path: str) -> str:
     return path.replace("\\", "/").rsplit("/", 1)[-1]
 
 
-def predictions_by_image(path: str | os.PathLike, entries: Iterable[ImageBoxes]) -> dict[str, list[Box]]:
-    """{image name: boxes in file order}, labels in CLASS_NAMES spelling; bad entries are InputErrors."""
+def predictions_by_image(path: str | os.PathLike,
+                         entries: Iterable[ImageBoxes]) -> dict[str, list[Box]]:
+    """{image name: boxes in file order}, labels in CLASS_NAMES spelling; bad entries are
+    InputErrors."""
     preds: dict[str, list[Box]] = {}
     for entry in entries:
         key = image_key(entry.image_path)
@@ -96,7 +100,8 @@ def _checked_box(path, key: str, n: int, box: Box) -> Box:
     label = BOX_TABLE_ALIASES.get(box.label, box.label)
     where = f"{path}: image {key}, box {n}"
     if label not in CLASS_NAMES:
-        raise InputError(f"{where}: unknown class {box.label!r}; expected one of {', '.join(CLASS_NAMES)}")
+        raise InputError(f"{where}: unknown class {box.label!r}; "
+                         f"expected one of {', '.join(CLASS_NAMES)}")
     if not all(math.isfinite(v) for v in (box.x, box.y, box.w, box.h)) or box.w < 0 or box.h < 0:
         raise InputError(f"{where}: x, y must be finite and width, height finite and >= 0, "
                          f"got {box.x} {box.y} {box.w} {box.h}")
@@ -167,7 +172,8 @@ def score_image(preds: list[Box], truths: list[TruthBox], tallies: dict[str, Tal
         for name in (box.label, OVERALL):
             tallies[name].add_scored_prediction(best)
     for box in preds:
-        best_iou, best_iobb = _best(iou, box, truth_of[box.label]), _best(iobb, box, truth_of[box.label])
+        best_iou, best_iobb = (_best(iou, box, truth_of[box.label]),
+                               _best(iobb, box, truth_of[box.label]))
         for name in (box.label, OVERALL):
             tallies[name].add_prediction(best_iou, best_iobb)
     for t in truths:
@@ -192,7 +198,8 @@ def score_boxes(preds: dict[str, list[Box]], truth: dict[str, list[TruthBox]]) -
         "truth_images_not_in_box_file": sorted(key for key in truth if key not in preds),
         "top_k": ORIGINAL_TOP_K,
         "thresholds": list(WANG_THRESHOLDS),
-        "classes": {name: tallies[name].summary(len(evaluated)) for name in CLASS_NAMES + (OVERALL,)},
+        "classes": {name: tallies[name].summary(len(evaluated))
+                    for name in CLASS_NAMES + (OVERALL,)},
     }
 
 

@@ -1,7 +1,9 @@
-"""train.py's data: crops of the preprocessed arrays, the seeded batch order, the loss and its weights.
+"""train.py's data: crops of the preprocessed arrays, the seeded batch order, the loss and its
+weights.
 
-Reproducible by construction: the batch order of epoch e is a permutation drawn from (seed, e) and each
-image's crop/flip from (seed, e, image), so a run does not depend on the number of data workers.
+Reproducible by construction: the batch order of epoch e is a permutation drawn from (seed, e) and
+each image's crop/flip from (seed, e, image), so a run does not depend on the number of data
+workers.
 """
 from __future__ import annotations
 
@@ -26,11 +28,13 @@ class TrainingCrops(Dataset):
     """Rows of a (N, 256, 256) uint8 .npy as uint8 (224, 224) crops + float32 (8,) labels.
 
     Train items are keyed (row, epoch, repeat) and get a random crop/flip seeded by (seed, epoch,
-    repeat, row): each of an image's REPEATS passes in an epoch has its own crop; eval items are keyed by row and get the centre crop. The memory map is opened lazily in each
-    worker (pickling an np.memmap would copy the whole array into every worker).
+    repeat, row): each of an image's REPEATS passes in an epoch has its own crop; eval items are
+    keyed by row and get the centre crop. The memory map is opened lazily in each worker (pickling
+    an np.memmap would copy the whole array into every worker).
     """
 
-    def __init__(self, images_path: Path, labels: np.ndarray, rows: np.ndarray, train: bool, seed: int):
+    def __init__(self, images_path: Path, labels: np.ndarray, rows: np.ndarray, train: bool,
+                 seed: int):
         self.images_path, self.rows, self.train, self.seed = images_path, rows, train, seed
         self.labels = torch.from_numpy(labels[rows].astype(np.float32))  # (n, 8)
         self._images = None
@@ -51,7 +55,8 @@ class TrainingCrops(Dataset):
         else:
             i = key
             crop = center_crop(self._images[self.rows[i]])
-        return torch.from_numpy(np.ascontiguousarray(crop)), self.labels[i]  # uint8 (224, 224), (8,)
+        # uint8 (224, 224), (8,)
+        return torch.from_numpy(np.ascontiguousarray(crop)), self.labels[i]
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int,
@@ -116,8 +121,10 @@ def loss_weights(labels: np.ndarray, mode: str) -> tuple[torch.Tensor, torch.Ten
 
 
 def bce_loss(logits: torch.Tensor, targets: torch.Tensor, weights) -> torch.Tensor:
-    """Mean BCE over (B, C) logits in fp32; each term weighted by its class's pos/neg weight if given."""
-    terms = nn.functional.binary_cross_entropy_with_logits(logits.float(), targets, reduction="none")
+    """Mean BCE over (B, C) logits in fp32; each term weighted by its class's pos/neg weight if
+    given."""
+    terms = nn.functional.binary_cross_entropy_with_logits(logits.float(), targets,
+                                                           reduction="none")
     if weights is not None:
         w_pos, w_neg = weights
         terms = terms * (targets * w_pos + (1 - targets) * w_neg)
@@ -133,8 +140,10 @@ def make_datasets(data: preprocessed.Prepared, keep_no_finding: bool, seed: int
           + ("" if keep_no_finding else " (those with none of the 8 findings dropped)")
           + f"; valid: {len(valid_y)} images")
     if len(rows) < 2:
-        hint = "" if keep_no_finding else " (images without findings were dropped; --keep-no-finding keeps them)"
-        raise InputError(f"{data.folder}: {len(rows)} training image(s); training needs at least 2{hint}")
+        hint = ("" if keep_no_finding
+                else " (images without findings were dropped; --keep-no-finding keeps them)")
+        raise InputError(f"{data.folder}: {len(rows)} training image(s); "
+                         f"training needs at least 2{hint}")
     if len(valid_y) == 0:
         raise InputError(f"{data.folder}: no validation images")
     x_train, _ = preprocessed.array_names("train")

@@ -1,4 +1,5 @@
-"""train.py's pictures: loss and AUROC per epoch, and the validation ROC curves of the best epoch."""
+"""train.py's pictures: loss and AUROC per epoch, and the validation ROC curves of the best
+epoch."""
 from __future__ import annotations
 
 import math
@@ -16,7 +17,8 @@ from chexnet.model_dir import read_metrics_log
 
 def _defined(values) -> tuple[list, list]:
     """(epochs, values) without the epochs whose value is null (an undefined AUROC)."""
-    pairs = [(e, v) for e, v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    pairs = [(e, v) for e, v in values
+             if v is not None and not (isinstance(v, float) and math.isnan(v))]
     return [e for e, _ in pairs], [v for _, v in pairs]
 
 
@@ -53,7 +55,8 @@ def roc_curves(y_true: np.ndarray, y_prob: np.ndarray, thresholds: np.ndarray,
     The operating point counts a prediction positive when prob > threshold (as localization
     does). A class without a positive or a negative example has no ROC curve: its panel says so.
     """
-    from sklearn.metrics import roc_auc_score, roc_curve  # sklearn is slow to import: only when used
+    # sklearn is slow to import: only when used
+    from sklearn.metrics import roc_auc_score, roc_curve
 
     y_true, y_prob = np.asarray(y_true), np.asarray(y_prob, float)
     fig, axes = plt.subplots(2, 4, figsize=(14.0, 7.0), dpi=drawing.DPI)
@@ -72,9 +75,10 @@ def roc_curves(y_true: np.ndarray, y_prob: np.ndarray, thresholds: np.ndarray,
         fpr, tpr, _ = roc_curve(truth, score)
         ax.plot(fpr, tpr, color=drawing.PRED_COLOR, linewidth=1.5)
         on = score > t
-        ax.plot(on[~truth].mean(), on[truth].mean(), "o", color=drawing.TRUTH_COLOR, label=f"threshold {t:.3f}")
-        ax.set_title(f"{name}  AUROC {roc_auc_score(truth, score):.3f}\n{positives} pos / {negatives} neg",
-                     fontsize=9)
+        ax.plot(on[~truth].mean(), on[truth].mean(), "o", color=drawing.TRUTH_COLOR,
+                label=f"threshold {t:.3f}")
+        ax.set_title(f"{name}  AUROC {roc_auc_score(truth, score):.3f}\n"
+                     f"{positives} pos / {negatives} neg", fontsize=9)
         ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     drawing.save_figure(fig, out_path)

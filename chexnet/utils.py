@@ -56,8 +56,10 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 
 def usable_cpus() -> int:
-    """CPUs this process may use: its affinity (as a batch scheduler sets it), not all the machine has."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """CPUs this process may use: its affinity (as a batch scheduler sets it), not all the machine
+    has."""
+    return (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+            else (os.cpu_count() or 1))
 
 
 def select_device(requested: str = "auto") -> "torch.device":

@@ -4,8 +4,8 @@
 - inference.py, denseNet_localization.py and the project modules they import when loaded (model.py,
   gradcam.py and chexnet/...), found by walking their module-level import statements, so the list
   never goes stale; imports inside functions load optional parts (pictures) the grader never runs;
-- checkpoint.pt: the checkpoint as localization needs it (weights, class names, epoch, metrics, args,
-  thresholds; no optimizer or resume state), weights_only-loadable;
+- checkpoint.pt: the checkpoint as localization needs it (weights, class names, epoch, metrics,
+  args, thresholds; no optimizer or resume state), weights_only-loadable;
 - thresholds.npy and box_sizes.json, under the names localization looks for beside a checkpoint;
 - manifest.json: format and version, creation time, the versions it was built with, class names,
   where model, thresholds and box sizes came from, the run's files, the sha256 of every other file.
@@ -37,7 +37,8 @@ sys.path.insert(0, str(ROOT))  # the project root: chexnet/, model.py
 
 from chexnet import model_dir  # noqa: E402
 from chexnet.utils import InputError, atomic_path, run_cli  # noqa: E402
-from model import load_checkpoint, model_from_checkpoint, new_checkpoint, save_checkpoint  # noqa: E402
+from model import (load_checkpoint, model_from_checkpoint, new_checkpoint,  # noqa: E402
+                   save_checkpoint)
 
 ENTRIES = ("inference.py", "denseNet_localization.py")
 PACKAGE = "chexnet"
@@ -55,8 +56,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "--model, else the checkpoint's own)")
     sizes = p.add_mutually_exclusive_group()
     sizes.add_argument("--bbox-list", type=str, default=None,
-                       help="BBox_List_2017.csv whose per-class mean boxes size the boxes (default: "
-                            "box_sizes.json beside --model, else the original's table)")
+                       help="BBox_List_2017.csv whose per-class mean boxes size the boxes "
+                            "(default: box_sizes.json beside --model, else the original's table)")
     sizes.add_argument("--box-sizes", type=str, default=None,
                        help="a box_sizes.json to bundle as it is (default: as --bbox-list)")
     return p
@@ -101,8 +102,8 @@ def _load_time_imports(path: Path) -> list[str]:
     'chexnet.a'); a dynamic import anywhere in it is an InputError."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and getattr(node.func, "attr",
-                                                  getattr(node.func, "id", None)) in _DYNAMIC_IMPORTS:
+        if (isinstance(node, ast.Call)
+                and getattr(node.func, "attr", getattr(node.func, "id", None)) in _DYNAMIC_IMPORTS):
             raise InputError(f"{path}:{node.lineno}: a dynamic import, which the bundle's module "
                              f"walk cannot follow")
     names: list[str] = []
@@ -131,7 +132,8 @@ def build_bundle(out: str | Path, model_path: str | Path, thresholds_spec: str |
     resolved exactly as denseNet_localization.py resolves them for the same options."""
     checkpoint = load_checkpoint(model_path)
     model_from_checkpoint(checkpoint, source=str(model_path))  # fail here, not on the platform
-    thresholds, thresholds_from = model_dir.resolve_thresholds(thresholds_spec, model_path, checkpoint)
+    thresholds, thresholds_from = model_dir.resolve_thresholds(thresholds_spec, model_path,
+                                                               checkpoint)
     if box_sizes_path is None:  # calibrated: sizes, box method and its per-class parameters
         box_sizes_path = model_dir.calibrated_box_file(bbox_list, model_path)
     if box_sizes_path is not None:
@@ -164,7 +166,8 @@ def build_bundle(out: str | Path, model_path: str | Path, thresholds_spec: str |
             "run": {"checkpoint": CHECKPOINT, "thresholds": model_dir.THRESHOLDS,
                     "box_sizes": model_dir.BOX_SIZES},
             "files": {name: _sha256(stage / name) for name in files}}
-        (stage / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+        (stage / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n",
+                                             encoding="utf-8")
         _write_zip(out, stage, files + ["manifest.json"], created)
     check = subprocess.run([sys.executable, str(ROOT / "inference.py"), "--check-bundle", str(out)],
                            capture_output=True, text=True)
@@ -176,7 +179,8 @@ def build_bundle(out: str | Path, model_path: str | Path, thresholds_spec: str |
 
 def _inference_checkpoint(checkpoint: dict, thresholds: np.ndarray) -> dict:
     """The weights and their record, without the optimizer state and train.py's --resume keys
-    (scaler, rng, best), which would double the bundle's size; the bundle's thresholds inside too."""
+    (scaler, rng, best), which would double the bundle's size; the bundle's thresholds inside
+    too."""
     return new_checkpoint(checkpoint["model"], epoch=checkpoint.get("epoch"),
                           metrics=checkpoint.get("metrics"), args=checkpoint.get("args"),
                           thresholds=thresholds, resize=checkpoint["resize"])
@@ -186,13 +190,15 @@ def _check_stage(stage: Path, thresholds: np.ndarray, sizes: np.ndarray) -> None
     """What the bundle will read back is what was resolved here, bit for bit."""
     back = model_dir.load_thresholds(stage / model_dir.THRESHOLDS)
     read_sizes = model_dir.read_box_sizes(stage / model_dir.BOX_SIZES)
-    if not np.array_equal(back, thresholds) or not np.array_equal(read_sizes, np.asarray(sizes, float)):
+    if (not np.array_equal(back, thresholds)
+            or not np.array_equal(read_sizes, np.asarray(sizes, float))):
         raise InputError("bundle: thresholds or box sizes do not read back unchanged (a bug)")
     torch.load(stage / CHECKPOINT, map_location="cpu", weights_only=True)
 
 
 def _write_zip(out: str | Path, stage: Path, names: list[str], created: datetime.datetime) -> None:
-    """The staged files under their relative names, in order, with the creation time and mode 0644."""
+    """The staged files under their relative names, in order, with the creation time and mode
+    0644."""
     with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for name in names:
             info = zipfile.ZipInfo(name, date_time=created.timetuple()[:6])
@@ -219,9 +225,11 @@ def build_versions() -> dict:
 def main(args: argparse.Namespace) -> None:
     manifest = build_bundle(args.zip, args.model, args.thresholds, args.bbox_list, args.box_sizes)
     size_mb = Path(args.zip).stat().st_size / 1e6
-    print(f"wrote {args.zip}: {len(manifest['files']) + 1} files, {size_mb:.1f} MB; model {args.model} "
-          f"(epoch {manifest['model']['epoch']}), thresholds from {manifest['thresholds']['source']}, "
-          f"box sizes from {manifest['box_sizes']['source']}; modules: {' '.join(manifest['modules'])}")
+    print(f"wrote {args.zip}: {len(manifest['files']) + 1} files, {size_mb:.1f} MB; "
+          f"model {args.model} (epoch {manifest['model']['epoch']}), "
+          f"thresholds from {manifest['thresholds']['source']}, "
+          f"box sizes from {manifest['box_sizes']['source']}; "
+          f"modules: {' '.join(manifest['modules'])}")
 
 
 if __name__ == "__main__":

@@ -107,7 +107,8 @@ def format_report(report: dict) -> str:
              f"{im['box_file_not_in_truth']} box-file images have no truth boxes (not scored); "
              f"{im['truth_not_in_box_file']} truth-table images are not in the box file"]
     cuts = [f"iou>{c:g}" for c in ORIGINAL_IOU_CUTS]
-    lines += _table(f"original score (first {report['top_k']} boxes of each image, pooled per predicted box)",
+    lines += _table(f"original score (first {report['top_k']} boxes of each image, "
+                    "pooled per predicted box)",
                     ["boxes"] + [c.replace("iou", "IoU") for c in cuts] + ["score", "meanIoU"],
                     [(n, [s["original"][k] for k in ["boxes", *cuts, "score", "mean_iou"]])
                      for n, s in classes.items()])
@@ -115,10 +116,12 @@ def format_report(report: dict) -> str:
         extra = ["meanIoU"] if key == "acc_iou" else []
         lines += _table(f"Wang et al. localization accuracy, {what} (pooled per truth box)",
                         ["truth"] + ts + extra,
-                        [(n, [s["truth_boxes"]] + [s[key][t] for t in ts] + ([s["mean_iou"]] if extra else []))
+                        [(n, [s["truth_boxes"]] + [s[key][t] for t in ts]
+                          + ([s["mean_iou"]] if extra else []))
                          for n, s in classes.items()])
     for key, what in (("afp_iou", "IoU <= T"), ("afp_iobb", "IoBB <= T")):
-        lines += _table(f"average false positives per evaluated image ({what} with every truth box of its class)",
+        lines += _table(f"average false positives per evaluated image ({what} with every truth "
+                        "box of its class)",
                         ts, [(n, [s[key][t] for t in ts]) for n, s in classes.items()])
     if "maps" in report:
         maps = report["maps"]
@@ -157,16 +160,20 @@ def write_outputs(report: dict, out_dir: str | os.PathLike) -> list[Path]:
 # ---------------------------------------------------------------- command line
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Score a box file against BBox_List_2017.csv: the original "
-                                     "project's IoU score, Wang et al.'s accuracy (IoU and IoBB), mean IoU.")
-    parser.add_argument("box_txt", type=str, help="box file (ours or the original's); images matched by file name")
-    parser.add_argument("bbox_list", type=str, help="ground-truth table BBox_List_2017.csv (or .csv.gz)")
+    parser = argparse.ArgumentParser(description="Score a box file against BBox_List_2017.csv: the "
+                                     "original project's IoU score, Wang et al.'s accuracy "
+                                     "(IoU and IoBB), mean IoU.")
+    parser.add_argument("box_txt", type=str,
+                        help="box file (ours or the original's); images matched by file name")
+    parser.add_argument("bbox_list", type=str,
+                        help="ground-truth table BBox_List_2017.csv (or .csv.gz)")
     parser.add_argument("--out", type=str, default=None,
-                        help="folder for evaluation.csv and evaluation.json, and the figures unless --plots "
-                             "names another folder (default: None, print only)")
+                        help="folder for evaluation.csv and evaluation.json, and the figures "
+                             "unless --plots names another folder (default: None, print only)")
     parser.add_argument("--plots", type=str, default=None,
                         help="folder for localization_iobb.png (beside Wang et al.'s Table 4) and "
-                             "localization_iou.png (default: None, --out when given, else no figures)")
+                             "localization_iou.png (default: None, --out when given, else no "
+                             "figures)")
     parser.add_argument("--heatmaps", type=str, default=None,
                         help="a denseNet_localization.py --save-heatmaps .npz: also score its maps "
                              "(pointing game, IoU of the thresholded map) (default: None)")
