@@ -27,6 +27,7 @@ from chexnet.boxfile import ImageBoxes, write_box_file
 from chexnet.constants import CLASS_NAMES, DEFAULT_TARGET_LAYER
 from chexnet.heatmap_file import SavedHeatmaps, write_heatmaps
 from chexnet.images import RESIZE_METHODS, check_images_exist
+from chexnet.probs import write_probs_csv
 from chexnet.utils import InputError, run_cli, select_device, usable_cpus
 from gradcam import DEFAULT_CAM, FINAL_FEATURES, METHODS as CAM_METHODS
 from model import load_checkpoint, model_from_checkpoint
@@ -54,6 +55,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "parameters that calibrate.py tuned, else the original's table)")
     p.add_argument("--out", type=str, default="bounding_box.txt",
                    help="box file to write (default: bounding_box.txt in the working folder)")
+    p.add_argument("--probs", type=str, default=None,
+                   help="also write this CSV: header image,<class names>, one row per image with "
+                        "every class's probability, from the same forward pass (default: None)")
     p.add_argument("--method", type=str, default=None, choices=sorted(boxes.METHODS),
                    help="how heatmaps become boxes: peaks, the original's heuristic, or the "
                         "rectangles of the map's regions above a fraction of its maximum "
@@ -153,11 +157,12 @@ def main(args: argparse.Namespace) -> None:
                                      batch_size=args.batch_size, target_layer=args.layer,
                                      workers=args.workers, method=method, method_params=params,
                                      resize=resize, cam_method=args.cam)
-    entries, detections = [], 0
+    entries, detections, probs = [], 0, []
     layer = args.layer or CAM_METHODS[args.cam].default_layer
     saved = SavedHeatmaps([], [], [], [], args.cam, layer)
     for result in tqdm(results, total=len(paths), unit="image", file=sys.stderr, desc="localize"):
         entries.append(ImageBoxes(result.image_path, result.boxes))
+        probs.append(result.probs)
         detections += len(result.heatmaps)
         if args.save_heatmaps is not None:
             keep_heatmaps(saved, result)
@@ -171,6 +176,9 @@ def main(args: argparse.Namespace) -> None:
     if args.save_heatmaps is not None:
         write_heatmaps(args.save_heatmaps, saved)
         print(f"wrote {args.save_heatmaps}: {len(saved.labels)} heatmaps", file=sys.stderr)
+    if args.probs is not None:
+        write_probs_csv(args.probs, names, checkpoint["class_names"], probs)
+        print(f"wrote {args.probs}: probabilities of {len(names)} images")
     seconds = time.perf_counter() - start - plot_seconds  # the rate below is localization's alone
     n_boxes = sum(len(e.boxes) for e in entries)
     print(f"wrote {args.out}: {len(entries)} images, {detections} active classes, {n_boxes} boxes "

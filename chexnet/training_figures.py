@@ -50,7 +50,8 @@ def training_curves(metrics_jsonl: str | os.PathLike, out_path: str | os.PathLik
 
 def roc_curves(y_true: np.ndarray, y_prob: np.ndarray, thresholds: np.ndarray,
                out_path: str | os.PathLike, class_names: Sequence[str] = CLASS_NAMES) -> None:
-    """One ROC panel per class (2 x 4, 1400 x 700 px) with the threshold's operating point marked.
+    """One ROC panel per class (4 a row: 1400 x 700 px for 8) with the threshold's operating point
+    marked (none where the threshold is NaN).
 
     The operating point counts a prediction positive when prob > threshold (as localization
     does). A class without a positive or a negative example has no ROC curve: its panel says so.
@@ -59,7 +60,10 @@ def roc_curves(y_true: np.ndarray, y_prob: np.ndarray, thresholds: np.ndarray,
     from sklearn.metrics import roc_auc_score, roc_curve
 
     y_true, y_prob = np.asarray(y_true), np.asarray(y_prob, float)
-    fig, axes = plt.subplots(2, 4, figsize=(14.0, 7.0), dpi=drawing.DPI)
+    rows = math.ceil(len(class_names) / 4)
+    fig, axes = plt.subplots(rows, 4, figsize=(14.0, 3.5 * rows), dpi=drawing.DPI, squeeze=False)
+    for ax in axes.flat[len(class_names):]:
+        ax.axis("off")
     for k, (ax, name) in enumerate(zip(axes.flat, class_names)):
         truth, score, t = y_true[:, k].astype(bool), y_prob[:, k], float(thresholds[k])
         ax.plot([0, 1], [0, 1], ":", color="gray", linewidth=1)
@@ -74,12 +78,14 @@ def roc_curves(y_true: np.ndarray, y_prob: np.ndarray, thresholds: np.ndarray,
             continue
         fpr, tpr, _ = roc_curve(truth, score)
         ax.plot(fpr, tpr, color=drawing.PRED_COLOR, linewidth=1.5)
-        on = score > t
-        ax.plot(on[~truth].mean(), on[truth].mean(), "o", color=drawing.TRUTH_COLOR,
-                label=f"threshold {t:.3f}")
+        if np.isfinite(t):
+            on = score > t
+            ax.plot(on[~truth].mean(), on[truth].mean(), "o", color=drawing.TRUTH_COLOR,
+                    label=f"threshold {t:.3f}")
         ax.set_title(f"{name}  AUROC {roc_auc_score(truth, score):.3f}\n"
                      f"{positives} pos / {negatives} neg", fontsize=9)
-        ax.legend(loc="lower right", fontsize=7)
+        if np.isfinite(t):
+            ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     drawing.save_figure(fig, out_path)
 
