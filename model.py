@@ -9,8 +9,11 @@ Nothing runs on import. A checkpoint is a dict that rebuilds the model by itself
      "resize": "original" | "area"}   # how the training images went from 1024 to 256
 
 train.py adds "scaler", "rng" and "best" for --resume. Files are written atomically and read
-with torch.load(weights_only=True) only. The original project's .pkl files (a bare state dict
-of torch.nn.DataParallel(DenseNet121(8)) in PyTorch-0.2 key names) load too.
+with torch.load(weights_only=True) only. Two layouts that users already have load too: the original
+project's .pkl (a bare state dict of torch.nn.DataParallel(DenseNet121(8)) in PyTorch-0.2 key names)
+and arnoweng/CheXNet's model.pth.tar (a dict whose 'state_dict' holds DataParallel(DenseNet121(14))
+in the same old names, head 'module.densenet121.classifier.0.*'). Either loads whole or not at all:
+a missing or unexpected key is an error, never a partial load.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from torch import nn
 from torchvision.models import DenseNet121_Weights, densenet121
 
 from chexnet.utils import InputError, atomic_path
-from chexnet.constants import CLASS_NAMES, CROP_SIZE
+from chexnet.constants import ALL_FINDINGS, CLASS_NAMES, CROP_SIZE
 
 FORMAT = "chexnet-checkpoint"
 VERSION = 1
@@ -41,6 +44,8 @@ _LEGACY_LAYER = re.compile(r"(denselayer\d+\.(?:norm|relu|conv))\.([12])\.")
 # The original head was Sequential(Linear, Sigmoid): "classifier.0.weight" is our
 # "classifier.weight".
 _LEGACY_HEAD = re.compile(r"^classifier\.0\.")
+# The class order of a bare state dict, told by its head's width: the original's 8, CheXNet's 14.
+_CLASSES_BY_WIDTH = {len(CLASS_NAMES): CLASS_NAMES, len(ALL_FINDINGS): ALL_FINDINGS}
 
 
 def build_model(num_classes: int = len(CLASS_NAMES), weights: str = "imagenet") -> nn.Module:
@@ -60,6 +65,8 @@ def build_model(num_classes: int = len(CLASS_NAMES), weights: str = "imagenet") 
         state = _load_file(weights)
         if isinstance(state, dict) and state.get("format") == FORMAT:
             state = state["model"]
+        elif isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]  # arnoweng/CheXNet's model.pth.tar
         _load_features(model, state, str(weights))
     return model
 
@@ -109,10 +116,10 @@ def normalize_keys(state: dict) -> dict:
 
 def new_checkpoint(state: dict, *, epoch: int | None = None, optimizer: dict | None = None,
                    metrics: dict | None = None, args: dict | None = None,
-                   thresholds=None, resize: str = "original") -> dict:
-    """The checkpoint dict of this format (module docstring), for the 8-class model's state dict."""
+                   thresholds=None, resize: str = "original", class_names=CLASS_NAMES) -> dict:
+    """The checkpoint dict of this format (module docstring) for a model of these classes."""
     return {"format": FORMAT, "version": VERSION, "arch": ARCH, "model": state,
-            "class_names": list(CLASS_NAMES), "input_size": CROP_SIZE, "epoch": epoch,
+            "class_names": list(class_names), "input_size": CROP_SIZE, "epoch": epoch,
             "optimizer": optimizer, "metrics": metrics or {}, "args": args or {},
             "thresholds": None if thresholds is None else [float(t) for t in thresholds],
             "resize": resize}
@@ -125,7 +132,8 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: dict) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """A checkpoint dict, from our format or the original project's .pkl state dict.
+    """A checkpoint dict, from our format, the original project's .pkl state dict or arnoweng's
+    model.pth.tar ({'state_dict': ...}; its other entries, such as the epoch, are not used).
 
     Always torch.load(weights_only=True): a file that needs to unpickle code is refused.
     """
@@ -138,6 +146,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                              f"expected {FORMAT!r} v{VERSION}")
         obj.setdefault("resize", "area")  # written before the choice existed: all used area
         return obj
+    if isinstance(obj.get("state_dict"), dict):
+        return _from_state_dict(path, obj["state_dict"])
     return _from_state_dict(path, obj)
 
 
@@ -156,7 +166,8 @@ def _load_file(path: str | os.PathLike, map_location: str | torch.device = "cpu"
 
 
 def _from_state_dict(path: str | os.PathLike, state: dict) -> dict:
-    """Wrap a bare state dict (the original's .pkl, or model.state_dict()) as a checkpoint."""
+    """Wrap a bare state dict (the original's .pkl, arnoweng's 'state_dict', or model.state_dict())
+    as a checkpoint of 8 or 14 classes, by the head's width; the weights are checked in full."""
     if not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InputError(f"{path}: neither a {FORMAT} dict nor a state dict of tensors")
     state = normalize_keys(state)
@@ -164,11 +175,14 @@ def _from_state_dict(path: str | os.PathLike, state: dict) -> dict:
     if head is None or tuple(head.shape[1:]) != (FEATURES,):
         raise InputError(f"{path}: no DenseNet-121 classifier.weight (1024 inputs) in this "
                          "state dict")
-    if head.shape[0] != len(CLASS_NAMES):
+    class_names = _CLASSES_BY_WIDTH.get(head.shape[0])
+    if class_names is None:
         raise InputError(f"{path}: the classifier has {head.shape[0]} outputs; a bare state dict "
-                         f"must have {len(CLASS_NAMES)} (the classes {', '.join(CLASS_NAMES)})")
+                         f"must have 8 (the original's classes) or 14 (CheXNet's, in ChestX-ray14 "
+                         f"order)")
     _add_batch_counters(state)
-    return new_checkpoint(state, args={"converted_from": str(path)})
+    load_weights(build_model(len(class_names), weights="none"), state, str(path))  # all or nothing
+    return new_checkpoint(state, args={"converted_from": str(path)}, class_names=class_names)
 
 
 def _add_batch_counters(state: dict) -> None:
@@ -184,11 +198,11 @@ def model_from_checkpoint(checkpoint: dict, source: str = "checkpoint") -> nn.Mo
     if checkpoint.get("arch") != ARCH:
         raise InputError(f"{source}: architecture {checkpoint.get('arch')!r} is not supported; "
                          f"only {ARCH!r}")
-    num_classes = len(checkpoint["class_names"])
-    if list(checkpoint["class_names"]) != list(CLASS_NAMES):
-        raise InputError(f"{source}: trained for {num_classes} classes "
-                         f"{list(checkpoint['class_names'])}; this pipeline needs the "
-                         f"{len(CLASS_NAMES)} classes {list(CLASS_NAMES)}")
+    names = list(checkpoint["class_names"])
+    num_classes = len(names)
+    if len(set(names)) != num_classes or not set(names) <= set(ALL_FINDINGS):
+        raise InputError(f"{source}: trained for {num_classes} classes {names}, not distinct "
+                         f"ChestX-ray14 findings ({', '.join(ALL_FINDINGS)})")
     model = build_model(num_classes, weights="none")
     load_weights(model, checkpoint["model"], source)
     return model.eval()

@@ -8,7 +8,7 @@ import torch
 
 import model as M
 from chexnet.utils import InputError
-from chexnet.constants import CLASS_NAMES
+from chexnet.constants import ALL_FINDINGS, CLASS_NAMES
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -125,8 +125,10 @@ def test_wrong_classes_or_arch_is_input_error(tmp_path):
     with pytest.raises(InputError, match="resnet50"):
         M.model_from_checkpoint(_ckpt(other, arch="resnet50"))
     path = tmp_path / "bare14.pt"
-    torch.save(other.state_dict(), path)
-    with pytest.raises(InputError, match="14 outputs"):
+    torch.save(other.state_dict(), path)  # 14 outputs: CheXNet's classes, in ChestX-ray14 order
+    assert M.load_checkpoint(path)["class_names"] == list(ALL_FINDINGS)
+    torch.save(M.build_model(num_classes=5, weights="none").state_dict(), path)
+    with pytest.raises(InputError, match="5 outputs"):
         M.load_checkpoint(path)
 
 
