@@ -53,6 +53,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="BBox_List_2017.csv: box sizes = its per-class mean boxes (default: "
                         "box_sizes.json beside --model if present, with the box method's per-class "
                         "parameters that calibrate.py tuned, else the original's table)")
+    p.add_argument("--size-images", type=str, nargs="+", default=None, metavar="LIST",
+                   help="with --bbox-list: average only the boxes of the images of these lists "
+                        "(the training and validation lists: box sizes that never see the test "
+                        "images) "
+                        "(default: None, every box of the table, test images included, as the "
+                        "original averaged all 984)")
     p.add_argument("--out", type=str, default="bounding_box.txt",
                    help="box file to write (default: bounding_box.txt in the working folder)")
     p.add_argument("--probs", type=str, default=None,
@@ -138,12 +144,16 @@ def main(args: argparse.Namespace) -> None:
     if args.batch_size < 1 or args.workers < 0:
         raise InputError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size}, "
                          f"{args.workers}")
+    if args.size_images is not None and args.bbox_list is None:
+        raise InputError("--size-images needs --bbox-list (the table whose boxes it selects)")
     paths, per_image = input_paths(args.test_txt, args.images)
     device = select_device(args.device)
     checkpoint = load_checkpoint(args.model)
     net = model_from_checkpoint(checkpoint, source=args.model)
     thresholds, thresholds_from = model_dir.resolve_thresholds(args.thresholds, args.model, checkpoint)
-    box_sizes, sizes_from = model_dir.resolve_box_sizes(args.bbox_list, args.model)
+    size_images = None if args.size_images is None else {
+        path: set(nih.read_image_list(path)) for path in args.size_images}
+    box_sizes, sizes_from = model_dir.resolve_box_sizes(args.bbox_list, args.model, size_images)
     method = args.method or model_dir.calibrated_method(args.bbox_list, args.model) or "peaks"
     params, params_from = model_dir.resolve_box_params(args.bbox_list, args.model, method)
     resize = resolve_resize(args.resize, checkpoint, args.model)
@@ -177,6 +187,7 @@ def main(args: argparse.Namespace) -> None:
         write_heatmaps(args.save_heatmaps, saved)
         print(f"wrote {args.save_heatmaps}: {len(saved.labels)} heatmaps", file=sys.stderr)
     if args.probs is not None:
+        names = [os.path.basename(path) for path in paths]  # the label table's Image Index
         write_probs_csv(args.probs, names, checkpoint["class_names"], probs)
         print(f"wrote {args.probs}: probabilities of {len(names)} images")
     seconds = time.perf_counter() - start - plot_seconds  # the rate below is localization's alone

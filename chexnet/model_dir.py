@@ -94,19 +94,29 @@ def resolve_thresholds(spec: str | None, model_path: str | os.PathLike, checkpoi
 
 # ---------------------------------------------------------------- box_sizes.json
 
-def resolve_box_sizes(bbox_list: str | os.PathLike | None, model_path: str | os.PathLike | None
-                      ) -> tuple[np.ndarray, str]:
+def resolve_box_sizes(bbox_list: str | os.PathLike | None, model_path: str | os.PathLike | None,
+                      size_images: dict[str, set[str]] | None = None) -> tuple[np.ndarray, str]:
     """(average boxes (C, 4) x, y, w, h in 1024 px, where they came from): the per-class mean of a
-    box table when given, else box_sizes.json beside the checkpoint, else the original's table."""
+    box table when given, else box_sizes.json beside the checkpoint, else the original's table.
+
+    size_images ({list path: its image names}) keeps only the table's boxes of those images (the
+    training and validation lists: sizes that never see the test images); without it every box
+    counts, as the original averaged all 984, test images included."""
     fallback = np.array(AVERAGE_BOXES, dtype=np.float64)
     if bbox_list is not None:
         truth = nih.read_bbox_list(bbox_list)
+        where = f"in {bbox_list}"
+        if size_images is not None:
+            keep = set().union(*size_images.values())
+            truth = [b for b in truth if b.image in keep]
+            where = (f"of the images of {' + '.join(map(str, size_images))} in {bbox_list} "
+                     f"({len({b.image for b in truth})} images)")
         table = nih.average_boxes(truth)
         absent = np.isnan(table).any(axis=1)
         table[absent] = fallback[absent]  # a class without boxes in the file keeps the original's
         note = (f" (built-in sizes for {', '.join(np.array(CLASS_NAMES)[absent])})"
                 if absent.any() else "")
-        return table, f"mean of {len(truth)} boxes in {bbox_list}{note}"
+        return table, f"mean of {len(truth)} boxes {where}{note}"
     calibrated = calibrated_box_file(None, model_path)
     if calibrated is not None:
         return read_box_sizes(calibrated), str(calibrated)

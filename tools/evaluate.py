@@ -1,6 +1,6 @@
 """Score a box file against the ground-truth box table (BBox_List_2017.csv).
 
-    python3 evaluate.py BOX_TXT BBOX_LIST [--out DIR] [--plots DIR]
+    python3 tools/evaluate.py BOX_TXT BBOX_LIST [--images LIST...] [--out DIR] [--plots DIR]
 
 Images are matched by file name alone (`../images/X.png` in the box file is `X.png` in the
 table). Only images of the box file that the table has boxes for are evaluated: the table
@@ -8,6 +8,8 @@ annotates 880 of 112,120 images, so an image absent from it has unknown truth, n
 finding". Box-file images absent from the table, and table images absent from the box file,
 are counted and printed, never dropped silently. Class names are compared after mapping the
 table's `Infiltrate` to `Infiltration` (BOX_TABLE_ALIASES); a box file may use either.
+--images LIST... keeps only the images of those lists on both sides (the test split's box images,
+say), and prints how many images with truth boxes each list holds.
 
 Three metrics, each per class and overall:
 
@@ -167,6 +169,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="box file (ours or the original's); images matched by file name")
     parser.add_argument("bbox_list", type=str,
                         help="ground-truth table BBox_List_2017.csv (or .csv.gz)")
+    parser.add_argument("--images", type=str, nargs="+", default=None, metavar="LIST",
+                        help="score only the images of these lists (e.g. the test list), and say "
+                             "how many images with truth boxes each holds (default: None, every "
+                             "image)")
     parser.add_argument("--out", type=str, default=None,
                         help="folder for evaluation.csv and evaluation.json, and the figures "
                              "unless --plots names another folder (default: None, print only)")
@@ -190,6 +196,22 @@ def write_figures(report: dict, out_dir: str | os.PathLike) -> list[Path]:
     return evaluation_figures.evaluation_figures(out_dir, report, WANG_TABLE)
 
 
+def restrict_to_lists(preds: dict, truth: dict, paths: list[str]) -> tuple[dict, dict, dict]:
+    """Predictions and truth of the images of these lists only, and per list: its images, those
+    with truth boxes, and their boxes (printed: a test list's box images are what is scored)."""
+    keep, counts = set(), {}
+    for path in paths:
+        names = {image_key(name) for name in nih.read_image_list(path)}
+        keep |= names
+        with_boxes = names & set(truth)
+        counts[str(path)] = {"images": len(names), "box_images": len(with_boxes),
+                             "boxes": sum(len(truth[n]) for n in with_boxes)}
+        print(f"{path}: {len(names)} images, {len(with_boxes)} of them with truth boxes "
+              f"({counts[str(path)]['boxes']} boxes)")
+    return ({k: v for k, v in preds.items() if k in keep},
+            {k: v for k, v in truth.items() if k in keep}, counts)
+
+
 def main(args: argparse.Namespace) -> dict:
     if not Path(args.box_txt).is_file():
         raise InputError(f"{args.box_txt}: no such box file")
@@ -201,8 +223,12 @@ def main(args: argparse.Namespace) -> dict:
         raise InputError(f"{args.box_txt}: cannot read as a text box file ({err})") from None
     preds = predictions_by_image(args.box_txt, entries)
     truth = nih.read_truth_by_image(args.bbox_list)
+    lists = None
+    if args.images is not None:
+        preds, truth, lists = restrict_to_lists(preds, truth, args.images)
     report = score_boxes(preds, truth)
-    report = {"box_file": str(args.box_txt), "bbox_list": str(args.bbox_list), **report}
+    report = {"box_file": str(args.box_txt), "bbox_list": str(args.bbox_list),
+              **({} if lists is None else {"image_lists": lists}), **report}
     if args.heatmaps is not None:
         if not 0.0 < args.map_fraction <= 1.0:
             raise InputError(f"--map-fraction {args.map_fraction}: must be in (0, 1]")
