@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from chexnet import preprocessed
 from chexnet.utils import InputError, atomic_path, remove_stale_temporaries, run_cli, usable_cpus, write_text_atomic
-from chexnet.constants import CLASS_NAMES, STORED_SIZE
+from chexnet.constants import CLASS_SETS, STORED_SIZE
 from chexnet.images import DEFAULT_RESIZE, RESIZE_METHODS, check_images_exist, load_stored_sized
 from chexnet.nih import LabelRow, TruthBox, label_matrix, read_bbox_list, read_data_entry, read_image_list_lines
 
@@ -61,6 +61,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("train_txt", type=str, help="training list, one image name a line")
     parser.add_argument("valid_txt", type=str, help="validation list, one image name a line")
     parser.add_argument("out_dir", type=str, help="output folder (the contract is in preprocessed.py)")
+    parser.add_argument("--classes", type=int, default=8, choices=sorted(CLASS_SETS),
+                        help="8, the original's box classes, or 14, all ChestX-ray14 findings in "
+                             "CheXNet's order; later stages read them from meta.json (default: 8)")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
                         help="decoding processes; 1 decodes in this process "
                              f"(default: the usable CPUs, at most 16: {DEFAULT_WORKERS} here)")
@@ -77,7 +80,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 # ---------------------------------------------------------------- validation (writes nothing)
 
-def plan_split(split: str, list_path: str, images: str, table: dict[str, LabelRow]) -> SplitPlan:
+def plan_split(split: str, list_path: str, images: str, table: dict[str, LabelRow],
+               class_names=CLASS_SETS[8]) -> SplitPlan:
     """Read and check one list: duplicates and unknown names are errors naming the line."""
     entries = read_image_list_lines(list_path)
     first_line: dict[str, int] = {}
@@ -87,7 +91,7 @@ def plan_split(split: str, list_path: str, images: str, table: dict[str, LabelRo
         first_line[name] = line
     names = [name for _, name in entries]
     lines = [line for line, _ in entries]
-    labels = label_matrix(names, table, list_path, CLASS_NAMES, line_numbers=lines)
+    labels = label_matrix(names, table, list_path, class_names, line_numbers=lines)
     paths = [os.path.join(images, name) for name in names]
     return SplitPlan(split, list_path, names, lines, labels, paths)
 
@@ -216,22 +220,23 @@ def write_folder(out_dir: Path, train: SplitPlan, valid: SplitPlan, boxes: list[
 
 
 def make_meta(train: SplitPlan, valid: SplitPlan, args: argparse.Namespace) -> dict:
-    return {"format": preprocessed.FORMAT, "version": preprocessed.VERSION, "class_names": list(CLASS_NAMES),
+    return {"format": preprocessed.FORMAT, "version": preprocessed.VERSION, "class_names": list(CLASS_SETS[args.classes]),
             "image_size": STORED_SIZE, "resize": args.resize, "train_images": train.names, "valid_images": valid.names,
             "train_sizes": train.sizes, "valid_sizes": valid.sizes,
             "sources": {"images": args.images, "data_entry": args.data_entry, "bbox_list": args.bbox_list,
                         "train_list": args.train_txt, "valid_list": args.valid_txt}}
 
 
-def print_summary(train: SplitPlan, valid: SplitPlan, box_count: int, out_dir: Path, seconds: float) -> None:
+def print_summary(train: SplitPlan, valid: SplitPlan, box_count: int, out_dir: Path, seconds: float,
+                  class_names=CLASS_SETS[8]) -> None:
     total = len(train.names) + len(valid.names)
     print(f"wrote {out_dir}: {len(train.names)} train + {len(valid.names)} valid images, "
           f"{box_count} validation boxes, in {seconds:.1f} s ({total / max(seconds, 1e-9):.1f} images/s)")
-    width = max(len(c) for c in CLASS_NAMES)
+    width = max(len(c) for c in class_names)
     print(f"  {'positives':<{width}}  train  valid")
-    for k, name in enumerate(CLASS_NAMES):
+    for k, name in enumerate(class_names):
         print(f"  {name:<{width}}  {int(train.labels[:, k].sum()):5d}  {int(valid.labels[:, k].sum()):5d}")
-    print(f"  {'none of the 8':<{width}}  {int((train.labels.sum(1) == 0).sum()):5d}  "
+    print(f"  {f'none of the {len(class_names)}':<{width}}  {int((train.labels.sum(1) == 0).sum()):5d}  "
           f"{int((valid.labels.sum(1) == 0).sum()):5d}")
 
 
@@ -245,15 +250,16 @@ def main(args: argparse.Namespace) -> None:
         raise InputError(f"{args.images}: image folder not found")
     table = read_data_entry(args.data_entry)
     boxes = read_bbox_list(args.bbox_list)
-    train = plan_split("train", args.train_txt, args.images, table)
-    valid = plan_split("valid", args.valid_txt, args.images, table)
+    classes = CLASS_SETS[args.classes]
+    train = plan_split("train", args.train_txt, args.images, table, classes)
+    valid = plan_split("valid", args.valid_txt, args.images, table, classes)
     check_images_exist(train.paths, train.list_path, train.lines)
     check_images_exist(valid.paths, valid.list_path, valid.lines)
     warn_leaks(train, valid, table)
     out_dir = Path(args.out_dir)
     box_count = write_folder(out_dir, train, valid, boxes, args)
     if not args.quiet:
-        print_summary(train, valid, box_count, out_dir, time.perf_counter() - start)
+        print_summary(train, valid, box_count, out_dir, time.perf_counter() - start, classes)
 
 
 if __name__ == "__main__":

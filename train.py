@@ -127,7 +127,7 @@ def validate(model, loader, device, class_names=CLASS_NAMES) -> dict:
                                 dynamic_ncols=True):
         # fp32 even when training is mixed: AUROC, the best epoch and the thresholds come from the
         # probabilities localization computes (fp32), so no image near a threshold flips.
-        logits = model(to_input(images, device)).float()  # (B, 8)
+        logits = model(to_input(images, device)).float()  # (B, C)
         loss_sum += bce_loss(logits, targets.to(device), None).item() * len(targets)
         probs.append(torch.sigmoid(logits).cpu().numpy())
         labels.append(targets.numpy())
@@ -160,7 +160,8 @@ def plain_args(args) -> dict:
 def make_checkpoint(run: Run, args, epoch: int, record: dict, thresholds, extra: dict) -> dict:
     """model.py's checkpoint dict, plus `extra` (the optimizer and --resume state for last.pt)."""
     return {**new_checkpoint(run.model.state_dict(), epoch=epoch, metrics=record,
-                             args=plain_args(args), thresholds=thresholds, resize=run.resize),
+                             args=plain_args(args), thresholds=thresholds, resize=run.resize,
+                             class_names=run.class_names),
             **extra}
 
 
@@ -232,6 +233,7 @@ class Run:
     valid_loader: DataLoader
     weights: tuple[torch.Tensor, torch.Tensor] | None
     resize: str  # how the preprocessed images were resized (meta.json), recorded in checkpoints
+    class_names: tuple[str, ...] = CLASS_NAMES  # meta.json's: the original's 8 or all 14
 
 
 def setup(args) -> Run:
@@ -248,7 +250,8 @@ def setup(args) -> Run:
         torch.backends.cudnn.benchmark = True
     data = preprocessed.load_prepared(args.data)
     train_set, valid_set = make_datasets(data, args.keep_no_finding, args.seed)
-    model = build_model(len(CLASS_NAMES), "none" if args.resume else args.weights)
+    class_names = tuple(data.meta["class_names"])
+    model = build_model(len(class_names), "none" if args.resume else args.weights)
     model = model.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=ADAM_BETAS)
     autocast, scaler, precision = amp_setup(device, args.amp)
@@ -260,7 +263,7 @@ def setup(args) -> Run:
     train_loader = DataLoader(train_set, batch_sampler=batches, **loader_kw)
     valid_loader = DataLoader(valid_set, batch_size=args.batch_size, shuffle=False, **loader_kw)
     return Run(device, model, optimizer, scaler, autocast, train_loader, valid_loader, weights,
-               data.resize)
+               data.resize, class_names)
 
 
 def run_epoch(run: Run, args, epoch: int) -> tuple[dict, dict]:
@@ -269,7 +272,7 @@ def run_epoch(run: Run, args, epoch: int) -> tuple[dict, dict]:
     run.train_loader.batch_sampler.set_epoch(epoch)
     train_loss = train_one_epoch(run.model, run.train_loader, run.optimizer, run.scaler,
                                  run.weights, run.device, run.autocast, epoch)
-    result = validate(run.model, run.valid_loader, run.device)
+    result = validate(run.model, run.valid_loader, run.device, run.class_names)
     record = {"epoch": epoch, "train_loss": train_loss, "valid_loss": result["valid_loss"],
               "auroc": result["auroc"], "mean_auroc": result["mean_auroc"],
               "seconds": round(time.perf_counter() - start, 3)}

@@ -47,15 +47,16 @@ class Heatmaps:
 def compute_heatmaps(net: torch.nn.Module, stored: np.ndarray, names: list[str],
                      device: torch.device, batch_size: int, layer: str | None,
                      cam_method: str = DEFAULT_CAM) -> Heatmaps:
-    """uint8 (N, 256, 256) stored images -> probabilities and all classes' maps of their centre
-    crops."""
+    """uint8 (N, 256, 256) stored images -> probabilities and maps of the 8 box classes (a
+    14-class model's first 8) on their centre crops."""
     probs, maps = [], []
     net.to(device)
     with make_cam(cam_method, net, layer) as cam:
         for start in tqdm(range(0, len(names), batch_size), unit="batch", file=sys.stderr,
                           desc="heatmaps"):
             crops = np.stack([images.center_crop(im) for im in stored[start:start + batch_size]])
-            probs.append(class_probabilities(cam, torch.from_numpy(crops).to(device)))
+            batch = class_probabilities(cam, torch.from_numpy(crops).to(device))
+            probs.append(batch[:, :len(CLASS_NAMES)])  # the box classes: a 14-class model's first 8
             maps.append(cam.maps(range(len(CLASS_NAMES))).cpu().numpy())
     return Heatmaps(list(names), np.concatenate(probs), np.concatenate(maps))
 

@@ -28,6 +28,10 @@ ALL_FINDINGS = CLASS_NAMES + (
 )
 NO_FINDING = "No Finding"
 
+# The class sets of --classes: the original's 8 (default) or CheXNet's 14. Both begin with the 8
+# box classes in the same order, so a class index below 8 means the same box class in either.
+CLASS_SETS = {8: CLASS_NAMES, 14: ALL_FINDINGS}
+
 # BBox_List_2017.csv spells one class differently from the label table: map it on read.
 BOX_TABLE_ALIASES = {"Infiltrate": "Infiltration"}
 

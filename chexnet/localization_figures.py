@@ -13,7 +13,7 @@ import numpy as np
 
 from chexnet import drawing
 from chexnet.boxfile import Box
-from chexnet.constants import CLASS_NAMES, ORIGINAL_SIZE
+from chexnet.constants import CLASS_NAMES, CLASS_SETS, ORIGINAL_SIZE
 from chexnet.drawing import plt
 from chexnet.nih import TruthBox
 
@@ -141,10 +141,11 @@ def image_figures(out_dir: str | os.PathLike, image_name: str, image: np.ndarray
     which the image (the original, or its 256 stored form) is drawn.
     """
     out, stem = Path(out_dir), Path(image_name).stem
-    prob_of = {name: float(p) for name, p in zip(CLASS_NAMES, probs)}
+    names = CLASS_SETS.get(len(probs), CLASS_NAMES)  # a model of the 8 or of all 14 findings
+    prob_of = {name: float(p) for name, p in zip(names, probs)}
     paths = [out / f"{stem}_boxes.png", out / f"{stem}_probs.png"]
     boxes_figure(image, predicted, truth, prob_of, paths[0], title=image_name, size=size, frame=frame)
-    probability_chart(probs, thresholds, paths[1], title=image_name)
+    probability_chart(probs, thresholds, paths[1], title=image_name, class_names=names)
     for k, heatmap in sorted(heatmaps.items()):
         name = CLASS_NAMES[k]
         paths.append(out / f"{stem}_heatmap_{name}.png")

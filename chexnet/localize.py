@@ -85,7 +85,8 @@ def iter_localize(model: torch.nn.Module, image_paths: Sequence[str], thresholds
                     raise InputError(message)
             batch_paths = paths[start:start + len(crops)]
             start += len(crops)
-            probs, maps, classes = _network(cam, crops.to(device, non_blocking=True), thresholds)
+            probs, maps, classes = _network(cam, crops.to(device, non_blocking=True), thresholds,
+                                            box_sizes)
             job = pool.submit(_results, batch_paths, probs, maps, classes, thresholds, box_sizes, method,
                               method_params, [tuple(s) for s in sizes.tolist()])
             if pending is not None:
@@ -95,14 +96,18 @@ def iter_localize(model: torch.nn.Module, image_paths: Sequence[str], thresholds
             yield from pending.result()
 
 
-def _network(cam: BaseCAM, crops: torch.Tensor, thresholds: np.ndarray
+def _network(cam: BaseCAM, crops: torch.Tensor, thresholds: np.ndarray, box_sizes: np.ndarray
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """uint8 (B, 224, 224) on the device -> probs (B, C), maps (B, K, 224, 224), classes (K,)."""
+    """uint8 (B, 224, 224) on the device -> probs (B, C), maps (B, K, 224, 224), classes (K,).
+
+    Heatmaps (and so boxes) only for the box classes, the first len(box_sizes) = 8: a 14-class
+    model's other 6 findings have no box in BBox_List_2017 and get probabilities only."""
     probs = class_probabilities(cam, crops)
     if probs.shape[1] != len(thresholds):
         raise InputError(f"the model has {probs.shape[1]} outputs but there are {len(thresholds)} "
                          f"thresholds")
-    classes = np.flatnonzero((probs > thresholds).any(axis=0))  # active in at least one image
+    boxed = min(len(box_sizes), probs.shape[1])
+    classes = np.flatnonzero((probs[:, :boxed] > thresholds[:boxed]).any(axis=0))  # active anywhere
     maps = cam.maps(classes.tolist()).cpu().numpy()
     return probs, maps, classes
 

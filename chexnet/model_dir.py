@@ -50,19 +50,19 @@ def save_thresholds(path: str | os.PathLike, thresholds) -> None:
         np.save(f, np.asarray(thresholds, dtype=np.float32), allow_pickle=False)
 
 
-def load_thresholds(path: str | os.PathLike) -> np.ndarray:
-    """thresholds.npy -> float32 (C,): one finite probability per class."""
+def load_thresholds(path: str | os.PathLike, count: int = len(CLASS_NAMES)) -> np.ndarray:
+    """thresholds.npy -> float32 (count,): one finite probability per class of the model."""
     try:
         values = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
         raise InputError(f"{path}: cannot read thresholds ({err})") from None
-    return check_thresholds(values, str(path))
+    return check_thresholds(values, str(path), count)
 
 
-def check_thresholds(values, source: str) -> np.ndarray:
+def check_thresholds(values, source: str, count: int = len(CLASS_NAMES)) -> np.ndarray:
     values = np.asarray(values, dtype=np.float32)
-    if values.shape != (len(CLASS_NAMES),):
-        raise InputError(f"{source}: expected {len(CLASS_NAMES)} thresholds (one per class), "
+    if values.shape != (count,):
+        raise InputError(f"{source}: expected {count} thresholds (one per class), "
                          f"got shape {values.shape}")
     if not np.isfinite(values).all():
         raise InputError(f"{source}: thresholds must be finite numbers, got {values.tolist()}")
@@ -72,21 +72,23 @@ def check_thresholds(values, source: str) -> np.ndarray:
 def resolve_thresholds(spec: str | None, model_path: str | os.PathLike, checkpoint: dict
                        ) -> tuple[np.ndarray, str]:
     """(thresholds (C,), where they came from). spec: a .npy path, one number for every class, or
-    None: then thresholds.npy beside the checkpoint, else the checkpoint's own "thresholds"."""
+    None: then thresholds.npy beside the checkpoint, else the checkpoint's own "thresholds".
+    One per class of the checkpoint (its class_names: 8 or 14)."""
+    count = len(checkpoint.get("class_names", CLASS_NAMES))
     if spec is not None:
         if os.path.isfile(spec):
-            return load_thresholds(spec), spec
+            return load_thresholds(spec, count), spec
         try:
             value = float(spec)
         except ValueError:
             raise InputError(f"--thresholds {spec}: no such file, and not a number") from None
-        values = check_thresholds(np.full(len(CLASS_NAMES), value), f"--thresholds {spec}")
+        values = check_thresholds(np.full(count, value), f"--thresholds {spec}", count)
         return values, f"{value} for every class"
     beside = Path(model_path).parent / THRESHOLDS
     if beside.is_file():
-        return load_thresholds(beside), str(beside)
+        return load_thresholds(beside, count), str(beside)
     if checkpoint.get("thresholds") is not None:
-        values = check_thresholds(checkpoint["thresholds"], f"{model_path}: 'thresholds'")
+        values = check_thresholds(checkpoint["thresholds"], f"{model_path}: 'thresholds'", count)
         return values, f"{model_path} (its 'thresholds')"
     raise InputError(f"{model_path}: no thresholds: {beside} does not exist and the checkpoint has "
                      f"none; pass --thresholds PATH.npy or a number")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from chexnet.utils import InputError
-from chexnet.constants import ALL_FINDINGS, BOX_TABLE_ALIASES, CLASS_NAMES, NO_FINDING
+from chexnet.constants import ALL_FINDINGS, BOX_TABLE_ALIASES, CLASS_NAMES, CLASS_SETS, NO_FINDING
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,20 @@ def read_bbox_list(path: str | os.PathLike) -> list[TruthBox]:
             raise InputError(f"{path}: row {row_number}: box needs four numbers x,y,w,h") from None
         boxes.append(TruthBox(row[i_name], label, x, y, w, h))
     return boxes
+
+
+def class_set(names, source: str) -> tuple[str, ...]:
+    """The class names of a model or folder, checked: one of CLASS_SETS (the 8 or the 14)."""
+    names = tuple(names)
+    if names not in CLASS_SETS.values():
+        raise InputError(f"{source}: class names {list(names)} are neither the original's 8 nor "
+                         f"ChestX-ray14's 14 (in their usual order)")
+    return names
+
+
+def box_classes(class_names) -> int:
+    """How many of these classes (the leading ones) have boxes in BBox_List_2017: 8 for both sets."""
+    return sum(1 for a, b in zip(class_names, CLASS_NAMES) if a == b)
 
 
 def label_matrix(names: list[str], table: dict[str, LabelRow], list_path: str | os.PathLike,

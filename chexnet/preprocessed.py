@@ -2,9 +2,9 @@
 
     OUT_DIR/
       train_X.npy      uint8 (N, 256, 256)  grayscale images, row-major (row = y, column = x)
-      train_y.npy      uint8 (N, 8)         0/1 labels in constants.CLASS_NAMES order
+      train_y.npy      uint8 (N, C)         0/1 labels in meta.json's class_names order (8 or 14)
       valid_X.npy      uint8 (M, 256, 256)
-      valid_y.npy      uint8 (M, 8)
+      valid_y.npy      uint8 (M, C)
       valid_boxes.csv  ground-truth boxes of the validation images:
                        image,label,x,y,w,h (the image's own pixels, as the table gives them;
                        'Infiltrate' already mapped)
@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from chexnet.utils import InputError
-from chexnet.constants import CLASS_NAMES, ORIGINAL_SIZE, STORED_SIZE
+from chexnet.constants import ORIGINAL_SIZE, STORED_SIZE
+from chexnet.nih import class_set
 
 FORMAT = "chexnet-preprocessed"
 VERSION = 1
@@ -49,7 +50,7 @@ def array_names(split: str) -> tuple[str, str]:
 @dataclass
 class Split:
     images: np.ndarray  # uint8 (N, 256, 256), a read-only memory map
-    labels: np.ndarray  # uint8 (N, 8)
+    labels: np.ndarray  # uint8 (N, C)
     names: list[str]
     sizes: list[tuple[int, int]]  # each image's original (width, height): the frame of its boxes
 
@@ -82,8 +83,7 @@ def load_prepared(folder: str | Path) -> Prepared:
     missing = [key for key in ("class_names", "train_images", "valid_images") if key not in meta]
     if missing:
         raise InputError(f"{meta_path}: missing {', '.join(missing)}; run preprocessing.py again")
-    if list(meta["class_names"]) != list(CLASS_NAMES):
-        raise InputError(f"{meta_path}: class names {meta['class_names']} differ from {list(CLASS_NAMES)}")
+    class_set(meta["class_names"], str(meta_path))
     return Prepared(folder, meta, _load_split(folder, meta, "train"), _load_split(folder, meta, "valid"))
 
 

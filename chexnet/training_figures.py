@@ -32,8 +32,9 @@ def training_curves(metrics_jsonl: str | os.PathLike, out_path: str | os.PathLik
         ax_loss.plot(xs, ys, style, label=key.replace("_", " "))
     ax_loss.set(xlabel="epoch", ylabel="BCE loss", title="loss")
     ax_loss.legend(fontsize=8)
-    cmap = plt.get_cmap("tab10")
-    for k, name in enumerate(CLASS_NAMES):
+    names = list(records[-1].get("auroc") or {}) or list(CLASS_NAMES)  # the run's 8 or 14 classes
+    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    for k, name in enumerate(names):
         xs, ys = _defined(zip(epochs, ((r.get("auroc") or {}).get(name) for r in records)))
         ax_auc.plot(xs, ys, "-", marker=".", color=cmap(k), linewidth=1, label=name)
     xs, ys = _defined(zip(epochs, (r.get("mean_auroc") for r in records)))
@@ -94,11 +95,12 @@ def training_figures(out_dir: str | os.PathLike, metrics_jsonl: str | os.PathLik
                      y_true: np.ndarray | None = None, y_prob: np.ndarray | None = None,
                      thresholds: np.ndarray | None = None) -> list[Path]:
     """training_curves.png from metrics.jsonl and, given validation labels/probabilities/thresholds
-    ((N, 8), (N, 8), (8,)), roc_curves.png; into out_dir (train.py's --out), returns the paths."""
+    ((N, C), (N, C), (C,)), roc_curves.png; into out_dir (train.py's --out), returns the paths."""
     out = Path(out_dir)
     paths = [out / model_dir.TRAINING_CURVES]
     training_curves(metrics_jsonl, paths[0])
     if y_true is not None and y_prob is not None and thresholds is not None:
         paths.append(out / model_dir.ROC_CURVES)
-        roc_curves(y_true, y_prob, thresholds, paths[1])
+        names = list(read_metrics_log(metrics_jsonl)[-1].get("auroc") or {}) or list(CLASS_NAMES)
+        roc_curves(y_true, y_prob, thresholds, paths[1], names)
     return paths

@@ -183,12 +183,13 @@ def _inference_checkpoint(checkpoint: dict, thresholds: np.ndarray) -> dict:
     too."""
     return new_checkpoint(checkpoint["model"], epoch=checkpoint.get("epoch"),
                           metrics=checkpoint.get("metrics"), args=checkpoint.get("args"),
-                          thresholds=thresholds, resize=checkpoint["resize"])
+                          thresholds=thresholds, resize=checkpoint["resize"],
+                          class_names=checkpoint["class_names"])
 
 
 def _check_stage(stage: Path, thresholds: np.ndarray, sizes: np.ndarray) -> None:
     """What the bundle will read back is what was resolved here, bit for bit."""
-    back = model_dir.load_thresholds(stage / model_dir.THRESHOLDS)
+    back = model_dir.load_thresholds(stage / model_dir.THRESHOLDS, len(thresholds))
     read_sizes = model_dir.read_box_sizes(stage / model_dir.BOX_SIZES)
     if (not np.array_equal(back, thresholds)
             or not np.array_equal(read_sizes, np.asarray(sizes, float))):

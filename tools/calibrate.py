@@ -151,6 +151,7 @@ def main(args: argparse.Namespace) -> dict:
               f"{args.model} was trained on {checkpoint['resize']!r}; heatmaps will differ from "
               f"localization's", file=sys.stderr)
     thresholds, thresholds_from = model_dir.resolve_thresholds(args.thresholds, args.model, checkpoint)
+    thresholds = thresholds[:len(CLASS_NAMES)]  # the box classes: all 8, or a 14-class model's first 8
     print(f"{len(names)} validation images with true boxes ({len(tune_rows)} tuning, {len(hold_rows)} held out); "
           f"thresholds from {thresholds_from}; method {args.method}, maps {args.cam}",
           file=sys.stderr)
