@@ -48,7 +48,7 @@ class SplitPlan:
     list_path: str
     names: list[str]
     lines: list[int]  # line number in the list file of each name
-    labels: np.ndarray  # uint8 (N, 8)
+    labels: np.ndarray  # uint8 (N, C)
     paths: list[str]
     sizes: list[list[int]] | None = None  # [width, height] of each image, once decoded
 
