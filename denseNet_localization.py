@@ -42,9 +42,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "TIFF, DICOM), or a folder of them, whose paths the box file then names")
     p.add_argument("images", type=str, nargs="?", default=None,
                    help="with TEST_TXT: folder of the images (IMAGES); output paths are "
-                        "IMAGES/name (default: None; required with a list, refused with an image or a folder)")
+                        "IMAGES/name (default: None; required with a list, refused with an image "
+                        "or a folder)")
     p.add_argument("--model", type=str, default=model_dir.DEFAULT_MODEL,
-                   help=f"checkpoint (ours, or the original's .pkl) (default: {model_dir.DEFAULT_MODEL}, "
+                   help=f"checkpoint (ours, or the original's .pkl) "
+                        f"(default: {model_dir.DEFAULT_MODEL}, "
                         f"where train.py writes)")
     p.add_argument("--thresholds", type=str, default=None,
                    help="a .npy of 8 probabilities, or one number for every class (default: "
@@ -150,15 +152,18 @@ def main(args: argparse.Namespace) -> None:
     device = select_device(args.device)
     checkpoint = load_checkpoint(args.model)
     net = model_from_checkpoint(checkpoint, source=args.model)
-    thresholds, thresholds_from = model_dir.resolve_thresholds(args.thresholds, args.model, checkpoint)
+    thresholds, thresholds_from = model_dir.resolve_thresholds(args.thresholds, args.model,
+                                                               checkpoint)
     size_images = None if args.size_images is None else {
         path: set(nih.read_image_list(path)) for path in args.size_images}
     box_sizes, sizes_from = model_dir.resolve_box_sizes(args.bbox_list, args.model, size_images)
     method = args.method or model_dir.calibrated_method(args.bbox_list, args.model) or "peaks"
     params, params_from = model_dir.resolve_box_params(args.bbox_list, args.model, method)
     resize = resolve_resize(args.resize, checkpoint, args.model)
-    print(f"{len(paths)} images, model {args.model} on {device}, thresholds from {thresholds_from}, "
-          f"box sizes from {sizes_from}, {method} parameters from {params_from}, resize {resize}",
+    print(f"{len(paths)} images, model {args.model} on {device}, "
+          f"thresholds from {thresholds_from}, "
+          f"box sizes from {sizes_from}, {method} parameters from {params_from}, "
+          f"resize {resize}",
           file=sys.stderr)
 
     plotter, plot_seconds = make_plotter(args, thresholds), 0.0

@@ -31,10 +31,12 @@ import numpy as np
 from tqdm import tqdm
 
 from chexnet import preprocessed
-from chexnet.utils import InputError, atomic_path, remove_stale_temporaries, run_cli, usable_cpus, write_text_atomic
+from chexnet.utils import (InputError, atomic_path, remove_stale_temporaries, run_cli, usable_cpus,
+                           write_text_atomic)
 from chexnet.constants import CLASS_SETS, STORED_SIZE
 from chexnet.images import DEFAULT_RESIZE, RESIZE_METHODS, check_images_exist, load_stored_sized
-from chexnet.nih import LabelRow, TruthBox, label_matrix, read_bbox_list, read_data_entry, read_image_list_lines
+from chexnet.nih import (LabelRow, TruthBox, label_matrix, read_bbox_list, read_data_entry,
+                         read_image_list_lines)
 
 # PNG decoding scales with cores; beyond ~16 processes the disk is the limit.
 DEFAULT_WORKERS = min(usable_cpus(), 16)
@@ -56,11 +58,13 @@ class SplitPlan:
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("images", type=str, help="folder of the NIH PNGs (IMAGES)")
-    parser.add_argument("data_entry", type=str, help="label table, Data_Entry_2017.csv or its 2020 revision")
+    parser.add_argument("data_entry", type=str,
+                        help="label table, Data_Entry_2017.csv or its 2020 revision")
     parser.add_argument("bbox_list", type=str, help="box table, BBox_List_2017.csv")
     parser.add_argument("train_txt", type=str, help="training list, one image name a line")
     parser.add_argument("valid_txt", type=str, help="validation list, one image name a line")
-    parser.add_argument("out_dir", type=str, help="output folder (the contract is in preprocessed.py)")
+    parser.add_argument("out_dir", type=str,
+                        help="output folder (the contract is in preprocessed.py)")
     parser.add_argument("--classes", type=int, default=8, choices=sorted(CLASS_SETS),
                         help="8, the original's box classes, or 14, all ChestX-ray14 findings in "
                              "CheXNet's order; later stages read them from meta.json (default: 8)")
@@ -70,11 +74,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chunk", type=int, default=DEFAULT_CHUNK,
                         help=f"images per task handed to a worker (default: {DEFAULT_CHUNK})")
     parser.add_argument("--resize", type=str, default=DEFAULT_RESIZE, choices=RESIZE_METHODS,
-                        help="1024 -> 256: original (the original project's pixels: bilinear without "
+                        help="1024 -> 256: original (the original project's pixels: bilinear "
+                             "without "
                              "anti-aliasing, then its truncation) or area (OpenCV's area average, "
                              f"every pixel counted) (default: {DEFAULT_RESIZE})")
     parser.add_argument("--quiet", action="store_true", default=False,
-                        help="no progress bar and no summary; warnings and errors still show (default: off)")
+                        help="no progress bar and no summary; warnings and errors still show "
+                             "(default: off)")
     return parser
 
 
@@ -102,9 +108,11 @@ def warn_leaks(train: SplitPlan, valid: SplitPlan, table: dict[str, LabelRow]) -
     if both:
         warn(f"{len(both)} image(s) are in both {train.list_path} and {valid.list_path} "
              f"(the split leaks), e.g. {', '.join(both[:3])}")
-    patients = sorted({table[n].patient_id for n in train.names} & {table[n].patient_id for n in valid.names})
+    patients = sorted({table[n].patient_id for n in train.names}
+                      & {table[n].patient_id for n in valid.names})
     if patients:
-        warn(f"{len(patients)} patient(s) have images in both {train.list_path} and {valid.list_path} "
+        warn(f"{len(patients)} patient(s) have images in both {train.list_path} and "
+             f"{valid.list_path} "
              f"(the split leaks by patient), e.g. patient {', '.join(patients[:3])}")
 
 
@@ -130,7 +138,8 @@ def _load(path: str, resize: str) -> tuple[np.ndarray, tuple[int, int]]:
 
 def create_stored_array(path: Path, count: int) -> int:
     """An empty uint8 (count, 256, 256) .npy at `path`; returns the byte offset of its pixels."""
-    header = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(count, STORED_SIZE, STORED_SIZE))
+    header = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8,
+                                       shape=(count, STORED_SIZE, STORED_SIZE))
     offset = header.offset
     del header
     return offset
@@ -144,7 +153,8 @@ def _store_run(task: tuple[str, int, int, list[str], str]) -> tuple[int, list[tu
     path, data_offset, first_row, paths, resize = task
     loaded = [_load(p, resize) for p in paths]
     images = np.stack([stored for stored, _ in loaded])  # (n, 256, 256)
-    window = np.memmap(path, dtype=np.uint8, mode="r+", offset=data_offset + first_row * images[0].nbytes,
+    window = np.memmap(path, dtype=np.uint8, mode="r+",
+                       offset=data_offset + first_row * images[0].nbytes,
                        shape=images.shape)
     window[:] = images
     del window  # unmapped: the kernel's page cache writes the pages back
@@ -153,9 +163,10 @@ def _store_run(task: tuple[str, int, int, list[str], str]) -> tuple[int, list[tu
 
 def store_images(paths: list[str], path: Path, workers: int, chunk: int,
                  resize: str = DEFAULT_RESIZE, sizes: list | None = None) -> Iterator[int]:
-    """Write the stored form of `paths`, in list order, as the .npy `path`; yields images done so far
-    as runs of `chunk` finish (any order: each run owns its rows, so the file is the same for any
-    workers). sizes: a list of len(paths) that receives each image's [width, height] in list order."""
+    """Write the stored form of `paths`, in list order, as the .npy `path`; yields images done so
+    far as runs of `chunk` finish (any order: each run owns its rows, so the file is the same for
+    any workers). sizes: a list of len(paths) that receives each image's [width, height] in list
+    order."""
     data_offset = create_stored_array(path, len(paths))
     tasks = [(str(path), data_offset, first, paths[first:first + chunk], resize)
              for first in range(0, len(paths), chunk)]
@@ -176,11 +187,13 @@ def _closing_pool(pool, results: Iterator) -> Iterator:
 
 
 def write_images(plan: SplitPlan, path: Path, args: argparse.Namespace) -> None:
-    progress = tqdm(total=len(plan.paths), desc=f"{plan.name} images", unit="img", disable=args.quiet,
+    progress = tqdm(total=len(plan.paths), desc=f"{plan.name} images", unit="img",
+                    disable=args.quiet,
                     file=sys.stderr, dynamic_ncols=True)
     with progress:
         plan.sizes = [[0, 0]] * len(plan.paths)
-        for done in store_images(plan.paths, path, args.workers, args.chunk, args.resize, plan.sizes):
+        for done in store_images(plan.paths, path, args.workers, args.chunk, args.resize,
+                                 plan.sizes):
             progress.update(done)
 
 
@@ -201,29 +214,37 @@ def write_folder(out_dir: Path, train: SplitPlan, valid: SplitPlan, boxes: list[
                  args: argparse.Namespace) -> int:
     """Write arrays and boxes under temporary names, rename them together, then meta.json."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out_dir, [*preprocessed.array_names("train"), *preprocessed.array_names("valid"),
-                                       preprocessed.VALID_BOXES, preprocessed.META])  # left by a killed run
+    # left by a killed run
+    remove_stale_temporaries(out_dir, [*preprocessed.array_names("train"),
+                                       *preprocessed.array_names("valid"),
+                                       preprocessed.VALID_BOXES, preprocessed.META])
     with contextlib.ExitStack() as stack:
         temp = {name: stack.enter_context(atomic_path(out_dir / name))
-                for name in (*preprocessed.array_names("train"), *preprocessed.array_names("valid"), preprocessed.VALID_BOXES)}
+                for name in (*preprocessed.array_names("train"), *preprocessed.array_names("valid"),
+                             preprocessed.VALID_BOXES)}
         for plan in (train, valid):
             x_name, y_name = preprocessed.array_names(plan.name)
-            with open(temp[y_name], "wb") as f:  # a file object: np.save would add .npy to a temp name
+            # a file object: np.save would add .npy to a temp name
+            with open(temp[y_name], "wb") as f:
                 np.save(f, plan.labels, allow_pickle=False)
             write_images(plan, temp[x_name], args)
         box_count = write_boxes(temp[preprocessed.VALID_BOXES], boxes, valid.names)
         # An older complete folder loses its meta.json before any of its files is replaced:
         # a crash during the renames below leaves an incomplete folder, never a mixed one.
         (out_dir / preprocessed.META).unlink(missing_ok=True)
-    write_text_atomic(out_dir / preprocessed.META, json.dumps(make_meta(train, valid, args), indent=1) + "\n")
+    write_text_atomic(out_dir / preprocessed.META,
+                      json.dumps(make_meta(train, valid, args), indent=1) + "\n")
     return box_count
 
 
 def make_meta(train: SplitPlan, valid: SplitPlan, args: argparse.Namespace) -> dict:
-    return {"format": preprocessed.FORMAT, "version": preprocessed.VERSION, "class_names": list(CLASS_SETS[args.classes]),
-            "image_size": STORED_SIZE, "resize": args.resize, "train_images": train.names, "valid_images": valid.names,
+    return {"format": preprocessed.FORMAT, "version": preprocessed.VERSION,
+            "class_names": list(CLASS_SETS[args.classes]),
+            "image_size": STORED_SIZE, "resize": args.resize, "train_images": train.names,
+            "valid_images": valid.names,
             "train_sizes": train.sizes, "valid_sizes": valid.sizes,
-            "sources": {"images": args.images, "data_entry": args.data_entry, "bbox_list": args.bbox_list,
+            "sources": {"images": args.images, "data_entry": args.data_entry,
+                        "bbox_list": args.bbox_list,
                         "train_list": args.train_txt, "valid_list": args.valid_txt}}
 
 
@@ -231,12 +252,15 @@ def print_summary(train: SplitPlan, valid: SplitPlan, box_count: int, out_dir: P
                   class_names=CLASS_SETS[8]) -> None:
     total = len(train.names) + len(valid.names)
     print(f"wrote {out_dir}: {len(train.names)} train + {len(valid.names)} valid images, "
-          f"{box_count} validation boxes, in {seconds:.1f} s ({total / max(seconds, 1e-9):.1f} images/s)")
+          f"{box_count} validation boxes, in {seconds:.1f} s "
+          f"({total / max(seconds, 1e-9):.1f} images/s)")
     width = max(len(c) for c in class_names)
     print(f"  {'positives':<{width}}  train  valid")
     for k, name in enumerate(class_names):
-        print(f"  {name:<{width}}  {int(train.labels[:, k].sum()):5d}  {int(valid.labels[:, k].sum()):5d}")
-    print(f"  {f'none of the {len(class_names)}':<{width}}  {int((train.labels.sum(1) == 0).sum()):5d}  "
+        print(f"  {name:<{width}}  {int(train.labels[:, k].sum()):5d}  "
+              f"{int(valid.labels[:, k].sum()):5d}")
+    print(f"  {f'none of the {len(class_names)}':<{width}}  "
+          f"{int((train.labels.sum(1) == 0).sum()):5d}  "
           f"{int((valid.labels.sum(1) == 0).sum()):5d}")
 
 

@@ -77,7 +77,8 @@ def patient_bootstrap(labels: np.ndarray, scores: np.ndarray, patients: list[str
 
 def operating_point(labels: np.ndarray, scores: np.ndarray, threshold: float
                     ) -> tuple[float | None, float | None]:
-    """(sensitivity, specificity) where prob > threshold counts positive (as localization decides)."""
+    """(sensitivity, specificity) where prob > threshold counts positive (as localization
+    decides)."""
     truth, on = np.asarray(labels, bool), np.asarray(scores) > threshold
     sensitivity = float(on[truth].mean()) if truth.any() else None
     specificity = float((~on[~truth]).mean()) if (~truth).any() else None

@@ -36,19 +36,23 @@ XYWH = tuple[float, float, float, float]
 
 
 def check_heatmap(heatmap: np.ndarray) -> np.ndarray:
-    """The heatmap as float64 (224, 224); a wrong shape, a NaN or a value outside [0, 1] is a ValueError."""
+    """The heatmap as float64 (224, 224); a wrong shape, a NaN or a value outside [0, 1] is a
+    ValueError."""
     data = np.asarray(heatmap, dtype=np.float64)
     if data.shape != (CROP_SIZE, CROP_SIZE):
-        raise ValueError(f"heatmap must be ({CROP_SIZE}, {CROP_SIZE}) on the centre crop, got {data.shape}")
+        raise ValueError(f"heatmap must be ({CROP_SIZE}, {CROP_SIZE}) on the centre crop, "
+                         f"got {data.shape}")
     if not np.isfinite(data).all():
         raise ValueError(f"heatmap has {int((~np.isfinite(data)).sum())} NaN/inf values")
     low, high = data.min(), data.max()
     if low < 0 or high > 1:  # negative weights would put a blob's centre of mass off the map
-        raise ValueError(f"heatmap values must lie in [0, 1] (a min-max normalised map), got {low:g} to {high:g}")
+        raise ValueError(f"heatmap values must lie in [0, 1] (a min-max normalised map), "
+                         f"got {low:g} to {high:g}")
     return data
 
 
-def find_peaks(heatmap: np.ndarray, keep_fraction: float = PEAK_KEEP_FRACTION) -> list[tuple[float, float]]:
+def find_peaks(heatmap: np.ndarray,
+               keep_fraction: float = PEAK_KEEP_FRACTION) -> list[tuple[float, float]]:
     """The original's strong local maxima: intensity-weighted centres (row, col) in crop pixels.
 
     A pixel is a maximum where it equals the max filter (size 100) and the filter window spans more
@@ -71,10 +75,11 @@ def find_peaks(heatmap: np.ndarray, keep_fraction: float = PEAK_KEEP_FRACTION) -
 
 
 def box_at(centre_rc: tuple[float, float], size_wh: tuple[float, float]) -> XYWH:
-    """A box of size_wh (1024 px) centred on a crop pixel (row, col), clipped to the crop, in 1024 px.
+    """A box of size_wh (1024 px) centred on a crop pixel (row, col), clipped to the crop, in 1024
+    px.
 
-    The integer maths is the original's: the size becomes whole crop pixels (truncated), the top-left
-    corner is truncated, right/bottom are clipped at 224.
+    The integer maths is the original's: the size becomes whole crop pixels (truncated), the
+    top-left corner is truncated, right/bottom are clipped at 224.
     """
     row, col = centre_rc
     # crop pixels; at least one, so a size under 4 px (one crop pixel) still gives a box, not 0 x 0
@@ -89,13 +94,15 @@ def box_at(centre_rc: tuple[float, float], size_wh: tuple[float, float]) -> XYWH
 
 def crop_rect_to_original(left: int, top: int, right: int, bottom: int) -> XYWH:
     """Crop pixels [left, right) x [top, bottom) (columns x, rows y) -> (x, y, w, h) in 1024 px."""
-    return (float((left + CROP_OFFSET) * RESCALE_FACTOR), float((top + CROP_OFFSET) * RESCALE_FACTOR),
+    return (float((left + CROP_OFFSET) * RESCALE_FACTOR),
+            float((top + CROP_OFFSET) * RESCALE_FACTOR),
             float((right - left) * RESCALE_FACTOR), float((bottom - top) * RESCALE_FACTOR))
 
 
 def to_image(box: Box, size: tuple[int, int]) -> Box:
     """A box of the 1024 frame -> pixels of an image of size (width, height):
-    x = (col + 16) * W / 256, y = (row + 16) * H / 256, sizes likewise. 1024x1024 keeps the numbers."""
+    x = (col + 16) * W / 256, y = (row + 16) * H / 256, sizes likewise. 1024x1024 keeps the
+    numbers."""
     sx, sy = size[0] / ORIGINAL_SIZE, size[1] / ORIGINAL_SIZE
     if sx == 1.0 and sy == 1.0:
         return box
@@ -106,9 +113,10 @@ def place_peaks(centres: list[tuple[float, float]], size_wh: tuple[float, float]
     return [box_at(centre, size_wh) for centre in centres]
 
 
-def threshold_rects(heatmap: np.ndarray, fraction: float = THRESHOLD_FRACTION) -> list[tuple[int, int, int, int]]:
-    """Bounding rectangles (left, top, right, bottom) in crop pixels of the 8-connected regions where
-    the map is at least `fraction` of its maximum, the region with the highest value first.
+def threshold_rects(heatmap: np.ndarray,
+                    fraction: float = THRESHOLD_FRACTION) -> list[tuple[int, int, int, int]]:
+    """Bounding rectangles (left, top, right, bottom) in crop pixels of the 8-connected regions
+    where the map is at least `fraction` of its maximum, the region with the highest value first.
 
     A flat map (zero or constant) says nothing about where: no region, like the peaks method.
     """
@@ -156,11 +164,13 @@ def _rects_at_or_above(data: np.ndarray, level: float) -> list[tuple[int, int, i
     slices = ndimage.find_objects(labeled)
     strength = ndimage.maximum(data, labeled, range(1, count + 1))
     order = sorted(range(count), key=lambda i: -strength[i])  # stable: ties keep row-major order
-    return [(slices[i][1].start, slices[i][0].start, slices[i][1].stop, slices[i][0].stop) for i in order]
+    return [(slices[i][1].start, slices[i][0].start, slices[i][1].stop, slices[i][0].stop)
+            for i in order]
 
 
 def place_rects(rects: list[tuple[int, int, int, int]], size_wh: tuple[float, float]) -> list[XYWH]:
-    return [crop_rect_to_original(*rect) for rect in rects]  # the rectangle is the size: size_wh unused
+    # the rectangle is the size: size_wh unused
+    return [crop_rect_to_original(*rect) for rect in rects]
 
 
 @dataclass(frozen=True)
@@ -171,7 +181,8 @@ class Method:
     locate: Callable[[np.ndarray, float], list[Any]]  # (heatmap, param) -> anchors; the slow part
     place: Callable[[list[Any], tuple[float, float]], list[XYWH]]  # (anchors, size_wh) -> boxes
 
-    def __call__(self, heatmap: np.ndarray, size_wh: tuple[float, float], param: float | None = None) -> list[XYWH]:
+    def __call__(self, heatmap: np.ndarray, size_wh: tuple[float, float],
+                 param: float | None = None) -> list[XYWH]:
         return self.place(self.locate(heatmap, self.default if param is None else param), size_wh)
 
 
@@ -200,4 +211,5 @@ def class_lines(label: str, average: np.ndarray, anchors: list[Any], method: str
     """The average box (x, y, w, h, 1024 px) first, then the boxes the method places at `anchors`
     (found by its locate step) with the average box's size: one class's lines in the box file."""
     x, y, w, h = (float(v) for v in average)
-    return [Box(label, x, y, w, h)] + [Box(label, *xywh) for xywh in METHODS[method].place(anchors, (w, h))]
+    return [Box(label, x, y, w, h)] + [Box(label, *xywh)
+                                       for xywh in METHODS[method].place(anchors, (w, h))]

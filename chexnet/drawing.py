@@ -36,8 +36,8 @@ PRED_TEXT = "#a8c4ff"
 TRUTH_TEXT = "#ffb0b0"
 BOX_LINEWIDTH = 2.0  # points; 2.8 px at DPI 100
 HEATMAP_ALPHA = 0.4
-# The 224 heatmap covers the centre crop: 16 px inside the 256 image, i.e. [64, 960) of the 1024 frame
-# and [16 W / 256, 240 W / 256) of a W-wide one.
+# The 224 heatmap covers the centre crop: 16 px inside the 256 image, i.e. [64, 960) of the 1024
+# frame and [16 W / 256, 240 W / 256) of a W-wide one.
 CROP_START = CROP_OFFSET * RESCALE_FACTOR
 CROP_END = (CROP_OFFSET + CROP_SIZE) * RESCALE_FACTOR
 SQUARE = (ORIGINAL_SIZE, ORIGINAL_SIZE)  # the NIH frame, (width, height)
@@ -72,7 +72,8 @@ def image_axes(fig, left_px: float, bottom_px: float, size: int, frame: tuple[in
 
 
 def show_xray(ax, image: np.ndarray, frame: tuple[int, int] = SQUARE) -> None:
-    """A gray image (the original, or its 256 stored form) stretched over the frame (width, height)."""
+    """A gray image (the original, or its 256 stored form) stretched over the frame (width,
+    height)."""
     if image.ndim != 2:
         raise ValueError(f"expected an (H, W) gray image, got shape {image.shape}")
     ax.imshow(image, cmap="gray", vmin=0, vmax=255, extent=(0, frame[0], frame[1], 0),
@@ -82,9 +83,11 @@ def show_xray(ax, image: np.ndarray, frame: tuple[int, int] = SQUARE) -> None:
 def show_heatmap(ax, heatmap: np.ndarray, frame: tuple[int, int] = SQUARE):
     """(224, 224) map in [0, 1] over the centre crop of the frame (width, height)."""
     if heatmap.shape != (CROP_SIZE, CROP_SIZE):
-        raise ValueError(f"expected a ({CROP_SIZE}, {CROP_SIZE}) heatmap, got shape {heatmap.shape}")
+        raise ValueError(f"expected a ({CROP_SIZE}, {CROP_SIZE}) heatmap, "
+                         f"got shape {heatmap.shape}")
     sx, sy = frame[0] / ORIGINAL_SIZE, frame[1] / ORIGINAL_SIZE
-    return ax.imshow(heatmap, cmap="jet", vmin=0.0, vmax=1.0, alpha=HEATMAP_ALPHA, interpolation="bilinear",
+    return ax.imshow(heatmap, cmap="jet", vmin=0.0, vmax=1.0, alpha=HEATMAP_ALPHA,
+                     interpolation="bilinear",
                      extent=(CROP_START * sx, CROP_END * sx, CROP_END * sy, CROP_START * sy))
 
 
@@ -98,7 +101,8 @@ def colorbar(fig, rect: tuple[float, float, float, float], labelsize: float) -> 
 
 def draw_boxes(ax, predicted: Sequence[Box], truth: Sequence[TruthBox] | None,
                 probs: dict[str, float] | None, fontsize: float, labels: bool = True) -> None:
-    """Truth first (red), predicted on top (blue); labels sit just above each box's top-left corner."""
+    """Truth first (red), predicted on top (blue); labels sit just above each box's top-left
+    corner."""
     for boxes, edge, text_color, is_pred in ((truth or (), TRUTH_COLOR, TRUTH_TEXT, False),
                                              (predicted, PRED_COLOR, PRED_TEXT, True)):
         for box in boxes:
@@ -112,7 +116,8 @@ def draw_boxes(ax, predicted: Sequence[Box], truth: Sequence[TruthBox] | None,
             # Truth labels go below the box's bottom edge so that a truth and a predicted box at
             # the same corner keep readable labels.
             y, va = (box.y - 6, "bottom") if is_pred else (box.y + box.h + 6, "top")
-            ax.text(box.x, y, text, color=text_color, fontsize=fontsize, va=va, ha="left", clip_on=True,
+            ax.text(box.x, y, text, color=text_color, fontsize=fontsize, va=va, ha="left",
+                    clip_on=True,
                     bbox=dict(facecolor="black", alpha=0.6, edgecolor="none", pad=1.5))
 
 

@@ -1,4 +1,5 @@
-"""X-ray pixels from file to network: decode -> stored 256x256 uint8 -> 224 crops -> normalised tensors.
+"""X-ray pixels from file to network: decode -> stored 256x256 uint8 -> 224 crops -> normalised
+tensors.
 
 The crops work on uint8 arrays (cheap, in the data workers); normalisation works on a uint8 batch
 already on the device, so only bytes cross the PCIe bus.
@@ -42,7 +43,8 @@ def _read_raster(path: str | os.PathLike) -> np.ndarray:
     image = cv2.imread(os.fspath(path), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise InputError(f"{path}: cannot decode (not an image, or truncated)")
-    if image.ndim == 3:  # OpenCV orders channels B, G, R(, A): index 2 is red, the first in the file
+    # OpenCV orders channels B, G, R(, A): index 2 is red, the first in the file
+    if image.ndim == 3:
         image = image[:, :, 2] if image.shape[2] >= 3 else image[:, :, 0]
     if image.dtype == np.uint16:
         image = ((image.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
@@ -54,8 +56,8 @@ def _read_raster(path: str | os.PathLike) -> np.ndarray:
 def resize_stored(image: np.ndarray, method: str = DEFAULT_RESIZE) -> np.ndarray:
     """uint8 (H, W) -> uint8 (256, 256). "original": the original project's pixels (scikit-image
     0.13.1's bilinear resize without anti-aliasing, then its float -> uint8 truncation; see
-    original_resize.py); "area": OpenCV's area average, the right filter for a 4x reduction (the mean
-    of each 4x4 block, rounded), which sees every pixel where "original" samples 4 of 16."""
+    original_resize.py); "area": OpenCV's area average, the right filter for a 4x reduction (the
+    mean of each 4x4 block, rounded), which sees every pixel where "original" samples 4 of 16."""
     if method == "original":
         return resize_original(image)
     if method == "area":
@@ -93,14 +95,16 @@ def center_crop(image: np.ndarray) -> np.ndarray:
 
 
 def random_crop_flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The original's training augmentation: a random 224 crop, then a horizontal flip half the time."""
+    """The original's training augmentation: a random 224 crop, then a horizontal flip half the
+    time."""
     top, left = rng.integers(0, image.shape[0] - CROP_SIZE + 1, size=2)
     crop = image[top:top + CROP_SIZE, left:left + CROP_SIZE]
     return crop[:, ::-1] if rng.random() < 0.5 else crop
 
 
 def normalize(batch: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, H, W) grayscale -> float (B, 3, H, W): the gray channel tiled 3 times, ImageNet-normalised."""
+    """uint8 (B, H, W) grayscale -> float (B, 3, H, W): the gray channel tiled 3 times,
+    ImageNet-normalised."""
     x = batch.unsqueeze(1).float().div_(255.0)  # (B, 1, H, W)
     mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)

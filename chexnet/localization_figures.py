@@ -23,7 +23,8 @@ def boxes_figure(image: np.ndarray, predicted: Sequence[Box], truth: Sequence[Tr
                  size: int = ORIGINAL_SIZE, labels: bool = True,
                  frame: tuple[int, int] = drawing.SQUARE) -> None:
     """X-ray with predicted boxes (blue, class and probability) and truth boxes (red), in the
-    frame (width, height) of the boxes; a PNG size wide, drawing.picture_height(size, frame) high."""
+    frame (width, height) of the boxes; a PNG size wide, drawing.picture_height(size, frame)
+    high."""
     tall = drawing.picture_height(size, frame)
     fig = plt.figure(figsize=(size / drawing.DPI, tall / drawing.DPI), dpi=drawing.DPI)
     ax = drawing.image_axes(fig, 0, 0, size, frame, tall)
@@ -53,7 +54,8 @@ def heatmap_overlay(image: np.ndarray, heatmap: np.ndarray, label: str, out_path
     head = f"{label} heatmap" + (f"  p={prob:.2f}" if prob is not None else "")
     drawing.caption(ax, f"{title}\n{head}" if title else head, drawing.fontsize(size))
     width = size + drawing.COLORBAR_PX
-    drawing.colorbar(fig, ((size + 12) / width, 0.1, 18 / width, 0.8), max(7.0, drawing.fontsize(size) * 0.8))
+    drawing.colorbar(fig, ((size + 12) / width, 0.1, 18 / width, 0.8),
+                     max(7.0, drawing.fontsize(size) * 0.8))
     drawing.save_figure(fig, out_path)
 
 
@@ -91,7 +93,8 @@ class SheetCell(NamedTuple):
     predicted: Sequence[Box]
     truth: Sequence[TruthBox]
     caption: str = ""
-    frame: tuple[int, int] = drawing.SQUARE  # the boxes' frame: the original image's (width, height)
+    # the boxes' frame: the original image's (width, height)
+    frame: tuple[int, int] = drawing.SQUARE
 
 
 SHEET_LABEL_PX = 150  # left strip holding each row's class name
@@ -114,7 +117,8 @@ def contact_sheet(rows: Sequence[tuple[str, Sequence[SheetCell]]], out_path: str
     fig.patch.set_facecolor("white")
     for r, (class_name, cells) in enumerate(rows):
         bottom = height - (r + 1) * cell
-        fig.text(8 / width, (bottom + cell / 2) / height, class_name, fontsize=11, va="center", ha="left")
+        fig.text(8 / width, (bottom + cell / 2) / height, class_name, fontsize=11, va="center",
+                 ha="left")
         for c, item in enumerate(cells):
             # square cells: a non-square frame is stretched, its boxes with it
             ax = drawing.image_axes(fig, SHEET_LABEL_PX + c * cell, bottom + SHEET_GAP_PX,
@@ -122,7 +126,8 @@ def contact_sheet(rows: Sequence[tuple[str, Sequence[SheetCell]]], out_path: str
             drawing.show_xray(ax, item.image, item.frame)
             if item.heatmap is not None:
                 drawing.show_heatmap(ax, item.heatmap, item.frame)
-            drawing.draw_boxes(ax, item.predicted, item.truth, None, drawing.fontsize(cell), labels=False)
+            drawing.draw_boxes(ax, item.predicted, item.truth, None, drawing.fontsize(cell),
+                               labels=False)
             if item.caption:
                 drawing.caption(ax, item.caption, 7)
     if any(item.heatmap is not None for _, cells in rows for item in cells):
@@ -144,19 +149,23 @@ def image_figures(out_dir: str | os.PathLike, image_name: str, image: np.ndarray
     names = CLASS_SETS.get(len(probs), CLASS_NAMES)  # a model of the 8 or of all 14 findings
     prob_of = {name: float(p) for name, p in zip(names, probs)}
     paths = [out / f"{stem}_boxes.png", out / f"{stem}_probs.png"]
-    boxes_figure(image, predicted, truth, prob_of, paths[0], title=image_name, size=size, frame=frame)
+    boxes_figure(image, predicted, truth, prob_of, paths[0], title=image_name, size=size,
+                 frame=frame)
     probability_chart(probs, thresholds, paths[1], title=image_name, class_names=names)
     for k, heatmap in sorted(heatmaps.items()):
         name = CLASS_NAMES[k]
         paths.append(out / f"{stem}_heatmap_{name}.png")
-        heatmap_overlay(image, heatmap, name, paths[-1], predicted=[b for b in predicted if b.label == name],
-                        truth=[b for b in truth or () if b.label == name] if truth is not None else None,
+        heatmap_overlay(image, heatmap, name, paths[-1],
+                        predicted=[b for b in predicted if b.label == name],
+                        truth=([b for b in truth or () if b.label == name] if truth is not None
+                               else None),
                         prob=prob_of[name], size=size, title=image_name, frame=frame)
     return paths
 
 
 class LocalizationPlots:
-    """Pictures of a localization run, fed one engine result at a time (denseNet_localization.py --plots).
+    """Pictures of a localization run, fed one engine result at a time (denseNet_localization.py
+    --plots).
 
     The first `max_images` images get image_figures (boxes, probability chart, one heatmap per
     detected class). The contact sheet keeps at most `per_class` cells per class, images with a
@@ -170,7 +179,8 @@ class LocalizationPlots:
         self.out, self.thresholds, self.truth = Path(out_dir), np.asarray(thresholds, float), truth
         self.max_images, self.per_class, self.size = max_images, per_class, size
         self.seen = 0
-        self._cells: dict[str, tuple[list[SheetCell], list[SheetCell]]] = {n: ([], []) for n in CLASS_NAMES}
+        self._cells: dict[str, tuple[list[SheetCell], list[SheetCell]]] = {
+            n: ([], []) for n in CLASS_NAMES}
 
     def _wanted(self, truth: Sequence[TruthBox], heatmaps: dict[int, np.ndarray]) -> list[int]:
         """Classes whose sheet row still has room for this image."""
@@ -180,8 +190,10 @@ class LocalizationPlots:
 
     def add(self, image_path: str, probs: np.ndarray, heatmaps: dict[int, np.ndarray],
             predicted: Sequence[Box]) -> list[Path]:
-        """Draw this image's figures (while under max_images) and keep its sheet cells; returns the paths."""
-        from chexnet.images import read_xray, resize_stored  # OpenCV only when pictures are drawn
+        """Draw this image's figures (while under max_images) and keep its sheet cells; returns the
+        paths."""
+        # OpenCV only when pictures are drawn
+        from chexnet.images import read_xray, resize_stored
 
         name = Path(image_path).name
         truth = self.truth.get(name, []) if self.truth is not None else None
@@ -193,15 +205,16 @@ class LocalizationPlots:
         image = read_xray(image_path)  # (H, W) uint8: the boxes are in its pixels
         frame = (image.shape[1], image.shape[0])
         if self.seen < self.max_images:
-            paths = image_figures(self.out, name, image, probs, self.thresholds, heatmaps, predicted, truth,
-                                  size=self.size, frame=frame)
+            paths = image_figures(self.out, name, image, probs, self.thresholds, heatmaps,
+                                  predicted, truth, size=self.size, frame=frame)
         self.seen += 1
-        small = resize_stored(image) if wanted else None  # one (256, 256) copy shared by this image's cells
+        # one (256, 256) copy shared by this image's cells
+        small = resize_stored(image) if wanted else None
         for k in wanted:
             label = CLASS_NAMES[k]
             class_truth = [b for b in truth or () if b.label == label]
-            cell = SheetCell(small, heatmaps.get(k), [b for b in predicted if b.label == label], class_truth,
-                             f"{Path(name).stem}  p={float(probs[k]):.2f}", frame)
+            cell = SheetCell(small, heatmaps.get(k), [b for b in predicted if b.label == label],
+                             class_truth, f"{Path(name).stem}  p={float(probs[k]):.2f}", frame)
             self._cells[label][0 if class_truth else 1].append(cell)
         return paths
 

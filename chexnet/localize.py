@@ -28,8 +28,10 @@ from gradcam import DEFAULT_CAM, BaseCAM, make_cam
 class ImageResult:
     image_path: str
     probs: np.ndarray  # float32 (C,): sigmoid of the logits
-    heatmaps: dict[int, np.ndarray] = field(default_factory=dict)  # active class -> float32 (224, 224)
-    boxes: list[Box] = field(default_factory=list)  # per active class: average box, then heatmap boxes
+    # active class -> float32 (224, 224)
+    heatmaps: dict[int, np.ndarray] = field(default_factory=dict)
+    # per active class: average box, then heatmap boxes
+    boxes: list[Box] = field(default_factory=list)
     size: tuple[int, int] = (ORIGINAL_SIZE, ORIGINAL_SIZE)  # (width, height): the boxes' frame
 
 
@@ -62,19 +64,20 @@ def iter_localize(model: torch.nn.Module, image_paths: Sequence[str], thresholds
                   ) -> Iterator[ImageResult]:
     """Yield one ImageResult per path, in input order. The model is moved to `device`.
 
-    thresholds: (C,) probabilities; box_sizes: (C, 4) average boxes (x, y, w, h) in 1024 px whose
-    w, h size the heatmap boxes; method_params: (C,) the box method's parameter per class (None: its
-    default; see resolve_box_params); resize: how each image becomes 256x256, as the model's training
-    images did (images.resize_stored); cam_method: a name of gradcam.METHODS, hooked at target_layer
-    (None: the method's default). While the generator is open the model carries the CAM hook.
+    thresholds: (C,) probabilities; box_sizes: (C, 4) average boxes (x, y, w, h) in 1024 px whose w,
+    h size the heatmap boxes; method_params: (C,) the box method's parameter per class (None: its
+    default; see resolve_box_params); resize: how each image becomes 256x256, as the model's
+    training images did (images.resize_stored); cam_method: a name of gradcam.METHODS, hooked at
+    target_layer (None: the method's default). While the generator is open the model carries the CAM
+    hook.
     """
     thresholds = np.asarray(thresholds, dtype=np.float32)
     box_sizes = np.asarray(box_sizes, dtype=np.float64)
     if method not in boxes.METHODS:
         raise ValueError(f"unknown box method {method!r}; choose from {', '.join(boxes.METHODS)}")
     paths = list(image_paths)
-    loader = DataLoader(FileCrops(paths, resize), batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=device.type == "cuda")
+    loader = DataLoader(FileCrops(paths, resize), batch_size=batch_size, shuffle=False,
+                        num_workers=workers, pin_memory=device.type == "cuda")
     model.to(device)
     start, pending = 0, None
     with make_cam(cam_method, model, target_layer) as cam, \
@@ -87,10 +90,11 @@ def iter_localize(model: torch.nn.Module, image_paths: Sequence[str], thresholds
             start += len(crops)
             probs, maps, classes = _network(cam, crops.to(device, non_blocking=True), thresholds,
                                             box_sizes)
-            job = pool.submit(_results, batch_paths, probs, maps, classes, thresholds, box_sizes, method,
-                              method_params, [tuple(s) for s in sizes.tolist()])
+            job = pool.submit(_results, batch_paths, probs, maps, classes, thresholds, box_sizes,
+                              method, method_params, [tuple(s) for s in sizes.tolist()])
             if pending is not None:
-                yield from pending.result()  # boxes of the previous batch, made during this batch's pass
+                # boxes of the previous batch, made during this batch's pass
+                yield from pending.result()
             pending = job
         if pending is not None:
             yield from pending.result()
@@ -128,7 +132,8 @@ def _results(paths: list[str], probs: np.ndarray, maps: np.ndarray, classes: np.
     results = []
     for b, path in enumerate(paths):
         if not np.isfinite(probs[b]).all():
-            raise InputError(f"{path}: the model gives NaN/inf probabilities (a broken checkpoint?)")
+            raise InputError(f"{path}: the model gives NaN/inf probabilities "
+                             f"(a broken checkpoint?)")
         size = (ORIGINAL_SIZE, ORIGINAL_SIZE) if sizes is None else sizes[b]
         result = ImageResult(path, probs[b], size=size)
         for j, k in enumerate(classes):

@@ -75,14 +75,16 @@ def _read_csv(path: str | os.PathLike) -> list[list[str]]:
 def _require_columns(path, header: list[str], wanted: tuple[str, ...]) -> list[int]:
     missing = [name for name in wanted if name not in header]
     if missing:
-        raise InputError(f"{path}: missing column(s) {', '.join(missing)}; header is {','.join(header)}")
+        raise InputError(f"{path}: missing column(s) {', '.join(missing)}; "
+                         f"header is {','.join(header)}")
     return [header.index(name) for name in wanted]
 
 
 def read_data_entry(path: str | os.PathLike) -> dict[str, LabelRow]:
     """Data_Entry_2017.csv -> {image name: LabelRow}. Unknown finding names are errors."""
     rows = _read_csv(path)
-    i_name, i_labels, i_patient = _require_columns(path, rows[0], ("Image Index", "Finding Labels", "Patient ID"))
+    i_name, i_labels, i_patient = _require_columns(path, rows[0], ("Image Index", "Finding Labels",
+                                                                   "Patient ID"))
     table: dict[str, LabelRow] = {}
     for row_number, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
@@ -109,7 +111,8 @@ def read_bbox_list(path: str | os.PathLike) -> list[TruthBox]:
         if not any(cell.strip() for cell in row):
             continue
         if len(row) < max(i_name, i_label, i_x + 3) + 1:
-            raise InputError(f"{path}: row {row_number}: too few columns (expected image, label, x, y, w, h)")
+            raise InputError(f"{path}: row {row_number}: too few columns "
+                             f"(expected image, label, x, y, w, h)")
         label = BOX_TABLE_ALIASES.get(row[i_label], row[i_label])
         if label not in CLASS_NAMES:
             raise InputError(f"{path}: row {row_number}: unknown box label {row[i_label]!r}")
@@ -131,7 +134,8 @@ def class_set(names, source: str) -> tuple[str, ...]:
 
 
 def box_classes(class_names) -> int:
-    """How many of these classes (the leading ones) have boxes in BBox_List_2017: 8 for both sets."""
+    """How many of these classes (the leading ones) have boxes in BBox_List_2017: 8 for both
+    sets."""
     return sum(1 for a, b in zip(class_names, CLASS_NAMES) if a == b)
 
 

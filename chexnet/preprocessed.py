@@ -64,7 +64,8 @@ class Prepared:
 
     @property
     def resize(self) -> str:
-        """How the stored images were resized; folders written before the choice existed used area."""
+        """How the stored images were resized; folders written before the choice existed used
+        area."""
         return self.meta.get("resize", "area")
 
 
@@ -73,18 +74,21 @@ def load_prepared(folder: str | Path) -> Prepared:
     folder = Path(folder)
     meta_path = folder / META
     if not meta_path.is_file():
-        raise InputError(f"{meta_path}: not found; is {folder} the output folder of preprocessing.py?")
+        raise InputError(f"{meta_path}: not found; is {folder} the output folder of "
+                         f"preprocessing.py?")
     try:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as err:
         raise InputError(f"{meta_path}: not valid JSON ({err})") from None
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise InputError(f"{meta_path}: not a {FORMAT} v{VERSION} folder; run preprocessing.py again")
+        raise InputError(f"{meta_path}: not a {FORMAT} v{VERSION} folder; "
+                         f"run preprocessing.py again")
     missing = [key for key in ("class_names", "train_images", "valid_images") if key not in meta]
     if missing:
         raise InputError(f"{meta_path}: missing {', '.join(missing)}; run preprocessing.py again")
     class_set(meta["class_names"], str(meta_path))
-    return Prepared(folder, meta, _load_split(folder, meta, "train"), _load_split(folder, meta, "valid"))
+    return Prepared(folder, meta, _load_split(folder, meta, "train"),
+                    _load_split(folder, meta, "valid"))
 
 
 def _load_split(folder: Path, meta: dict, split: str) -> Split:
@@ -113,10 +117,13 @@ def _load_array(path: Path, dtype, shape: tuple[int, ...]) -> np.ndarray:
         raise InputError(f"{path}: not found; run preprocessing.py again")
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:  # truncated, not a .npy, or an object (pickle) array
-        raise InputError(f"{path}: not a readable uint8 .npy array ({err}); run preprocessing.py again") from None
+    # truncated, not a .npy, or an object (pickle) array
+    except (ValueError, OSError, EOFError) as err:
+        raise InputError(f"{path}: not a readable uint8 .npy array ({err}); "
+                         f"run preprocessing.py again") from None
     if array.dtype != dtype or array.shape != shape:
-        raise InputError(f"{path}: expected {np.dtype(dtype).name} {shape}, found {array.dtype} {array.shape}")
+        raise InputError(f"{path}: expected {np.dtype(dtype).name} {shape}, "
+                         f"found {array.dtype} {array.shape}")
     return array
 
 
@@ -135,5 +142,6 @@ def read_valid_boxes(folder: str | Path) -> list[dict]:
             boxes.append({"image": r["image"], "label": r["label"],
                           **{k: float(r[k]) for k in ("x", "y", "w", "h")}})
         except (KeyError, TypeError, ValueError):
-            raise InputError(f"{path}: row {row_number}: expected {','.join(VALID_BOXES_HEADER)}") from None
+            raise InputError(f"{path}: row {row_number}: "
+                             f"expected {','.join(VALID_BOXES_HEADER)}") from None
     return boxes

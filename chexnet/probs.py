@@ -23,7 +23,8 @@ def write_probs_csv(path: str | os.PathLike, names: list[str], class_names, prob
     """names (N,), class_names (C,), probs float (N, C) -> the CSV, written atomically."""
     probs = np.asarray(probs, dtype=np.float64)
     if probs.shape != (len(names), len(class_names)):
-        raise ValueError(f"probabilities {probs.shape} for {len(names)} images, {len(class_names)} classes")
+        raise ValueError(f"probabilities {probs.shape} for {len(names)} images, "
+                         f"{len(class_names)} classes")
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow([FIRST_COLUMN, *class_names])
@@ -46,7 +47,8 @@ def read_probs_csv(path: str | os.PathLike) -> tuple[list[str], list[str], np.nd
         if not any(cell.strip() for cell in row):
             continue
         if len(row) != len(class_names) + 1:
-            raise InputError(f"{path}: row {number}: {len(row)} columns, expected {len(class_names) + 1}")
+            raise InputError(f"{path}: row {number}: {len(row)} columns, "
+                             f"expected {len(class_names) + 1}")
         try:
             probs = [float(cell) for cell in row[1:]]
         except ValueError:

@@ -1,8 +1,8 @@
 """Patient-disjoint train/valid/test splits of the label table, their summary, and checks of lists.
 
 Every image of a patient lands in exactly one list. A random split draws patients (not images) with
-numpy's default_rng(seed) over the patient ids in sorted order, so a seed gives the same lists on any
-machine. The official split takes NIH's test_list.txt as the test list and draws the validation
+numpy's default_rng(seed) over the patient ids in sorted order, so a seed gives the same lists on
+any machine. The official split takes NIH's test_list.txt as the test list and draws the validation
 patients from train_val_list.txt.
 """
 from __future__ import annotations
@@ -20,7 +20,8 @@ LIST_NAMES = ("train", "valid", "test")
 
 
 def patients_of(names: list[str], table: dict[str, LabelRow]) -> dict[str, list[str]]:
-    """{patient id: its images among `names`, in the given order}; every name must be in the table."""
+    """{patient id: its images among `names`, in the given order}; every name must be in the
+    table."""
     grouped: dict[str, list[str]] = {}
     for name in names:
         grouped.setdefault(table[name].patient_id, []).append(name)
@@ -40,7 +41,8 @@ def _draw(patients: list[str], fractions: tuple[float, ...], seed: int) -> list[
     return groups + [shuffled[start:]]
 
 
-def _images(patients: list[str], by_patient: dict[str, list[str]], order: dict[str, int]) -> list[str]:
+def _images(patients: list[str], by_patient: dict[str, list[str]],
+            order: dict[str, int]) -> list[str]:
     """The images of these patients, in label-table order."""
     return sorted((name for p in patients for name in by_patient[p]), key=order.__getitem__)
 
@@ -66,7 +68,8 @@ def official_split(table: dict[str, LabelRow], train_val: tuple[str, list[str]],
     for path, names in (train_val, test):
         missing = [n for n in names if n not in table]
         if missing:
-            raise InputError(f"{path}: {len(missing)} image(s) not in the label table, e.g. {missing[0]}")
+            raise InputError(f"{path}: {len(missing)} image(s) not in the label table, "
+                             f"e.g. {missing[0]}")
     by_patient = patients_of(train_val[1], table)
     shared = set(by_patient) & set(patients_of(test[1], table))
     if shared:

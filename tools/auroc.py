@@ -38,10 +38,13 @@ SHORT = {"chexnet_paper": "CheXNet", "arnoweng_reimpl": "arnoweng", "arnoweng_im
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("probs_csv", type=str, help="probabilities CSV of denseNet_localization.py --probs")
-    p.add_argument("data_entry", type=str, help="label table Data_Entry_2017.csv (or .csv.gz, or v2020)")
+    p.add_argument("probs_csv", type=str,
+                   help="probabilities CSV of denseNet_localization.py --probs")
+    p.add_argument("data_entry", type=str,
+                   help="label table Data_Entry_2017.csv (or .csv.gz, or v2020)")
     p.add_argument("--thresholds", type=str, default=None,
-                   help="a .npy of one threshold per class of PROBS_CSV (train.py's thresholds.npy) "
+                   help="a .npy of one threshold per class of PROBS_CSV (train.py's "
+                        "thresholds.npy) "
                         "for the operating point (default: None, no operating point)")
     p.add_argument("--bootstrap", type=int, default=1000,
                    help="patient-level bootstrap draws; 0 for no interval (default: 1000)")
@@ -52,8 +55,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def read_published(path: str | os.PathLike = PUBLISHED) -> dict[str, dict[str, float]]:
-    """{source column: {class or 'mean': AUROC}} of docs/published_auroc.csv ('#' lines: sources)."""
-    lines = [line for line in Path(path).read_text().splitlines() if line and not line.startswith("#")]
+    """{source column: {class or 'mean': AUROC}} of docs/published_auroc.csv ('#' lines:
+    sources)."""
+    lines = [line for line in Path(path).read_text().splitlines()
+             if line and not line.startswith("#")]
     rows = list(csv.reader(lines))
     table: dict[str, dict[str, float]] = {source: {} for source in rows[0][1:]}
     for row in rows[1:]:
@@ -71,7 +76,8 @@ def _thresholds(spec: str | None, class_names: list[str]) -> np.ndarray | None:
     except (OSError, ValueError) as err:
         raise InputError(f"{spec}: not a readable .npy file ({err})") from None
     if values.shape != (len(class_names),) or not np.all((values >= 0) & (values <= 1)):
-        raise InputError(f"{spec}: expected {len(class_names)} thresholds in [0, 1], got shape {values.shape}")
+        raise InputError(f"{spec}: expected {len(class_names)} thresholds in [0, 1], "
+                         f"got shape {values.shape}")
     return values.astype(np.float64)
 
 
@@ -90,12 +96,15 @@ def evaluate(args: argparse.Namespace) -> tuple[dict, np.ndarray, np.ndarray]:
     patients = [table[n].patient_id for n in names]
     ci = None
     if args.bootstrap > 0:
-        ci = bootstrap.patient_bootstrap(labels, probs, patients, args.bootstrap, args.seed, defined)
+        ci = bootstrap.patient_bootstrap(labels, probs, patients, args.bootstrap, args.seed,
+                                         defined)
     rows = []
     for c, name in enumerate(class_names + ["mean"]):
-        row = {"class": name, "auroc": aurocs[c] if c < len(class_names) else metrics.mean_auroc(aurocs)}
+        row = {"class": name,
+               "auroc": aurocs[c] if c < len(class_names) else metrics.mean_auroc(aurocs)}
         if c < len(class_names):
-            row.update(positives=int(labels[:, c].sum()), negatives=int(len(names) - labels[:, c].sum()))
+            row.update(positives=int(labels[:, c].sum()),
+                       negatives=int(len(names) - labels[:, c].sum()))
         if ci is not None:
             row.update(ci_low=ci.low[c], ci_high=ci.high[c], draws_defined=ci.used[c])
         if thresholds is not None and c < len(class_names):
@@ -104,8 +113,9 @@ def evaluate(args: argparse.Namespace) -> tuple[dict, np.ndarray, np.ndarray]:
                 labels[:, c], probs[:, c], thresholds[c])
         rows.append(row)
     return {"probs_csv": args.probs_csv, "data_entry": args.data_entry, "images": len(names),
-            "patients": len(set(patients)), "bootstrap": {"draws": args.bootstrap, "seed": args.seed,
-            "unit": "patient", "confidence": bootstrap.CONFIDENCE}, "classes": rows,
+            "patients": len(set(patients)),
+            "bootstrap": {"draws": args.bootstrap, "seed": args.seed,
+                          "unit": "patient", "confidence": bootstrap.CONFIDENCE}, "classes": rows,
             "published": published_beside(class_names)}, labels, probs
 
 
@@ -117,7 +127,8 @@ def published_beside(class_names: list[str]) -> dict[str, dict]:
         mine = {c: figures.get(c) for c in class_names}
         full = all(v is not None for v in mine.values())
         out[source] = {"classes": mine, "stated_mean": figures.get("mean"),
-                       "mean_of_these_classes": float(np.mean(list(mine.values()))) if full else None}
+                       "mean_of_these_classes": (float(np.mean(list(mine.values()))) if full
+                                                 else None)}
     return out
 
 
@@ -140,24 +151,29 @@ def format_report(report: dict) -> str:
         else:
             theirs = [p["classes"][row["class"]] for p in pub.values()]
         lines.append(f"{row['class']:<19}{row.get('positives', ''):>6}{row.get('negatives', ''):>7}"
-                     f"{_f(row['auroc'])}{ci}{_f(row.get('threshold'))}{_f(row.get('sensitivity'), 6, 2)}"
+                     f"{_f(row['auroc'])}{ci}{_f(row.get('threshold'))}"
+                     f"{_f(row.get('sensitivity'), 6, 2)}"
                      f"{_f(row.get('specificity'), 6, 2)} |" + "".join(_f(v, 10) for v in theirs))
     lines.append(f"{'stated mean':<73} |" + "".join(_f(p["stated_mean"], 10) for p in pub.values()))
-    lines.append(f"published: {PUBLISHED.relative_to(PUBLISHED.parents[1])} (sources inside); their test "
+    lines.append(f"published: {PUBLISHED.relative_to(PUBLISHED.parents[1])} (sources inside); "
+                 f"their test "
                  f"sets are not ours. 'mean' of a source: over these classes, where it gives all")
     return "\n".join(lines) + "\n"
 
 
 def format_csv(report: dict) -> str:
     columns = ["class", "positives", "negatives", "auroc", "ci_low", "ci_high", "draws_defined",
-               "threshold", "sensitivity", "specificity"] + [f"published_{s}" for s in report["published"]]
+               "threshold", "sensitivity", "specificity"] + [f"published_{s}"
+                                                            for s in report["published"]]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", restval="")
     writer.writeheader()
     for row in report["classes"]:
-        out = {k: "" if v is None else (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()}
+        out = {k: "" if v is None else (f"{v:.6f}" if isinstance(v, float) else v)
+               for k, v in row.items()}
         for source, p in report["published"].items():
-            value = p["mean_of_these_classes"] if row["class"] == "mean" else p["classes"][row["class"]]
+            value = (p["mean_of_these_classes"] if row["class"] == "mean"
+                     else p["classes"][row["class"]])
             out[f"published_{source}"] = "" if value is None else f"{value:.4f}"
         writer.writerow(out)
     return buf.getvalue()
@@ -179,7 +195,8 @@ def main(args: argparse.Namespace) -> dict:
 
 def write_roc(report: dict, labels: np.ndarray, probs: np.ndarray, path: Path) -> None:
     """training_figures.roc_curves: a panel per class, the thresholds' operating points marked."""
-    from chexnet.training_figures import roc_curves  # matplotlib loads only when figures are written
+    # matplotlib loads only when figures are written
+    from chexnet.training_figures import roc_curves
 
     rows = report["classes"][:-1]
     thresholds = np.asarray([row.get("threshold", np.nan) for row in rows])

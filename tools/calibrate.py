@@ -1,6 +1,7 @@
 """Tune box sizes and the box method's parameter on the validation images that have true boxes.
 
-    python3 tools/calibrate.py PREPROCESSED_DIR [--model model/best.pt] [--method peaks] [--out MODEL_DIR]
+    python3 tools/calibrate.py PREPROCESSED_DIR [--model model/best.pt] [--method peaks]
+        [--out MODEL_DIR]
 
 1. Heatmaps: for every validation image of valid_boxes.csv, the model's 8 probabilities and the
    maps (--cam, default Grad-CAM) of all 8 classes, from the preprocessed valid_X.npy (the same
@@ -36,8 +37,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root: chexnet/, model.py
 
 from chexnet import boxes, model_dir, preprocessed  # noqa: E402
-from chexnet.calibration import (Choice, Heatmaps, active, compute_heatmaps, full_report,  # noqa: E402
-                                 load_heatmaps, save_heatmaps, split_rows, tune, tuned_table)
+from chexnet.calibration import (Choice, Heatmaps, active, compute_heatmaps,  # noqa: E402
+                                 full_report, load_heatmaps, save_heatmaps, split_rows, tune,
+                                 tuned_table)
 from chexnet.constants import (AVERAGE_BOXES, CLASS_NAMES, DEFAULT_TARGET_LAYER,  # noqa: E402
                                ORIGINAL_SIZE)
 from chexnet.nih import TruthBox, boxes_by_image  # noqa: E402
@@ -52,25 +54,33 @@ OPTIMISM = ("note: the parameters were tuned on these same images, so 'after' is
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("preprocessed", type=str, help="preprocessed folder (valid_X.npy, valid_boxes.csv)")
+    p.add_argument("preprocessed", type=str,
+                   help="preprocessed folder (valid_X.npy, valid_boxes.csv)")
     p.add_argument("--model", type=str, default=model_dir.DEFAULT_MODEL,
                    help=f"checkpoint (default: {model_dir.DEFAULT_MODEL})")
     p.add_argument("--out", type=str, default=None,
-                   help="folder for box_sizes.json and heatmaps.npz (default: the folder of --model, "
+                   help="folder for box_sizes.json and heatmaps.npz (default: the folder of "
+                        "--model, "
                         "where denseNet_localization.py looks)")
     p.add_argument("--method", type=str, default="peaks", choices=sorted(boxes.METHODS),
                    help="box method whose parameter is tuned (default: peaks)")
     p.add_argument("--thresholds", type=str, default=None,
-                   help="a .npy of 8 probabilities or one number (default: thresholds.npy beside --model, "
+                   help="a .npy of 8 probabilities or one number (default: thresholds.npy beside "
+                        "--model, "
                         "else the checkpoint's)")
     p.add_argument("--heatmaps", type=str, default=None,
-                   help="a heatmaps.npz of an earlier run: tune from it without the network (default: None, "
+                   help="a heatmaps.npz of an earlier run: tune from it without the network "
+                        "(default: None, "
                         "compute and save OUT/heatmaps.npz)")
     p.add_argument("--holdout", type=float, default=0.0,
-                   help="fraction of the images kept out of the search and scored separately (default: 0)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the --holdout split (default: 0)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
-    p.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+                   help="fraction of the images kept out of the search and scored separately "
+                        "(default: 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the --holdout split (default: 0)")
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="images per forward pass (default: 16)")
+    p.add_argument("--device", type=str, default="auto",
+                   help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--cam", type=str, default=DEFAULT_CAM, choices=list(CAM_METHODS),
                    help="class activation map: gradcam (the original's), gradcam++, layercam "
                         "or cam (default: gradcam)")
@@ -80,16 +90,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def format_comparison(title: str, before: dict, after: dict, choices: list[Choice], parameter: str) -> str:
-    """Per class: truth boxes, then before -> after of the predicted boxes, the score and their mean IoU."""
-    lines = [title, f"{'class':<14}{'truth':>6}{'boxes':>10}{'score':>15}{'mean IoU':>15}{'w x':>7}{'h x':>7}"
+def format_comparison(title: str, before: dict, after: dict, choices: list[Choice],
+                      parameter: str) -> str:
+    """Per class: truth boxes, then before -> after of the predicted boxes, the score and their
+    mean IoU."""
+    lines = [title, f"{'class':<14}{'truth':>6}{'boxes':>10}{'score':>15}{'mean IoU':>15}"
+             f"{'w x':>7}{'h x':>7}"
              f"{parameter:>15}  note"]
     cell = lambda v: "-" if v is None else f"{v:.3f}"
     for name in CLASS_NAMES + (OVERALL,):
         b, a = before["classes"][name]["original"], after["classes"][name]["original"]
         c = choices[CLASS_NAMES.index(name)] if name in CLASS_NAMES else None
         tuned = (f"{c.scale_w:>7g}{c.scale_h:>7g}{c.param:>15g}  {c.note}" if c else "")
-        lines.append(f"{name:<14}{before['classes'][name]['truth_boxes']:>6}{b['boxes']:>4} ->{a['boxes']:>4}"
+        lines.append(f"{name:<14}{before['classes'][name]['truth_boxes']:>6}{b['boxes']:>4} ->"
+                     f"{a['boxes']:>4}"
                      f"{cell(b['score']):>6} ->{cell(a['score']):>6}{cell(b['mean_iou']):>6} ->"
                      f"{cell(a['mean_iou']):>6}{tuned}")
     return "\n".join(lines)
@@ -114,8 +128,8 @@ def truth_of_valid(folder: str, sizes: dict[str, tuple[int, int]] | None = None
     return boxes_by_image(scaled)
 
 
-def heatmaps_for(args: argparse.Namespace, checkpoint: dict, data: preprocessed.Prepared, names: list[str],
-                 out: Path) -> Heatmaps:
+def heatmaps_for(args: argparse.Namespace, checkpoint: dict, data: preprocessed.Prepared,
+                 names: list[str], out: Path) -> Heatmaps:
     """From --heatmaps, or computed with the model and saved as OUT/heatmaps.npz."""
     if args.heatmaps is not None:
         hm = load_heatmaps(args.heatmaps)
@@ -142,7 +156,8 @@ def main(args: argparse.Namespace) -> dict:
     truth = truth_of_valid(args.preprocessed, dict(zip(data.valid.names, data.valid.sizes)))
     names = [n for n in data.valid.names if n in truth]
     if not names:
-        raise InputError(f"{args.preprocessed}: no validation image has a true box; nothing to calibrate on")
+        raise InputError(f"{args.preprocessed}: no validation image has a true box; "
+                         f"nothing to calibrate on")
     tune_rows, hold_rows = split_rows(len(names), args.holdout, args.seed)
     out = Path(args.out) if args.out is not None else Path(args.model).parent
     checkpoint = load_checkpoint(args.model)
@@ -150,9 +165,12 @@ def main(args: argparse.Namespace) -> dict:
         print(f"warning: {args.preprocessed} holds images resized with {data.resize!r}, but "
               f"{args.model} was trained on {checkpoint['resize']!r}; heatmaps will differ from "
               f"localization's", file=sys.stderr)
-    thresholds, thresholds_from = model_dir.resolve_thresholds(args.thresholds, args.model, checkpoint)
-    thresholds = thresholds[:len(CLASS_NAMES)]  # the box classes: all 8, or a 14-class model's first 8
-    print(f"{len(names)} validation images with true boxes ({len(tune_rows)} tuning, {len(hold_rows)} held out); "
+    thresholds, thresholds_from = model_dir.resolve_thresholds(args.thresholds, args.model,
+                                                               checkpoint)
+    # the box classes: all 8, or a 14-class model's first 8
+    thresholds = thresholds[:len(CLASS_NAMES)]
+    print(f"{len(names)} validation images with true boxes ({len(tune_rows)} tuning, "
+          f"{len(hold_rows)} held out); "
           f"thresholds from {thresholds_from}; method {args.method}, maps {args.cam}",
           file=sys.stderr)
     hm = heatmaps_for(args, checkpoint, data, names, out)
@@ -160,7 +178,8 @@ def main(args: argparse.Namespace) -> dict:
     choices = tune(hm, tune_rows, act, truth, args.method)
     method = boxes.METHODS[args.method]
     table, params = tuned_table(choices), np.array([c.param for c in choices])
-    base_table, base_params = np.array(AVERAGE_BOXES, dtype=np.float64), np.full(len(CLASS_NAMES), method.default)
+    base_table, base_params = (np.array(AVERAGE_BOXES, dtype=np.float64),
+                               np.full(len(CLASS_NAMES), method.default))
     record = {"method": args.method, "cam": args.cam, "images": len(names),
               "tuned_on": len(tune_rows), "held_out": len(hold_rows)}
     for part, rows in (("tuning", tune_rows), ("holdout", hold_rows)):
@@ -177,8 +196,9 @@ def main(args: argparse.Namespace) -> dict:
                         for name in CLASS_NAMES + (OVERALL,)}
     if not hold_rows:
         print(OPTIMISM)
-    record["choices"] = {name: {"scale_w": c.scale_w, "scale_h": c.scale_h, method.parameter: c.param,
-                                "note": c.note} for name, c in zip(CLASS_NAMES, choices)}
+    record["choices"] = {name: {"scale_w": c.scale_w, "scale_h": c.scale_h,
+                                method.parameter: c.param, "note": c.note}
+                         for name, c in zip(CLASS_NAMES, choices)}
     path = out / model_dir.BOX_SIZES
     model_dir.write_box_sizes(path, table, method=args.method, params=params, calibration=record)
     print(f"wrote {path}")

@@ -27,18 +27,23 @@ from chexnet.utils import InputError, run_cli  # noqa: E402
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Draw a box file's boxes (blue) and, optionally, "
                                                  "the true boxes (red) on the X-rays.")
-    parser.add_argument("box_txt", type=Path, help="box file: '[image_path] [n]' then n '[class] x y w h' lines")
+    parser.add_argument("box_txt", type=Path,
+                        help="box file: '[image_path] [n]' then n '[class] x y w h' lines")
     parser.add_argument("--images", type=Path, default=None,
-                        help="folder holding the images, replacing the folder of each path in the box file "
-                             "(default: None, use the paths as written, relative to the current folder)")
+                        help="folder holding the images, replacing the folder of each path in the "
+                             "box file "
+                             "(default: None, use the paths as written, relative to the current "
+                             "folder)")
     parser.add_argument("--bbox-list", type=Path, default=None,
                         help="ground-truth table (BBox_List_2017.csv) whose boxes are drawn in red "
                              "(default: None, no truth boxes)")
     parser.add_argument("--out", type=Path, default=Path("output/boxes"),
                         help="folder for the <name>_boxes.png pictures (default: output/boxes)")
     parser.add_argument("--size", type=int, default=ORIGINAL_SIZE,
-                        help=f"width of each picture in pixels; the height keeps the image's aspect "
-                             f"(default: {ORIGINAL_SIZE}, one pixel per pixel of a 1024x1024 X-ray)")
+                        help=f"width of each picture in pixels; the height keeps the image's "
+                             f"aspect "
+                             f"(default: {ORIGINAL_SIZE}, one pixel per pixel of a 1024x1024 "
+                             f"X-ray)")
     return parser
 
 
@@ -63,9 +68,10 @@ def main(args: argparse.Namespace) -> None:
         path = image_path(entry, args.images)
         name = Path(entry.image_path).name
         image = read_xray(path)  # any size: the box file is in its own pixels
-        localization_figures.boxes_figure(image, entry.boxes, truth.get(name, []) if truth is not None else None, None,
-                           args.out / f"{Path(name).stem}_boxes.png", title=name, size=args.size,
-                           frame=(image.shape[1], image.shape[0]))
+        localization_figures.boxes_figure(image, entry.boxes,
+                                          truth.get(name, []) if truth is not None else None, None,
+                                          args.out / f"{Path(name).stem}_boxes.png", title=name,
+                                          size=args.size, frame=(image.shape[1], image.shape[0]))
     print(f"wrote {len(entries)} picture(s) into {args.out}")
 
 

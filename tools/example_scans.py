@@ -47,7 +47,8 @@ def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2"
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta, ds.preamble = meta, b"\0" * 128
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.SOPClassUID, ds.SOPInstanceUID = (meta.MediaStorageSOPClassUID,
+                                         meta.MediaStorageSOPInstanceUID)
     ds.Modality, ds.PatientID = "DX", "EXAMPLE"
     ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
@@ -78,7 +79,8 @@ def main(args: argparse.Namespace) -> None:
                 RescaleSlope=1, RescaleIntercept=-1024, WindowCenter=1016.5, WindowWidth=4081)
     write_dicom(args.out_dir / "IM0001", gray[1])
     write_image(args.out_dir / SOURCES[2], gray[2])
-    square16 = cv2.resize(gray[3], (1500, 1500), interpolation=cv2.INTER_CUBIC).astype(np.uint16) * 257
+    square16 = cv2.resize(gray[3], (1500, 1500),
+                          interpolation=cv2.INTER_CUBIC).astype(np.uint16) * 257
     write_image(args.out_dir / "chest_1500_16bit.png", square16)
     wide = cv2.resize(gray[4], (1600, 1200), interpolation=cv2.INTER_AREA)
     write_image(args.out_dir / "chest_1600x1200.jpg", wide, cv2.IMWRITE_JPEG_QUALITY, 92)

@@ -6,9 +6,10 @@
 
 Every image of a patient is in exactly one list. Without --official, patients are drawn at random
 (default 70/10/20 of the patients, as CheXNet's re-implementations split). With --official, test.txt
-is NIH's test_list.txt and the validation patients are drawn from train_val_list.txt (--valid-fraction
-of its patients). OUT_DIR also gets summary.txt (printed too) and summary.csv: images, patients and
-positives per finding per list, and split.json, the arguments that rebuild the lists.
+is NIH's test_list.txt and the validation patients are drawn from train_val_list.txt
+(--valid-fraction of its patients). OUT_DIR also gets summary.txt (printed too) and summary.csv:
+images, patients and positives per finding per list, and split.json, the arguments that rebuild the
+lists.
 --check reports, for lists made anywhere, duplicates, names absent from the label table and the
 patients any two lists share; it exits with status 1 where a patient is shared.
 """
@@ -29,11 +30,15 @@ DEFAULT_TEST_FRACTION = 0.2  # with valid 0.1: 70/10/20 of the patients, as CheX
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("data_entry", type=str, help="label table Data_Entry_2017.csv (or .csv.gz, or v2020)")
+    p.add_argument("data_entry", type=str,
+                   help="label table Data_Entry_2017.csv (or .csv.gz, or v2020)")
     p.add_argument("out_dir", type=str, nargs="?", default=None,
-                   help="folder for train.txt, valid.txt, test.txt and the summary (not with --check)")
-    p.add_argument("--official", type=str, nargs=2, default=None, metavar=("TRAIN_VAL_LIST", "TEST_LIST"),
-                   help="NIH's train_val_list.txt and test_list.txt (default: None, a random split)")
+                   help="folder for train.txt, valid.txt, test.txt and the summary "
+                        "(not with --check)")
+    p.add_argument("--official", type=str, nargs=2, default=None,
+                   metavar=("TRAIN_VAL_LIST", "TEST_LIST"),
+                   help="NIH's train_val_list.txt and test_list.txt "
+                        "(default: None, a random split)")
     p.add_argument("--valid-fraction", type=float, default=0.1,
                    help="share of the patients in valid.txt; with --official, of train_val_list's "
                         "patients (default: 0.1)")
@@ -98,11 +103,13 @@ def check(paths: list[str], table: dict) -> int:
         lists[label] = names
         c = checks[-1]
         print(f"{path}: {c.images} images, {len(c.patients)} patients, {c.duplicates} duplicates, "
-              f"{len(c.missing)} not in the label table" + (f" (e.g. {c.missing[0]})" if c.missing else ""))
+              f"{len(c.missing)} not in the label table"
+              + (f" (e.g. {c.missing[0]})" if c.missing else ""))
     print(splits.format_summary(splits.summary_rows(lists, table)), end="")
     shared = splits.overlaps(checks)
     for a, b, patients in shared:
-        print(f"SHARED: {len(patients)} patient(s) in both {a} and {b}, e.g. {sorted(patients)[:3]}")
+        print(f"SHARED: {len(patients)} patient(s) in both {a} and {b}, "
+              f"e.g. {sorted(patients)[:3]}")
     if not shared:
         print(f"patient-disjoint: no patient is in two of the {len(paths)} lists")
     return 1 if shared else 0
