@@ -79,3 +79,9 @@ def test_modules_are_short():
     long_modules = {n: len(p.read_text().splitlines()) for n, p in modules().items()
                     if len(p.read_text().splitlines()) > 320}
     assert long_modules == {}
+
+
+def test_code_lines_fit_in_100_characters():
+    long_lines = [f"{name}:{number}" for name, path in modules().items()
+                  for number, line in enumerate(path.read_text().splitlines(), start=1) if len(line) > 100]
+    assert long_lines == []
