@@ -22,7 +22,7 @@ from timing import DEFAULT_FOLDERS, Timings, bench_model, machine, ratio_line, r
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torchvision.images.functional as TF  # noqa: E402
+import torchvision.transforms.functional as TF  # noqa: E402
 
 from chexnet import boxes  # noqa: E402
 from chexnet import localize  # noqa: E402
