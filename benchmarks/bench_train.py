@@ -6,13 +6,13 @@ on CUDA, fp32 against mixed precision.
 
 A temporary uint8 (N, 256, 256) .npy is made from real PNGs (repeated to fill the steps). Timed:
   data path     train_data.TrainingCrops over the memory map (random crop/flip per image), DataLoader with
-                --workers processes and pinned memory on CUDA, train.to_input, forward, BCE, backward,
+                --workers processes and pinned memory on CUDA, train_data.to_input, forward, BCE, backward,
                 Adam step: what train.py does in an epoch
   in memory     the same steps on the same batches, already cropped, normalised and on the device
 Each run starts after the loader's first batch (worker start-up, paid once an epoch, is left out);
 the first step after that is reported apart (its one-off fork cost, once an epoch in train.py) and
 the others are compared with the same steps in memory. Then, in memory: the model and input in
-NCHW against channels_last, and with --amp both on CUDA, fp32 against train.amp_setup's mixed
+NCHW against channels_last, and with --amp both on CUDA, fp32 against train_data.amp_setup's mixed
 precision (bf16 where supported), cudnn.benchmark on.
 """
 from __future__ import annotations
@@ -28,7 +28,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-import train  # noqa: E402
 from chexnet import train_data  # noqa: E402
 from chexnet.utils import run_cli, select_device  # noqa: E402
 from chexnet.constants import ADAM_BETAS, LEARNING_RATE  # noqa: E402
@@ -49,7 +48,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "train.py's default, the usable CPUs up to 16)")
     p.add_argument("--device", type=str, default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     p.add_argument("--amp", type=str, default="off", choices=["off", "on", "both"],
-                   help="CUDA only: off = fp32, on = train.amp_setup('auto'), both = time each (default: off)")
+                   help="CUDA only: off = fp32, on = train_data.amp_setup('auto'), both = time each (default: off)")
     p.add_argument("--threads", type=int, default=1, help="torch and OpenCV threads; 1 is steadiest on a shared machine (default: 1)")
     p.add_argument("--skip-layout", action="store_true", help="skip NCHW vs channels_last (default: run it)")
     return p
@@ -62,7 +61,7 @@ class Stepper:
         torch.manual_seed(0)
         self.model = build_model(weights="none").to(device, memory_format=layout).train()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=LEARNING_RATE, betas=ADAM_BETAS)
-        self.autocast, self.scaler, self.precision = train.amp_setup(device, amp_mode)
+        self.autocast, self.scaler, self.precision = train_data.amp_setup(device, amp_mode)
 
     def step(self, x, y) -> None:
         with self.autocast():
@@ -93,7 +92,7 @@ def data_path_run(stepper, dataset, batches, device, workers) -> tuple[float, fl
     for images, targets in loader:
         sync(device)
         marks.append(time.perf_counter())
-        x, y = train.to_input(images, device), targets.to(device, non_blocking=True)
+        x, y = train_data.to_input(images, device), targets.to(device, non_blocking=True)
         if stepper is not None:
             stepper.step(x, y)
     sync(device)
@@ -106,7 +105,7 @@ def in_memory(dataset, batches, device, layout):
     out = []
     for keys in batches:
         items = [dataset[k] for k in keys]
-        x = train.to_input(torch.stack([i[0] for i in items]), device).contiguous(memory_format=layout)
+        x = train_data.to_input(torch.stack([i[0] for i in items]), device).contiguous(memory_format=layout)
         out.append((x, torch.stack([i[1] for i in items]).to(device)))
     return out
 
@@ -169,14 +168,14 @@ def main(args: argparse.Namespace) -> None:
         dataset = train_data.TrainingCrops(npy, labels, np.arange(len(labels)), True, 0)
         t = bench_data_path(args, device, dataset, amp_modes[-1])
         print(t.table("in memory", "train.py's data path vs in-memory tensors "
-                                   f"({train.amp_setup(device, amp_modes[-1])[2]}, channels_last)"))
+                                   f"({train_data.amp_setup(device, amp_modes[-1])[2]}, channels_last)"))
         for workers in args.workers:
             over = t.median(f"data path ({workers} workers)") / t.median("in memory")
             print(ratio_line(f"data path ({workers} workers) time / in memory", over, "<= 1.10", over <= 1.10))
         variants = {} if args.skip_layout else {"NCHW": (torch.contiguous_format, amp_modes[0]),
                                                 "channels_last": (torch.channels_last, amp_modes[0])}
         if device.type == "cuda" and args.amp == "both":
-            precision = train.amp_setup(device, "auto")[2]
+            precision = train_data.amp_setup(device, "auto")[2]
             variants[f"channels_last + {precision}"] = (torch.channels_last, "auto")
         if variants:
             v = bench_variants(args, device, dataset, variants)
