@@ -8,7 +8,7 @@ Per image, one core (OpenCV's threads set to 1, as in preprocessing.py's workers
   ours       images.load_stored: OpenCV decode + the original's resize restated (the default)
   ours area  images.load_stored(resize="area"): OpenCV decode + INTER_AREA (--resize area)
   decode     cv2.imread alone (the floor: PNG decoding)
-Then preprocessing.store_images over the list repeated --scale-images long with 1 and 2 workers
+Then preprocessed.store_images over the list repeated --scale-images long with 1 and 2 workers
 (the speed-up from a second process), and a check that the arrays of 1 and 2 workers and of a
 plain single-process loop are equal, pixel for pixel. Peak memory: benchmarks/preprocess_memory.py.
 """
@@ -26,7 +26,7 @@ from timing import DEFAULT_FOLDERS, Timings, machine, ratio_line, real_pngs, set
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-import preprocessing  # noqa: E402
+from chexnet import preprocessed  # noqa: E402
 from chexnet.utils import run_cli  # noqa: E402
 from chexnet.images import load_stored  # noqa: E402
 from original_way import original_load  # noqa: E402
@@ -65,7 +65,7 @@ def cpu_seconds() -> float:
 
 
 def scaling(paths: list[str], reps: int, workers: int) -> tuple[Timings, Timings, dict[int, np.ndarray]]:
-    """Wall time and CPU time per image of preprocessing.store_images (decode, resize, write the
+    """Wall time and CPU time per image of preprocessed.store_images (decode, resize, write the
     .npy) with 1 and `workers` processes."""
     wall, cpu = Timings("image"), Timings("image")
     arrays = {}
@@ -74,7 +74,7 @@ def scaling(paths: list[str], reps: int, workers: int) -> tuple[Timings, Timings
             for w in (1, workers):
                 name, out = f"store_images, {w} worker(s)", Path(tmp) / f"w{w}.npy"
                 before = cpu_seconds()
-                wall.run(name, lambda: sum(preprocessing.store_images(paths, out, w, preprocessing.DEFAULT_CHUNK)),
+                wall.run(name, lambda: sum(preprocessed.store_images(paths, out, w, preprocessed.DEFAULT_CHUNK)),
                          units=len(paths))
                 cpu.add(name, cpu_seconds() - before, len(paths))
                 arrays[w] = np.load(out, allow_pickle=False)
@@ -120,7 +120,7 @@ def main(args: argparse.Namespace) -> None:
 
     long_list = [paths[i % len(paths)] for i in range(args.scale_images)]
     s, cpu, arrays = scaling(long_list, max(2, args.reps // 2), args.workers)
-    print(s.table("store_images, 1 worker(s)", f"preprocessing.store_images over {len(long_list)} images, wall time"))
+    print(s.table("store_images, 1 worker(s)", f"preprocessed.store_images over {len(long_list)} images, wall time"))
     print(cpu.table("store_images, 1 worker(s)", "the same runs, CPU time (all processes): the work a worker adds"))
     speedup = s.median("store_images, 1 worker(s)") / s.median(f"store_images, {args.workers} worker(s)")
     print(ratio_line(f"{args.workers} workers vs 1", speedup, ">= 1.8 with 2", speedup >= 1.8))

@@ -11,7 +11,7 @@ import pytest
 import preprocessing
 from chexnet.utils import InputError
 from chexnet.images import load_stored
-from chexnet.preprocessed import load_prepared, read_valid_boxes
+from chexnet.preprocessed import load_prepared, read_valid_boxes, store_images
 from chexnet.nih import read_data_entry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,7 +74,7 @@ def test_runs_written_in_any_order_fill_their_own_rows(sample_dir, tmp_path):
     names = sorted(p.name for p in (sample_dir / "images").iterdir())[:7]
     paths = [str(sample_dir / "images" / n) for n in names]
     out = tmp_path / "x.npy"
-    done = list(preprocessing.store_images(paths, out, workers=2, chunk=3))  # runs of 3, 3, 1
+    done = list(store_images(paths, out, workers=2, chunk=3))  # runs of 3, 3, 1
     assert sorted(done) == [1, 3, 3]
     stored = np.load(out, allow_pickle=False)
     assert stored.dtype == np.uint8 and np.array_equal(stored, np.stack([load_stored(p) for p in paths]))

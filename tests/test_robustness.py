@@ -306,9 +306,10 @@ SLOW_PREPROCESSING = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
 import preprocessing
+from chexnet import preprocessed
 from chexnet.utils import run_cli
-decode = preprocessing._load
-preprocessing._load = lambda path, resize: (time.sleep(0.15), decode(path, resize))[1]
+decode = preprocessed._decode
+preprocessed._decode = lambda path, resize: (time.sleep(0.15), decode(path, resize))[1]
 run_cli(lambda: preprocessing.main(preprocessing.get_args_parser().parse_args(sys.argv[2:])))
 """
 
