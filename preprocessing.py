@@ -31,6 +31,7 @@ from chexnet.utils import (InputError, atomic_path, remove_stale_temporaries, ru
                            write_text_atomic)
 from chexnet.constants import CLASS_SETS, STORED_SIZE
 from chexnet.images import DEFAULT_RESIZE, RESIZE_METHODS, check_images_exist
+from chexnet.preprocessed import DEFAULT_CHUNK, store_images
 from chexnet.nih import (LabelRow, TruthBox, label_matrix, read_bbox_list, read_data_entry,
                          read_image_list_lines)
 
@@ -66,8 +67,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
                         help="decoding processes; 1 decodes in this process "
                              f"(default: the usable CPUs, at most 16: {DEFAULT_WORKERS} here)")
-    parser.add_argument("--chunk", type=int, default=preprocessed.DEFAULT_CHUNK,
-                        help=f"images per task handed to a worker (default: {preprocessed.DEFAULT_CHUNK})")
+    parser.add_argument("--chunk", type=int, default=DEFAULT_CHUNK,
+                        help=f"images per task handed to a worker (default: {DEFAULT_CHUNK})")
     parser.add_argument("--resize", type=str, default=DEFAULT_RESIZE, choices=RESIZE_METHODS,
                         help="1024 -> 256: original (the original project's pixels: bilinear "
                              "without "
@@ -121,7 +122,7 @@ def write_images(plan: SplitPlan, path: Path, args: argparse.Namespace) -> None:
                     file=sys.stderr, dynamic_ncols=True)
     with progress:
         plan.sizes = [[0, 0]] * len(plan.paths)
-        for done in preprocessed.store_images(plan.paths, path, args.workers, args.chunk, args.resize,
+        for done in store_images(plan.paths, path, args.workers, args.chunk, args.resize,
                                  plan.sizes):
             progress.update(done)
 
