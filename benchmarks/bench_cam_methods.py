@@ -1,9 +1,9 @@
-"""Our CAM methods (gradcam.METHODS) against the grad-cam package's, on the same real images: the
-largest map difference after min-max normalisation, and the time per image for all 8 classes.
+"""Our CAM methods (gradcam.METHODS) against the grad-cam package's, on the same real images.
 
     python3 benchmarks/bench_cam_methods.py [--batch 4] [--threads 2] [--model CKPT]
 
-Needs requirements-bench.txt (grad-cam); not run in CI. The package has no classic CAM: `cam` is
+Per method: the largest map difference after min-max normalisation, and the time per image for all
+8 classes. Needs requirements-bench.txt (grad-cam); not run in CI. The package has no classic CAM: `cam` is
 timed only (its exactness is tests/test_cam_methods.py's). Ours: one forward and one batched
 backward for the 8 classes; the package: one call (forward + backward) per class.
 """

@@ -1,8 +1,9 @@
-"""Grad-CAM of all 8 classes at one layer: the original way, a per-class loop, the grad-cam package
-and ours (gradcam.GradCAM), beside a plain forward pass, on the same real images, in one run.
+"""Grad-CAM of all 8 classes at one layer, four ways, beside a plain forward pass, in one run.
 
     python3 benchmarks/bench_gradcam.py [--batches 1 16] [--threads 2] [--model CKPT]
 
+The original way, a per-class loop, the grad-cam package and ours (gradcam.GradCAM), on the same
+real images:
   forward       model(x) under torch.inference_mode(): the floor
   ours          gradcam.GradCAM: one forward + one batched backward (is_grads_batched) for 8 classes
   loop          hooks on the target layer only, one forward, then one backward per class (the batch

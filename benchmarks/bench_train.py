@@ -1,5 +1,4 @@
-"""Training steps: train.py's data path against tensors already in memory; NCHW against channels_last;
-on CUDA, fp32 against mixed precision.
+"""Training steps: train.py's data path against tensors in memory, and by layout and precision.
 
     python3 benchmarks/bench_train.py [--steps 3] [--batch-size 16] [--device cpu] [--amp off]
     python3 benchmarks/bench_train.py --device cuda --amp both --batch-size 64 --steps 20

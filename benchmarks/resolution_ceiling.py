@@ -1,8 +1,9 @@
-"""What the map's resolution alone allows: each box rule on a PERFECT map of each planted box,
-seen through a g x g CAM grid (7 = denseblock4, 14 = denseblock3, 28 = denseblock2).
+"""What the map's resolution alone allows: each box rule on a perfect map seen through a CAM grid.
 
     python3 benchmarks/resolution_ceiling.py [--boxes 100] [--grids 7 14 28]
 
+Each box rule runs on a PERFECT map of each planted box, seen through a g x g CAM grid
+(7 = denseblock4, 14 = denseblock3, 28 = denseblock2).
 For every box that benchmarks/synthetic.py would plant (its sizes and positions, seeded), the ideal
 map is the box's indicator on the 224 crop, averaged into g x g cells (what a CAM layer of that
 size can at best say), resized back to 224 bilinearly (as gradcam.py does) and min-max normalised.
