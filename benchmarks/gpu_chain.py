@@ -18,6 +18,7 @@ from pathlib import Path
 
 from timing import ROOT
 
+from chexnet import model_dir  # noqa: E402
 from chexnet.constants import CLASS_NAMES  # noqa: E402
 
 SAMPLE = ROOT / "sample"
@@ -101,9 +102,10 @@ def run_chain(work: Path, device: str, tiny: bool, workers: int,
     copy_images(lists["test"], local)
     _, seconds["localization"] = command(
         local, ROOT / "denseNet_localization.py", "test.txt", "images", "--model",
-        "../model/best.pt", "--thresholds", "0", "--device", device, "--workers", str(workers))
+        f"../{model_dir.DEFAULT_MODEL}", "--thresholds", "0", "--device", device,
+        "--workers", str(workers))
     _, seconds["build_bundle"] = command(work, ROOT / "inference.py", "--build-bundle", "deepQ.zip",
-                                         "--model", "model/best.pt", "--thresholds", "0")
+                                         "--model", model_dir.DEFAULT_MODEL, "--thresholds", "0")
     fresh = work / "fresh"
     copy_images(lists["test"], fresh)
     with zipfile.ZipFile(work / "deepQ.zip") as zf:

@@ -46,7 +46,7 @@ from gradcam import DEFAULT_CAM, METHODS as CAM_METHODS  # noqa: E402
 from chexnet.boxfile import Box, read_box_file  # noqa: E402
 from chexnet.utils import InputError, run_cli, write_text_atomic  # noqa: E402
 from chexnet.constants import CLASS_NAMES, CROP_OFFSET, RESCALE_FACTOR  # noqa: E402
-from chexnet.model_dir import read_metrics_log  # noqa: E402
+from chexnet.model_dir import BEST, METRICS_LOG, read_metrics_log  # noqa: E402
 from chexnet.nih import average_boxes, read_bbox_list, read_image_list  # noqa: E402
 
 # Sizes for 2 CPU cores (the README has the measured time), and a smoke version for the test
@@ -127,7 +127,7 @@ def run_pipeline(at: Layout, p: dict, seed: int, device: str, timings: dict[str,
     write_subset(d / "BBox_List_2017.csv", read_image_list(d / "test.txt"), at.bbox_test)
     for cam in cams:
         cmd = [py, "denseNet_localization.py", str(d / "test.txt"), str(d / "images"),
-               "--model", str(at.model / "best.pt"), "--bbox-list", str(at.bbox_valid),
+               "--model", str(at.model / BEST), "--bbox-list", str(at.bbox_valid),
                "--out", str(at.boxes(cam)), "--device", device, "--method", "peaks", "--cam", cam,
                "--save-heatmaps", str(at.heatmaps(cam))]
         if cam == DEFAULT_CAM:  # pictures: the contact sheet and a few images, planted boxes in red
@@ -252,7 +252,7 @@ def score_all(at: Layout, cams: list[str], seed: int) -> dict:
 
 def training_log(at: Layout) -> list[dict]:
     """train.py's metrics.jsonl, one dict per epoch."""
-    path = at.model / "metrics.jsonl"
+    path = at.model / METRICS_LOG
     return read_metrics_log(path) if path.is_file() else []
 
 
