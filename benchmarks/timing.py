@@ -124,12 +124,12 @@ def bench_model(path: str | None, seed: int = 0):
     DenseNet-121 with random weights (seeded). Timings do not depend on the weights."""
     import torch
 
-    import model as model_lib
+    from model import build_model, load_checkpoint, model_from_checkpoint
 
     if path:
-        return model_lib.model_from_checkpoint(model_lib.load_checkpoint(path), path).eval()
+        return model_from_checkpoint(load_checkpoint(path), path).eval()
     torch.manual_seed(seed)
-    return model_lib.build_model(weights="none").eval()
+    return build_model(weights="none").eval()
 
 
 def stored_crops(paths: list[str]):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-import model as model_lib
+from model import ARCH, FORMAT, VERSION, build_model, save_checkpoint
 from chexnet import boxes, localize, preprocessed
 from chexnet.boxfile import Box, read_box_file
 from chexnet.constants import AVERAGE_BOXES, CLASS_NAMES
@@ -31,14 +31,14 @@ BIG = (2048, 2500)  # width, height: neither square nor a multiple of 1024 in he
 @pytest.fixture(scope="module")
 def net():
     torch.manual_seed(0)
-    return model_lib.build_model(len(CLASS_NAMES), weights="none").eval()
+    return build_model(len(CLASS_NAMES), weights="none").eval()
 
 
 @pytest.fixture(scope="module")
 def checkpoint(net, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("run") / "model"
-    model_lib.save_checkpoint(folder / "best.pt", {
-        "format": model_lib.FORMAT, "version": model_lib.VERSION, "arch": model_lib.ARCH,
+    save_checkpoint(folder / "best.pt", {
+        "format": FORMAT, "version": VERSION, "arch": ARCH,
         "model": net.state_dict(), "class_names": list(CLASS_NAMES), "input_size": 224, "epoch": 1,
         "optimizer": None, "metrics": {}, "args": {}, "thresholds": [0.5] * 8})
     np.save(folder / "thresholds.npy", np.zeros(8, dtype=np.float32))  # every class active

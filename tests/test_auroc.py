@@ -10,7 +10,7 @@ from sklearn.metrics import roc_auc_score
 
 import auroc
 import denseNet_localization
-import model as model_lib
+from model import build_model, new_checkpoint, save_checkpoint
 from chexnet import bootstrap, localize
 from chexnet.constants import ALL_FINDINGS, CLASS_NAMES
 from chexnet.probs import read_probs_csv, write_probs_csv
@@ -116,8 +116,8 @@ def test_published_table_has_its_sources_and_the_papers_mean():
 
 def test_localization_probs_are_the_forward_pass(tmp_path, sample_dir):
     torch.manual_seed(0)
-    net = model_lib.build_model(len(CLASS_NAMES), weights="none").eval()
-    model_lib.save_checkpoint(tmp_path / "best.pt", model_lib.new_checkpoint(net.state_dict()))
+    net = build_model(len(CLASS_NAMES), weights="none").eval()
+    save_checkpoint(tmp_path / "best.pt", new_checkpoint(net.state_dict()))
     np.save(tmp_path / "thresholds.npy", np.full(8, 0.5, dtype=np.float32))
     (tmp_path / "test.txt").write_text("\n".join(NAMES) + "\n")
     args = denseNet_localization.get_args_parser().parse_args(

@@ -17,7 +17,8 @@ import build_bundle as bundle
 import denseNet_localization
 import inference
 from chexnet import localize
-import model as model_lib
+from model import (ARCH, FORMAT, VERSION, build_model, load_checkpoint, new_checkpoint,
+                   save_checkpoint)
 from chexnet.boxfile import read_box_file
 from chexnet.utils import InputError
 from chexnet.constants import CLASS_NAMES
@@ -36,10 +37,10 @@ def built(tmp_path_factory):
     """(zip path, model folder): model/best.pt with an optimizer state, thresholds.npy beside it."""
     folder = tmp_path_factory.mktemp("build")
     torch.manual_seed(0)
-    net = model_lib.build_model(len(CLASS_NAMES), weights="none")
+    net = build_model(len(CLASS_NAMES), weights="none")
     optimizer = torch.optim.Adam(net.classifier.parameters())
-    model_lib.save_checkpoint(folder / "model" / "best.pt", {
-        "format": model_lib.FORMAT, "version": model_lib.VERSION, "arch": model_lib.ARCH,
+    save_checkpoint(folder / "model" / "best.pt", {
+        "format": FORMAT, "version": VERSION, "arch": ARCH,
         "model": net.state_dict(), "class_names": list(CLASS_NAMES), "input_size": 224, "epoch": 3,
         "optimizer": optimizer.state_dict(), "metrics": {"mean_auroc": 0.5}, "args": {"lr": 1e-3},
         "thresholds": None})
@@ -97,8 +98,8 @@ def test_bundled_checkpoint_thresholds_and_sizes(built, tmp_path, sample_dir):
     zip_path, model_folder = built
     folder = _unzip(zip_path, tmp_path / "b", sample_dir, names=[])
     ckpt = torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=True)
-    original = model_lib.load_checkpoint(model_folder / "best.pt")
-    assert ckpt["optimizer"] is None and set(ckpt) == set(model_lib.new_checkpoint({}))  # no resume state
+    original = load_checkpoint(model_folder / "best.pt")
+    assert ckpt["optimizer"] is None and set(ckpt) == set(new_checkpoint({}))  # no resume state
     assert ckpt["epoch"] == 3 and ckpt["thresholds"] == THRESHOLDS.tolist()
     assert all(torch.equal(ckpt["model"][k], v) for k, v in original["model"].items())
     assert np.array_equal(np.load(folder / "thresholds.npy", allow_pickle=False), THRESHOLDS)

@@ -13,7 +13,7 @@ from chexnet import boxes
 import calibrate
 import evaluate
 from chexnet import localize
-import model as model_lib
+from model import ARCH, FORMAT, VERSION, build_model, save_checkpoint
 from chexnet.boxfile import read_box_file
 from chexnet.utils import InputError
 from chexnet.constants import AVERAGE_BOXES, CLASS_NAMES
@@ -112,9 +112,9 @@ def run_dir(tmp_path_factory) -> Path:
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     torch.manual_seed(0)
-    net = model_lib.build_model(len(CLASS_NAMES), weights="none")
-    model_lib.save_checkpoint(root / "model" / "best.pt", {
-        "format": model_lib.FORMAT, "version": model_lib.VERSION, "arch": model_lib.ARCH,
+    net = build_model(len(CLASS_NAMES), weights="none")
+    save_checkpoint(root / "model" / "best.pt", {
+        "format": FORMAT, "version": VERSION, "arch": ARCH,
         "model": net.state_dict(), "class_names": list(CLASS_NAMES), "input_size": 224, "epoch": 1,
         "optimizer": None, "metrics": {}, "args": {}, "thresholds": None})
     np.save(root / "model" / "thresholds.npy", np.zeros(8, dtype=np.float32))

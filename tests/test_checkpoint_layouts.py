@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torchvision.models import densenet121
 
-import model as model_lib
+from model import load_checkpoint, model_from_checkpoint
 from chexnet.constants import ALL_FINDINGS
 from chexnet.utils import InputError
 
@@ -51,9 +51,9 @@ def checkpoint_path(source, tmp_path_factory):
 
 
 def test_arnoweng_checkpoint_gives_the_source_logits(source, checkpoint_path):
-    checkpoint = model_lib.load_checkpoint(checkpoint_path)
+    checkpoint = load_checkpoint(checkpoint_path)
     assert checkpoint["class_names"] == list(ALL_FINDINGS)
-    ours = model_lib.model_from_checkpoint(checkpoint, str(checkpoint_path))
+    ours = model_from_checkpoint(checkpoint, str(checkpoint_path))
     captured = {}
     head = source.module.densenet121.classifier[0]
     handle = head.register_forward_hook(lambda m, i, out: captured.update(logits=out))
@@ -75,7 +75,7 @@ def test_missing_or_unexpected_keys_are_errors(checkpoint_path, tmp_path):
         path = tmp_path / f"{name}.pth.tar"
         torch.save(checkpoint, path)
         with pytest.raises(InputError, match=word) as err:
-            model_lib.load_checkpoint(path)
+            load_checkpoint(path)
         assert str(path) in str(err.value) and "\n" not in str(err.value)
 
 
@@ -83,4 +83,4 @@ def test_code_in_the_file_is_refused(tmp_path):
     path = tmp_path / "model.pth.tar"
     torch.save({"state_dict": {}, "model": ArnowengDenseNet121(14)}, path)  # a pickled module
     with pytest.raises(InputError, match="refused"):
-        model_lib.load_checkpoint(path)
+        load_checkpoint(path)

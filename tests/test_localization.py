@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from chexnet import localize
-import model as model_lib
+from model import ARCH, FORMAT, VERSION, build_model, save_checkpoint
 from chexnet.boxfile import read_box_file
 from chexnet.utils import InputError
 from chexnet.constants import AVERAGE_BOXES, CLASS_NAMES
@@ -26,15 +26,15 @@ BOX_LINE = re.compile(r"^\w+ -?\d+\.\d -?\d+\.\d \d+\.\d \d+\.\d$")
 @pytest.fixture(scope="module")
 def net():
     torch.manual_seed(0)
-    return model_lib.build_model(len(CLASS_NAMES), weights="none").eval()
+    return build_model(len(CLASS_NAMES), weights="none").eval()
 
 
 @pytest.fixture(scope="module")
 def checkpoint_dir(net, tmp_path_factory) -> Path:
     """model/best.pt + model/thresholds.npy, the layout train.py writes."""
     folder = tmp_path_factory.mktemp("run") / "model"
-    model_lib.save_checkpoint(folder / "best.pt", {
-        "format": model_lib.FORMAT, "version": model_lib.VERSION, "arch": model_lib.ARCH,
+    save_checkpoint(folder / "best.pt", {
+        "format": FORMAT, "version": VERSION, "arch": ARCH,
         "model": net.state_dict(), "class_names": list(CLASS_NAMES), "input_size": 224, "epoch": 1,
         "optimizer": None, "metrics": {}, "args": {}, "thresholds": [0.5] * 8})
     np.save(folder / "thresholds.npy", np.zeros(8, dtype=np.float32))  # every class active

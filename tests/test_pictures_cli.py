@@ -10,7 +10,7 @@ import torch
 
 import denseNet_localization
 import evaluate
-import model as model_lib
+from model import ARCH, FORMAT, VERSION, build_model, save_checkpoint
 from chexnet import drawing, evaluation_figures, localization_figures, training_figures
 from chexnet.constants import CLASS_NAMES
 from chexnet.nih import read_bbox_list
@@ -37,10 +37,10 @@ def one_thread():
 def checkpoint(tmp_path_factory) -> Path:
     """A random-init best.pt whose thresholds are all 0: every class active, 8 heatmaps per image."""
     torch.manual_seed(0)
-    net = model_lib.build_model(len(CLASS_NAMES), weights="none")
+    net = build_model(len(CLASS_NAMES), weights="none")
     path = tmp_path_factory.mktemp("model") / "best.pt"
-    model_lib.save_checkpoint(path, {
-        "format": model_lib.FORMAT, "version": model_lib.VERSION, "arch": model_lib.ARCH,
+    save_checkpoint(path, {
+        "format": FORMAT, "version": VERSION, "arch": ARCH,
         "model": net.state_dict(), "class_names": list(CLASS_NAMES), "input_size": 224, "epoch": 1,
         "optimizer": None, "metrics": {}, "args": {}, "thresholds": [0.0] * 8})
     return path
