@@ -161,6 +161,24 @@ def test_a_manifest_listing_a_path_outside_the_folder_is_refused(built, tmp_path
     assert len(lines) == 1 and "not a plain file name" in lines[0] and repr(name) in lines[0]
 
 
+@pytest.mark.parametrize("victim", ["chexnet/localize.py", "model.py", "chexnet"])
+def test_a_symlink_leading_outside_the_folder_is_refused(built, tmp_path, sample_dir, victim):
+    """The file (or the package folder) is replaced by a link to a copy outside the bundle: the
+    same bytes, so only where it lies gives it away."""
+    folder = _unzip(built[0], tmp_path / "b", sample_dir, names=NAMES[:1])
+    outside = tmp_path / "outside" / victim
+    outside.parent.mkdir(parents=True)
+    (folder / victim).rename(outside)
+    (folder / victim).symlink_to(outside, target_is_directory=outside.is_dir())
+    proc = _run(folder)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "points outside the bundle folder" in lines[0] and victim in lines[0]
+    assert not (folder / "bounding_box.txt").exists()
+    assert not list((tmp_path / "outside").rglob("__pycache__"))  # the copy was never imported
+
+
 def test_missing_or_unlisted_files_are_refused(built, tmp_path, sample_dir, monkeypatch):
     folder = _unzip(built[0], tmp_path / "b", sample_dir, names=[])
     (folder / "box_sizes.json").unlink()
