@@ -3,9 +3,9 @@
     python3 benchmarks/bench_cam_methods.py [--batch 4] [--threads 2] [--model CKPT]
 
 Per method: the largest map difference after min-max normalisation, and the time per image for all
-8 classes. Needs requirements-bench.txt (grad-cam); not run in CI. The package has no classic CAM: `cam` is
-timed only (its exactness is tests/test_cam_methods.py's). Ours: one forward and one batched
-backward for the 8 classes; the package: one call (forward + backward) per class.
+8 classes. Needs requirements-bench.txt (grad-cam); not run in CI. The package has no classic CAM:
+`cam` is timed only (its exactness is tests/test_cam_methods.py's). Ours: one forward and one
+batched backward for the 8 classes; the package: one call (forward + backward) per class.
 """
 from __future__ import annotations
 

@@ -67,7 +67,8 @@ def main(args: argparse.Namespace) -> dict:
                for c in synthetic.PLANTED_CLASSES}
     result = {}
     print(f"{args.boxes} planted boxes per class; share with IoU > {' / '.join(map(str, CUTS))}, "
-          f"mean IoU, of the best box each rule makes from a perfect map at the CAM grid's resolution")
+          f"mean IoU, of the best box each rule makes from a perfect map at the CAM grid's "
+          f"resolution")
     for grid in args.grids:
         for rule in sorted(boxes.METHODS):
             row = {}
@@ -76,8 +77,8 @@ def main(args: argparse.Namespace) -> dict:
                 row[label] = [float((ious > t).mean()) for t in CUTS] + [float(ious.mean())]
             result[f"{grid}x{grid} {rule}"] = row
             print(f"{grid:>2}x{grid:<2} {rule:<11}" + "  ".join(
-                f"{label} " + " / ".join(f"{v:.2f}" for v in values) for label, values in row.items()),
-                flush=True)
+                f"{label} " + " / ".join(f"{v:.2f}" for v in values)
+                for label, values in row.items()), flush=True)
     return result
 
 

@@ -1,4 +1,4 @@
-"""What every benchmark shares: the real PNGs, thread settings, repeated timing and the printed table.
+"""What every benchmark shares: the real PNGs, thread settings, repeated timing, the printed table.
 
 Nothing runs on import. Timings are wall-clock (time.perf_counter); each method is run `reps`
 times, interleaved with the others so that a burst of load from elsewhere hits all of them,
@@ -19,12 +19,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 SAMPLE_IMAGES = ROOT / "sample" / "images"
-SHARED_IMAGES = ROOT.parent / "shared" / "nih" / "images"  # present on the project's machines, not in clones
+# present on the project's machines, not in clones
+SHARED_IMAGES = ROOT.parent / "shared" / "nih" / "images"
 DEFAULT_FOLDERS = [str(SAMPLE_IMAGES), str(SHARED_IMAGES)]
 
 
 def real_pngs(folders: list[str], limit: int | None = None) -> list[str]:
-    """PNG paths from the folders that exist, each file name once (the sample repeats shared names)."""
+    """PNG paths from the folders that exist, each file name once (the sample repeats shared
+    names)."""
     seen: dict[str, str] = {}
     for folder in folders:
         if os.path.isdir(folder):
