@@ -1,4 +1,5 @@
-"""Weights users already have: arnoweng/CheXNet's model.pth.tar layout loads whole and exactly, or not at all."""
+"""Weights users already have: arnoweng/CheXNet's model.pth.tar layout loads whole and exactly, or
+not at all."""
 import re
 
 import pytest
@@ -24,7 +25,8 @@ class ArnowengDenseNet121(nn.Module):
 
 
 def legacy_names(state: dict) -> dict:
-    """Today's keys -> PyTorch 0.3's ('norm1' -> 'norm.1'), without the later num_batches_tracked."""
+    """Today's keys -> PyTorch 0.3's ('norm1' -> 'norm.1'), without the later
+    num_batches_tracked."""
     return {re.sub(r"(denselayer\d+\.(?:norm|relu|conv))([12])\.", r"\1.\2.", k): v
             for k, v in state.items() if not k.endswith("num_batches_tracked")}
 
@@ -70,7 +72,8 @@ def test_missing_or_unexpected_keys_are_errors(checkpoint_path, tmp_path):
     full = torch.load(checkpoint_path, weights_only=True)
     missing = dict(full, state_dict={k: v for k, v in full["state_dict"].items()
                                      if "denseblock3.denselayer2.conv.1" not in k})
-    extra = dict(full, state_dict={**full["state_dict"], "module.densenet121.extra.weight": torch.zeros(3)})
+    extra = dict(full, state_dict={**full["state_dict"],
+                                   "module.densenet121.extra.weight": torch.zeros(3)})
     for name, checkpoint, word in (("missing", missing, "Missing"), ("extra", extra, "Unexpected")):
         path = tmp_path / f"{name}.pth.tar"
         torch.save(checkpoint, path)
