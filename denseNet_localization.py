@@ -220,6 +220,7 @@ def keep_heatmaps(saved: SavedHeatmaps, result: localize.ImageResult) -> None:
         saved.labels.append(CLASS_NAMES[k])
         saved.probs.append(float(result.probs[k]))
         saved.maps.append(heatmap.astype("float32"))
+        saved.sizes.append(result.size)  # the frame of its truth boxes, for evaluate --heatmaps
 
 
 def input_paths(source: str, images: str | None) -> tuple[list[str], bool]:
