@@ -182,6 +182,21 @@ def test_one_image_and_the_list_form_agree(checkpoint, mixed, tmp_path, capsys):
     assert (tmp_path / "one.txt").read_text() == (tmp_path / "list_out.txt").read_text()
 
 
+def test_a_listed_dicom_without_preamble_or_extension(checkpoint, png, tmp_path):
+    """Named in TEST_TXT, OpenCV cannot decode it and nothing marks it as DICOM: pydicom reads it
+    (force=True), and it localizes as its PNG source."""
+    from test_xray_files import write_raw_dicom
+    images, out = tmp_path / "images", tmp_path / "boxes.txt"
+    images.mkdir()
+    write_raw_dicom(images / "IM0002", png)
+    cv2.imwrite(str(images / SOURCE), png)
+    (tmp_path / "list.txt").write_text(f"IM0002\n{SOURCE}\n")
+    localize_main(tmp_path / "list.txt", images, "--model", checkpoint, "--out", out)
+    dicom, source = read_box_file(out)
+    assert dicom.image_path == str(images / "IM0002") and len(dicom.boxes) > 8
+    assert dicom.boxes == source.boxes
+
+
 def _bad(kind, folder: Path, png) -> tuple[Path, str]:
     """One bad input and the words its error must contain."""
     if kind == "no pixel data":
