@@ -67,3 +67,13 @@ def test_box_file_format_check_finds_a_broken_line():
     assert check(good, ["images/a.png"]) == []
     assert check(["images/a.png 1", "Mass 1 2 3 4"], ["images/a.png"])  # not %.1f
     assert check(good, ["images/b.png"])
+
+
+def test_sync_waits_for_the_device_it_is_given(monkeypatch):
+    """timing.sync passes its device on: synchronize() alone would wait for the current device."""
+    import timing
+    seen = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: seen.append(device))
+    for device in ("cpu", torch.device("cpu"), "cuda:1", torch.device("cuda", 0), "cuda"):
+        timing.sync(device)
+    assert seen == [torch.device("cuda", 1), torch.device("cuda", 0), torch.device("cuda")]
