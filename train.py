@@ -190,6 +190,10 @@ def resume(out: Path, args, model, optimizer, scaler) -> tuple[int, dict | None,
             print(f"warning: --resume with {key}={getattr(args, key)!r}, the run used "
                   f"{ckpt['args'].get(key)!r}; results will differ from an uninterrupted run",
                   file=sys.stderr)
+    resized = preprocessed.load_prepared(args.data).resize  # meta.json's: how 1024 became 256
+    if ckpt["resize"] != resized:
+        print(f"warning: --resume on {args.data}, resized with {resized!r}, but {path} was "
+              f"trained on images resized with {ckpt['resize']!r}", file=sys.stderr)
     load_weights(model, ckpt["model"], str(path))
     optimizer.load_state_dict(ckpt["optimizer"])
     if ckpt.get("scaler"):
