@@ -125,9 +125,11 @@ def validate(model, loader, device, class_names=CLASS_NAMES) -> dict:
     probs, labels, loss_sum = [], [], 0.0
     for images, targets in tqdm(loader, desc="validate", file=sys.stderr, leave=False,
                                 dynamic_ncols=True):
-        # fp32 even when training is mixed: AUROC, the best epoch and the thresholds come from the
-        # probabilities localization computes (fp32), so no image near a threshold flips.
-        logits = model(to_input(images, device)).float()  # (B, C)
+        # fp32 even when training is mixed (autocast off here, whatever the caller entered): AUROC,
+        # the best epoch and the thresholds come from the probabilities localization computes
+        # (fp32), so no image near a threshold flips.
+        with torch.autocast(device.type, enabled=False):
+            logits = model(to_input(images, device)).float()  # (B, C)
         loss_sum += bce_loss(logits, targets.to(device), None).item() * len(targets)
         probs.append(torch.sigmoid(logits).cpu().numpy())
         labels.append(targets.numpy())
