@@ -1,10 +1,10 @@
 """The user's own X-ray files: DICOM decoding and the image files of a folder.
 
 chexnet.images.read_xray calls read_dicom for a DICOM file (a .dcm/.dicom name, or the DICM magic
-at byte 128) and OpenCV for PNG/JPEG/TIFF; a file OpenCV cannot decode gets read_undecodable (a
-DICOM without preamble and magic, or the 'cannot decode' line). pydicom is optional: it is imported only inside
-read_dicom, so nothing else needs it (the grading bundle does not ship it). Every user-fixable
-problem is an InputError with one line that names the file.
+at byte 128) and OpenCV for PNG/JPEG/TIFF; a file OpenCV cannot decode goes to read_undecodable
+(a DICOM without preamble and magic, or the 'cannot decode' line). pydicom is optional: it is
+imported only inside read_dicom and read_undecodable, so nothing else needs it (the grading bundle
+does not ship it). Every user-fixable problem is an InputError with one line that names the file.
 """
 from __future__ import annotations
 

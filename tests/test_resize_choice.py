@@ -100,5 +100,5 @@ def test_resume_on_a_folder_resized_otherwise_warns(area_run, capsys):
     assert json.loads((original / "meta.json").read_text())["resize"] == "original"
     train.main(train_args(original, tmp / "model", "--epochs", "2", "--resume"))
     err = capsys.readouterr().err
-    assert (f"warning: --resume on {original}, resized with 'original', but "
-            f"{tmp / 'model' / 'last.pt'} was trained on images resized with 'area'") in err
+    assert (f"warning: {original}: resized with 'original', but {tmp / 'model' / 'last.pt'} was "
+            f"trained on images resized with 'area'") in err
