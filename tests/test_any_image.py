@@ -235,7 +235,7 @@ def test_bad_input_one_line_nothing_written(checkpoint, png, tmp_path, kind, alo
     assert not out.exists() and not plots.exists() and list(tmp_path.glob(".*")) == []
 
 
-def test_plots_into_a_folder_already_there(checkpoint, png, tmp_path):
+def test_plots_into_a_folder_already_there(checkpoint, png, tmp_path, capsys):
     """A failed run leaves the folder's earlier pictures as they were; a run that succeeds adds its
     own beside them, replacing those of the same name."""
     folder, plots = tmp_path / "in", tmp_path / "plots"
@@ -252,7 +252,9 @@ def test_plots_into_a_folder_already_there(checkpoint, png, tmp_path):
     assert sorted(p.name for p in plots.iterdir()) == ["a_good_boxes.png", "notes.txt"]
     assert (plots / "a_good_boxes.png").read_bytes() == b"old"
     (folder / "cine.dcm").unlink()
+    capsys.readouterr()
     localize_main(folder, *argv)
+    assert f"into {plots}, and {plots / 'contact_sheet.png'} in " in capsys.readouterr().out
     assert (plots / "notes.txt").read_text() == "mine"
     assert cv2.imread(str(plots / "a_good_boxes.png")).shape == (512, 512, 3)
     assert (plots / "contact_sheet.png").is_file() and list(tmp_path.glob(".*")) == []
