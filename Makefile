@@ -47,8 +47,11 @@ benchmark: env
 # The GPU path in one run (benchmarks/README.md): the chain on CUDA, training speed, Grad-CAM against
 # the CPU, the projection; one table and $(OUT)/gpu_check.json. Under 8 minutes on an H100/H200.
 # GPU_CHECK_ARGS="--device cpu --tiny" runs the same code on a CPU in about a minute.
+# `make gpu-check PY=python3` runs it with that interpreter's packages as they are, making no venv
+# and installing nothing (a GPU machine has its own torch and often no network); with the default
+# PY it makes the venv first, as every other target does.
 GPU_CHECK_ARGS ?= --device cuda --compile
-gpu-check: env
+gpu-check: $(if $(filter $(VENV)/bin/python,$(PY)),env)
 	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS) --json $(OUT)/gpu_check.json
 
 # Any image, one image or a folder (after make demo: it uses the demo's model): a folder mixing

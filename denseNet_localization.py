@@ -18,6 +18,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -28,7 +29,7 @@ from chexnet.constants import CLASS_NAMES, DEFAULT_TARGET_LAYER, LOCALIZATION_BA
 from chexnet.heatmap_file import SavedHeatmaps, write_heatmaps
 from chexnet.images import RESIZE_METHODS, check_images_exist
 from chexnet.probs import write_probs_csv
-from chexnet.utils import InputError, run_cli, select_device, usable_cpus
+from chexnet.utils import InputError, atomic_folder, run_cli, select_device, usable_cpus
 from gradcam import DEFAULT_CAM, FINAL_FEATURES, METHODS as CAM_METHODS
 from model import load_checkpoint, model_from_checkpoint
 
@@ -117,8 +118,9 @@ def add_picture_options(p: argparse.ArgumentParser) -> None:
                         "(default: 256)")
 
 
-def make_plotter(args: argparse.Namespace, thresholds):
-    """LocalizationPlots for --plots (None without it), with --truth's (or --bbox-list's) boxes."""
+def make_plotter(args: argparse.Namespace, thresholds, plots_dir: Path | None):
+    """LocalizationPlots drawing into plots_dir (None without --plots), with --truth's (or
+    --bbox-list's) boxes."""
     if args.plots is None:
         return None
     if args.plot_images < 0 or args.sheet_cell < 32:
@@ -128,7 +130,7 @@ def make_plotter(args: argparse.Namespace, thresholds):
 
     truth_path = args.truth or args.bbox_list
     truth = None if truth_path is None else nih.read_truth_by_image(truth_path)
-    return localization_figures.LocalizationPlots(args.plots, thresholds, truth,
+    return localization_figures.LocalizationPlots(plots_dir, thresholds, truth,
                                                   max_images=args.plot_images)
 
 
@@ -143,6 +145,15 @@ def resolve_resize(requested: str | None, checkpoint: dict, model_path: str) -> 
 
 
 def main(args: argparse.Namespace) -> None:
+    """Localize; --plots draws into a temporary folder beside its folder, moved into place when
+    the whole run has succeeded: a bad image in a late batch leaves no pictures behind."""
+    if args.plots is None:
+        return localize_images(args, None)
+    with atomic_folder(args.plots) as staging:
+        localize_images(args, staging)
+
+
+def localize_images(args: argparse.Namespace, plots_dir: Path | None) -> None:
     if args.batch_size < 1 or args.workers < 0:
         raise InputError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size}, "
                          f"{args.workers}")
@@ -166,7 +177,7 @@ def main(args: argparse.Namespace) -> None:
           f"resize {resize}",
           file=sys.stderr)
 
-    plotter, plot_seconds = make_plotter(args, thresholds), 0.0
+    plotter, plot_seconds = make_plotter(args, thresholds, plots_dir), 0.0
     start = time.perf_counter()
     results = localize.iter_localize(net, paths, thresholds, box_sizes, device,
                                      batch_size=args.batch_size, target_layer=args.layer,
@@ -209,6 +220,7 @@ def keep_heatmaps(saved: SavedHeatmaps, result: localize.ImageResult) -> None:
         saved.labels.append(CLASS_NAMES[k])
         saved.probs.append(float(result.probs[k]))
         saved.maps.append(heatmap.astype("float32"))
+        saved.sizes.append(result.size)  # the frame of its truth boxes, for evaluate --heatmaps
 
 
 def input_paths(source: str, images: str | None) -> tuple[list[str], bool]:
@@ -241,7 +253,7 @@ def finish_pictures(plotter, args: argparse.Namespace, plot_seconds: float) -> N
     sheet = plotter.finish(cell=args.sheet_cell)
     plot_seconds += time.perf_counter() - tick
     print(f"wrote pictures of {min(plotter.seen, plotter.max_images)} images into {args.plots}"
-          + (f", and {sheet}" if sheet else " (no contact sheet: no detection, no true box)")
+          + (f", and {Path(args.plots) / sheet.name}" if sheet else " (no contact sheet: no detection, no true box)")
           + f" in {plot_seconds:.1f} s")
 
 

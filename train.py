@@ -117,9 +117,10 @@ def validate(model, loader, device, class_names=CLASS_NAMES) -> dict:
     probs, labels, loss_sum = [], [], 0.0
     for images, targets in tqdm(loader, desc="validate", file=sys.stderr, leave=False,
                                 dynamic_ncols=True):
-        # fp32 even when training is mixed: AUROC, the best epoch and the thresholds come from the
-        # probabilities localization computes (fp32), so no image near a threshold flips.
-        logits = model(to_input(images, device)).float()  # (B, C)
+        # fp32 even under a caller's autocast: AUROC, the best epoch and the thresholds come from
+        # the probabilities localization computes (fp32), so no image near a threshold flips.
+        with torch.autocast(device.type, enabled=False):
+            logits = model(to_input(images, device)).float()  # (B, C)
         loss_sum += bce_loss(logits, targets.to(device), None).item() * len(targets)
         probs.append(torch.sigmoid(logits).cpu().numpy())
         labels.append(targets.numpy())
@@ -169,6 +170,7 @@ def resume(out: Path, args, model, optimizer, scaler) -> tuple[int, dict | None,
             print(f"warning: --resume with {key}={getattr(args, key)!r}, the run used "
                   f"{ckpt['args'].get(key)!r}; results will differ from an uninterrupted run",
                   file=sys.stderr)
+    preprocessed.warn_if_resized_otherwise(args.data, ckpt["resize"], path)
     load_weights(model, ckpt["model"], str(path))
     optimizer.load_state_dict(ckpt["optimizer"])
     if ckpt.get("scaler"):

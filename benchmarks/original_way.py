@@ -4,7 +4,8 @@ None of this is used by the pipeline. Each function does what thtang/CheXNet-wit
 did, the way it did it, so that a benchmark can time it beside ours on the same images:
 
 - load: imageio decode, first channel of an RGB(A) file, skimage.transform.resize to (256, 256)
-  (float64, anti-aliased), then divided by 255 once more, as its preprocessing.py did.
+  (float64; bilinear without anti-aliasing, as scikit-image 0.13.1 resized), then divided by 255
+  once more, as its preprocessing.py did.
 - Grad-CAM: the model's output passed through a sigmoid; a forward hook on EVERY module copying its
   output, and a (legacy) backward hook on every module copying its output gradient; the input
   requires grad and so do all weights; one image at a time, one full backward per active class;

@@ -65,10 +65,13 @@ def machine() -> str:
 
 
 def sync(device) -> None:
+    """Wait for `device`'s queued work (a torch.device or a name: "cpu", "cuda", "cuda:1"); the
+    CPU has none. The device is passed on: synchronize() alone waits for the current device."""
     import torch
 
-    if getattr(device, "type", device) == "cuda":
-        torch.cuda.synchronize()
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def time_once(fn: Callable[[], object], device="cpu") -> float:

@@ -41,8 +41,8 @@ def read_xray(path: str | os.PathLike) -> np.ndarray:
 
 def _read_raster(path: str | os.PathLike) -> np.ndarray:
     image = cv2.imread(os.fspath(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise InputError(f"{path}: cannot decode (not an image, or truncated)")
+    if image is None:  # a DICOM without preamble and DICM magic, or the 'cannot decode' line
+        return xray_files.read_undecodable(path)
     # OpenCV orders channels B, G, R(, A): index 2 is red, the first in the file
     if image.ndim == 3:
         image = image[:, :, 2] if image.shape[2] >= 3 else image[:, :, 0]

@@ -29,6 +29,7 @@ import csv
 import json
 import multiprocessing
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -95,6 +96,15 @@ def load_prepared(folder: str | Path) -> Prepared:
     class_set(meta["class_names"], str(meta_path))
     return Prepared(folder, meta, _load_split(folder, meta, "train"),
                     _load_split(folder, meta, "valid"))
+
+
+def warn_if_resized_otherwise(folder: str | Path, trained: str, model: str | Path) -> None:
+    """A warning when the folder's images were resized otherwise than `model`'s were in training
+    (its checkpoint's "resize"): the model would go on learning from other pixels."""
+    resized = load_prepared(folder).resize
+    if resized != trained:
+        print(f"warning: {folder}: resized with {resized!r}, but {model} was trained on images "
+              f"resized with {trained!r}", file=sys.stderr)
 
 
 def _load_split(folder: Path, meta: dict, split: str) -> Split:

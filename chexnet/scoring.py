@@ -15,21 +15,23 @@ Maps are scored without any box (score_maps, no box size from anywhere): the poi
 et al. 2018): a hit when the map's maximum lies within POINTING_TOLERANCE pixels of a truth box of
 its class, and the IoU of the map thresholded at a fraction of its maximum with the union of the
 class's truth boxes. Both per (image, class) pair that has a truth box; a pair without a map (the
-class was not active) is a miss and IoU 0, and the `with_map` figures leave such pairs out.
+class was not active) is a miss and IoU 0, and the `with_map` figures leave such pairs out. Maps
+live in the 1024 frame (the 256 stored image, x4); the truth boxes of a W x H image are scaled into
+it by 1024 / W, 1024 / H, so the tolerance stays 15 pixels of what the network saw.
 """
 from __future__ import annotations
 
 import math
 import os
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Protocol
 
 from chexnet.boxfile import Box, ImageBoxes
 import numpy as np
 
 from chexnet.constants import (BOX_TABLE_ALIASES, CLASS_NAMES, CROP_OFFSET, CROP_SIZE,
-                               RESCALE_FACTOR, STORED_SIZE)
+                               ORIGINAL_SIZE, RESCALE_FACTOR, STORED_SIZE)
 from chexnet.nih import TruthBox
 from chexnet.utils import InputError
 
@@ -238,12 +240,24 @@ def map_mask_iou(heatmap: np.ndarray, truths: list, fraction: float = MAP_IOU_FR
     return int((grid & truth).sum()) / union if union else 0.0
 
 
+def in_1024_frame(truths: list[TruthBox], size: tuple[int, int]) -> list[TruthBox]:
+    """Truth boxes of a (width, height) image in the 1024 frame of its maps (x by 1024 / width, y
+    by 1024 / height): the stored 256 image is the whole image, squeezed to a square."""
+    sx, sy = ORIGINAL_SIZE / size[0], ORIGINAL_SIZE / size[1]
+    return [replace(t, x=t.x * sx, y=t.y * sy, w=t.w * sx, h=t.h * sy)
+            for t in truths]
+
+
 def score_maps(maps: dict[tuple[str, str], np.ndarray], truth: dict[str, list[TruthBox]],
-               fraction: float = MAP_IOU_FRACTION, tolerance: float = POINTING_TOLERANCE) -> dict:
-    """maps: (image key, class) -> (224, 224) map; per class and OVERALL: pairs (image, class with a
-    truth box), with_map, pointing, pointing_with_map, map_iou, map_iou_with_map."""
+               fraction: float = MAP_IOU_FRACTION, tolerance: float = POINTING_TOLERANCE,
+               sizes: dict[str, tuple[int, int]] | None = None) -> dict:
+    """maps: (image key, class) -> (224, 224) map; truth in each image's own pixels; sizes: image
+    key -> (width, height) (None or absent: 1024x1024). Per class and OVERALL: pairs (image, class
+    with a truth box), with_map, pointing, pointing_with_map, map_iou, map_iou_with_map."""
     sums = {name: [0, 0, 0, 0.0] for name in CLASS_NAMES + (OVERALL,)}  # pairs, mapped, hits, iou
+    sizes = sizes or {}
     for key, truths in truth.items():
+        truths = in_1024_frame(truths, sizes.get(key, (ORIGINAL_SIZE, ORIGINAL_SIZE)))
         for label in sorted({t.label for t in truths}):
             mine = [t for t in truths if t.label == label]
             heatmap = maps.get((key, label))

@@ -2,8 +2,8 @@
 device, mixed precision, the loss and its weights.
 
 Reproducible by construction: the batch order of epoch e is a permutation drawn from (seed, e) and
-each image's crop/flip from (seed, e, image), so a run does not depend on the number of data
-workers.
+each pass's crop/flip from (seed, e, repeat, image) (--repeats passes per image per epoch), so a run
+does not depend on the number of data workers.
 """
 from __future__ import annotations
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -34,6 +35,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; on success move its files into `path` (created if
+    absent), on error delete it: a run that fails half-way leaves none of its files in `path`."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        yield tmp
+        if not final.exists():
+            os.chmod(tmp, 0o777 & ~_current_umask())  # mkdtemp makes 0700; the usual folder mode
+            os.replace(tmp, final)
+        else:  # a folder already there keeps its other files; ours replace theirs of the same name
+            for entry in sorted(tmp.iterdir()):
+                os.replace(entry, final / entry.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def remove_stale_temporaries(folder: str | os.PathLike, final_names) -> None:

@@ -1,9 +1,10 @@
 """The user's own X-ray files: DICOM decoding and the image files of a folder.
 
 chexnet.images.read_xray calls read_dicom for a DICOM file (a .dcm/.dicom name, or the DICM magic
-at byte 128) and OpenCV for PNG/JPEG/TIFF. pydicom is optional: it is imported only inside
-read_dicom, so nothing else needs it (the grading bundle does not ship it). Every user-fixable
-problem is an InputError with one line that names the file.
+at byte 128) and OpenCV for PNG/JPEG/TIFF; a file OpenCV cannot decode goes to read_undecodable
+(a DICOM without preamble and magic, or the 'cannot decode' line). pydicom is optional: it is
+imported only inside read_dicom and read_undecodable, so nothing else needs it (the grading bundle
+does not ship it). Every user-fixable problem is an InputError with one line that names the file.
 """
 from __future__ import annotations
 
@@ -72,6 +73,25 @@ def is_dicom(path: str | os.PathLike) -> bool:
 def is_image_file(path: str | os.PathLike) -> bool:
     """An image by its extension, or a DICOM by its magic: not a list of names."""
     return os.fspath(path).lower().endswith(IMAGE_EXTENSIONS) or has_dicom_magic(path)
+
+
+def read_undecodable(path: str | os.PathLike) -> np.ndarray:
+    """A file OpenCV could not decode: read_dicom's pixels when it is a DICOM without the 128-byte
+    preamble and DICM magic (older exports, often named IM0001 without an extension), which
+    pydicom's dcmread(force=True) finds image attributes in; else the one-line 'cannot decode'."""
+    try:  # optional dependency, imported only here and in _open_dataset
+        import pydicom
+    except ImportError:
+        raise InputError(f"{path}: cannot decode (not an image, or truncated; a DICOM file needs "
+                         f"pydicom: pip install pydicom)") from None
+    try:
+        ds = pydicom.dcmread(os.fspath(path), force=True, stop_before_pixels=True)
+        dicom = "Rows" in ds  # force=True "parses" anything: only image attributes make an image
+    except Exception:  # pydicom cannot parse it either (its errors vary): not DICOM
+        dicom = False
+    if not dicom:
+        raise InputError(f"{path}: cannot decode (not an image, or truncated)")
+    return read_dicom(path)
 
 
 def _pydicom_tools():
@@ -157,6 +177,7 @@ def _open_dataset(path: str | os.PathLike):
             if "Rows" not in ds:  # force=True "parses" anything: no image module, not DICOM
                 raise InputError(f"{path}: not a DICOM file (no DICM header and no image "
                                  f"attributes)") from None
+            _set_transfer_syntax(ds)
     except InputError:
         raise
     except Exception as exc:  # truncated / corrupt files raise a variety of errors in pydicom
@@ -168,6 +189,23 @@ def _open_dataset(path: str | os.PathLike):
         raise InputError(f"{path}: multi-frame DICOM ({frames} frames); "
                          f"expected a single 2-D radiograph")
     return ds
+
+
+def _set_transfer_syntax(ds) -> None:
+    """A data set without file meta (no preamble, no DICM) has no Transfer Syntax UID, which
+    pydicom needs to decode pixels: give it the encoding pydicom detected while parsing (such
+    files are uncompressed: encapsulated pixel data needs file meta to say how)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "TransferSyntaxUID" in meta:
+        return
+    implicit, little = getattr(ds, "original_encoding", None) or (ds.is_implicit_VR,
+                                                                  ds.is_little_endian)
+    ds.file_meta = meta if meta is not None else FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                                      ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
 
 
 def _decode(ds, path: str | os.PathLike) -> np.ndarray:

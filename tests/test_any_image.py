@@ -190,6 +190,21 @@ def test_one_image_and_the_list_form_agree(checkpoint, mixed, tmp_path, capsys):
     assert (tmp_path / "one.txt").read_text() == (tmp_path / "list_out.txt").read_text()
 
 
+def test_a_listed_dicom_without_preamble_or_extension(checkpoint, png, tmp_path):
+    """Named in TEST_TXT, OpenCV cannot decode it and nothing marks it as DICOM: pydicom reads it
+    (force=True), and it localizes as its PNG source."""
+    from test_xray_files import write_raw_dicom
+    images, out = tmp_path / "images", tmp_path / "boxes.txt"
+    images.mkdir()
+    write_raw_dicom(images / "IM0002", png)
+    cv2.imwrite(str(images / SOURCE), png)
+    (tmp_path / "list.txt").write_text(f"IM0002\n{SOURCE}\n")
+    localize_main(tmp_path / "list.txt", images, "--model", checkpoint, "--out", out)
+    dicom, source = read_box_file(out)
+    assert dicom.image_path == str(images / "IM0002") and len(dicom.boxes) > 8
+    assert dicom.boxes == source.boxes
+
+
 def _bad(kind, folder: Path, png) -> tuple[Path, str]:
     """One bad input and the words its error must contain."""
     if kind == "no pixel data":
@@ -214,15 +229,44 @@ def test_bad_input_one_line_nothing_written(checkpoint, png, tmp_path, kind, alo
         pytest.skip("an empty folder has no other images")
     folder = tmp_path / "in"
     folder.mkdir()
-    if not alone:
-        cv2.imwrite(str(folder / "a_good.png"), png)  # sorted first: localized before the bad one
+    if not alone:  # sorted first: localized (and drawn) before the bad one
+        cv2.imwrite(str(folder / "a_good.png"), png)
+        cv2.imwrite(str(folder / "b_good.png"), png)
     path, words = _bad(kind, folder, png)
-    out = tmp_path / "boxes.txt"
+    out, plots = tmp_path / "boxes.txt", tmp_path / "plots"
+    # --batch-size 1: the engine yields a batch while the next one runs, so the first good image
+    # is drawn before the bad one, two batches later, is decoded
     with pytest.raises(InputError) as err:
-        localize_main(path if alone else folder, "--model", checkpoint, "--out", out)
+        localize_main(path if alone else folder, "--model", checkpoint, "--out", out,
+                      "--plots", plots, "--batch-size", "1")
     message = str(err.value)
     assert "\n" not in message and message.startswith(f"{path}:") and words in message, message
-    assert not out.exists() and list(tmp_path.glob("*.tmp*")) == []
+    assert not out.exists() and not plots.exists() and list(tmp_path.glob(".*")) == []
+
+
+def test_plots_into_a_folder_already_there(checkpoint, png, tmp_path, capsys):
+    """A failed run leaves the folder's earlier pictures as they were; a run that succeeds adds its
+    own beside them, replacing those of the same name."""
+    folder, plots = tmp_path / "in", tmp_path / "plots"
+    folder.mkdir(), plots.mkdir()
+    cv2.imwrite(str(folder / "a_good.png"), png)
+    cv2.imwrite(str(folder / "b_good.png"), png)
+    (plots / "a_good_boxes.png").write_bytes(b"old")
+    (plots / "notes.txt").write_text("mine")
+    _bad("multi-frame", folder, png)
+    argv = ["--model", checkpoint, "--out", tmp_path / "boxes.txt", "--plots", plots,
+            "--batch-size", "1"]
+    with pytest.raises(InputError, match="multi-frame"):
+        localize_main(folder, *argv)
+    assert sorted(p.name for p in plots.iterdir()) == ["a_good_boxes.png", "notes.txt"]
+    assert (plots / "a_good_boxes.png").read_bytes() == b"old"
+    (folder / "cine.dcm").unlink()
+    capsys.readouterr()
+    localize_main(folder, *argv)
+    assert f"into {plots}, and {plots / 'contact_sheet.png'} in " in capsys.readouterr().out
+    assert (plots / "notes.txt").read_text() == "mine"
+    assert cv2.imread(str(plots / "a_good_boxes.png")).shape == (512, 512, 3)
+    assert (plots / "contact_sheet.png").is_file() and list(tmp_path.glob(".*")) == []
 
 
 def test_bad_image_from_the_command_line(checkpoint, png, tmp_path):

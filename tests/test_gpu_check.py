@@ -38,11 +38,20 @@ def test_every_part_ran_and_the_json_holds_its_figures(report):
     assert set(variants) == {"NCHW fp32", "train.py default"}
     for v in variants.values():
         assert v["precision"] == "fp32" and v["peak_memory_mib"] is None  # the CPU: no autocast
+        assert v["cudnn_tf32"] is None
         assert v["in_memory_images_per_s"] > 0 and v["data_path_images_per_s"] > 0
     assert set(data["training"]["loader_alone_images_per_s"]) == {"0", "1"}
     cam = data["gradcam"]
     assert cam["fp32_max_map_difference"] == 0 and cam["as_localization_max_map_difference"] == 0
     assert cam["gradcam_time_over_forward"] > 0 and data["localization"]["images_per_s"] > 0
+    local = data["localization"]  # 3 batches of 1: the rate leaves out the start-up, told apart
+    assert local["batch"] == 1 and local["start_up_and_first_batch_s"] > 0
+    assert local["images_per_s_with_start_up"] > 0
+    speedups = [t for t in data["targets"] if t["what"].startswith("train.py default / ")]
+    assert [t["what"] for t in speedups] == [
+        "train.py default / NCHW fp32 strict (TF32 off), in memory",
+        "train.py default / NCHW --amp off (cuDNN TF32), in memory"]
+    assert speedups[0]["value"] == speedups[1]["value"]  # the CPU has no TF32: one baseline
     projection = data["projection"]
     assert projection["train_images"] == round(46_649 * 0.7) and projection["epochs"] == 10
     total = projection["train_minutes"] + projection["valid_minutes"]
@@ -67,3 +76,13 @@ def test_box_file_format_check_finds_a_broken_line():
     assert check(good, ["images/a.png"]) == []
     assert check(["images/a.png 1", "Mass 1 2 3 4"], ["images/a.png"])  # not %.1f
     assert check(good, ["images/b.png"])
+
+
+def test_sync_waits_for_the_device_it_is_given(monkeypatch):
+    """timing.sync passes its device on: synchronize() alone would wait for the current device."""
+    import timing
+    seen = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: seen.append(device))
+    for device in ("cpu", torch.device("cpu"), "cuda:1", torch.device("cuda", 0), "cuda"):
+        timing.sync(device)
+    assert seen == [torch.device("cuda", 1), torch.device("cuda", 0), torch.device("cuda")]

@@ -1,7 +1,8 @@
 """The default resize gives the original project's pixels: against pixels written by the real 2018
 stack (Python 3.6, numpy 1.13.3, scikit-image 0.13.1: `resize(img, (256, 256))`, stored / 255, then
 train.py's `np.uint8(x * 255 * 255)`), and against a restatement of those two lines with today's
-scikit-image, which differs only in last-ulp ties (see chexnet/original_resize.py)."""
+scikit-image, which differs only in last-ulp ties (see chexnet/original_resize.py). The recorded
+pixels' recipe, with OpenBLAS's Haswell kernel: tests/data/make_original_resize_skimage013.py."""
 from pathlib import Path
 
 import numpy as np

@@ -179,3 +179,25 @@ def test_cpu_runs_in_fp32_without_scaler():
     assert name == "fp32" and not scaler.is_enabled()
     with autocast():
         assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_validation_stays_fp32_inside_a_mixed_precision_context(data_dir):
+    """validate() computes AUROC and thresholds from fp32 probabilities even when called under a
+    bf16 autocast (as a mixed-precision training step runs): equal to a plain fp32 forward."""
+    torch.manual_seed(0)
+    model = train.build_model(len(train.CLASS_NAMES), "none").eval()
+    data = preprocessed.load_prepared(data_dir)
+    crops = torch.from_numpy(np.ascontiguousarray(data.valid.images[:, 16:240, 16:240]))
+    targets = torch.from_numpy(np.asarray(data.valid.labels, dtype=np.float32))
+    loader = [(crops[:2], targets[:2]), (crops[2:], targets[2:])]
+    device = torch.device("cpu")
+    with torch.no_grad():
+        x = train.to_input(crops, device)
+        plain = torch.sigmoid(model(x)).numpy()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = torch.sigmoid(model(x).float()).numpy()
+    assert np.abs(mixed - plain).max() > 1e-4  # bf16 really changes them: the test can tell
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        result = train.validate(model, loader, device)
+    assert result["probs"].dtype == np.float32
+    np.testing.assert_allclose(result["probs"], plain, rtol=0, atol=1e-6)

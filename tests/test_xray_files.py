@@ -184,6 +184,34 @@ def test_dicom_without_extension_detected_by_magic(tmp_path, png):
     np.testing.assert_array_equal(read_xray(path), png)
 
 
+def write_raw_dicom(path, pixels, implicit=True):
+    """A DICOM data set alone: no 128-byte preamble, no DICM, no file meta (older exports)."""
+    ds = pydicom.dcmread(os.fspath(write_dicom(Path(f"{path}.full"), pixels)))
+    os.remove(f"{path}.full")
+    del ds.file_meta
+    ds.preamble = None
+    if PYDICOM3:
+        pydicom.dcmwrite(os.fspath(path), ds, implicit_vr=implicit, little_endian=True)
+    else:
+        ds.is_implicit_VR, ds.is_little_endian = implicit, True
+        pydicom.dcmwrite(os.fspath(path), ds, write_like_original=True)
+    with open(path, "rb") as f:
+        assert f.read(4) == b"\x08\x00\x16\x00"  # it opens with its first element, SOPClassUID
+    return Path(path)
+
+
+@pytest.mark.parametrize("implicit", [True, False], ids=["implicit VR", "explicit VR"])
+def test_dicom_without_preamble_magic_or_extension(tmp_path, png, implicit):
+    """OpenCV cannot decode it and nothing marks it as DICOM: pydicom's force=True reads it."""
+    path = write_raw_dicom(tmp_path / "IM0002", png, implicit)
+    assert not is_dicom(path) and cv2.imread(str(path), cv2.IMREAD_UNCHANGED) is None
+    np.testing.assert_array_equal(read_xray(path), png)
+    (tmp_path / "notes").write_bytes(b"a file that is neither an image nor DICOM " * 20)
+    with pytest.raises(InputError) as excinfo:
+        read_xray(tmp_path / "notes")
+    assert_one_line_naming(excinfo, tmp_path / "notes", "cannot decode (not an image, or truncated)")
+
+
 # ----------------------------------------------------------------------------- DICOM errors
 
 

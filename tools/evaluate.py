@@ -40,7 +40,9 @@ With --heatmaps FILE.npz (denseNet_localization.py --save-heatmaps), the maps th
 with no box size from anywhere (scoring.score_maps), per (image, class) pair that has a truth box:
 the pointing game (the map's maximum within 15 pixels of the 224 crop, 60 px of the 1024 image, of
 a truth box of its class) and the IoU of the map's pixels at >= --map-fraction of its maximum with
-the union of the class's truth boxes. A pair whose class was not active has no map: a miss.
+the union of the class's truth boxes. A pair whose class was not active has no map: a miss. The
+maps live in the 1024 frame: a W x H image's truth boxes are scaled by 1024 / W, 1024 / H, with the
+(width, height) that --save-heatmaps stores per image (an older file without it: 1024x1024).
 """
 from __future__ import annotations
 
@@ -140,13 +142,16 @@ def maps_report(path: str, truth: dict, images: set[str], fraction: float) -> di
     """score_maps of a --save-heatmaps file over `images` (the box file's: an image with no active
     class has no map but is scored); an (image, class) pair twice is an InputError."""
     saved = read_heatmaps(path)
-    maps = {}
-    for image, label, heatmap in zip(saved.images, saved.labels, saved.maps):
+    maps, sizes = {}, {}
+    for image, label, heatmap, size in zip(saved.images, saved.labels, saved.maps, saved.sizes):
         key = (image_key(image), label)
         if key in maps:
             raise InputError(f"{path}: {label} of image {key[0]} appears more than once")
+        if sizes.setdefault(key[0], size) != size:
+            raise InputError(f"{path}: image {key[0]} has two sizes, {sizes[key[0]]} and {size}")
         maps[key] = heatmap
-    report = score_maps(maps, {k: v for k, v in truth.items() if k in images}, fraction)
+    report = score_maps(maps, {k: v for k, v in truth.items() if k in images}, fraction,
+                        sizes=sizes)
     return {"heatmaps": str(path), "cam": saved.cam, "layer": saved.layer, **report}
 
 
