@@ -253,7 +253,8 @@ def finish_pictures(plotter, args: argparse.Namespace, plot_seconds: float) -> N
     sheet = plotter.finish(cell=args.sheet_cell)
     plot_seconds += time.perf_counter() - tick
     print(f"wrote pictures of {min(plotter.seen, plotter.max_images)} images into {args.plots}"
-          + (f", and {Path(args.plots) / sheet.name}" if sheet else " (no contact sheet: no detection, no true box)")
+          + (f", and {Path(args.plots) / sheet.name}" if sheet
+             else " (no contact sheet: no detection, no true box)")
           + f" in {plot_seconds:.1f} s")
 
 
