@@ -2,6 +2,8 @@
 import csv
 import json
 import os
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,6 +107,43 @@ def test_published_table_has_its_sources_and_the_papers_mean():
     text = auroc.PUBLISHED.read_text()
     assert "arxiv.org/abs/1711.05225" in text and "github.com/arnoweng/CheXNet" in text
     assert "github.com/jrzech/reproduce-chexnet" in text
+
+
+# The original project's per-class test AUROCs (thtang/CheXNet-with-localization, Report.pdf Table 1).
+ORIGINAL = {"Atelectasis": 0.8486, "Cardiomegaly": 0.9479, "Effusion": 0.8884, "Infiltration": 0.6630,
+            "Mass": 0.8147, "Nodule": 0.8066, "Pneumonia": 0.7228, "Pneumothorax": 0.8996}
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "README.md"
+
+
+def test_the_original_projects_row_is_its_report_and_gives_its_mean():
+    published = auroc.read_published()["original_8class"]
+    assert {c: published[c] for c in CLASS_NAMES} == ORIGINAL
+    assert set(published) == set(CLASS_NAMES) | {"mean"}  # it reported 8 classes, no others
+    assert round(float(np.mean(list(ORIGINAL.values()))), 3) == published["mean"] == 0.824
+    text = auroc.PUBLISHED.read_text()
+    assert "github.com/thtang/CheXNet-with-localization" in text and "theinfamouswayne" not in text
+
+
+def test_the_original_row_matches_the_shared_reference_notes():
+    if not REFERENCE.is_file():
+        pytest.skip("../shared/reference is not present")
+    line = next(l for l in REFERENCE.read_text().splitlines() if "the original pipeline (its report" in l)
+    figures = [float(v) for v in re.findall(r"(?<![\w.])\.\d{4}\b", line)]
+    assert figures == list(ORIGINAL.values())
+
+
+def test_side_by_side_table_shows_the_originals_per_class_figures(tmp_path, capsys):
+    labels, probs = known_case(tmp_path)
+    names, _, all_probs = read_probs_csv(tmp_path / "probs.csv")
+    write_probs_csv(tmp_path / "probs.csv", names, CLASS_NAMES, all_probs[:, :8])  # an 8-class run
+    report = run(tmp_path)
+    beside = report["published"]["original_8class"]
+    assert beside["classes"] == ORIGINAL
+    assert round(beside["mean_of_these_classes"], 3) == 0.824
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    for name, value in ORIGINAL.items():  # the last column of the printed table is the original's
+        assert rows[name].split()[-1] == f"{value:.3f}"
+    assert rows["mean"].split()[-1] == "0.824"
 
 
 def test_localization_probs_are_the_forward_pass(tmp_path, sample_dir):
