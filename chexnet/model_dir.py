@@ -76,14 +76,7 @@ def resolve_thresholds(spec: str | None, model_path: str | os.PathLike, checkpoi
     One per class of the checkpoint (its class_names: 8 or 14)."""
     count = len(checkpoint.get("class_names", CLASS_NAMES))
     if spec is not None:
-        if os.path.isfile(spec):
-            return load_thresholds(spec, count), spec
-        try:
-            value = float(spec)
-        except ValueError:
-            raise InputError(f"--thresholds {spec}: no such file, and not a number") from None
-        values = check_thresholds(np.full(count, value), f"--thresholds {spec}", count)
-        return values, f"{value} for every class"
+        return thresholds_from_spec(spec, count)
     beside = Path(model_path).parent / THRESHOLDS
     if beside.is_file():
         return load_thresholds(beside, count), str(beside)
@@ -92,6 +85,18 @@ def resolve_thresholds(spec: str | None, model_path: str | os.PathLike, checkpoi
         return values, f"{model_path} (its 'thresholds')"
     raise InputError(f"{model_path}: no thresholds: {beside} does not exist and the checkpoint has "
                      f"none; pass --thresholds PATH.npy or a number")
+
+
+def thresholds_from_spec(spec: str, count: int) -> tuple[np.ndarray, str]:
+    """--thresholds: a .npy of `count` thresholds, or one number for every class."""
+    if os.path.isfile(spec):
+        return load_thresholds(spec, count), spec
+    try:
+        value = float(spec)
+    except ValueError:
+        raise InputError(f"--thresholds {spec}: no such file, and not a number") from None
+    values = check_thresholds(np.full(count, value), f"--thresholds {spec}", count)
+    return values, f"{value} for every class"
 
 
 # ---------------------------------------------------------------- box_sizes.json

@@ -86,6 +86,48 @@ def test_auroc_tool_on_a_known_case(tmp_path, capsys):
     assert (tmp_path / "out" / "roc.png").stat().st_size > 10_000
 
 
+@pytest.fixture(scope="module")
+def checkpoint_14(tmp_path_factory):
+    """A 14-class checkpoint (random weights) carrying thresholds of 0.3, alone in its folder."""
+    folder = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    net = model_lib.build_model(len(ALL_FINDINGS), weights="none")
+    model_lib.save_checkpoint(folder / "best.pt", model_lib.new_checkpoint(
+        net.state_dict(), thresholds=np.full(14, 0.3), class_names=ALL_FINDINGS))
+    return folder / "best.pt"
+
+
+def test_model_gives_the_thresholds_localization_uses(tmp_path, checkpoint_14, capsys):
+    labels, probs = known_case(tmp_path)
+    report = run(tmp_path, "--model", str(checkpoint_14))  # no thresholds.npy beside: its own
+    assert report["thresholds_from"] == f"{checkpoint_14} (its 'thresholds')"
+    assert [r["threshold"] for r in report["classes"][:14]] == pytest.approx([0.3] * 14)
+    on = probs[:, 0] > 0.3
+    assert report["classes"][0]["sensitivity"] == pytest.approx(on[labels[:, 0] == 1].mean())
+    assert f"thresholds from {checkpoint_14}" in capsys.readouterr().out
+    beside = tmp_path / "model"  # thresholds.npy beside the checkpoint beats its own, as in localization
+    beside.mkdir()
+    os.link(checkpoint_14, beside / "best.pt")
+    values = np.linspace(0.2, 0.8, 14).astype(np.float32)
+    np.save(beside / "thresholds.npy", values)
+    report = run(tmp_path, "--model", str(beside / "best.pt"))
+    assert report["thresholds_from"] == str(beside / "thresholds.npy")
+    assert [r["threshold"] for r in report["classes"][:14]] == pytest.approx(values.tolist())
+    report = run(tmp_path, "--model", str(beside / "best.pt"), "--thresholds", "0.6")  # beats both
+    assert report["thresholds_from"] == "0.6 for every class"
+
+
+def test_model_whose_classes_are_not_the_csvs_is_refused(tmp_path, checkpoint_14):
+    from chexnet.utils import InputError
+
+    known_case(tmp_path)
+    names, _, probs = read_probs_csv(tmp_path / "probs.csv")
+    write_probs_csv(tmp_path / "probs.csv", names, ALL_FINDINGS[::-1], probs)  # same names, other order
+    with pytest.raises(InputError, match="class names Atelectasis,.*differ from the header of") as err:
+        run(tmp_path, "--model", str(checkpoint_14))
+    assert str(checkpoint_14) in str(err.value) and "\n" not in str(err.value)
+
+
 def test_interval_resamples_patients_not_images(tmp_path):
     """Listing every image three times (same patients) changes neither the AUROC nor the interval;
     an image-level bootstrap would narrow it."""
