@@ -61,6 +61,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "images) "
                         "(default: None, every box of the table, test images included, as the "
                         "original averaged all 984)")
+    p.add_argument("--size-fallback", type=str, default="none", choices=model_dir.SIZE_FALLBACKS,
+                   help="with --size-images, a class with no box among the lists' images: none "
+                        "stops with an error; all takes its mean over every box of --bbox-list, "
+                        "test images included (NOT leak-free) (default: none)")
     p.add_argument("--out", type=str, default="bounding_box.txt",
                    help="box file to write (default: bounding_box.txt in the working folder)")
     p.add_argument("--probs", type=str, default=None,
@@ -148,15 +152,18 @@ def main(args: argparse.Namespace) -> None:
                          f"{args.workers}")
     if args.size_images is not None and args.bbox_list is None:
         raise InputError("--size-images needs --bbox-list (the table whose boxes it selects)")
+    if args.size_fallback != "none" and args.size_images is None:
+        raise InputError("--size-fallback applies to --size-images only")
     paths, per_image = input_paths(args.test_txt, args.images)
+    size_images = None if args.size_images is None else {
+        path: set(nih.read_image_list(path)) for path in args.size_images}
+    box_sizes, sizes_from = model_dir.resolve_box_sizes(args.bbox_list, args.model, size_images,
+                                                        args.size_fallback)
     device = select_device(args.device)
     checkpoint = load_checkpoint(args.model)
     net = model_from_checkpoint(checkpoint, source=args.model)
     thresholds, thresholds_from = model_dir.resolve_thresholds(args.thresholds, args.model,
                                                                checkpoint)
-    size_images = None if args.size_images is None else {
-        path: set(nih.read_image_list(path)) for path in args.size_images}
-    box_sizes, sizes_from = model_dir.resolve_box_sizes(args.bbox_list, args.model, size_images)
     method = args.method or model_dir.calibrated_method(args.bbox_list, args.model) or "peaks"
     params, params_from = model_dir.resolve_box_params(args.bbox_list, args.model, method)
     resize = resolve_resize(args.resize, checkpoint, args.model)

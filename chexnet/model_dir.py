@@ -102,32 +102,57 @@ def thresholds_from_spec(spec: str, count: int) -> tuple[np.ndarray, str]:
 # ---------------------------------------------------------------- box_sizes.json
 
 def resolve_box_sizes(bbox_list: str | os.PathLike | None, model_path: str | os.PathLike | None,
-                      size_images: dict[str, set[str]] | None = None) -> tuple[np.ndarray, str]:
+                      size_images: dict[str, set[str]] | None = None,
+                      fallback: str = "none") -> tuple[np.ndarray, str]:
     """(average boxes (C, 4) x, y, w, h in 1024 px, where they came from): the per-class mean of a
     box table when given, else box_sizes.json beside the checkpoint, else the original's table.
 
     size_images ({list path: its image names}) keeps only the table's boxes of those images (the
     training and validation lists: sizes that never see the test images); without it every box
-    counts, as the original averaged all 984, test images included."""
-    fallback = np.array(AVERAGE_BOXES, dtype=np.float64)
-    if bbox_list is not None:
-        truth = nih.read_bbox_list(bbox_list)
-        where = f"in {bbox_list}"
-        if size_images is not None:
-            keep = set().union(*size_images.values())
-            truth = [b for b in truth if b.image in keep]
-            where = (f"of the images of {' + '.join(map(str, size_images))} in {bbox_list} "
-                     f"({len({b.image for b in truth})} images)")
-        table = nih.average_boxes(truth)
-        absent = np.isnan(table).any(axis=1)
-        table[absent] = fallback[absent]  # a class without boxes in the file keeps the original's
-        note = (f" (built-in sizes for {', '.join(np.array(CLASS_NAMES)[absent])})"
-                if absent.any() else "")
-        return table, f"mean of {len(truth)} boxes {where}{note}"
-    calibrated = calibrated_box_file(None, model_path)
-    if calibrated is not None:
-        return read_box_sizes(calibrated), str(calibrated)
-    return fallback, "the original's average boxes (constants.AVERAGE_BOXES)"
+    counts, as the original averaged all 984, test images included. A class with no box among
+    size_images' images is an InputError unless fallback is "all": then it takes its mean over
+    every box of the table, test images included (said so: not leak-free). A class absent from the
+    whole table keeps the original's built-in size."""
+    if fallback not in SIZE_FALLBACKS:
+        raise InputError(f"--size-fallback {fallback}: choose from {', '.join(SIZE_FALLBACKS)}")
+    if bbox_list is None:
+        calibrated = calibrated_box_file(None, model_path)
+        if calibrated is not None:
+            return read_box_sizes(calibrated), str(calibrated)
+        return (np.array(AVERAGE_BOXES, dtype=np.float64),
+                "the original's average boxes (constants.AVERAGE_BOXES)")
+    truth = nih.read_bbox_list(bbox_list)
+    table, note = _mean_or_builtin(truth)
+    if size_images is None:
+        return table, f"mean of {len(truth)} boxes in {bbox_list}{note}"
+    keep = set().union(*size_images.values())
+    kept = [b for b in truth if b.image in keep]
+    lists = " + ".join(map(str, size_images))
+    where = f"of the images of {lists} in {bbox_list} ({len({b.image for b in kept})} images)"
+    listed = nih.average_boxes(kept)
+    absent = np.isnan(listed).any(axis=1)
+    names = ", ".join(np.array(CLASS_NAMES)[absent])
+    if absent.any() and fallback == "none":
+        raise InputError(f"--size-images {' '.join(map(str, size_images))}: no box of {names} in "
+                         f"{bbox_list} among these lists' images, so no leak-free size for them; "
+                         f"pass --size-fallback all to take them from every box of the table "
+                         f"(test images included, NOT leak-free), or see README 'A study'")
+    listed[absent] = table[absent]
+    note = (f" (for {names}: the mean of every box of the table, test images included: "
+            f"NOT leak-free)" if absent.any() else "")
+    return listed, f"mean of {len(kept)} boxes {where}{note}"
+
+
+SIZE_FALLBACKS = ("none", "all")  # --size-fallback: a class without boxes in the lists
+
+
+def _mean_or_builtin(truth: list) -> tuple[np.ndarray, str]:
+    """The per-class mean of these boxes; a class without any keeps the original's built-in size."""
+    table = nih.average_boxes(truth)
+    absent = np.isnan(table).any(axis=1)
+    table[absent] = np.array(AVERAGE_BOXES, dtype=np.float64)[absent]
+    return table, (f" (built-in sizes for {', '.join(np.array(CLASS_NAMES)[absent])})"
+                   if absent.any() else "")
 
 
 def read_box_sizes(path: str | os.PathLike) -> np.ndarray:

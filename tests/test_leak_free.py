@@ -1,11 +1,19 @@
 """Box sizes that never see the test images, and scores on a list's images only."""
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 
 import evaluate
 from chexnet import model_dir, nih
 from chexnet.boxfile import Box, ImageBoxes, write_box_file
-from chexnet.constants import AVERAGE_BOXES
+from chexnet.boxfile import read_box_file
+from chexnet.constants import AVERAGE_BOXES, CLASS_NAMES
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_sizes_from_listed_images_only(shared_nih):
@@ -52,4 +60,71 @@ def test_size_images_needs_a_box_table(sample_dir, tmp_path):
         [str(sample_dir / "test.txt"), str(sample_dir / "images"), "--model", str(tmp_path / "none.pt"),
          "--size-images", str(sample_dir / "train.txt")])
     with pytest.raises(InputError, match="--size-images needs --bbox-list"):
+        denseNet_localization.main(args)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> Path:
+    """A random-init 8-class checkpoint with thresholds 0: every class active, every class boxed."""
+    import model as model_lib
+
+    folder = tmp_path_factory.mktemp("leak")
+    torch.manual_seed(0)
+    net = model_lib.build_model(len(CLASS_NAMES), weights="none")
+    model_lib.save_checkpoint(folder / "best.pt", model_lib.new_checkpoint(net.state_dict()))
+    np.save(folder / "thresholds.npy", np.zeros(8, dtype=np.float32))
+    return folder / "best.pt"
+
+
+def test_lists_without_boxes_of_a_class_are_an_error_not_a_silent_fallback(sample_dir, tmp_path,
+                                                                           model_path):
+    """The sample's train + valid box images hold no Effusion and no Pneumothorax box: sizes from
+    them alone do not exist for those classes, and falling back to the whole table would put the
+    test images' boxes back in. One line naming the lists and the classes, status 2, no file."""
+    lists = [str(sample_dir / "train.txt"), str(sample_dir / "valid.txt")]
+    out = tmp_path / "bb.txt"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "denseNet_localization.py"), str(sample_dir / "test.txt"),
+         str(sample_dir / "images"), "--model", str(model_path), "--out", str(out), "--workers", "0",
+         "--bbox-list", str(sample_dir / "BBox_List_2017.csv"), "--size-images", *lists],
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert f"--size-images {' '.join(lists)}: no box of Effusion, Pneumothorax in" in done.stderr
+    assert "--size-fallback all" in done.stderr
+    assert not out.exists()
+
+
+def test_size_fallback_all_is_asked_for_and_named_not_leak_free(sample_dir, tmp_path, model_path, capsys):
+    import denseNet_localization
+
+    (tmp_path / "one.txt").write_text("00001933_000.png\n")
+    table = sample_dir / "BBox_List_2017.csv"
+    lists = [str(sample_dir / "train.txt"), str(sample_dir / "valid.txt")]
+    denseNet_localization.main(denseNet_localization.get_args_parser().parse_args(
+        [str(tmp_path / "one.txt"), str(sample_dir / "images"), "--model", str(model_path), "--out",
+         str(tmp_path / "bb.txt"), "--workers", "0", "--bbox-list", str(table), "--size-images", *lists,
+         "--size-fallback", "all"]))
+    assert "(for Effusion, Pneumothorax: the mean of every box of the table, test images included: " \
+           "NOT leak-free)" in capsys.readouterr().err
+    truth = nih.read_bbox_list(table)
+    listed = set(nih.read_image_list(lists[0])) | set(nih.read_image_list(lists[1]))
+    expected = nih.average_boxes([b for b in truth if b.image in listed])
+    everything = nih.average_boxes(truth)
+    (entry,) = read_box_file(tmp_path / "bb.txt")
+    opening = {}
+    for box in entry.boxes:  # each class's first line is its average box
+        opening.setdefault(box.label, box)
+    for k, name in enumerate(CLASS_NAMES):
+        x, y, w, h = everything[k] if name in ("Effusion", "Pneumothorax") else expected[k]
+        assert opening[name].line() == f"{name} {x:.1f} {y:.1f} {w:.1f} {h:.1f}"
+
+
+def test_size_fallback_needs_size_images(sample_dir, tmp_path):
+    import denseNet_localization
+    from chexnet.utils import InputError
+
+    args = denseNet_localization.get_args_parser().parse_args(
+        [str(sample_dir / "test.txt"), str(sample_dir / "images"), "--bbox-list",
+         str(sample_dir / "BBox_List_2017.csv"), "--size-fallback", "all"])
+    with pytest.raises(InputError, match="--size-fallback applies to --size-images only"):
         denseNet_localization.main(args)
