@@ -9,8 +9,8 @@ from --bootstrap draws of patients with replacement (patients, not images: a pat
 correlated), and with --model or --thresholds the operating point (sensitivity, specificity; prob >
 threshold is positive, as localization decides). --model CKPT takes the thresholds as localization
 does (thresholds.npy beside it, else the checkpoint's own; --thresholds still overrides) and checks
-that its class names are PROBS_CSV's header. The mean is over the classes whose AUROC is defined. The
-published figures of docs/published_auroc.csv (CheXNet, arnoweng, jrzech, the original project)
+that its class names are PROBS_CSV's header. The mean is over the classes whose AUROC is defined.
+The published figures of docs/published_auroc.csv (CheXNet, arnoweng, jrzech, the original project)
 are printed beside ours; their test sets differ from ours. --out writes auroc.csv, auroc.json
 and roc.png.
 """
@@ -76,7 +76,8 @@ def read_published(path: str | os.PathLike = PUBLISHED) -> dict[str, dict[str, f
 
 def resolve_thresholds(args: argparse.Namespace, class_names: list[str]
                        ) -> tuple[np.ndarray | None, str | None]:
-    """(thresholds (C,) or None, where they came from): chexnet.model_dir's rules, localization's."""
+    """(thresholds (C,) or None, where they came from), by chexnet.model_dir's rules, as
+    localization resolves them."""
     if args.model is None:
         if args.thresholds is None:
             return None, None
