@@ -1,12 +1,13 @@
 """Localize findings in chest X-rays: denseNet_localization.py TEST_TXT IMAGES | IMAGE | FOLDER.
 
 For every image of TEST_TXT (read from IMAGES), or one image file, or every image file of a folder
-(PNG, JPEG, TIFF, DICOM; any size of at least 256 px a side): the 8 probabilities, the active
-classes (probability > the class's threshold), a heatmap per active class (--cam, default Grad-CAM,
-the original's), then boxes: per active class in class order, the class's average box, then the
-boxes its heatmap gives (--method peaks, the original's: one box of the average size per strong
-peak; or threshold, percentile, otsu: regions of the map, no size from any table). Writes
-bounding_box.txt: per image
+(PNG, JPEG, TIFF, DICOM; any size of at least 256 px a side): the probabilities of the checkpoint's
+classes (8 or 14, by the names it carries), the active classes (probability > the class's
+threshold), a heatmap per active box class (--cam, default Grad-CAM, the original's; the 8 classes
+of the box table, found by name), then boxes: per active box class in the box table's class order,
+the class's average box (unless --no-average-box), then the boxes its heatmap gives (--method
+peaks, the original's: one box of the average size per strong peak; or threshold, percentile,
+otsu: regions of the map, no size from any table). Writes bounding_box.txt: per image
 `[IMAGES/name] [count]`, then `[disease] [x] [y] [width] [height]` lines, '%.1f', in pixels of the
 image itself (x = (col + 16) * W / 256: a 1024x1024 image gives the original's numbers). Given an
 image or a folder, it also prints one line per image: the classes above threshold, with their
@@ -24,7 +25,7 @@ from tqdm import tqdm
 from chexnet import boxes, localize, model_dir, nih
 from chexnet import xray_files
 from chexnet.boxfile import ImageBoxes, write_box_file
-from chexnet.constants import CLASS_NAMES, DEFAULT_TARGET_LAYER
+from chexnet.constants import DEFAULT_TARGET_LAYER
 from chexnet.heatmap_file import SavedHeatmaps, write_heatmaps
 from chexnet.images import RESIZE_METHODS, check_images_exist
 from chexnet.probs import write_probs_csv
@@ -77,6 +78,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "threshold (otsu); each "
                         "active class opens with its average box (default: the method "
                         "box_sizes.json beside --model was calibrated for, else peaks)")
+    p.add_argument("--no-average-box", action="store_true",
+                   help="heatmap boxes only: no class opens with its average box, whose size "
+                        "comes from a box table; with --method threshold, percentile or otsu no "
+                        "box then takes any size from the truth (default: off, the original's "
+                        "lines)")
     p.add_argument("--batch-size", type=int, default=16,
                    help="images per forward pass (default: 16)")
     p.add_argument("--device", type=str, default="auto",
@@ -121,7 +127,7 @@ def add_picture_options(p: argparse.ArgumentParser) -> None:
                         "(default: 256)")
 
 
-def make_plotter(args: argparse.Namespace, thresholds):
+def make_plotter(args: argparse.Namespace, thresholds, class_names):
     """LocalizationPlots for --plots (None without it), with --truth's (or --bbox-list's) boxes."""
     if args.plots is None:
         return None
@@ -133,7 +139,8 @@ def make_plotter(args: argparse.Namespace, thresholds):
     truth_path = args.truth or args.bbox_list
     truth = None if truth_path is None else nih.read_truth_by_image(truth_path)
     return localization_figures.LocalizationPlots(args.plots, thresholds, truth,
-                                                  max_images=args.plot_images)
+                                                  max_images=args.plot_images,
+                                                  class_names=class_names)
 
 
 def resolve_resize(requested: str | None, checkpoint: dict, model_path: str) -> str:
@@ -167,18 +174,22 @@ def main(args: argparse.Namespace) -> None:
     method = args.method or model_dir.calibrated_method(args.bbox_list, args.model) or "peaks"
     params, params_from = model_dir.resolve_box_params(args.bbox_list, args.model, method)
     resize = resolve_resize(args.resize, checkpoint, args.model)
+    if args.no_average_box and method in boxes.SIZE_FREE:
+        sizes_from = "none (--no-average-box: heatmap boxes only, each sized by its map)"
     print(f"{len(paths)} images, model {args.model} on {device}, "
           f"thresholds from {thresholds_from}, "
           f"box sizes from {sizes_from}, {method} parameters from {params_from}, "
           f"resize {resize}",
           file=sys.stderr)
 
-    plotter, plot_seconds = make_plotter(args, thresholds), 0.0
+    classes = list(checkpoint["class_names"])  # every output by its own name, the model's order
+    plotter, plot_seconds = make_plotter(args, thresholds, classes), 0.0
     start = time.perf_counter()
     results = localize.iter_localize(net, paths, thresholds, box_sizes, device,
                                      batch_size=args.batch_size, target_layer=args.layer,
                                      workers=args.workers, method=method, method_params=params,
-                                     resize=resize, cam_method=args.cam)
+                                     resize=resize, cam_method=args.cam, class_names=classes,
+                                     average_box=not args.no_average_box)
     entries, detections, probs = [], 0, []
     layer = args.layer or CAM_METHODS[args.cam].default_layer
     saved = SavedHeatmaps([], [], [], [], args.cam, layer)
@@ -187,9 +198,9 @@ def main(args: argparse.Namespace) -> None:
         probs.append(result.probs)
         detections += len(result.heatmaps)
         if args.save_heatmaps is not None:
-            keep_heatmaps(saved, result)
+            keep_heatmaps(saved, result, classes)
         if per_image:
-            tqdm.write(findings_line(result, thresholds), file=sys.stdout)
+            tqdm.write(findings_line(result, thresholds, classes), file=sys.stdout)
         if plotter is not None:
             tick = time.perf_counter()
             plotter.add(result.image_path, result.probs, result.heatmaps, result.boxes)
@@ -200,7 +211,7 @@ def main(args: argparse.Namespace) -> None:
         print(f"wrote {args.save_heatmaps}: {len(saved.labels)} heatmaps", file=sys.stderr)
     if args.probs is not None:
         names = [os.path.basename(path) for path in paths]  # the label table's Image Index
-        write_probs_csv(args.probs, names, checkpoint["class_names"], probs)
+        write_probs_csv(args.probs, names, classes, probs)
         print(f"wrote {args.probs}: probabilities of {len(names)} images")
     seconds = time.perf_counter() - start - plot_seconds  # the rate below is localization's alone
     n_boxes = sum(len(e.boxes) for e in entries)
@@ -210,10 +221,11 @@ def main(args: argparse.Namespace) -> None:
         finish_pictures(plotter, args, plot_seconds)
 
 
-def keep_heatmaps(saved: SavedHeatmaps, result: localize.ImageResult) -> None:
+def keep_heatmaps(saved: SavedHeatmaps, result: localize.ImageResult, class_names) -> None:
+    """The image's maps, each under its class's name (heatmaps are keyed by model column)."""
     for k, heatmap in result.heatmaps.items():
         saved.images.append(result.image_path)
-        saved.labels.append(CLASS_NAMES[k])
+        saved.labels.append(class_names[k])
         saved.probs.append(float(result.probs[k]))
         saved.maps.append(heatmap.astype("float32"))
 
@@ -234,9 +246,10 @@ def input_paths(source: str, images: str | None) -> tuple[list[str], bool]:
     return paths, False
 
 
-def findings_line(result: localize.ImageResult, thresholds) -> str:
-    """`path WxH: Class 0.830, Class 0.610`: the classes above threshold, in class order."""
-    found = [f"{CLASS_NAMES[k]} {result.probs[k]:.3f}" for k in range(len(CLASS_NAMES))
+def findings_line(result: localize.ImageResult, thresholds, class_names) -> str:
+    """`path WxH: Class 0.830, Class 0.610`: the classes above threshold (all of the model's, 8 or
+    14), in the model's class order."""
+    found = [f"{name} {result.probs[k]:.3f}" for k, name in enumerate(class_names)
              if result.probs[k] > thresholds[k]]
     width, height = result.size
     return (f"{result.image_path} {width}x{height}: "

@@ -128,3 +128,33 @@ def test_size_fallback_needs_size_images(sample_dir, tmp_path):
          str(sample_dir / "BBox_List_2017.csv"), "--size-fallback", "all"])
     with pytest.raises(InputError, match="--size-fallback applies to --size-images only"):
         denseNet_localization.main(args)
+
+
+def test_no_average_box_with_a_size_free_rule_takes_no_size_from_any_table(sample_dir, tmp_path, model_path,
+                                                                          capsys):
+    """--method threshold --no-average-box: the heatmap boxes alone, the same whichever table (or none)
+    would size the average boxes; without --no-average-box each class opens with its average box."""
+    import denseNet_localization
+
+    (tmp_path / "one.txt").write_text("00001933_000.png\n")
+
+    def boxes(out, *extra):
+        denseNet_localization.main(denseNet_localization.get_args_parser().parse_args(
+            [str(tmp_path / "one.txt"), str(sample_dir / "images"), "--model", str(model_path), "--out",
+             str(tmp_path / out), "--workers", "0", "--method", "threshold", *extra]))
+        return read_box_file(tmp_path / out)[0].boxes
+
+    full = boxes("full.txt")
+    alone = boxes("alone.txt", "--no-average-box")
+    assert "box sizes from none (--no-average-box" in capsys.readouterr().err
+    other_table = boxes("other.txt", "--no-average-box", "--bbox-list", str(sample_dir / "BBox_List_2017.csv"))
+    assert [b.line() for b in other_table] == [b.line() for b in alone]
+    seen, expected = set(), []
+    for box in full:  # drop each class's first line, its average box (constants.AVERAGE_BOXES here)
+        if box.label in seen:
+            expected.append(box.line())
+        else:
+            seen.add(box.label)
+            x, y, w, h = AVERAGE_BOXES[CLASS_NAMES.index(box.label)]
+            assert box.line() == f"{box.label} {x:.1f} {y:.1f} {w:.1f} {h:.1f}"
+    assert [b.line() for b in alone] == expected and len(alone) >= len(seen)  # every class has a region
