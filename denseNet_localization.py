@@ -102,11 +102,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def add_cam_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cam", type=str, default=DEFAULT_CAM, choices=list(CAM_METHODS),
+    p.add_argument("--cam", type=str, default=None, choices=list(CAM_METHODS),
                    help="class activation map: gradcam (the original's), gradcam++, layercam, or "
-                        "cam (the classifier's weights on the final features) (default: gradcam)")
+                        "cam (the classifier's weights on the final features) (default: the CAM "
+                        f"box_sizes.json beside --model was calibrated on, else {DEFAULT_CAM})")
     p.add_argument("--layer", type=str, default=None,
-                   help=f"target layer, a name from model.named_modules() (default: the method's: "
+                   help="target layer, a name from model.named_modules() (default: the layer "
+                        "box_sizes.json beside --model was calibrated on, else the method's: "
                         f"{DEFAULT_TARGET_LAYER}; {FINAL_FEATURES} for cam, its only one)")
 
 
@@ -174,25 +176,28 @@ def main(args: argparse.Namespace) -> None:
     method = args.method or model_dir.calibrated_method(args.bbox_list, args.model) or "peaks"
     params, params_from = model_dir.resolve_box_params(args.bbox_list, args.model, method)
     resize = resolve_resize(args.resize, checkpoint, args.model)
+    cam, layer, cam_from, warning = model_dir.resolve_cam(args.cam, args.layer, args.bbox_list,
+                                                          args.model)
+    if warning is not None:
+        print(warning, file=sys.stderr)
     if args.no_average_box and method in boxes.SIZE_FREE:
         sizes_from = "none (--no-average-box: heatmap boxes only, each sized by its map)"
     print(f"{len(paths)} images, model {args.model} on {device}, "
           f"thresholds from {thresholds_from}, "
           f"box sizes from {sizes_from}, {method} parameters from {params_from}, "
-          f"resize {resize}",
+          f"resize {resize}, maps {cam} at {layer} (from {cam_from})",
           file=sys.stderr)
 
     classes = list(checkpoint["class_names"])  # every output by its own name, the model's order
     plotter, plot_seconds = make_plotter(args, thresholds, classes), 0.0
     start = time.perf_counter()
     results = localize.iter_localize(net, paths, thresholds, box_sizes, device,
-                                     batch_size=args.batch_size, target_layer=args.layer,
+                                     batch_size=args.batch_size, target_layer=layer,
                                      workers=args.workers, method=method, method_params=params,
-                                     resize=resize, cam_method=args.cam, class_names=classes,
+                                     resize=resize, cam_method=cam, class_names=classes,
                                      average_box=not args.no_average_box)
     entries, detections, probs = [], 0, []
-    layer = args.layer or CAM_METHODS[args.cam].default_layer
-    saved = SavedHeatmaps([], [], [], [], args.cam, layer)
+    saved = SavedHeatmaps([], [], [], [], cam, layer)
     for result in tqdm(results, total=len(paths), unit="image", file=sys.stderr, desc="localize"):
         entries.append(ImageBoxes(result.image_path, result.boxes))
         probs.append(result.probs)

@@ -9,7 +9,8 @@
       training_curves.png, roc_curves.png      train.py's pictures
       box_sizes.json   calibrate.py's record (optional): {"class_names": [...],
                        "boxes": [[x, y, w, h], ...] (1024 px), "method": ..., "parameter": ...,
-                       "params": [C], "calibration": {...}}
+                       "params": [C], "calibration": {"cam": ..., "layer": ..., ...}}: the box
+                       method, its parameters and the CAM whose maps they were tuned on
       heatmaps.npz     calibrate.py's maps, to re-run its search without the network
 
 Localization finds thresholds.npy and box_sizes.json beside whatever checkpoint it is given, so a
@@ -39,6 +40,7 @@ ROC_CURVES = "roc_curves.png"
 TRAINING_OUTPUTS = (BEST, LAST, THRESHOLDS, METRICS_LOG, TRAINING_CURVES, ROC_CURVES)
 DEFAULT_FOLDER = "model"
 DEFAULT_MODEL = f"{DEFAULT_FOLDER}/{BEST}"  # where train.py writes and localization looks
+SIZE_FALLBACKS = ("none", "all")  # --size-fallback: for a class without boxes in --size-images
 
 
 # ---------------------------------------------------------------- thresholds.npy
@@ -122,13 +124,15 @@ def resolve_box_sizes(bbox_list: str | os.PathLike | None, model_path: str | os.
         return (np.array(AVERAGE_BOXES, dtype=np.float64),
                 "the original's average boxes (constants.AVERAGE_BOXES)")
     truth = nih.read_bbox_list(bbox_list)
-    table, note = _mean_or_builtin(truth)
+    table = nih.average_boxes(truth)
+    builtin = np.isnan(table).any(axis=1)  # no box in the whole table: the original's size
+    table[builtin] = np.array(AVERAGE_BOXES, dtype=np.float64)[builtin]
     if size_images is None:
+        note = (f" (built-in sizes for {', '.join(np.array(CLASS_NAMES)[builtin])})"
+                if builtin.any() else "")
         return table, f"mean of {len(truth)} boxes in {bbox_list}{note}"
     keep = set().union(*size_images.values())
     kept = [b for b in truth if b.image in keep]
-    lists = " + ".join(map(str, size_images))
-    where = f"of the images of {lists} in {bbox_list} ({len({b.image for b in kept})} images)"
     listed = nih.average_boxes(kept)
     absent = np.isnan(listed).any(axis=1)
     names = ", ".join(np.array(CLASS_NAMES)[absent])
@@ -140,19 +144,9 @@ def resolve_box_sizes(bbox_list: str | os.PathLike | None, model_path: str | os.
     listed[absent] = table[absent]
     note = (f" (for {names}: the mean of every box of the table, test images included: "
             f"NOT leak-free)" if absent.any() else "")
-    return listed, f"mean of {len(kept)} boxes {where}{note}"
-
-
-SIZE_FALLBACKS = ("none", "all")  # --size-fallback: a class without boxes in the lists
-
-
-def _mean_or_builtin(truth: list) -> tuple[np.ndarray, str]:
-    """The per-class mean of these boxes; a class without any keeps the original's built-in size."""
-    table = nih.average_boxes(truth)
-    absent = np.isnan(table).any(axis=1)
-    table[absent] = np.array(AVERAGE_BOXES, dtype=np.float64)[absent]
-    return table, (f" (built-in sizes for {', '.join(np.array(CLASS_NAMES)[absent])})"
-                   if absent.any() else "")
+    lists = " + ".join(map(str, size_images))
+    return listed, (f"mean of {len(kept)} boxes of the images of {lists} in {bbox_list} "
+                    f"({len({b.image for b in kept})} images){note}")
 
 
 def read_box_sizes(path: str | os.PathLike) -> np.ndarray:
@@ -236,6 +230,32 @@ def calibrated_method(bbox_list: str | os.PathLike | None,
         raise InputError(f"{path}: unknown box method {method!r}; "
                          f"choose from {', '.join(boxes.METHODS)}")
     return method
+
+
+def resolve_cam(cam: str | None, layer: str | None, bbox_list: str | os.PathLike | None,
+                model_path: str | os.PathLike | None) -> tuple[str, str, str, str | None]:
+    """(CAM method, target layer, where they came from, a warning or None). What --cam/--layer
+    leave open comes from the calibration record of the applicable box_sizes.json (calibrate.py's
+    "cam" and "layer"), else gradcam at its default layer; maps of another CAM or layer than the
+    record's get a warning (the boxes were tuned on its maps)."""
+    from gradcam import DEFAULT_CAM, METHODS  # torch loads only where maps are made
+
+    path = calibrated_box_file(bbox_list, model_path)
+    record = {} if path is None else _read_box_json(path).get("calibration") or {}
+    tuned = record.get("cam")
+    if tuned is None:
+        chosen = cam or DEFAULT_CAM
+        return (chosen, layer or METHODS[chosen].default_layer,
+                "the options" if cam or layer else "the default", None)
+    if tuned not in METHODS:
+        raise InputError(f"{path}: calibrated on an unknown CAM method {tuned!r}; choose from "
+                         f"{', '.join(METHODS)}")
+    chosen, tuned_at = cam or tuned, record.get("layer") or METHODS[tuned].default_layer
+    at = layer or (tuned_at if chosen == tuned else METHODS[chosen].default_layer)
+    warning = None if (chosen, at) == (tuned, tuned_at) else (
+        f"warning: maps of {chosen} at {at}, but {path} was calibrated on {tuned} at {tuned_at}: "
+        f"its box sizes and parameters were tuned for another CAM")
+    return chosen, at, str(path) if cam is None and layer is None else "the options", warning
 
 
 def resolve_box_params(bbox_list: str | os.PathLike | None, model_path: str | os.PathLike | None,

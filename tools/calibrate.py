@@ -21,8 +21,9 @@
    point (the defaults come first). A class with no true box, or no active image, keeps the
    defaults.
 3. OUT/box_sizes.json (model_dir.write_box_sizes): the tuned average boxes, the tuned parameter per
-   class for --method, and a record of the calibration. denseNet_localization.py reads it from
-   beside its --model when no --bbox-list is given.
+   class for --method, and a record of the calibration (with the --cam and --layer of its maps).
+   denseNet_localization.py reads it from beside its --model when no --bbox-list is given, and
+   then makes its maps with that CAM and layer unless told otherwise.
 The score before (the original's table, the method's default) and after is printed per class on the
 same images, with evaluate.py's full scoring (all classes together, first 10 boxes per image).
 """
@@ -190,7 +191,9 @@ def main(args: argparse.Namespace) -> dict:
     table, params = tuned_table(choices), np.array([c.param for c in choices])
     base_table, base_params = (np.array(AVERAGE_BOXES, dtype=np.float64),
                                np.full(len(CLASS_NAMES), method.default))
-    record = {"method": args.method, "cam": args.cam, "images": len(names),
+    # the maps the search saw: localization takes its --cam and --layer from here by default
+    record = {"method": args.method, "cam": args.cam,
+              "layer": args.layer or CAM_METHODS[args.cam].default_layer, "images": len(names),
               "tuned_on": len(tune_rows), "held_out": len(hold_rows)}
     for part, rows in (("tuning", tune_rows), ("holdout", hold_rows)):
         if not rows:
