@@ -12,6 +12,7 @@ from chexnet import model_dir, nih
 from chexnet.boxfile import Box, ImageBoxes, write_box_file
 from chexnet.boxfile import read_box_file
 from chexnet.constants import AVERAGE_BOXES, CLASS_NAMES
+from chexnet.utils import InputError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -158,3 +159,29 @@ def test_no_average_box_with_a_size_free_rule_takes_no_size_from_any_table(sampl
             x, y, w, h = AVERAGE_BOXES[CLASS_NAMES.index(box.label)]
             assert box.line() == f"{box.label} {x:.1f} {y:.1f} {w:.1f} {h:.1f}"
     assert [b.line() for b in alone] == expected and len(alone) >= len(seen)  # every class has a region
+
+
+def test_readme_study_box_split_on_the_real_tables(shared_nih, tmp_path):
+    """README's "A study": with train and validation lists that hold no box image (NIH's official
+    split, as widely reported), --size-images has nothing to average: an error naming all 8 classes.
+    The leak-free alternative draws the patients in two halves (tools/split.py), averages the sizes
+    over one half's box images and scores only the other's: every class has boxes in the half."""
+    import split
+
+    entry, table = shared_nih / "Data_Entry_2017_v2020.csv.gz", shared_nih / "BBox_List_2017.csv.gz"
+    truth = nih.read_bbox_list(table)
+    box_images = {b.image for b in truth}
+    labels = nih.read_data_entry(entry)
+    no_boxes = {n for n in labels if n not in box_images}  # what official train + valid hold
+    with pytest.raises(InputError, match=f"no box of {', '.join(CLASS_NAMES)} in "):
+        model_dir.resolve_box_sizes(table, None, {"train.txt": no_boxes, "valid.txt": set()})
+
+    assert split.main(split.get_args_parser().parse_args(
+        [str(entry), str(tmp_path), "--valid-fraction", "0", "--test-fraction", "0.5", "--seed", "0"])) == 0
+    sizes_half, scored_half = (set(nih.read_image_list(tmp_path / f"{n}.txt")) for n in ("train", "test"))
+    assert not {labels[n].patient_id for n in sizes_half} & {labels[n].patient_id for n in scored_half}
+    assert len(box_images & sizes_half) + len(box_images & scored_half) == len(box_images) == 880
+    sizes, said = model_dir.resolve_box_sizes(table, None, {"train.txt": sizes_half})  # no error, no fallback
+    kept = [b for b in truth if b.image in sizes_half]
+    np.testing.assert_array_equal(sizes, nih.average_boxes(kept))
+    assert "NOT leak-free" not in said and f"({len(box_images & sizes_half)} images)" in said
