@@ -19,11 +19,13 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import dataclass
 
+import numpy as np
+import torch
 from tqdm import tqdm
 
-from chexnet import boxes, localize, model_dir, nih
-from chexnet import xray_files
+from chexnet import boxes, localize, model_dir, nih, xray_files
 from chexnet.boxfile import ImageBoxes, write_box_file
 from chexnet.constants import DEFAULT_TARGET_LAYER
 from chexnet.heatmap_file import SavedHeatmaps, write_heatmaps
@@ -50,8 +52,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         f"(default: {model_dir.DEFAULT_MODEL}, "
                         f"where train.py writes)")
     p.add_argument("--thresholds", type=str, default=None,
-                   help="a .npy of 8 probabilities, or one number for every class (default: "
-                        "thresholds.npy beside --model, else the checkpoint's own thresholds)")
+                   help="a .npy of one probability per class, or one number for every class "
+                        "(default: thresholds.npy beside --model, else the checkpoint's own)")
     p.add_argument("--bbox-list", type=str, default=None,
                    help="BBox_List_2017.csv: box sizes = its per-class mean boxes (default: "
                         "box_sizes.json beside --model if present, with the box method's per-class "
@@ -155,7 +157,25 @@ def resolve_resize(requested: str | None, checkpoint: dict, model_path: str) -> 
     return requested or trained
 
 
-def main(args: argparse.Namespace) -> None:
+@dataclass
+class Setup:
+    """What a run resolved from its options and the model folder (chexnet.model_dir's rules)."""
+    paths: list[str]
+    per_image: bool  # an image or a folder: print a findings line per image
+    device: torch.device
+    net: torch.nn.Module
+    classes: list[str]  # the checkpoint's class names: one per output, in its order
+    thresholds: np.ndarray  # (C,), one per output
+    box_sizes: np.ndarray  # (8, 4) average boxes of the box classes, 1024 px
+    method: str
+    params: np.ndarray | None  # (8,) the box method's per-class parameter, None: its default
+    resize: str
+    cam: str
+    layer: str
+
+
+def resolve(args: argparse.Namespace) -> Setup:
+    """Check the options, resolve everything, print one line saying where each part came from."""
     if args.batch_size < 1 or args.workers < 0:
         raise InputError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size}, "
                          f"{args.workers}")
@@ -187,25 +207,31 @@ def main(args: argparse.Namespace) -> None:
           f"box sizes from {sizes_from}, {method} parameters from {params_from}, "
           f"resize {resize}, maps {cam} at {layer} (from {cam_from})",
           file=sys.stderr)
+    return Setup(paths, per_image, device, net, list(checkpoint["class_names"]), thresholds,
+                 box_sizes, method, params, resize, cam, layer)
 
-    classes = list(checkpoint["class_names"])  # every output by its own name, the model's order
-    plotter, plot_seconds = make_plotter(args, thresholds, classes), 0.0
+
+def main(args: argparse.Namespace) -> None:
+    run = resolve(args)
+    plotter, plot_seconds = make_plotter(args, run.thresholds, run.classes), 0.0
     start = time.perf_counter()
-    results = localize.iter_localize(net, paths, thresholds, box_sizes, device,
-                                     batch_size=args.batch_size, target_layer=layer,
-                                     workers=args.workers, method=method, method_params=params,
-                                     resize=resize, cam_method=cam, class_names=classes,
+    results = localize.iter_localize(run.net, run.paths, run.thresholds, run.box_sizes, run.device,
+                                     batch_size=args.batch_size, target_layer=run.layer,
+                                     workers=args.workers, method=run.method,
+                                     method_params=run.params, resize=run.resize,
+                                     cam_method=run.cam, class_names=run.classes,
                                      average_box=not args.no_average_box)
     entries, detections, probs = [], 0, []
-    saved = SavedHeatmaps([], [], [], [], cam, layer)
-    for result in tqdm(results, total=len(paths), unit="image", file=sys.stderr, desc="localize"):
+    saved = SavedHeatmaps([], [], [], [], run.cam, run.layer)
+    for result in tqdm(results, total=len(run.paths), unit="image", file=sys.stderr,
+                       desc="localize"):
         entries.append(ImageBoxes(result.image_path, result.boxes))
         probs.append(result.probs)
         detections += len(result.heatmaps)
         if args.save_heatmaps is not None:
-            keep_heatmaps(saved, result, classes)
-        if per_image:
-            tqdm.write(findings_line(result, thresholds, classes), file=sys.stdout)
+            keep_heatmaps(saved, result, run.classes)
+        if run.per_image:
+            tqdm.write(findings_line(result, run.thresholds, run.classes), file=sys.stdout)
         if plotter is not None:
             tick = time.perf_counter()
             plotter.add(result.image_path, result.probs, result.heatmaps, result.boxes)
@@ -215,8 +241,8 @@ def main(args: argparse.Namespace) -> None:
         write_heatmaps(args.save_heatmaps, saved)
         print(f"wrote {args.save_heatmaps}: {len(saved.labels)} heatmaps", file=sys.stderr)
     if args.probs is not None:
-        names = [os.path.basename(path) for path in paths]  # the label table's Image Index
-        write_probs_csv(args.probs, names, classes, probs)
+        names = [os.path.basename(path) for path in run.paths]  # the label table's Image Index
+        write_probs_csv(args.probs, names, run.classes, probs)
         print(f"wrote {args.probs}: probabilities of {len(names)} images")
     seconds = time.perf_counter() - start - plot_seconds  # the rate below is localization's alone
     n_boxes = sum(len(e.boxes) for e in entries)
