@@ -1,12 +1,13 @@
 """Localize findings in chest X-rays: denseNet_localization.py TEST_TXT IMAGES | IMAGE | FOLDER.
 
 For every image of TEST_TXT (read from IMAGES), or one image file, or every image file of a folder
-(PNG, JPEG, TIFF, DICOM; any size of at least 256 px a side): the 8 probabilities, the active
-classes (probability > the class's threshold), a heatmap per active class (--cam, default Grad-CAM,
-the original's), then boxes: per active class in class order, the class's average box, then the
-boxes its heatmap gives (--method peaks, the original's: one box of the average size per strong
-peak; or threshold, percentile, otsu: regions of the map, no size from any table). Writes
-bounding_box.txt: per image
+(PNG, JPEG, TIFF, DICOM; any size of at least 256 px a side): the probabilities of the checkpoint's
+classes (8 or 14, by the names it carries), the active classes (probability > the class's
+threshold), a heatmap per active box class (--cam, default Grad-CAM, the original's; the 8 classes
+of the box table, found by name), then boxes: per active box class in the box table's class order,
+the class's average box (unless --no-average-box), then the boxes its heatmap gives (--method
+peaks, the original's: one box of the average size per strong peak; or threshold, percentile,
+otsu: regions of the map, no size from any table). Writes bounding_box.txt: per image
 `[IMAGES/name] [count]`, then `[disease] [x] [y] [width] [height]` lines, '%.1f', in pixels of the
 image itself (x = (col + 16) * W / 256: a 1024x1024 image gives the original's numbers). Given an
 image or a folder, it also prints one line per image: the classes above threshold, with their
@@ -18,14 +19,16 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
 from tqdm import tqdm
 
-from chexnet import boxes, localize, model_dir, nih
-from chexnet import xray_files
+from chexnet import boxes, localize, model_dir, nih, xray_files
 from chexnet.boxfile import ImageBoxes, write_box_file
-from chexnet.constants import CLASS_NAMES, DEFAULT_TARGET_LAYER, LOCALIZATION_BATCH_SIZE
+from chexnet.constants import DEFAULT_TARGET_LAYER, LOCALIZATION_BATCH_SIZE
 from chexnet.heatmap_file import SavedHeatmaps, write_heatmaps
 from chexnet.images import RESIZE_METHODS, check_images_exist
 from chexnet.probs import write_probs_csv
@@ -50,8 +53,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         f"(default: {model_dir.DEFAULT_MODEL}, "
                         f"where train.py writes)")
     p.add_argument("--thresholds", type=str, default=None,
-                   help="a .npy of 8 probabilities, or one number for every class (default: "
-                        "thresholds.npy beside --model, else the checkpoint's own thresholds)")
+                   help="a .npy of one probability per class, or one number for every class "
+                        "(default: thresholds.npy beside --model, else the checkpoint's own)")
     p.add_argument("--bbox-list", type=str, default=None,
                    help="BBox_List_2017.csv: box sizes = its per-class mean boxes (default: "
                         "box_sizes.json beside --model if present, with the box method's per-class "
@@ -62,6 +65,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "images) "
                         "(default: None, every box of the table, test images included, as the "
                         "original averaged all 984)")
+    p.add_argument("--size-fallback", type=str, default="none", choices=model_dir.SIZE_FALLBACKS,
+                   help="with --size-images, a class with no box among the lists' images: none "
+                        "stops with an error; all takes its mean over every box of --bbox-list, "
+                        "test images included (NOT leak-free) (default: none)")
     p.add_argument("--out", type=str, default="bounding_box.txt",
                    help="box file to write (default: bounding_box.txt in the working folder)")
     p.add_argument("--probs", type=str, default=None,
@@ -74,6 +81,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "threshold (otsu); each "
                         "active class opens with its average box (default: the method "
                         "box_sizes.json beside --model was calibrated for, else peaks)")
+    p.add_argument("--no-average-box", action="store_true",
+                   help="heatmap boxes only: no class opens with its average box, whose size "
+                        "comes from a box table; with --method threshold, percentile or otsu no "
+                        "box then takes any size from the truth (default: off, the original's "
+                        "lines)")
     p.add_argument("--batch-size", type=int, default=LOCALIZATION_BATCH_SIZE,
                    help=f"images per forward pass (default: {LOCALIZATION_BATCH_SIZE})")
     p.add_argument("--device", type=str, default="auto",
@@ -93,11 +105,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def add_cam_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cam", type=str, default=DEFAULT_CAM, choices=list(CAM_METHODS),
+    p.add_argument("--cam", type=str, default=None, choices=list(CAM_METHODS),
                    help="class activation map: gradcam (the original's), gradcam++, layercam, or "
-                        "cam (the classifier's weights on the final features) (default: gradcam)")
+                        "cam (the classifier's weights on the final features) (default: the CAM "
+                        f"box_sizes.json beside --model was calibrated on, else {DEFAULT_CAM})")
     p.add_argument("--layer", type=str, default=None,
-                   help=f"target layer, a name from model.named_modules() (default: the method's: "
+                   help="target layer, a name from model.named_modules() (default: the layer "
+                        "box_sizes.json beside --model was calibrated on, else the method's: "
                         f"{DEFAULT_TARGET_LAYER}; {FINAL_FEATURES} for cam, its only one)")
 
 
@@ -118,7 +132,7 @@ def add_picture_options(p: argparse.ArgumentParser) -> None:
                         "(default: 256)")
 
 
-def make_plotter(args: argparse.Namespace, thresholds, plots_dir: Path | None):
+def make_plotter(args: argparse.Namespace, thresholds, class_names, plots_dir: Path | None):
     """LocalizationPlots drawing into plots_dir (None without --plots), with --truth's (or
     --bbox-list's) boxes."""
     if args.plots is None:
@@ -131,7 +145,8 @@ def make_plotter(args: argparse.Namespace, thresholds, plots_dir: Path | None):
     truth_path = args.truth or args.bbox_list
     truth = None if truth_path is None else nih.read_truth_by_image(truth_path)
     return localization_figures.LocalizationPlots(plots_dir, thresholds, truth,
-                                                  max_images=args.plot_images)
+                                                  max_images=args.plot_images,
+                                                  class_names=class_names)
 
 
 def resolve_resize(requested: str | None, checkpoint: dict, model_path: str) -> str:
@@ -144,6 +159,60 @@ def resolve_resize(requested: str | None, checkpoint: dict, model_path: str) -> 
     return requested or trained
 
 
+@dataclass
+class Setup:
+    """What a run resolved from its options and the model folder (chexnet.model_dir's rules)."""
+    paths: list[str]
+    per_image: bool  # an image or a folder: print a findings line per image
+    device: torch.device
+    net: torch.nn.Module
+    classes: list[str]  # the checkpoint's class names: one per output, in its order
+    thresholds: np.ndarray  # (C,), one per output
+    box_sizes: np.ndarray  # (8, 4) average boxes of the box classes, 1024 px
+    method: str
+    params: np.ndarray | None  # (8,) the box method's per-class parameter, None: its default
+    resize: str
+    cam: str
+    layer: str
+
+
+def resolve(args: argparse.Namespace) -> Setup:
+    """Check the options, resolve everything, print one line saying where each part came from."""
+    if args.batch_size < 1 or args.workers < 0:
+        raise InputError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size}, "
+                         f"{args.workers}")
+    if args.size_images is not None and args.bbox_list is None:
+        raise InputError("--size-images needs --bbox-list (the table whose boxes it selects)")
+    if args.size_fallback != "none" and args.size_images is None:
+        raise InputError("--size-fallback applies to --size-images only")
+    paths, per_image = input_paths(args.test_txt, args.images)
+    size_images = None if args.size_images is None else {
+        path: set(nih.read_image_list(path)) for path in args.size_images}
+    box_sizes, sizes_from = model_dir.resolve_box_sizes(args.bbox_list, args.model, size_images,
+                                                        args.size_fallback)
+    device = select_device(args.device)
+    checkpoint = load_checkpoint(args.model)
+    net = model_from_checkpoint(checkpoint, source=args.model)
+    thresholds, thresholds_from = model_dir.resolve_thresholds(args.thresholds, args.model,
+                                                               checkpoint)
+    method = args.method or model_dir.calibrated_method(args.bbox_list, args.model) or "peaks"
+    params, params_from = model_dir.resolve_box_params(args.bbox_list, args.model, method)
+    resize = resolve_resize(args.resize, checkpoint, args.model)
+    cam, layer, cam_from, warning = model_dir.resolve_cam(args.cam, args.layer, args.bbox_list,
+                                                          args.model)
+    if warning is not None:
+        print(warning, file=sys.stderr)
+    if args.no_average_box and method in boxes.SIZE_FREE:
+        sizes_from = "none (--no-average-box: heatmap boxes only, each sized by its map)"
+    print(f"{len(paths)} images, model {args.model} on {device}, "
+          f"thresholds from {thresholds_from}, "
+          f"box sizes from {sizes_from}, {method} parameters from {params_from}, "
+          f"resize {resize}, maps {cam} at {layer} (from {cam_from})",
+          file=sys.stderr)
+    return Setup(paths, per_image, device, net, list(checkpoint["class_names"]), thresholds,
+                 box_sizes, method, params, resize, cam, layer)
+
+
 def main(args: argparse.Namespace) -> None:
     """Localize; --plots draws into a temporary folder beside its folder, moved into place when
     the whole run has succeeded: a bad image in a late batch leaves no pictures behind."""
@@ -154,46 +223,26 @@ def main(args: argparse.Namespace) -> None:
 
 
 def localize_images(args: argparse.Namespace, plots_dir: Path | None) -> None:
-    if args.batch_size < 1 or args.workers < 0:
-        raise InputError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size}, "
-                         f"{args.workers}")
-    if args.size_images is not None and args.bbox_list is None:
-        raise InputError("--size-images needs --bbox-list (the table whose boxes it selects)")
-    paths, per_image = input_paths(args.test_txt, args.images)
-    device = select_device(args.device)
-    checkpoint = load_checkpoint(args.model)
-    net = model_from_checkpoint(checkpoint, source=args.model)
-    thresholds, thresholds_from = model_dir.resolve_thresholds(args.thresholds, args.model,
-                                                               checkpoint)
-    size_images = None if args.size_images is None else {
-        path: set(nih.read_image_list(path)) for path in args.size_images}
-    box_sizes, sizes_from = model_dir.resolve_box_sizes(args.bbox_list, args.model, size_images)
-    method = args.method or model_dir.calibrated_method(args.bbox_list, args.model) or "peaks"
-    params, params_from = model_dir.resolve_box_params(args.bbox_list, args.model, method)
-    resize = resolve_resize(args.resize, checkpoint, args.model)
-    print(f"{len(paths)} images, model {args.model} on {device}, "
-          f"thresholds from {thresholds_from}, "
-          f"box sizes from {sizes_from}, {method} parameters from {params_from}, "
-          f"resize {resize}",
-          file=sys.stderr)
-
-    plotter, plot_seconds = make_plotter(args, thresholds, plots_dir), 0.0
+    run = resolve(args)
+    plotter, plot_seconds = make_plotter(args, run.thresholds, run.classes, plots_dir), 0.0
     start = time.perf_counter()
-    results = localize.iter_localize(net, paths, thresholds, box_sizes, device,
-                                     batch_size=args.batch_size, target_layer=args.layer,
-                                     workers=args.workers, method=method, method_params=params,
-                                     resize=resize, cam_method=args.cam)
+    results = localize.iter_localize(run.net, run.paths, run.thresholds, run.box_sizes, run.device,
+                                     batch_size=args.batch_size, target_layer=run.layer,
+                                     workers=args.workers, method=run.method,
+                                     method_params=run.params, resize=run.resize,
+                                     cam_method=run.cam, class_names=run.classes,
+                                     average_box=not args.no_average_box)
     entries, detections, probs = [], 0, []
-    layer = args.layer or CAM_METHODS[args.cam].default_layer
-    saved = SavedHeatmaps([], [], [], [], args.cam, layer)
-    for result in tqdm(results, total=len(paths), unit="image", file=sys.stderr, desc="localize"):
+    saved = SavedHeatmaps([], [], [], [], run.cam, run.layer)
+    for result in tqdm(results, total=len(run.paths), unit="image", file=sys.stderr,
+                       desc="localize"):
         entries.append(ImageBoxes(result.image_path, result.boxes))
         probs.append(result.probs)
         detections += len(result.heatmaps)
         if args.save_heatmaps is not None:
-            keep_heatmaps(saved, result)
-        if per_image:
-            tqdm.write(findings_line(result, thresholds), file=sys.stdout)
+            keep_heatmaps(saved, result, run.classes)
+        if run.per_image:
+            tqdm.write(findings_line(result, run.thresholds, run.classes), file=sys.stdout)
         if plotter is not None:
             tick = time.perf_counter()
             plotter.add(result.image_path, result.probs, result.heatmaps, result.boxes)
@@ -203,8 +252,8 @@ def localize_images(args: argparse.Namespace, plots_dir: Path | None) -> None:
         write_heatmaps(args.save_heatmaps, saved)
         print(f"wrote {args.save_heatmaps}: {len(saved.labels)} heatmaps", file=sys.stderr)
     if args.probs is not None:
-        names = [os.path.basename(path) for path in paths]  # the label table's Image Index
-        write_probs_csv(args.probs, names, checkpoint["class_names"], probs)
+        names = [os.path.basename(path) for path in run.paths]  # the label table's Image Index
+        write_probs_csv(args.probs, names, run.classes, probs)
         print(f"wrote {args.probs}: probabilities of {len(names)} images")
     seconds = time.perf_counter() - start - plot_seconds  # the rate below is localization's alone
     n_boxes = sum(len(e.boxes) for e in entries)
@@ -214,10 +263,11 @@ def localize_images(args: argparse.Namespace, plots_dir: Path | None) -> None:
         finish_pictures(plotter, args, plot_seconds)
 
 
-def keep_heatmaps(saved: SavedHeatmaps, result: localize.ImageResult) -> None:
+def keep_heatmaps(saved: SavedHeatmaps, result: localize.ImageResult, class_names) -> None:
+    """The image's maps, each under its class's name (heatmaps are keyed by model column)."""
     for k, heatmap in result.heatmaps.items():
         saved.images.append(result.image_path)
-        saved.labels.append(CLASS_NAMES[k])
+        saved.labels.append(class_names[k])
         saved.probs.append(float(result.probs[k]))
         saved.maps.append(heatmap.astype("float32"))
         saved.sizes.append(result.size)  # the frame of its truth boxes, for evaluate --heatmaps
@@ -239,9 +289,10 @@ def input_paths(source: str, images: str | None) -> tuple[list[str], bool]:
     return paths, False
 
 
-def findings_line(result: localize.ImageResult, thresholds) -> str:
-    """`path WxH: Class 0.830, Class 0.610`: the classes above threshold, in class order."""
-    found = [f"{CLASS_NAMES[k]} {result.probs[k]:.3f}" for k in range(len(CLASS_NAMES))
+def findings_line(result: localize.ImageResult, thresholds, class_names) -> str:
+    """`path WxH: Class 0.830, Class 0.610`: the classes above threshold (all of the model's, 8 or
+    14), in the model's class order."""
+    found = [f"{name} {result.probs[k]:.3f}" for k, name in enumerate(class_names)
              if result.probs[k] > thresholds[k]]
     width, height = result.size
     return (f"{result.image_path} {width}x{height}: "

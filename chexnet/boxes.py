@@ -199,7 +199,9 @@ SIZE_FREE = ("threshold", "percentile", "otsu")
 def class_boxes(class_index: int, heatmap: np.ndarray, box_table: np.ndarray,
                 method: str = "peaks", param: float | None = None) -> list[Box]:
     """All lines of one active class, in the original's order: its average box, then its heatmap
-    boxes. param: the method's parameter for this class (None: its default)."""
+    boxes. class_index: the BOX class, CLASS_NAMES[class_index] and row class_index of box_table
+    (not a model's output column: localize.box_columns maps those by name); param: the method's
+    parameter for this class (None: its default)."""
     if method not in METHODS:
         raise ValueError(f"unknown box method {method!r}; choose from {', '.join(METHODS)}")
     m = METHODS[method]

@@ -46,9 +46,11 @@ class Heatmaps:
 
 def compute_heatmaps(net: torch.nn.Module, stored: np.ndarray, names: list[str],
                      device: torch.device, batch_size: int, layer: str | None,
-                     cam_method: str = DEFAULT_CAM) -> Heatmaps:
-    """uint8 (N, 256, 256) stored images -> probabilities and maps of the 8 box classes (a
-    14-class model's first 8) on their centre crops."""
+                     cam_method: str = DEFAULT_CAM, columns: list[int] | None = None) -> Heatmaps:
+    """uint8 (N, 256, 256) stored images -> probabilities and maps of the 8 box classes on their
+    centre crops. columns: the model's output of each box class, in CLASS_NAMES order
+    (localize.box_columns; None: the first 8)."""
+    columns = list(range(len(CLASS_NAMES))) if columns is None else list(columns)
     probs, maps = [], []
     net.to(device)
     with make_cam(cam_method, net, layer) as cam:
@@ -56,8 +58,8 @@ def compute_heatmaps(net: torch.nn.Module, stored: np.ndarray, names: list[str],
                           desc="heatmaps"):
             crops = np.stack([images.center_crop(im) for im in stored[start:start + batch_size]])
             batch = class_probabilities(cam, torch.from_numpy(crops).to(device))
-            probs.append(batch[:, :len(CLASS_NAMES)])  # the box classes: a 14-class model's first 8
-            maps.append(cam.maps(range(len(CLASS_NAMES))).cpu().numpy())
+            probs.append(batch[:, columns])  # (B, 8): the box classes, by name
+            maps.append(cam.maps(columns).cpu().numpy())
     return Heatmaps(list(names), np.concatenate(probs), np.concatenate(maps))
 
 

@@ -138,22 +138,24 @@ def contact_sheet(rows: Sequence[tuple[str, Sequence[SheetCell]]], out_path: str
 def image_figures(out_dir: str | os.PathLike, image_name: str, image: np.ndarray, probs: np.ndarray,
                   thresholds: np.ndarray, heatmaps: dict[int, np.ndarray], predicted: Sequence[Box],
                   truth: Sequence[TruthBox] | None = None, size: int = 512,
-                  frame: tuple[int, int] = drawing.SQUARE) -> list[Path]:
+                  frame: tuple[int, int] = drawing.SQUARE,
+                  class_names: Sequence[str] | None = None) -> list[Path]:
     """All pictures of one localized image: boxes, the probability chart, one heatmap per class.
 
-    Writes <stem>_boxes.png, <stem>_probs.png and <stem>_heatmap_<Class>.png (for each class
-    index in heatmaps) into out_dir; returns their paths. frame: the boxes' (width, height), over
-    which the image (the original, or its 256 stored form) is drawn.
+    Writes <stem>_boxes.png, <stem>_probs.png and <stem>_heatmap_<Class>.png (for each model
+    column in heatmaps) into out_dir; returns their paths. class_names: the model's, one per
+    probability (None: the usual order of 8 or 14). frame: the boxes' (width, height), over which
+    the image (the original, or its 256 stored form) is drawn.
     """
     out, stem = Path(out_dir), Path(image_name).stem
-    names = CLASS_SETS.get(len(probs), CLASS_NAMES)  # a model of the 8 or of all 14 findings
+    names = list(class_names or CLASS_SETS.get(len(probs), CLASS_NAMES))
     prob_of = {name: float(p) for name, p in zip(names, probs)}
     paths = [out / f"{stem}_boxes.png", out / f"{stem}_probs.png"]
     boxes_figure(image, predicted, truth, prob_of, paths[0], title=image_name, size=size,
                  frame=frame)
     probability_chart(probs, thresholds, paths[1], title=image_name, class_names=names)
     for k, heatmap in sorted(heatmaps.items()):
-        name = CLASS_NAMES[k]
+        name = names[k]
         paths.append(out / f"{stem}_heatmap_{name}.png")
         heatmap_overlay(image, heatmap, name, paths[-1],
                         predicted=[b for b in predicted if b.label == name],
@@ -175,17 +177,23 @@ class LocalizationPlots:
 
     def __init__(self, out_dir: str | os.PathLike, thresholds: np.ndarray,
                  truth: dict[str, list[TruthBox]] | None, max_images: int = 20, per_class: int = 4,
-                 size: int = 512):
+                 size: int = 512, class_names: Sequence[str] | None = None):
         self.out, self.thresholds, self.truth = Path(out_dir), np.asarray(thresholds, float), truth
         self.max_images, self.per_class, self.size = max_images, per_class, size
+        # the model's classes, one per probability; each box class's model column, by name
+        self.class_names = list(class_names or CLASS_SETS.get(len(self.thresholds), CLASS_NAMES))
+        self._column = {n: self.class_names.index(n) if n in self.class_names else None
+                        for n in CLASS_NAMES}
         self.seen = 0
         self._cells: dict[str, tuple[list[SheetCell], list[SheetCell]]] = {
             n: ([], []) for n in CLASS_NAMES}
 
-    def _wanted(self, truth: Sequence[TruthBox], heatmaps: dict[int, np.ndarray]) -> list[int]:
-        """Classes whose sheet row still has room for this image."""
+    def _wanted(self, truth: Sequence[TruthBox], heatmaps: dict[int, np.ndarray]) -> list[str]:
+        """Box classes whose sheet row still has room for this image (heatmaps: by model
+        column)."""
         labels = {b.label for b in truth}
-        return [k for k, name in enumerate(CLASS_NAMES) if (name in labels or k in heatmaps)
+        return [name for name in CLASS_NAMES
+                if (name in labels or self._column[name] in heatmaps)
                 and len(self._cells[name][0 if name in labels else 1]) < self.per_class]
 
     def add(self, image_path: str, probs: np.ndarray, heatmaps: dict[int, np.ndarray],
@@ -206,15 +214,17 @@ class LocalizationPlots:
         frame = (image.shape[1], image.shape[0])
         if self.seen < self.max_images:
             paths = image_figures(self.out, name, image, probs, self.thresholds, heatmaps,
-                                  predicted, truth, size=self.size, frame=frame)
+                                  predicted, truth, size=self.size, frame=frame,
+                                  class_names=self.class_names)
         self.seen += 1
         # one (256, 256) copy shared by this image's cells
         small = resize_stored(image) if wanted else None
-        for k in wanted:
-            label = CLASS_NAMES[k]
+        for label in wanted:
+            k = self._column[label]  # None: a box class the model does not have (truth only)
             class_truth = [b for b in truth or () if b.label == label]
+            caption = Path(name).stem + ("" if k is None else f"  p={float(probs[k]):.2f}")
             cell = SheetCell(small, heatmaps.get(k), [b for b in predicted if b.label == label],
-                             class_truth, f"{Path(name).stem}  p={float(probs[k]):.2f}", frame)
+                             class_truth, caption, frame)
             self._cells[label][0 if class_truth else 1].append(cell)
         return paths
 

@@ -20,7 +20,7 @@ from chexnet import boxes
 from chexnet import images
 from chexnet.boxfile import Box
 from chexnet.utils import InputError
-from chexnet.constants import CLASS_NAMES, CROP_SIZE, ORIGINAL_SIZE
+from chexnet.constants import CLASS_NAMES, CLASS_SETS, CROP_SIZE, ORIGINAL_SIZE
 from gradcam import DEFAULT_CAM, BaseCAM, make_cam
 
 
@@ -28,7 +28,7 @@ from gradcam import DEFAULT_CAM, BaseCAM, make_cam
 class ImageResult:
     image_path: str
     probs: np.ndarray  # float32 (C,): sigmoid of the logits
-    # active class -> float32 (224, 224)
+    # active box class's model column -> float32 (224, 224)
     heatmaps: dict[int, np.ndarray] = field(default_factory=dict)
     # per active class: average box, then heatmap boxes
     boxes: list[Box] = field(default_factory=list)
@@ -56,25 +56,43 @@ class FileCrops(Dataset):
         return torch.from_numpy(crop), torch.tensor(size, dtype=torch.int64), ""
 
 
+def box_columns(class_names: Sequence[str]) -> list[tuple[int, int]]:
+    """[(model column, box class)] for the model's classes that the box table knows, by name, in
+    box-class order (constants.CLASS_NAMES): a box class index k is CLASS_NAMES[k], its row of the
+    box sizes and of the method's parameters. Any order of the model's classes is boxed correctly;
+    the others (a 14-class model's 6) get probabilities only."""
+    names = list(class_names)
+    return [(names.index(name), k) for k, name in enumerate(CLASS_NAMES) if name in names]
+
+
 def iter_localize(model: torch.nn.Module, image_paths: Sequence[str], thresholds: np.ndarray,
                   box_sizes: np.ndarray, device: torch.device, batch_size: int = 16,
                   target_layer: str | None = None, workers: int = 0,
                   method: str = "peaks", method_params: np.ndarray | None = None,
-                  resize: str = images.DEFAULT_RESIZE, cam_method: str = DEFAULT_CAM
+                  resize: str = images.DEFAULT_RESIZE, cam_method: str = DEFAULT_CAM,
+                  class_names: Sequence[str] | None = None, average_box: bool = True
                   ) -> Iterator[ImageResult]:
     """Yield one ImageResult per path, in input order. The model is moved to `device`.
 
-    thresholds: (C,) probabilities; box_sizes: (C, 4) average boxes (x, y, w, h) in 1024 px whose w,
-    h size the heatmap boxes; method_params: (C,) the box method's parameter per class (None: its
-    default; see resolve_box_params); resize: how each image becomes 256x256, as the model's
-    training images did (images.resize_stored); cam_method: a name of gradcam.METHODS, hooked at
-    target_layer (None: the method's default). While the generator is open the model carries the CAM
-    hook.
+    thresholds: (C,) probabilities, one per model output; class_names: (C,) the model's classes,
+    the checkpoint's (None: the usual order of 8 or 14, constants.CLASS_SETS); box_sizes: (8, 4)
+    average boxes (x, y, w, h) in 1024 px per box class whose w, h size the heatmap boxes;
+    method_params: (8,) the box method's parameter per box class (None: its default; see
+    resolve_box_params); resize: how each image becomes 256x256, as the model's training images did
+    (images.resize_stored); cam_method: a name of gradcam.METHODS, hooked at target_layer (None: the
+    method's default); average_box False: heatmap boxes only, no class opening with its average
+    box. ImageResult.heatmaps is keyed by model column. While the generator is open the model
+    carries the CAM hook.
     """
     thresholds = np.asarray(thresholds, dtype=np.float32)
     box_sizes = np.asarray(box_sizes, dtype=np.float64)
     if method not in boxes.METHODS:
         raise ValueError(f"unknown box method {method!r}; choose from {', '.join(boxes.METHODS)}")
+    if class_names is None:
+        class_names = CLASS_SETS.get(len(thresholds), CLASS_NAMES)
+    if len(class_names) != len(thresholds):
+        raise InputError(f"{len(class_names)} class names but {len(thresholds)} thresholds")
+    columns = box_columns(class_names)
     paths = list(image_paths)
     loader = DataLoader(FileCrops(paths, resize), batch_size=batch_size, shuffle=False,
                         num_workers=workers, pin_memory=device.type == "cuda")
@@ -88,10 +106,11 @@ def iter_localize(model: torch.nn.Module, image_paths: Sequence[str], thresholds
                     raise InputError(message)
             batch_paths = paths[start:start + len(crops)]
             start += len(crops)
-            probs, maps, classes = _network(cam, crops.to(device, non_blocking=True), thresholds,
-                                            box_sizes)
-            job = pool.submit(_results, batch_paths, probs, maps, classes, thresholds, box_sizes,
-                              method, method_params, [tuple(s) for s in sizes.tolist()])
+            probs, maps, active = _network(cam, crops.to(device, non_blocking=True), thresholds,
+                                           columns)
+            job = pool.submit(_results, batch_paths, probs, maps, active, thresholds, box_sizes,
+                              method, method_params, [tuple(s) for s in sizes.tolist()],
+                              average_box)
             if pending is not None:
                 # boxes of the previous batch, made during this batch's pass
                 yield from pending.result()
@@ -100,20 +119,21 @@ def iter_localize(model: torch.nn.Module, image_paths: Sequence[str], thresholds
             yield from pending.result()
 
 
-def _network(cam: BaseCAM, crops: torch.Tensor, thresholds: np.ndarray, box_sizes: np.ndarray
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """uint8 (B, 224, 224) on the device -> probs (B, C), maps (B, K, 224, 224), classes (K,).
+def _network(cam: BaseCAM, crops: torch.Tensor, thresholds: np.ndarray,
+             columns: list[tuple[int, int]]
+             ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+    """uint8 (B, 224, 224) on the device -> probs (B, C), maps (B, K, 224, 224), and the K (model
+    column, box class) pairs of `columns` active on some image of the batch, in that order.
 
-    Heatmaps (and so boxes) only for the box classes, the first len(box_sizes) = 8: a 14-class
+    Heatmaps (and so boxes) only for the box classes, found by name (box_columns): a 14-class
     model's other 6 findings have no box in BBox_List_2017 and get probabilities only."""
     probs = class_probabilities(cam, crops)
     if probs.shape[1] != len(thresholds):
         raise InputError(f"the model has {probs.shape[1]} outputs but there are {len(thresholds)} "
                          f"thresholds")
-    boxed = min(len(box_sizes), probs.shape[1])
-    classes = np.flatnonzero((probs[:, :boxed] > thresholds[:boxed]).any(axis=0))  # active anywhere
-    maps = cam.maps(classes.tolist()).cpu().numpy()
-    return probs, maps, classes
+    active = [(j, k) for j, k in columns if (probs[:, j] > thresholds[j]).any()]
+    maps = cam.maps([j for j, _ in active]).cpu().numpy()
+    return probs, maps, active
 
 
 def class_probabilities(cam: BaseCAM, crops: torch.Tensor) -> np.ndarray:
@@ -123,12 +143,14 @@ def class_probabilities(cam: BaseCAM, crops: torch.Tensor) -> np.ndarray:
     return torch.sigmoid(logits.float()).cpu().numpy()
 
 
-def _results(paths: list[str], probs: np.ndarray, maps: np.ndarray, classes: np.ndarray,
-             thresholds: np.ndarray, box_sizes: np.ndarray, method: str,
-             method_params: np.ndarray | None = None,
-             sizes: list[tuple[int, int]] | None = None) -> list[ImageResult]:
-    """Per image: the heatmaps of its own active classes and their box lines, in class order, in
-    the image's own pixels (sizes: (width, height) per image; None: 1024x1024)."""
+def _results(paths: list[str], probs: np.ndarray, maps: np.ndarray,
+             active: list[tuple[int, int]], thresholds: np.ndarray, box_sizes: np.ndarray,
+             method: str, method_params: np.ndarray | None = None,
+             sizes: list[tuple[int, int]] | None = None,
+             average_box: bool = True) -> list[ImageResult]:
+    """Per image: the heatmaps of its own active classes (by model column) and their box lines, in
+    box-class order, labelled with the class's name, in the image's own pixels (sizes: (width,
+    height) per image; None: 1024x1024)."""
     results = []
     for b, path in enumerate(paths):
         if not np.isfinite(probs[b]).all():
@@ -136,14 +158,15 @@ def _results(paths: list[str], probs: np.ndarray, maps: np.ndarray, classes: np.
                              f"(a broken checkpoint?)")
         size = (ORIGINAL_SIZE, ORIGINAL_SIZE) if sizes is None else sizes[b]
         result = ImageResult(path, probs[b], size=size)
-        for j, k in enumerate(classes):
-            if probs[b, k] > thresholds[k]:
-                result.heatmaps[int(k)] = maps[b, j].copy()
+        for i, (j, k) in enumerate(active):
+            if probs[b, j] > thresholds[j]:
+                result.heatmaps[j] = maps[b, i].copy()
                 try:
                     param = None if method_params is None else float(method_params[k])
-                    lines = boxes.class_boxes(int(k), maps[b, j], box_sizes, method, param)
-                    result.boxes += [boxes.to_image(box, size) for box in lines]
+                    lines = boxes.class_boxes(k, maps[b, i], box_sizes, method, param)
                 except ValueError as err:
                     raise InputError(f"{path}: {CLASS_NAMES[k]}: {err}") from None
+                lines = lines if average_box else lines[1:]
+                result.boxes += [boxes.to_image(box, size) for box in lines]
         results.append(result)
     return results

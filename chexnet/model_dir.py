@@ -9,7 +9,8 @@
       training_curves.png, roc_curves.png      train.py's pictures
       box_sizes.json   calibrate.py's record (optional): {"class_names": [...],
                        "boxes": [[x, y, w, h], ...] (1024 px), "method": ..., "parameter": ...,
-                       "params": [C], "calibration": {...}}
+                       "params": [C], "calibration": {"cam": ..., "layer": ..., ...}}: the box
+                       method, its parameters and the CAM whose maps they were tuned on
       heatmaps.npz     calibrate.py's maps, to re-run its search without the network
 
 Localization finds thresholds.npy and box_sizes.json beside whatever checkpoint it is given, so a
@@ -39,6 +40,7 @@ ROC_CURVES = "roc_curves.png"
 TRAINING_OUTPUTS = (BEST, LAST, THRESHOLDS, METRICS_LOG, TRAINING_CURVES, ROC_CURVES)
 DEFAULT_FOLDER = "model"
 DEFAULT_MODEL = f"{DEFAULT_FOLDER}/{BEST}"  # where train.py writes and localization looks
+SIZE_FALLBACKS = ("none", "all")  # --size-fallback: for a class without boxes in --size-images
 
 
 # ---------------------------------------------------------------- thresholds.npy
@@ -76,14 +78,7 @@ def resolve_thresholds(spec: str | None, model_path: str | os.PathLike, checkpoi
     One per class of the checkpoint (its class_names: 8 or 14)."""
     count = len(checkpoint.get("class_names", CLASS_NAMES))
     if spec is not None:
-        if os.path.isfile(spec):
-            return load_thresholds(spec, count), spec
-        try:
-            value = float(spec)
-        except ValueError:
-            raise InputError(f"--thresholds {spec}: no such file, and not a number") from None
-        values = check_thresholds(np.full(count, value), f"--thresholds {spec}", count)
-        return values, f"{value} for every class"
+        return thresholds_from_spec(spec, count)
     beside = Path(model_path).parent / THRESHOLDS
     if beside.is_file():
         return load_thresholds(beside, count), str(beside)
@@ -94,35 +89,64 @@ def resolve_thresholds(spec: str | None, model_path: str | os.PathLike, checkpoi
                      f"none; pass --thresholds PATH.npy or a number")
 
 
+def thresholds_from_spec(spec: str, count: int) -> tuple[np.ndarray, str]:
+    """--thresholds: a .npy of `count` thresholds, or one number for every class."""
+    if os.path.isfile(spec):
+        return load_thresholds(spec, count), spec
+    try:
+        value = float(spec)
+    except ValueError:
+        raise InputError(f"--thresholds {spec}: no such file, and not a number") from None
+    values = check_thresholds(np.full(count, value), f"--thresholds {spec}", count)
+    return values, f"{value} for every class"
+
+
 # ---------------------------------------------------------------- box_sizes.json
 
 def resolve_box_sizes(bbox_list: str | os.PathLike | None, model_path: str | os.PathLike | None,
-                      size_images: dict[str, set[str]] | None = None) -> tuple[np.ndarray, str]:
+                      size_images: dict[str, set[str]] | None = None,
+                      fallback: str = "none") -> tuple[np.ndarray, str]:
     """(average boxes (C, 4) x, y, w, h in 1024 px, where they came from): the per-class mean of a
     box table when given, else box_sizes.json beside the checkpoint, else the original's table.
 
     size_images ({list path: its image names}) keeps only the table's boxes of those images (the
     training and validation lists: sizes that never see the test images); without it every box
-    counts, as the original averaged all 984, test images included."""
-    fallback = np.array(AVERAGE_BOXES, dtype=np.float64)
-    if bbox_list is not None:
-        truth = nih.read_bbox_list(bbox_list)
-        where = f"in {bbox_list}"
-        if size_images is not None:
-            keep = set().union(*size_images.values())
-            truth = [b for b in truth if b.image in keep]
-            where = (f"of the images of {' + '.join(map(str, size_images))} in {bbox_list} "
-                     f"({len({b.image for b in truth})} images)")
-        table = nih.average_boxes(truth)
-        absent = np.isnan(table).any(axis=1)
-        table[absent] = fallback[absent]  # a class without boxes in the file keeps the original's
-        note = (f" (built-in sizes for {', '.join(np.array(CLASS_NAMES)[absent])})"
-                if absent.any() else "")
-        return table, f"mean of {len(truth)} boxes {where}{note}"
-    calibrated = calibrated_box_file(None, model_path)
-    if calibrated is not None:
-        return read_box_sizes(calibrated), str(calibrated)
-    return fallback, "the original's average boxes (constants.AVERAGE_BOXES)"
+    counts, as the original averaged all 984, test images included. A class with no box among
+    size_images' images is an InputError unless fallback is "all": then it takes its mean over
+    every box of the table, test images included (said so: not leak-free). A class absent from the
+    whole table keeps the original's built-in size."""
+    if fallback not in SIZE_FALLBACKS:
+        raise InputError(f"--size-fallback {fallback}: choose from {', '.join(SIZE_FALLBACKS)}")
+    if bbox_list is None:
+        calibrated = calibrated_box_file(None, model_path)
+        if calibrated is not None:
+            return read_box_sizes(calibrated), str(calibrated)
+        return (np.array(AVERAGE_BOXES, dtype=np.float64),
+                "the original's average boxes (constants.AVERAGE_BOXES)")
+    truth = nih.read_bbox_list(bbox_list)
+    table = nih.average_boxes(truth)
+    builtin = np.isnan(table).any(axis=1)  # no box in the whole table: the original's size
+    table[builtin] = np.array(AVERAGE_BOXES, dtype=np.float64)[builtin]
+    if size_images is None:
+        note = (f" (built-in sizes for {', '.join(np.array(CLASS_NAMES)[builtin])})"
+                if builtin.any() else "")
+        return table, f"mean of {len(truth)} boxes in {bbox_list}{note}"
+    keep = set().union(*size_images.values())
+    kept = [b for b in truth if b.image in keep]
+    listed = nih.average_boxes(kept)
+    absent = np.isnan(listed).any(axis=1)
+    names = ", ".join(np.array(CLASS_NAMES)[absent])
+    if absent.any() and fallback == "none":
+        raise InputError(f"--size-images {' '.join(map(str, size_images))}: no box of {names} in "
+                         f"{bbox_list} among these lists' images, so no leak-free size for them; "
+                         f"pass --size-fallback all to take them from every box of the table "
+                         f"(test images included, NOT leak-free), or see README 'A study'")
+    listed[absent] = table[absent]
+    note = (f" (for {names}: the mean of every box of the table, test images included: "
+            f"NOT leak-free)" if absent.any() else "")
+    lists = " + ".join(map(str, size_images))
+    return listed, (f"mean of {len(kept)} boxes of the images of {lists} in {bbox_list} "
+                    f"({len({b.image for b in kept})} images){note}")
 
 
 def read_box_sizes(path: str | os.PathLike) -> np.ndarray:
@@ -206,6 +230,32 @@ def calibrated_method(bbox_list: str | os.PathLike | None,
         raise InputError(f"{path}: unknown box method {method!r}; "
                          f"choose from {', '.join(boxes.METHODS)}")
     return method
+
+
+def resolve_cam(cam: str | None, layer: str | None, bbox_list: str | os.PathLike | None,
+                model_path: str | os.PathLike | None) -> tuple[str, str, str, str | None]:
+    """(CAM method, target layer, where they came from, a warning or None). What --cam/--layer
+    leave open comes from the calibration record of the applicable box_sizes.json (calibrate.py's
+    "cam" and "layer"), else gradcam at its default layer; maps of another CAM or layer than the
+    record's get a warning (the boxes were tuned on its maps)."""
+    from gradcam import DEFAULT_CAM, METHODS  # torch loads only where maps are made
+
+    path = calibrated_box_file(bbox_list, model_path)
+    record = {} if path is None else _read_box_json(path).get("calibration") or {}
+    tuned = record.get("cam")
+    if tuned is None:
+        chosen = cam or DEFAULT_CAM
+        return (chosen, layer or METHODS[chosen].default_layer,
+                "the options" if cam or layer else "the default", None)
+    if tuned not in METHODS:
+        raise InputError(f"{path}: calibrated on an unknown CAM method {tuned!r}; choose from "
+                         f"{', '.join(METHODS)}")
+    chosen, tuned_at = cam or tuned, record.get("layer") or METHODS[tuned].default_layer
+    at = layer or (tuned_at if chosen == tuned else METHODS[chosen].default_layer)
+    warning = None if (chosen, at) == (tuned, tuned_at) else (
+        f"warning: maps of {chosen} at {at}, but {path} was calibrated on {tuned} at {tuned_at}: "
+        f"its box sizes and parameters were tuned for another CAM")
+    return chosen, at, str(path) if cam is None and layer is None else "the options", warning
 
 
 def resolve_box_params(bbox_list: str | os.PathLike | None, model_path: str | os.PathLike | None,

@@ -57,28 +57,45 @@ def random_split(table: dict[str, LabelRow], valid_fraction: float, test_fractio
             "test": _images(test, by_patient, order)}
 
 
-def official_split(table: dict[str, LabelRow], train_val: tuple[str, list[str]],
-                   test: tuple[str, list[str]], valid_fraction: float,
+def official_split(table: dict[str, LabelRow], train_val: tuple[str, list[tuple[int, str]]],
+                   test: tuple[str, list[tuple[int, str]]], valid_fraction: float,
                    seed: int) -> dict[str, list[str]]:
     """NIH's test list as the test list; valid = valid_fraction of train_val's patients.
 
-    train_val and test are (path, names). A name absent from the table, or a patient in both
-    lists, is an InputError naming the file.
+    train_val and test are (path, [(line number, name)]) as nih.read_image_list_lines reads them.
+    A name listed twice in either, a name absent from the table, or a patient in both lists, is an
+    InputError naming the file (and the line of a duplicate).
     """
-    for path, names in (train_val, test):
+    (tv_path, tv_names), (test_path, test_names) = ((path, unique_names(path, entries))
+                                                    for path, entries in (train_val, test))
+    for path, names in ((tv_path, tv_names), (test_path, test_names)):
         missing = [n for n in names if n not in table]
         if missing:
             raise InputError(f"{path}: {len(missing)} image(s) not in the label table, "
                              f"e.g. {missing[0]}")
-    by_patient = patients_of(train_val[1], table)
-    shared = set(by_patient) & set(patients_of(test[1], table))
+    by_patient = patients_of(tv_names, table)
+    shared = set(by_patient) & set(patients_of(test_names, table))
     if shared:
-        raise InputError(f"{test[0]}: {len(shared)} patient(s) also in {train_val[0]}, "
+        raise InputError(f"{test_path}: {len(shared)} patient(s) also in {tv_path}, "
                          f"e.g. {min(shared)}")
     order = {name: i for i, name in enumerate(table)}
     valid, train = _draw(list(by_patient), (valid_fraction,), seed)
     return {"train": _images(train, by_patient, order), "valid": _images(valid, by_patient, order),
-            "test": sorted(set(test[1]), key=order.__getitem__)}
+            "test": sorted(test_names, key=order.__getitem__)}
+
+
+def unique_names(path: str | os.PathLike, entries: list[tuple[int, str]]) -> list[str]:
+    """The names of a list's (line number, name) entries; a name listed twice is an InputError
+    naming the file and both lines (an image belongs in a list once; a duplicate would count twice
+    in training or in the test AUROC)."""
+    first: dict[str, int] = {}
+    for number, name in entries:
+        if name in first:
+            repeats = len(entries) - len({n for _, n in entries})
+            raise InputError(f"{path}:{number}: {name} is listed again (first on line "
+                             f"{first[name]}); {repeats} duplicate line(s) in all: remove them")
+        first[name] = number
+    return list(first)
 
 
 # ---------------------------------------------------------------- summary and checks

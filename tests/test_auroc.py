@@ -2,6 +2,8 @@
 import csv
 import json
 import os
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -93,6 +95,48 @@ def test_auroc_tool_on_a_known_case(tmp_path, capsys):
     assert (tmp_path / "out" / "roc.png").stat().st_size > 10_000
 
 
+@pytest.fixture(scope="module")
+def checkpoint_14(tmp_path_factory):
+    """A 14-class checkpoint (random weights) carrying thresholds of 0.3, alone in its folder."""
+    folder = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    net = model_lib.build_model(len(ALL_FINDINGS), weights="none")
+    model_lib.save_checkpoint(folder / "best.pt", model_lib.new_checkpoint(
+        net.state_dict(), thresholds=np.full(14, 0.3), class_names=ALL_FINDINGS))
+    return folder / "best.pt"
+
+
+def test_model_gives_the_thresholds_localization_uses(tmp_path, checkpoint_14, capsys):
+    labels, probs = known_case(tmp_path)
+    report = run(tmp_path, "--model", str(checkpoint_14))  # no thresholds.npy beside: its own
+    assert report["thresholds_from"] == f"{checkpoint_14} (its 'thresholds')"
+    assert [r["threshold"] for r in report["classes"][:14]] == pytest.approx([0.3] * 14)
+    on = probs[:, 0] > 0.3
+    assert report["classes"][0]["sensitivity"] == pytest.approx(on[labels[:, 0] == 1].mean())
+    assert f"thresholds from {checkpoint_14}" in capsys.readouterr().out
+    beside = tmp_path / "model"  # thresholds.npy beside the checkpoint beats its own, as in localization
+    beside.mkdir()
+    os.link(checkpoint_14, beside / "best.pt")
+    values = np.linspace(0.2, 0.8, 14).astype(np.float32)
+    np.save(beside / "thresholds.npy", values)
+    report = run(tmp_path, "--model", str(beside / "best.pt"))
+    assert report["thresholds_from"] == str(beside / "thresholds.npy")
+    assert [r["threshold"] for r in report["classes"][:14]] == pytest.approx(values.tolist())
+    report = run(tmp_path, "--model", str(beside / "best.pt"), "--thresholds", "0.6")  # beats both
+    assert report["thresholds_from"] == "0.6 for every class"
+
+
+def test_model_whose_classes_are_not_the_csvs_is_refused(tmp_path, checkpoint_14):
+    from chexnet.utils import InputError
+
+    known_case(tmp_path)
+    names, _, probs = read_probs_csv(tmp_path / "probs.csv")
+    write_probs_csv(tmp_path / "probs.csv", names, ALL_FINDINGS[::-1], probs)  # same names, other order
+    with pytest.raises(InputError, match="class names Atelectasis,.*differ from the header of") as err:
+        run(tmp_path, "--model", str(checkpoint_14))
+    assert str(checkpoint_14) in str(err.value) and "\n" not in str(err.value)
+
+
 def test_interval_resamples_patients_not_images(tmp_path):
     """Listing every image three times (same patients) changes neither the AUROC nor the interval;
     an image-level bootstrap would narrow it."""
@@ -115,6 +159,43 @@ def test_published_table_has_its_sources_and_the_papers_mean():
     text = auroc.PUBLISHED.read_text()
     assert "arxiv.org/abs/1711.05225" in text and "github.com/arnoweng/CheXNet" in text
     assert "github.com/jrzech/reproduce-chexnet" in text
+
+
+# The original project's per-class test AUROCs (thtang/CheXNet-with-localization, Report.pdf Table 1).
+ORIGINAL = {"Atelectasis": 0.8486, "Cardiomegaly": 0.9479, "Effusion": 0.8884, "Infiltration": 0.6630,
+            "Mass": 0.8147, "Nodule": 0.8066, "Pneumonia": 0.7228, "Pneumothorax": 0.8996}
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "README.md"
+
+
+def test_the_original_projects_row_is_its_report_and_gives_its_mean():
+    published = auroc.read_published()["original_8class"]
+    assert {c: published[c] for c in CLASS_NAMES} == ORIGINAL
+    assert set(published) == set(CLASS_NAMES) | {"mean"}  # it reported 8 classes, no others
+    assert round(float(np.mean(list(ORIGINAL.values()))), 3) == published["mean"] == 0.824
+    text = auroc.PUBLISHED.read_text()
+    assert "github.com/thtang/CheXNet-with-localization" in text and "theinfamouswayne" not in text
+
+
+def test_the_original_row_matches_the_shared_reference_notes():
+    if not REFERENCE.is_file():
+        pytest.skip("../shared/reference is not present")
+    line = next(l for l in REFERENCE.read_text().splitlines() if "the original pipeline (its report" in l)
+    figures = [float(v) for v in re.findall(r"(?<![\w.])\.\d{4}\b", line)]
+    assert figures == list(ORIGINAL.values())
+
+
+def test_side_by_side_table_shows_the_originals_per_class_figures(tmp_path, capsys):
+    labels, probs = known_case(tmp_path)
+    names, _, all_probs = read_probs_csv(tmp_path / "probs.csv")
+    write_probs_csv(tmp_path / "probs.csv", names, CLASS_NAMES, all_probs[:, :8])  # an 8-class run
+    report = run(tmp_path)
+    beside = report["published"]["original_8class"]
+    assert beside["classes"] == ORIGINAL
+    assert round(beside["mean_of_these_classes"], 3) == 0.824
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    for name, value in ORIGINAL.items():  # the last column of the printed table is the original's
+        assert rows[name].split()[-1] == f"{value:.3f}"
+    assert rows["mean"].split()[-1] == "0.824"
 
 
 def test_localization_probs_are_the_forward_pass(tmp_path, sample_dir):

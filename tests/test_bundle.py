@@ -290,3 +290,31 @@ def test_a_calibrated_box_file_travels_whole_and_picks_its_method(built, tmp_pat
     bundle.build_bundle(out, model / "best.pt")
     with zipfile.ZipFile(out) as zf:
         assert zf.read(model_dir.BOX_SIZES) == (model / model_dir.BOX_SIZES).read_bytes()
+
+
+def test_a_bundle_calibrated_on_another_cam_localizes_as_the_project_does(built, tmp_path, sample_dir,
+                                                                          monkeypatch):
+    """box_sizes.json calibrated on layercam at denseblock3: the unzipped bundle, run with no
+    arguments, makes the maps the project's denseNet_localization.py makes beside the same file."""
+    _, model_folder = built
+    model = tmp_path / "model"
+    shutil.copytree(model_folder, model)
+    sizes, _ = model_dir.resolve_box_sizes(str(SAMPLE / "BBox_List_2017.csv"), None)
+    model_dir.write_box_sizes(model / model_dir.BOX_SIZES, sizes, "peaks", np.full(len(CLASS_NAMES), 0.9),
+                              calibration={"cam": "layercam", "layer": "features.denseblock3"})
+    out = tmp_path / "layercam.zip"
+    manifest = bundle.build_bundle(out, model / "best.pt")
+    assert manifest["cam"] == {"method": "layercam", "layer": "features.denseblock3",
+                               "source": model_dir.BOX_SIZES}
+    folder = _unzip(out, tmp_path / "platform", sample_dir)
+    proc = _run(folder, CHEXNET_WORKERS="0")
+    assert proc.returncode == 0, proc.stderr
+    assert "maps layercam at features.denseblock3" in proc.stderr
+    monkeypatch.chdir(folder)
+    denseNet_localization.main(denseNet_localization.get_args_parser().parse_args([
+        "test.txt", "images", "--model", str(model / "best.pt"), "--out", "reference.txt", "--workers", "0"]))
+    assert (folder / "bounding_box.txt").read_text() == (folder / "reference.txt").read_text()
+    denseNet_localization.main(denseNet_localization.get_args_parser().parse_args([
+        "test.txt", "images", "--model", str(model / "best.pt"), "--out", "gradcam.txt", "--workers", "0",
+        "--cam", "gradcam"]))
+    assert (folder / "gradcam.txt").read_text() != (folder / "reference.txt").read_text()  # the CAM mattered

@@ -17,7 +17,7 @@ from chexnet import localize
 from model import ARCH, FORMAT, VERSION, build_model, save_checkpoint
 from chexnet.boxfile import read_box_file
 from chexnet.utils import InputError
-from chexnet.constants import AVERAGE_BOXES, CLASS_NAMES
+from chexnet.constants import AVERAGE_BOXES, CLASS_NAMES, DEFAULT_TARGET_LAYER
 from chexnet.nih import TruthBox
 from chexnet import model_dir
 from chexnet import calibration, scoring
@@ -151,6 +151,7 @@ def test_end_to_end_box_sizes_json_drives_localization(run_dir):
     params = model_dir.read_box_params(sizes_path, "peaks")
     record = json.loads(sizes_path.read_text())["calibration"]
     assert record["images"] == 6 and set(record["tuning"]) == set(CLASS_NAMES) | {"overall"}
+    assert (record["cam"], record["layer"]) == ("gradcam", DEFAULT_TARGET_LAYER)  # the maps it tuned on
     changed = [k for k in range(8) if not np.allclose(table[k], AVERAGE_BOXES[k], atol=1e-3)]
     assert changed, "the search kept every size: the test would prove nothing"
     assert record["choices"]["Effusion"] == {
@@ -162,6 +163,7 @@ def test_end_to_end_box_sizes_json_drives_localization(run_dir):
                     "--model", model, "--out", run_dir / "after.txt", "--workers", "0", cwd=run_dir)
     assert f"box sizes from {sizes_path}" in after.stderr
     assert f"parameters from {sizes_path}" in after.stderr
+    assert f"maps gradcam at {DEFAULT_TARGET_LAYER} (from {sizes_path})" in after.stderr
     for entry in read_box_file(run_dir / "after.txt"):
         for k, name in enumerate(CLASS_NAMES):
             lines = [b for b in entry.boxes if b.label == name]

@@ -109,6 +109,23 @@ def test_official_lists_sharing_a_patient_are_refused(tmp_path, sample_dir):
     assert proc.returncode == 2 and "--test-fraction" in proc.stderr
 
 
+@pytest.mark.parametrize("which", ["tv", "test"])
+def test_official_lists_with_a_duplicate_name_are_refused_alike(tmp_path, sample_dir, which):
+    """A name listed twice, in train_val_list or in test_list: one line naming the file and the line,
+    exit status 2, nothing written (neither list is quietly de-duplicated)."""
+    names = list(nih.read_data_entry(sample_dir / "Data_Entry_2017.csv"))
+    lists = {"tv": names[:10], "test": names[10:]}
+    lists[which] = lists[which][:4] + [""] + lists[which][2:3] + lists[which][4:]  # blank line 5, then a repeat
+    for name, content in lists.items():
+        (tmp_path / f"{name}.txt").write_text("\n".join(content) + "\n")
+    proc = subprocess.run([sys.executable, SPLIT, sample_dir / "Data_Entry_2017.csv", tmp_path / "out",
+                           "--official", tmp_path / "tv.txt", tmp_path / "test.txt"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert f"{tmp_path / which}.txt:6: {lists[which][2]} is listed again (first on line 3)" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_sample_split_is_patient_disjoint(tmp_path, sample_dir):
     table = nih.read_data_entry(sample_dir / "Data_Entry_2017.csv")
     assert run(sample_dir / "Data_Entry_2017.csv", tmp_path, "--seed", 1) == 0

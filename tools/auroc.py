@@ -1,14 +1,16 @@
 """Test-set AUROC per class with patient-level bootstrap 95% intervals, beside published figures.
 
-    python3 tools/auroc.py PROBS_CSV DATA_ENTRY [--thresholds model/thresholds.npy]
+    python3 tools/auroc.py PROBS_CSV DATA_ENTRY [--model model/best.pt | --thresholds FILE.npy]
                            [--bootstrap 1000] [--seed 0] [--out DIR]
 
 PROBS_CSV is denseNet_localization.py --probs (image,<class names>); the labels come from the
 label table by image name. Per class: positives, negatives, AUROC (sklearn's), its 95% interval
 from --bootstrap draws of patients with replacement (patients, not images: a patient's images are
-correlated), and with --thresholds the operating point (sensitivity, specificity; prob > threshold
-is positive, as localization decides). The mean is over the classes whose AUROC is defined. The
-published figures of docs/published_auroc.csv (CheXNet, arnoweng, jrzech, the original project)
+correlated), and with --model or --thresholds the operating point (sensitivity, specificity; prob >
+threshold is positive, as localization decides). --model CKPT takes the thresholds as localization
+does (thresholds.npy beside it, else the checkpoint's own; --thresholds still overrides) and checks
+that its class names are PROBS_CSV's header. The mean is over the classes whose AUROC is defined.
+The published figures of docs/published_auroc.csv (CheXNet, arnoweng, jrzech, the original project)
 are printed beside ours; their test sets differ from ours. --out writes auroc.csv, auroc.json
 and roc.png.
 """
@@ -26,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root: chexnet/, model.py
 
-from chexnet import bootstrap, metrics, nih  # noqa: E402
+from chexnet import bootstrap, metrics, model_dir, nih  # noqa: E402
 from chexnet.constants import ALL_FINDINGS  # noqa: E402
 from chexnet.probs import read_probs_csv  # noqa: E402
 from chexnet.utils import InputError, run_cli, write_text_atomic  # noqa: E402
@@ -42,10 +44,14 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="probabilities CSV of denseNet_localization.py --probs")
     p.add_argument("data_entry", type=str,
                    help="label table Data_Entry_2017.csv (or .csv.gz, or v2020)")
+    p.add_argument("--model", type=str, default=None,
+                   help="the checkpoint that made PROBS_CSV: its thresholds for the operating "
+                        "point, found as localization finds them (thresholds.npy beside it, else "
+                        "its own); its class names must be the CSV's (default: None)")
     p.add_argument("--thresholds", type=str, default=None,
                    help="a .npy of one threshold per class of PROBS_CSV (train.py's "
-                        "thresholds.npy) "
-                        "for the operating point (default: None, no operating point)")
+                        "thresholds.npy), or one number, for the operating point; beats --model's "
+                        "(default: None: --model's, else no operating point)")
     p.add_argument("--bootstrap", type=int, default=1000,
                    help="patient-level bootstrap draws; 0 for no interval (default: 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap draws (default: 0)")
@@ -68,17 +74,23 @@ def read_published(path: str | os.PathLike = PUBLISHED) -> dict[str, dict[str, f
     return table
 
 
-def _thresholds(spec: str | None, class_names: list[str]) -> np.ndarray | None:
-    if spec is None:
-        return None
-    try:
-        values = np.load(spec, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise InputError(f"{spec}: not a readable .npy file ({err})") from None
-    if values.shape != (len(class_names),) or not np.all((values >= 0) & (values <= 1)):
-        raise InputError(f"{spec}: expected {len(class_names)} thresholds in [0, 1], "
-                         f"got shape {values.shape}")
-    return values.astype(np.float64)
+def resolve_thresholds(args: argparse.Namespace, class_names: list[str]
+                       ) -> tuple[np.ndarray | None, str | None]:
+    """(thresholds (C,) or None, where they came from), by chexnet.model_dir's rules, as
+    localization resolves them."""
+    if args.model is None:
+        if args.thresholds is None:
+            return None, None
+        return model_dir.thresholds_from_spec(args.thresholds, len(class_names))
+    from model import load_checkpoint  # torch loads only when a checkpoint is asked for
+
+    checkpoint = load_checkpoint(args.model)
+    names = list(checkpoint["class_names"])
+    if names != class_names:
+        raise InputError(f"{args.model}: class names {','.join(names)} differ from the header of "
+                         f"{args.probs_csv} ({','.join(class_names)}); pass the checkpoint "
+                         f"that wrote it")
+    return model_dir.resolve_thresholds(args.thresholds, args.model, checkpoint)
 
 
 def evaluate(args: argparse.Namespace) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -92,7 +104,7 @@ def evaluate(args: argparse.Namespace) -> tuple[dict, np.ndarray, np.ndarray]:
                               line_numbers=list(range(2, len(names) + 2)))
     aurocs = metrics.per_class_auroc(labels, probs)
     defined = [c for c, a in enumerate(aurocs) if a is not None]
-    thresholds = _thresholds(args.thresholds, class_names)
+    thresholds, thresholds_from = resolve_thresholds(args, class_names)
     patients = [table[n].patient_id for n in names]
     ci = None
     if args.bootstrap > 0:
@@ -113,7 +125,7 @@ def evaluate(args: argparse.Namespace) -> tuple[dict, np.ndarray, np.ndarray]:
                 labels[:, c], probs[:, c], thresholds[c])
         rows.append(row)
     return {"probs_csv": args.probs_csv, "data_entry": args.data_entry, "images": len(names),
-            "patients": len(set(patients)),
+            "patients": len(set(patients)), "thresholds_from": thresholds_from,
             "bootstrap": {"draws": args.bootstrap, "seed": args.seed,
                           "unit": "patient", "confidence": bootstrap.CONFIDENCE}, "classes": rows,
             "published": published_beside(class_names)}, labels, probs
@@ -140,7 +152,9 @@ def format_report(report: dict) -> str:
     pub = report["published"]
     boot = report["bootstrap"]
     lines = [f"{report['images']} images of {report['patients']} patients; 95% intervals from "
-             f"{boot['draws']} bootstrap draws of patients (seed {boot['seed']})",
+             f"{boot['draws']} bootstrap draws of patients (seed {boot['seed']})"
+             + (f"; thresholds from {report['thresholds_from']}" if report["thresholds_from"]
+                else ""),
              f"{'class':<19}{'pos':>6}{'neg':>7}{'AUROC':>7}{'95% CI':>15}{'thr':>7}{'sens':>6}"
              f"{'spec':>6} |" + "".join(SHORT.get(s, s)[:9].rjust(10) for s in pub)]
     for row in report["classes"]:

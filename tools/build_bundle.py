@@ -6,7 +6,9 @@
   never goes stale; imports inside functions load optional parts (pictures) the grader never runs;
 - checkpoint.pt: the checkpoint as localization needs it (weights, class names, epoch, metrics,
   args, thresholds; no optimizer or resume state), weights_only-loadable;
-- thresholds.npy and box_sizes.json, under the names localization looks for beside a checkpoint;
+- thresholds.npy and box_sizes.json, under the names localization looks for beside a checkpoint (a
+  calibrated box_sizes.json travels whole: the bundle's run makes its maps with the CAM and layer
+  it was calibrated on, as denseNet_localization.py does beside the same checkpoint);
 - manifest.json: format and version, creation time, the versions it was built with, class names,
   where model, thresholds and box sizes came from, the run's files, the sha256 of every other file.
 Written atomically, then checked with `python3 inference.py --check-bundle` before this returns.
@@ -154,6 +156,8 @@ def build_bundle(out: str | Path, model_path: str | Path, thresholds_spec: str |
         else:
             model_dir.write_box_sizes(stage / model_dir.BOX_SIZES, sizes)
         _check_stage(stage, thresholds, sizes)
+        # the maps the bundle's run will make: box_sizes.json's calibrated CAM, as in the project
+        cam, layer, cam_from, _ = model_dir.resolve_cam(None, None, None, stage / CHECKPOINT)
         files = sorted(p.relative_to(stage).as_posix() for p in stage.rglob("*") if p.is_file())
         manifest = {
             "format": "chexnet-bundle", "version": 2, "created": created.isoformat(),
@@ -163,6 +167,8 @@ def build_bundle(out: str | Path, model_path: str | Path, thresholds_spec: str |
                       "epoch": checkpoint.get("epoch")},
             "thresholds": {"source": thresholds_from, "values": thresholds.tolist()},
             "box_sizes": {"source": sizes_from}, "modules": modules,
+            "cam": {"method": cam, "layer": layer,
+                    "source": model_dir.BOX_SIZES if cam_from != "the default" else cam_from},
             "run": {"checkpoint": CHECKPOINT, "thresholds": model_dir.THRESHOLDS,
                     "box_sizes": model_dir.BOX_SIZES},
             "files": {name: _sha256(stage / name) for name in files}}
@@ -229,7 +235,8 @@ def main(args: argparse.Namespace) -> None:
     print(f"wrote {args.zip}: {len(manifest['files']) + 1} files, {size_mb:.1f} MB; "
           f"model {args.model} (epoch {manifest['model']['epoch']}), "
           f"thresholds from {manifest['thresholds']['source']}, "
-          f"box sizes from {manifest['box_sizes']['source']}; "
+          f"box sizes from {manifest['box_sizes']['source']}, "
+          f"maps {manifest['cam']['method']} (from {manifest['cam']['source']}); "
           f"modules: {' '.join(manifest['modules'])}")
 
 

@@ -21,8 +21,9 @@
    point (the defaults come first). A class with no true box, or no active image, keeps the
    defaults.
 3. OUT/box_sizes.json (model_dir.write_box_sizes): the tuned average boxes, the tuned parameter per
-   class for --method, and a record of the calibration. denseNet_localization.py reads it from
-   beside its --model when no --bbox-list is given.
+   class for --method, and a record of the calibration (with the --cam and --layer of its maps).
+   denseNet_localization.py reads it from beside its --model when no --bbox-list is given, and
+   then makes its maps with that CAM and layer unless told otherwise.
 The score before (the original's table, the method's default) and after is printed per class on the
 same images, with evaluate.py's full scoring (all classes together, first 10 boxes per image).
 """
@@ -36,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root: chexnet/, model.py
 
-from chexnet import boxes, model_dir, preprocessed  # noqa: E402
+from chexnet import boxes, localize, model_dir, preprocessed  # noqa: E402
 from chexnet.calibration import (Choice, Heatmaps, active, compute_heatmaps,  # noqa: E402
                                  full_report, load_heatmaps, save_heatmaps, split_rows, tune,
                                  tuned_table)
@@ -128,8 +129,18 @@ def truth_of_valid(folder: str, sizes: dict[str, tuple[int, int]] | None = None
     return boxes_by_image(scaled)
 
 
+def box_class_columns(checkpoint: dict, source: str) -> list[int]:
+    """The checkpoint's output column of each of the 8 box classes, by name (any class order)."""
+    columns = localize.box_columns(checkpoint["class_names"])
+    missing = sorted(set(CLASS_NAMES) - {CLASS_NAMES[k] for _, k in columns})
+    if missing:
+        raise InputError(f"{source}: has no output for {', '.join(missing)}; calibrate.py tunes "
+                         f"all 8 box classes")
+    return [j for j, _ in columns]
+
+
 def heatmaps_for(args: argparse.Namespace, checkpoint: dict, data: preprocessed.Prepared,
-                 names: list[str], out: Path) -> Heatmaps:
+                 names: list[str], out: Path, columns: list[int]) -> Heatmaps:
     """From --heatmaps, or computed with the model and saved as OUT/heatmaps.npz."""
     if args.heatmaps is not None:
         hm = load_heatmaps(args.heatmaps)
@@ -143,7 +154,7 @@ def heatmaps_for(args: argparse.Namespace, checkpoint: dict, data: preprocessed.
     index = {n: i for i, n in enumerate(data.valid.names)}
     stored = np.stack([data.valid.images[index[n]] for n in names])
     hm = compute_heatmaps(net, stored, names, select_device(args.device), args.batch_size,
-                          args.layer, args.cam)
+                          args.layer, args.cam, columns)
     save_heatmaps(out / model_dir.HEATMAPS, hm)
     print(f"wrote {out / model_dir.HEATMAPS}: {len(names)} images x {len(CLASS_NAMES)} classes")
     return hm
@@ -167,20 +178,22 @@ def main(args: argparse.Namespace) -> dict:
               f"localization's", file=sys.stderr)
     thresholds, thresholds_from = model_dir.resolve_thresholds(args.thresholds, args.model,
                                                                checkpoint)
-    # the box classes: all 8, or a 14-class model's first 8
-    thresholds = thresholds[:len(CLASS_NAMES)]
+    columns = box_class_columns(checkpoint, args.model)
+    thresholds = thresholds[columns]  # the 8 box classes', in CLASS_NAMES order
     print(f"{len(names)} validation images with true boxes ({len(tune_rows)} tuning, "
           f"{len(hold_rows)} held out); "
           f"thresholds from {thresholds_from}; method {args.method}, maps {args.cam}",
           file=sys.stderr)
-    hm = heatmaps_for(args, checkpoint, data, names, out)
+    hm = heatmaps_for(args, checkpoint, data, names, out, columns)
     act = active(hm, thresholds)
     choices = tune(hm, tune_rows, act, truth, args.method)
     method = boxes.METHODS[args.method]
     table, params = tuned_table(choices), np.array([c.param for c in choices])
     base_table, base_params = (np.array(AVERAGE_BOXES, dtype=np.float64),
                                np.full(len(CLASS_NAMES), method.default))
-    record = {"method": args.method, "cam": args.cam, "images": len(names),
+    # the maps the search saw: localization takes its --cam and --layer from here by default
+    record = {"method": args.method, "cam": args.cam,
+              "layer": args.layer or CAM_METHODS[args.cam].default_layer, "images": len(names),
               "tuned_on": len(tune_rows), "held_out": len(hold_rows)}
     for part, rows in (("tuning", tune_rows), ("holdout", hold_rows)):
         if not rows:

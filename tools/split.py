@@ -7,7 +7,8 @@
 Every image of a patient is in exactly one list. Without --official, patients are drawn at random
 (default 70/10/20 of the patients, as CheXNet's re-implementations split). With --official, test.txt
 is NIH's test_list.txt and the validation patients are drawn from train_val_list.txt
-(--valid-fraction of its patients). OUT_DIR also gets summary.txt (printed too) and summary.csv:
+(--valid-fraction of its patients); a name listed twice in either list is an error naming the file
+and the line (both lists alike). OUT_DIR also gets summary.txt (printed too) and summary.csv:
 images, patients and positives per finding per list, and split.json, the arguments that rebuild the
 lists.
 --check reports, for lists made anywhere, duplicates, names absent from the label table and the
@@ -73,7 +74,7 @@ def write_split(args: argparse.Namespace, table: dict) -> dict[str, list[str]]:
     if args.official is None:
         lists = splits.random_split(table, args.valid_fraction, args.test_fraction, args.seed)
     else:
-        train_val, test = ((path, nih.read_image_list(path)) for path in args.official)
+        train_val, test = ((path, nih.read_image_list_lines(path)) for path in args.official)
         lists = splits.official_split(table, train_val, test, args.valid_fraction, args.seed)
     out = Path(args.out_dir)
     for name in splits.LIST_NAMES:
