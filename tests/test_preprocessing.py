@@ -20,8 +20,9 @@ OUTPUTS = ("meta.json", "train_X.npy", "train_y.npy", "valid_X.npy", "valid_y.np
 
 
 def cli(*argv):
+    # a time limit: a stuck worker pool fails this test instead of stalling the whole suite
     return subprocess.run([sys.executable, str(ROOT / "preprocessing.py"), *map(str, argv)],
-                          capture_output=True, text=True, cwd=ROOT)
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
 
 
 def inputs(sample_dir, train=None, valid=None, tmp_path=None):
