@@ -96,8 +96,10 @@ def add_cam_options(p: argparse.ArgumentParser) -> None:
                    help="class activation map: gradcam (the original's), gradcam++, layercam, or "
                         "cam (the classifier's weights on the final features) (default: gradcam)")
     p.add_argument("--layer", type=str, default=None,
-                   help=f"target layer, a name from model.named_modules() (default: the method's: "
-                        f"{DEFAULT_TARGET_LAYER}; {FINAL_FEATURES} for cam, its only one)")
+                   help=f"target layer, a name from model.named_modules(), or several joined by "
+                        f"commas whose maps are fused (the mean of each one's normalised map) "
+                        f"(default: the method's: {DEFAULT_TARGET_LAYER}; {FINAL_FEATURES} for "
+                        f"cam, its only one)")
 
 
 def add_picture_options(p: argparse.ArgumentParser) -> None:
