@@ -24,7 +24,7 @@ from tqdm import tqdm
 from chexnet import boxes, localize, model_dir, nih
 from chexnet import xray_files
 from chexnet.boxfile import ImageBoxes, write_box_file
-from chexnet.constants import CLASS_NAMES, DEFAULT_TARGET_LAYER
+from chexnet.constants import CLASS_NAMES, DEFAULT_TARGET_LAYER, LOCALIZATION_BATCH_SIZE
 from chexnet.heatmap_file import SavedHeatmaps, write_heatmaps
 from chexnet.images import RESIZE_METHODS, check_images_exist
 from chexnet.probs import write_probs_csv
@@ -73,8 +73,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "threshold (otsu); each "
                         "active class opens with its average box (default: the method "
                         "box_sizes.json beside --model was calibrated for, else peaks)")
-    p.add_argument("--batch-size", type=int, default=16,
-                   help="images per forward pass (default: 16)")
+    p.add_argument("--batch-size", type=int, default=LOCALIZATION_BATCH_SIZE,
+                   help=f"images per forward pass (default: {LOCALIZATION_BATCH_SIZE})")
     p.add_argument("--device", type=str, default="auto",
                    help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--workers", type=int, default=DEFAULT_WORKERS,

@@ -17,16 +17,12 @@ import argparse
 import contextlib
 import csv
 import json
-import multiprocessing
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -34,13 +30,13 @@ from chexnet import preprocessed
 from chexnet.utils import (InputError, atomic_path, remove_stale_temporaries, run_cli, usable_cpus,
                            write_text_atomic)
 from chexnet.constants import CLASS_SETS, STORED_SIZE
-from chexnet.images import DEFAULT_RESIZE, RESIZE_METHODS, check_images_exist, load_stored_sized
+from chexnet.images import DEFAULT_RESIZE, RESIZE_METHODS, check_images_exist
+from chexnet.preprocessed import DEFAULT_CHUNK, store_images
 from chexnet.nih import (LabelRow, TruthBox, label_matrix, read_bbox_list, read_data_entry,
                          read_image_list_lines)
 
 # PNG decoding scales with cores; beyond ~16 processes the disk is the limit.
 DEFAULT_WORKERS = min(usable_cpus(), 16)
-DEFAULT_CHUNK = 8  # images a worker decodes and writes as one task (one 512 KiB memory-map window)
 
 
 @dataclass
@@ -118,72 +114,6 @@ def warn_leaks(train: SplitPlan, valid: SplitPlan, table: dict[str, LabelRow]) -
 
 def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
-
-
-# ---------------------------------------------------------------- decoding and streaming
-
-def _init_worker() -> None:
-    cv2.setNumThreads(1)  # one process per core already; OpenCV's own threads would oversubscribe
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops the pool, once
-
-
-def _load(path: str, resize: str) -> tuple[np.ndarray, tuple[int, int]]:
-    """uint8 (256, 256) stored image and the original (width, height); any decoder failure becomes
-    an InputError naming the file."""
-    try:
-        return load_stored_sized(path, resize)
-    except cv2.error as err:
-        raise InputError(f"{path}: cannot decode ({str(err).strip().splitlines()[-1]})") from None
-
-
-def create_stored_array(path: Path, count: int) -> int:
-    """An empty uint8 (count, 256, 256) .npy at `path`; returns the byte offset of its pixels."""
-    header = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8,
-                                       shape=(count, STORED_SIZE, STORED_SIZE))
-    offset = header.offset
-    del header
-    return offset
-
-
-def _store_run(task: tuple[str, int, int, list[str], str]) -> tuple[int, list[tuple[int, int]]]:
-    """Decode a run of images and write them into their rows of the .npy through one short-lived
-    memory-map window. Workers write their own rows, so no pixels travel between processes, and
-    unmapping each window keeps memory flat (a long-lived map keeps every page it touched resident).
-    Returns the run's first row and its images' original (width, height)."""
-    path, data_offset, first_row, paths, resize = task
-    loaded = [_load(p, resize) for p in paths]
-    images = np.stack([stored for stored, _ in loaded])  # (n, 256, 256)
-    window = np.memmap(path, dtype=np.uint8, mode="r+",
-                       offset=data_offset + first_row * images[0].nbytes,
-                       shape=images.shape)
-    window[:] = images
-    del window  # unmapped: the kernel's page cache writes the pages back
-    return first_row, [size for _, size in loaded]
-
-
-def store_images(paths: list[str], path: Path, workers: int, chunk: int,
-                 resize: str = DEFAULT_RESIZE, sizes: list | None = None) -> Iterator[int]:
-    """Write the stored form of `paths`, in list order, as the .npy `path`; yields images done so
-    far as runs of `chunk` finish (any order: each run owns its rows, so the file is the same for
-    any workers). sizes: a list of len(paths) that receives each image's [width, height] in list
-    order."""
-    data_offset = create_stored_array(path, len(paths))
-    tasks = [(str(path), data_offset, first, paths[first:first + chunk], resize)
-             for first in range(0, len(paths), chunk)]
-    if workers <= 1 or len(tasks) <= 1:
-        runs = map(_store_run, tasks)
-    else:
-        pool = multiprocessing.Pool(min(workers, len(tasks)), initializer=_init_worker)
-        runs = _closing_pool(pool, pool.imap_unordered(_store_run, tasks))
-    for first, run_sizes in runs:
-        if sizes is not None:
-            sizes[first:first + len(run_sizes)] = [list(size) for size in run_sizes]
-        yield len(run_sizes)
-
-
-def _closing_pool(pool, results: Iterator) -> Iterator:
-    with pool:
-        yield from results
 
 
 def write_images(plan: SplitPlan, path: Path, args: argparse.Namespace) -> None:

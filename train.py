@@ -15,7 +15,6 @@ import argparse
 import math
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -27,9 +26,9 @@ from tqdm import tqdm
 
 from chexnet import metrics, model_dir, preprocessed
 from chexnet.constants import ADAM_BETAS, BATCH_SIZE, CLASS_NAMES, EPOCHS, LEARNING_RATE, REPEATS
-from chexnet.images import normalize
-from chexnet.train_data import (LR_SCHEDULES, EpochBatches, bce_loss, default_workers,
-                                learning_rate, loader_options, loss_weights, make_datasets)
+from chexnet.train_data import (LR_SCHEDULES, EpochBatches, amp_setup, bce_loss,
+                                default_workers, learning_rate, loader_options, loss_weights,
+                                make_datasets, to_input)
 from chexnet.utils import InputError, remove_stale_temporaries, run_cli, select_device
 from model import build_model, load_checkpoint, load_weights, new_checkpoint, save_checkpoint
 
@@ -89,12 +88,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 (B, 224, 224) -> normalised float (B, 3, 224, 224) on the device, channels_last."""
-    x = normalize(images.to(device, non_blocking=True))
-    return x.contiguous(memory_format=torch.channels_last)
-
-
 def train_one_epoch(model, loader, optimizer, scaler, weights, device, autocast,
                     epoch: int, rate: Callable[[int], float]) -> float:
     """One pass over the training batches, step i at rate(i); returns the mean training loss."""
@@ -142,19 +135,6 @@ def validate(model, loader, device, class_names=CLASS_NAMES) -> dict:
     aurocs = metrics.per_class_auroc(labels, probs)
     return {"valid_loss": loss_sum / len(labels), "auroc": dict(zip(class_names, aurocs)),
             "mean_auroc": metrics.mean_auroc(aurocs), "probs": probs, "labels": labels}
-
-
-def amp_setup(device: torch.device, mode: str):
-    """(autocast context factory, GradScaler, name): one code path for CPU, CUDA fp32, bf16,
-    fp16."""
-    dtype = None
-    if device.type == "cuda" and mode != "off":
-        bf16 = mode == "bf16" or (mode == "auto" and torch.cuda.is_bf16_supported())
-        dtype = torch.bfloat16 if bf16 else torch.float16
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    if dtype is None:
-        return nullcontext, scaler, "fp32"
-    return (lambda: torch.autocast(device.type, dtype=dtype)), scaler, str(dtype).split(".")[-1]
 
 
 def plain_args(args) -> dict:

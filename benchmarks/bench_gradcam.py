@@ -1,15 +1,18 @@
-"""Grad-CAM of all 8 classes at one layer: the original way, a per-class loop, the grad-cam package
-and ours (gradcam.GradCAM), beside a plain forward pass, on the same real images, in one run.
+"""Grad-CAM of all 8 classes at one layer, four ways, beside a plain forward pass, in one run.
 
     python3 benchmarks/bench_gradcam.py [--batches 1 16] [--threads 2] [--model CKPT]
 
+The original way, a per-class loop, the grad-cam package and ours (gradcam.GradCAM), on the same
+real images:
   forward       model(x) under torch.inference_mode(): the floor
-  ours          gradcam.GradCAM: one forward + one batched backward (is_grads_batched) for 8 classes
+  ours          gradcam.GradCAM: one forward + one batched backward (is_grads_batched) for the 8
+                classes
   loop          hooks on the target layer only, one forward, then one backward per class (the batch
                 at once), weights requiring grad as in most Grad-CAM code
   grad-cam pkg  pytorch_grad_cam.GradCAM on the same layer, one call (forward + backward) per class
   original      benchmarks/original_way.py: hooks on every module, one image at a time, one full
-                backward per class (per image: its cost does not depend on the batch, so it runs at batch 1)
+                backward per class (per image: its cost does not depend on the batch, so it runs
+                at batch 1)
 All maps are compared after min-max normalisation (max difference must be under 1e-4).
 Without --model the weights are random (seeded): the work per image is the same.
 """
@@ -17,7 +20,8 @@ from __future__ import annotations
 
 import argparse
 
-from timing import DEFAULT_FOLDERS, Timings, bench_model, machine, ratio_line, real_pngs, set_threads, stored_crops
+from timing import (DEFAULT_FOLDERS, Timings, bench_model, machine, ratio_line, real_pngs,
+                    set_threads, stored_crops)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -35,15 +39,23 @@ FAST = ("forward", "ours")
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--images", type=str, nargs="+", default=DEFAULT_FOLDERS,
-                   help="folders of real PNGs (default: sample/images and ../shared/nih/images when present)")
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 16], help="batch sizes (default: 1 16)")
-    p.add_argument("--layer", type=str, default=DEFAULT_TARGET_LAYER, help=f"target layer (default: {DEFAULT_TARGET_LAYER})")
-    p.add_argument("--threads", type=int, default=1, help="torch and OpenCV threads; 1 is steadiest on a shared machine (default: 1)")
-    p.add_argument("--reps", type=int, default=6, help="runs of forward and ours per batch size (default: 6)")
-    p.add_argument("--slow-reps", type=int, default=3, help="runs of the slow methods at batch 1 (default: 3)")
+                   help="folders of real PNGs (default: sample/images and ../shared/nih/images "
+                        "when present)")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 16],
+                   help="batch sizes (default: 1 16)")
+    p.add_argument("--layer", type=str, default=DEFAULT_TARGET_LAYER,
+                   help=f"target layer (default: {DEFAULT_TARGET_LAYER})")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch and OpenCV threads; 1 is steadiest on a shared machine (default: 1)")
+    p.add_argument("--reps", type=int, default=6,
+                   help="runs of forward and ours per batch size (default: 6)")
+    p.add_argument("--slow-reps", type=int, default=3,
+                   help="runs of the slow methods at batch 1 (default: 3)")
     p.add_argument("--slow-reps-large", type=int, default=2,
-                   help="runs of the per-class loop and the package at batches above 1 (default: 2)")
-    p.add_argument("--model", type=str, default=None, help="checkpoint to use (default: random weights)")
+                   help="runs of the per-class loop and the package at batches above 1 "
+                        "(default: 2)")
+    p.add_argument("--model", type=str, default=None,
+                   help="checkpoint to use (default: random weights)")
     return p
 
 
@@ -77,7 +89,8 @@ def loop(model, x, layer):
     finally:
         handle.remove()
         model.zero_grad(set_to_none=True)
-    cam = F.interpolate(torch.stack(cams, 1), size=x.shape[-2:], mode="bilinear", align_corners=False)
+    cam = F.interpolate(torch.stack(cams, 1), size=x.shape[-2:], mode="bilinear",
+                        align_corners=False)
     return normalize_maps(cam)
 
 
@@ -88,7 +101,8 @@ def package(model, x, layer):
     maps = []
     with PackageCAM(model=model, target_layers=[dict(model.named_modules())[layer]]) as cam:
         for k in range(8):
-            maps.append(cam(input_tensor=x, targets=[ClassifierOutputTarget(k)] * len(x)))  # (B, H, W)
+            # (B, H, W)
+            maps.append(cam(input_tensor=x, targets=[ClassifierOutputTarget(k)] * len(x)))
     model.zero_grad(set_to_none=True)
     return torch.from_numpy(np.stack(maps, 1))
 
@@ -102,7 +116,8 @@ def original(model, x, layer):
         model.zero_grad(set_to_none=True)
 
 
-METHODS = {"forward": forward, "ours": ours, "loop": loop, "grad-cam pkg": package, "original": original}
+METHODS = {"forward": forward, "ours": ours, "loop": loop, "grad-cam pkg": package,
+           "original": original}
 
 
 def max_differences(model, x, layer) -> dict[str, float]:

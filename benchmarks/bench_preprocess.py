@@ -8,7 +8,7 @@ Per image, one core (OpenCV's threads set to 1, as in preprocessing.py's workers
   ours       images.load_stored: OpenCV decode + the original's resize restated (the default)
   ours area  images.load_stored(resize="area"): OpenCV decode + INTER_AREA (--resize area)
   decode     cv2.imread alone (the floor: PNG decoding)
-Then preprocessing.store_images over the list repeated --scale-images long with 1 and 2 workers
+Then preprocessed.store_images over the list repeated --scale-images long with 1 and 2 workers
 (the speed-up from a second process), and a check that the arrays of 1 and 2 workers and of a
 plain single-process loop are equal, pixel for pixel. Peak memory: benchmarks/preprocess_memory.py.
 """
@@ -26,7 +26,7 @@ from timing import DEFAULT_FOLDERS, Timings, machine, ratio_line, real_pngs, set
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-import preprocessing  # noqa: E402
+from chexnet import preprocessed  # noqa: E402
 from chexnet.utils import run_cli  # noqa: E402
 from chexnet.images import load_stored  # noqa: E402
 from original_way import original_load  # noqa: E402
@@ -35,11 +35,13 @@ from original_way import original_load  # noqa: E402
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--images", type=str, nargs="+", default=DEFAULT_FOLDERS,
-                   help="folders of real 1024x1024 PNGs, each name used once (default: sample/images and "
-                        "../shared/nih/images when present)")
-    p.add_argument("--reps", type=int, default=5, help="passes over the images per method (default: 5)")
+                   help="folders of real 1024x1024 PNGs, each name used once (default: "
+                        "sample/images and ../shared/nih/images when present)")
+    p.add_argument("--reps", type=int, default=5,
+                   help="passes over the images per method (default: 5)")
     p.add_argument("--scale-images", type=int, default=300,
-                   help="length of the list (the PNGs repeated) for the 1- vs 2-worker runs (default: 300)")
+                   help="length of the list (the PNGs repeated) for the 1- vs 2-worker runs "
+                        "(default: 300)")
     p.add_argument("--workers", type=int, default=2, help="workers to compare with 1 (default: 2)")
     return p
 
@@ -60,12 +62,14 @@ def per_image(paths: list[str], reps: int) -> Timings:
 
 def cpu_seconds() -> float:
     """User + system CPU time of this process and of its finished children (the pool's workers)."""
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def scaling(paths: list[str], reps: int, workers: int) -> tuple[Timings, Timings, dict[int, np.ndarray]]:
-    """Wall time and CPU time per image of preprocessing.store_images (decode, resize, write the
+def scaling(paths: list[str], reps: int, workers: int
+            ) -> tuple[Timings, Timings, dict[int, np.ndarray]]:
+    """Wall time and CPU time per image of preprocessed.store_images (decode, resize, write the
     .npy) with 1 and `workers` processes."""
     wall, cpu = Timings("image"), Timings("image")
     arrays = {}
@@ -74,8 +78,8 @@ def scaling(paths: list[str], reps: int, workers: int) -> tuple[Timings, Timings
             for w in (1, workers):
                 name, out = f"store_images, {w} worker(s)", Path(tmp) / f"w{w}.npy"
                 before = cpu_seconds()
-                wall.run(name, lambda: sum(preprocessing.store_images(paths, out, w, preprocessing.DEFAULT_CHUNK)),
-                         units=len(paths))
+                wall.run(name, lambda: sum(preprocessed.store_images(
+                    paths, out, w, preprocessed.DEFAULT_CHUNK)), units=len(paths))
                 cpu.add(name, cpu_seconds() - before, len(paths))
                 arrays[w] = np.load(out, allow_pickle=False)
     return wall, cpu, arrays
@@ -89,7 +93,7 @@ def _burn(n: int) -> int:
 
 
 def available_speedup(workers: int, n: int = 4_000_000) -> float:
-    """The speed-up the machine offers right now: `workers` CPU-bound processes vs one doing all the work.
+    """The speed-up the machine offers now: `workers` CPU-bound processes vs one doing all the work.
 
     A control for the 2-worker figure: on a machine that other jobs keep busy it is well under
     `workers`, and no code can scale better than it.
@@ -109,27 +113,32 @@ def main(args: argparse.Namespace) -> None:
     set_threads(1)  # one core per process: the per-core comparison, as preprocessing's workers do
     paths = real_pngs(args.images)
     print(f"machine: {machine()}; OpenCV threads 1")
-    print(f"{len(paths)} real PNGs ({sum(1 for p in paths if cv2.imread(p, cv2.IMREAD_UNCHANGED).ndim == 3)} RGB/RGBA)")
+    colour = sum(1 for p in paths if cv2.imread(p, cv2.IMREAD_UNCHANGED).ndim == 3)
+    print(f"{len(paths)} real PNGs ({colour} RGB/RGBA)")
     t = per_image(paths, args.reps)
     print(t.table("original (imageio+skimage, float64)", "decode + resize to 256, one core"))
     decode = t.median("decode alone (cv2.imread)")
     for name in ("ours (cv2 + original resize, uint8)", "ours --resize area (cv2 + INTER_AREA)"):
         ratio = t.median(name) / decode
         print(ratio_line(f"{name.split(' (')[0]} / decode alone", ratio, "<= 1.15", ratio <= 1.15))
-    print(f"  stored bytes per image: original float64 {256 * 256 * 8:,}, ours uint8 {256 * 256:,} (8x less)")
+    print(f"  stored bytes per image: original float64 {256 * 256 * 8:,}, "
+          f"ours uint8 {256 * 256:,} (8x less)")
 
     long_list = [paths[i % len(paths)] for i in range(args.scale_images)]
     s, cpu, arrays = scaling(long_list, max(2, args.reps // 2), args.workers)
-    print(s.table("store_images, 1 worker(s)", f"preprocessing.store_images over {len(long_list)} images, wall time"))
-    print(cpu.table("store_images, 1 worker(s)", "the same runs, CPU time (all processes): the work a worker adds"))
-    speedup = s.median("store_images, 1 worker(s)") / s.median(f"store_images, {args.workers} worker(s)")
+    one, more = "store_images, 1 worker(s)", f"store_images, {args.workers} worker(s)"
+    print(s.table(one, f"preprocessed.store_images over {len(long_list)} images, wall time"))
+    print(cpu.table(one, "the same runs, CPU time (all processes): the work a worker adds"))
+    speedup = s.median(one) / s.median(more)
     print(ratio_line(f"{args.workers} workers vs 1", speedup, ">= 1.8 with 2", speedup >= 1.8))
     control = available_speedup(args.workers)
-    print(f"  control: {args.workers} CPU-bound processes vs 1 on this machine right now: {control:.2f}x "
-          f"(the most any code could scale; under {args.workers * 0.9:.1f} means the cores are busy elsewhere)")
+    print(f"  control: {args.workers} CPU-bound processes vs 1 on this machine right now: "
+          f"{control:.2f}x (the most any code could scale; under {args.workers * 0.9:.1f} means "
+          f"the cores are busy elsewhere)")
     plain = np.stack([load_stored(p) for p in long_list])
     same = all(np.array_equal(a, plain) for a in arrays.values())
-    print(f"  arrays of 1 and {args.workers} workers equal a single-process loop pixel for pixel: {same}")
+    print(f"  arrays of 1 and {args.workers} workers equal a single-process loop pixel for pixel: "
+          f"{same}")
     if not same:
         raise SystemExit("arrays differ")
 

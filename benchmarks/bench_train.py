@@ -1,18 +1,18 @@
-"""Training steps: train.py's data path against tensors already in memory; NCHW against channels_last;
-on CUDA, fp32 against mixed precision.
+"""Training steps: train.py's data path against tensors in memory, and by layout and precision.
 
     python3 benchmarks/bench_train.py [--steps 3] [--batch-size 16] [--device cpu] [--amp off]
     python3 benchmarks/bench_train.py --device cuda --amp both --batch-size 64 --steps 20
 
 A temporary uint8 (N, 256, 256) .npy is made from real PNGs (repeated to fill the steps). Timed:
-  data path     train_data.TrainingCrops over the memory map (random crop/flip per image), DataLoader with
-                --workers processes and pinned memory on CUDA, train.to_input, forward, BCE, backward,
-                Adam step: what train.py does in an epoch
+  data path     train_data.TrainingCrops over the memory map (random crop/flip per image),
+                DataLoader with --workers processes and pinned memory on CUDA,
+                train_data.to_input, forward, BCE, backward, Adam step: what train.py does in an
+                epoch
   in memory     the same steps on the same batches, already cropped, normalised and on the device
 Each run starts after the loader's first batch (worker start-up, paid once an epoch, is left out);
 the first step after that is reported apart (its one-off fork cost, once an epoch in train.py) and
 the others are compared with the same steps in memory. Then, in memory: the model and input in
-NCHW against channels_last, and with --amp both on CUDA, fp32 against train.amp_setup's mixed
+NCHW against channels_last, and with --amp both on CUDA, fp32 against train_data.amp_setup's mixed
 precision (bf16 where supported), cudnn.benchmark on.
 """
 from __future__ import annotations
@@ -22,13 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from timing import DEFAULT_FOLDERS, Timings, machine, ratio_line, real_pngs, set_threads, sync, time_once
+from timing import (DEFAULT_FOLDERS, Timings, machine, ratio_line, real_pngs, set_threads, sync,
+                    time_once)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-import train  # noqa: E402
 from chexnet import train_data  # noqa: E402
 from chexnet.utils import run_cli, select_device  # noqa: E402
 from chexnet.constants import ADAM_BETAS, LEARNING_RATE  # noqa: E402
@@ -39,19 +39,24 @@ from model import build_model  # noqa: E402
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--images", type=str, nargs="+", default=DEFAULT_FOLDERS,
-                   help="folders of real PNGs (default: sample/images and ../shared/nih/images when present)")
+                   help="folders of real PNGs (default: sample/images and ../shared/nih/images "
+                        "when present)")
     p.add_argument("--batch-size", type=int, default=16, help="images per step (default: 16)")
     p.add_argument("--steps", type=int, default=3,
                    help="timed steps per run, after the first step (timed apart) (default: 3)")
     p.add_argument("--reps", type=int, default=3, help="runs of each variant (default: 3)")
     p.add_argument("--workers", type=int, nargs="+", default=[0, train_data.default_workers()],
-                   help="DataLoader process counts to time, 0 = in the main process (default: 0 and "
-                        "train.py's default, the usable CPUs up to 16)")
-    p.add_argument("--device", type=str, default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+                   help="DataLoader process counts to time, 0 = in the main process (default: 0 "
+                        "and train.py's default, the usable CPUs up to 16)")
+    p.add_argument("--device", type=str, default="cpu",
+                   help="cpu, cuda, cuda:N or auto (default: cpu)")
     p.add_argument("--amp", type=str, default="off", choices=["off", "on", "both"],
-                   help="CUDA only: off = fp32, on = train.amp_setup('auto'), both = time each (default: off)")
-    p.add_argument("--threads", type=int, default=1, help="torch and OpenCV threads; 1 is steadiest on a shared machine (default: 1)")
-    p.add_argument("--skip-layout", action="store_true", help="skip NCHW vs channels_last (default: run it)")
+                   help="CUDA only: off = fp32, on = train_data.amp_setup('auto'), both = time "
+                        "each (default: off)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch and OpenCV threads; 1 is steadiest on a shared machine (default: 1)")
+    p.add_argument("--skip-layout", action="store_true",
+                   help="skip NCHW vs channels_last (default: run it)")
     return p
 
 
@@ -61,8 +66,9 @@ class Stepper:
     def __init__(self, device, layout, amp_mode: str):
         torch.manual_seed(0)
         self.model = build_model(weights="none").to(device, memory_format=layout).train()
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=LEARNING_RATE, betas=ADAM_BETAS)
-        self.autocast, self.scaler, self.precision = train.amp_setup(device, amp_mode)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=LEARNING_RATE,
+                                          betas=ADAM_BETAS)
+        self.autocast, self.scaler, self.precision = train_data.amp_setup(device, amp_mode)
 
     def step(self, x, y) -> None:
         with self.autocast():
@@ -87,18 +93,19 @@ def data_path_run(stepper, dataset, batches, device, workers) -> tuple[float, fl
     """(seconds of the first step, seconds of the other steps) once the loader's first batch is in;
     stepper None: loading alone. The first step after the workers are forked pays a one-off cost
     (copy-on-write faults on the model and optimizer pages), once an epoch in train.py."""
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda",
-                        persistent_workers=False)
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers,
+                        pin_memory=device.type == "cuda", persistent_workers=False)
     marks = []
     for images, targets in loader:
         sync(device)
         marks.append(time.perf_counter())
-        x, y = train.to_input(images, device), targets.to(device, non_blocking=True)
+        x, y = train_data.to_input(images, device), targets.to(device, non_blocking=True)
         if stepper is not None:
             stepper.step(x, y)
     sync(device)
     marks.append(time.perf_counter())
-    return marks[1] - marks[0], marks[-1] - marks[1]  # marks[0]: the first batch arrived (start-up excluded)
+    # marks[0]: the first batch arrived (start-up excluded)
+    return marks[1] - marks[0], marks[-1] - marks[1]
 
 
 def in_memory(dataset, batches, device, layout):
@@ -106,7 +113,8 @@ def in_memory(dataset, batches, device, layout):
     out = []
     for keys in batches:
         items = [dataset[k] for k in keys]
-        x = train.to_input(torch.stack([i[0] for i in items]), device).contiguous(memory_format=layout)
+        x = train_data.to_input(torch.stack([i[0] for i in items]), device)
+        x = x.contiguous(memory_format=layout)
         out.append((x, torch.stack([i[1] for i in items]).to(device)))
     return out
 
@@ -168,15 +176,18 @@ def main(args: argparse.Namespace) -> None:
         npy, labels = make_memmap(Path(folder), paths, (args.steps + 1) * args.batch_size)
         dataset = train_data.TrainingCrops(npy, labels, np.arange(len(labels)), True, 0)
         t = bench_data_path(args, device, dataset, amp_modes[-1])
+        precision = train_data.amp_setup(device, amp_modes[-1])[2]
         print(t.table("in memory", "train.py's data path vs in-memory tensors "
-                                   f"({train.amp_setup(device, amp_modes[-1])[2]}, channels_last)"))
+                                   f"({precision}, channels_last)"))
         for workers in args.workers:
             over = t.median(f"data path ({workers} workers)") / t.median("in memory")
-            print(ratio_line(f"data path ({workers} workers) time / in memory", over, "<= 1.10", over <= 1.10))
-        variants = {} if args.skip_layout else {"NCHW": (torch.contiguous_format, amp_modes[0]),
-                                                "channels_last": (torch.channels_last, amp_modes[0])}
+            print(ratio_line(f"data path ({workers} workers) time / in memory", over, "<= 1.10",
+                             over <= 1.10))
+        variants = {} if args.skip_layout else {
+            "NCHW": (torch.contiguous_format, amp_modes[0]),
+            "channels_last": (torch.channels_last, amp_modes[0])}
         if device.type == "cuda" and args.amp == "both":
-            precision = train.amp_setup(device, "auto")[2]
+            precision = train_data.amp_setup(device, "auto")[2]
             variants[f"channels_last + {precision}"] = (torch.channels_last, "auto")
         if variants:
             v = bench_variants(args, device, dataset, variants)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from timing import ROOT
 
+from chexnet import model_dir  # noqa: E402
 from chexnet.constants import CLASS_NAMES  # noqa: E402
 
 SAMPLE = ROOT / "sample"
@@ -76,14 +77,13 @@ def copy_images(names: list[str], folder: Path) -> None:
     (folder / "test.txt").write_text("".join(n + "\n" for n in names))
 
 
-def train_options(tiny: bool, repeats_known: bool) -> list[str]:
+def train_options(tiny: bool) -> list[str]:
     """2 short epochs from random weights at batch 8 (tiny: 4), one pass per image (--repeats 1)."""
     return ["--epochs", "2", "--batch-size", "4" if tiny else "8", "--weights", "none",
-            "--no-plots",
-            *(["--repeats", "1"] if repeats_known else [])]
+            "--no-plots", "--repeats", "1"]
 
 
-def run_chain(work: Path, device: str, tiny: bool, workers: int, repeats_known: bool,
+def run_chain(work: Path, device: str, tiny: bool, workers: int,
               threads: int | None = None) -> dict:
     """The chain on `device`; returns what it saw (seconds per stage, precision, box-file checks).
     threads: OMP_NUM_THREADS of the commands (None: torch's default)."""
@@ -96,15 +96,16 @@ def run_chain(work: Path, device: str, tiny: bool, workers: int, repeats_known: 
                                             *tables, "train.txt", "valid.txt", "prepared",
                                             "--quiet")
     out, seconds["train"] = command(work, ROOT / "train.py", "prepared", "--device", device,
-                                    "--workers", str(workers), *train_options(tiny, repeats_known))
+                                    "--workers", str(workers), *train_options(tiny))
     found = re.search(r"device (\S+), precision (\S+),", out)
     local = work / "local"
     copy_images(lists["test"], local)
     _, seconds["localization"] = command(
         local, ROOT / "denseNet_localization.py", "test.txt", "images", "--model",
-        "../model/best.pt", "--thresholds", "0", "--device", device, "--workers", str(workers))
+        f"../{model_dir.DEFAULT_MODEL}", "--thresholds", "0", "--device", device,
+        "--workers", str(workers))
     _, seconds["build_bundle"] = command(work, ROOT / "inference.py", "--build-bundle", "deepQ.zip",
-                                         "--model", "model/best.pt", "--thresholds", "0")
+                                         "--model", model_dir.DEFAULT_MODEL, "--thresholds", "0")
     fresh = work / "fresh"
     copy_images(lists["test"], fresh)
     with zipfile.ZipFile(work / "deepQ.zip") as zf:

@@ -35,10 +35,8 @@ from timing import machine, set_threads
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import denseNet_localization  # noqa: E402
-import train  # noqa: E402
 from chexnet import images, train_data  # noqa: E402
-from chexnet.constants import EPOCHS  # noqa: E402
+from chexnet.constants import EPOCHS, LOCALIZATION_BATCH_SIZE, REPEATS  # noqa: E402
 from chexnet.utils import run_cli, select_device, write_text_atomic  # noqa: E402
 import gpu_chain  # noqa: E402
 import gpu_speed  # noqa: E402
@@ -137,20 +135,15 @@ def gradcam_part(args, device, report: dict) -> None:
 
 def localization_part(args, device, report: dict) -> None:
     count = SIZES[args.size]["localized"]
-    batch = denseNet_localization.get_args_parser().parse_args(["TEST_TXT", "IMAGES"]).batch_size
-    report["localization"] = gpu_speed.localization_speed(device, count, min(batch, count),
+    batch = min(LOCALIZATION_BATCH_SIZE, count)  # denseNet_localization.py's default batch
+    report["localization"] = gpu_speed.localization_speed(device, count, batch,
                                                           args.workers)
-
-
-def train_default(name: str, fallback):
-    """A default of train.py's parser, `fallback` where it has no such option."""
-    return getattr(train.get_args_parser().parse_args(["DATA"]), name, fallback)
 
 
 def projection(args, report: dict) -> dict:
     """Minutes of the original recipe on the NIH release at the measured rates."""
     default = next(v for v in report["training"]["variants"] if v["name"] == "train.py default")
-    repeats = train_default("repeats", 4)  # issue 11's --repeats; the original's 4 copies per image
+    repeats = REPEATS  # train.py's --repeats default: the original's 4 copies per image
     train_images = round(NIH_WITH_FINDING * args.train_share)
     valid_images = round(NIH_IMAGES * args.valid_share)
     train_min = EPOCHS * repeats * train_images / default["data_path_images_per_s"] / 60
@@ -190,8 +183,7 @@ def main(args) -> None:
 
 def run_parts(args, device, folder: Path, report: dict) -> None:
     parts = {"chain": lambda: report.__setitem__("chain", gpu_chain.run_chain(
-                 folder / "chain", str(device), args.tiny, args.workers,
-                 train_default("repeats", None) is not None, args.threads)),
+                 folder / "chain", str(device), args.tiny, args.workers, args.threads)),
              "training": lambda: training_part(args, device, folder, report, save),
              "gradcam": lambda: gradcam_part(args, device, report),
              "localization": lambda: localization_part(args, device, report),

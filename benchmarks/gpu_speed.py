@@ -1,7 +1,7 @@
 """gpu_check's measurements: training steps (by precision and layout, fed by train.py's data path or
 by tensors already on the device), the loader alone, Grad-CAM against the CPU, localization.
 
-Every part uses the project's own code (train.amp_setup/to_input, chexnet.train_data's dataset,
+Every part uses the project's own code (chexnet.train_data's amp_setup, to_input, dataset,
 batches and loader options, gradcam.GradCAM, localize.iter_localize), on real sample X-rays. The
 network has random (seeded) weights: the work per image is that of a trained one.
 """
@@ -17,7 +17,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-import train  # noqa: E402
 from chexnet import images, localize, train_data  # noqa: E402
 from chexnet.constants import ADAM_BETAS, AVERAGE_BOXES, CLASS_NAMES, LEARNING_RATE  # noqa: E402
 from gradcam import GradCAM  # noqa: E402
@@ -57,7 +56,7 @@ class Stepper:
         self.model = seeded_model(device, layout).train()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=LEARNING_RATE,
                                           betas=ADAM_BETAS)
-        self.autocast, self.scaler, self.precision = train.amp_setup(device, amp)
+        self.autocast, self.scaler, self.precision = train_data.amp_setup(device, amp)
         self.forward = torch.compile(self.model) if compiled else self.model
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -73,7 +72,7 @@ class Stepper:
 def feed(loader, device, layout):
     """(x, y) on the device from the loader's uint8 batches, as train.py makes them."""
     for crops, targets in loader:
-        x = train.to_input(crops, device).contiguous(memory_format=layout)
+        x = train_data.to_input(crops, device).contiguous(memory_format=layout)
         yield x, targets.to(device, non_blocking=True)
 
 

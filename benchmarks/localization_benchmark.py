@@ -47,8 +47,7 @@ from benchmarks.bench_grid import CAM_VARIANTS  # noqa: E402
 from chexnet.boxfile import Box, read_box_file  # noqa: E402
 from chexnet.utils import InputError, run_cli, write_text_atomic  # noqa: E402
 from chexnet.constants import CLASS_NAMES, CROP_OFFSET, RESCALE_FACTOR  # noqa: E402
-from chexnet import model_dir  # noqa: E402
-from chexnet.model_dir import read_metrics_log  # noqa: E402
+from chexnet.model_dir import BEST, METRICS_LOG, read_metrics_log  # noqa: E402
 from chexnet.nih import average_boxes, read_bbox_list, read_image_list  # noqa: E402
 
 # Sizes for 2 CPU cores (the README has the measured time), and a smoke version for the test
@@ -123,14 +122,14 @@ def run_pipeline(at: Layout, p: dict, seed: int, device: str, timings: dict[str,
     """Every stage, each a real script in a subprocess; returns the CAM variants that ran.
     reuse: keep WORK's data, preprocessed folder and model when its best.pt exists."""
     py, d = sys.executable, at.data
-    if not (reuse and (at.model / model_dir.BEST).is_file()):
+    if not (reuse and (at.model / BEST).is_file()):
         train_model(at, p, seed, device, timings)
     write_subset(d / "BBox_List_2017.csv", read_image_list(d / "valid.txt"), at.bbox_valid)
     write_subset(d / "BBox_List_2017.csv", read_image_list(d / "test.txt"), at.bbox_test)
     for cam in cams:
         method, layer = CAM_VARIANTS[cam]
         cmd = [py, "denseNet_localization.py", str(d / "test.txt"), str(d / "images"),
-               "--model", str(at.model / model_dir.BEST), "--bbox-list", str(at.bbox_valid),
+               "--model", str(at.model / BEST), "--bbox-list", str(at.bbox_valid),
                "--out", str(at.boxes(cam)), "--device", device, "--method", "peaks",
                "--cam", method, "--save-heatmaps", str(at.heatmaps(cam))]
         cmd += ["--layer", layer] if layer else []
@@ -273,7 +272,7 @@ def score_all(at: Layout, cams: list[str], seed: int) -> dict:
 
 def training_log(at: Layout) -> list[dict]:
     """train.py's metrics.jsonl, one dict per epoch."""
-    path = at.model / model_dir.METRICS_LOG
+    path = at.model / METRICS_LOG
     return read_metrics_log(path) if path.is_file() else []
 
 

@@ -1,8 +1,9 @@
-"""What the map's resolution alone allows: each box rule on a PERFECT map of each planted box,
-seen through a g x g CAM grid (7 = denseblock4, 14 = denseblock3, 28 = denseblock2).
+"""What the map's resolution alone allows: each box rule on a perfect map seen through a CAM grid.
 
     python3 benchmarks/resolution_ceiling.py [--boxes 100] [--grids 7 14 28]
 
+Each box rule runs on a PERFECT map of each planted box, seen through a g x g CAM grid
+(7 = denseblock4, 14 = denseblock3, 28 = denseblock2).
 For every box that benchmarks/synthetic.py would plant (its sizes and positions, seeded), the ideal
 map is the box's indicator on the 224 crop, averaged into g x g cells (what a CAM layer of that
 size can at best say), resized back to 224 bilinearly (as gradcam.py does) and min-max normalised.
@@ -66,7 +67,8 @@ def main(args: argparse.Namespace) -> dict:
                for c in synthetic.PLANTED_CLASSES}
     result = {}
     print(f"{args.boxes} planted boxes per class; share with IoU > {' / '.join(map(str, CUTS))}, "
-          f"mean IoU, of the best box each rule makes from a perfect map at the CAM grid's resolution")
+          f"mean IoU, of the best box each rule makes from a perfect map at the CAM grid's "
+          f"resolution")
     for grid in args.grids:
         for rule in sorted(boxes.METHODS):
             row = {}
@@ -75,8 +77,8 @@ def main(args: argparse.Namespace) -> dict:
                 row[label] = [float((ious > t).mean()) for t in CUTS] + [float(ious.mean())]
             result[f"{grid}x{grid} {rule}"] = row
             print(f"{grid:>2}x{grid:<2} {rule:<11}" + "  ".join(
-                f"{label} " + " / ".join(f"{v:.2f}" for v in values) for label, values in row.items()),
-                flush=True)
+                f"{label} " + " / ".join(f"{v:.2f}" for v in values)
+                for label, values in row.items()), flush=True)
     return result
 
 

@@ -1,4 +1,4 @@
-"""What every benchmark shares: the real PNGs, thread settings, repeated timing and the printed table.
+"""What every benchmark shares: the real PNGs, thread settings, repeated timing, the printed table.
 
 Nothing runs on import. Timings are wall-clock (time.perf_counter); each method is run `reps`
 times, interleaved with the others so that a burst of load from elsewhere hits all of them,
@@ -19,12 +19,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 SAMPLE_IMAGES = ROOT / "sample" / "images"
-SHARED_IMAGES = ROOT.parent / "shared" / "nih" / "images"  # present on the project's machines, not in clones
+# present on the project's machines, not in clones
+SHARED_IMAGES = ROOT.parent / "shared" / "nih" / "images"
 DEFAULT_FOLDERS = [str(SAMPLE_IMAGES), str(SHARED_IMAGES)]
 
 
 def real_pngs(folders: list[str], limit: int | None = None) -> list[str]:
-    """PNG paths from the folders that exist, each file name once (the sample repeats shared names)."""
+    """PNG paths from the folders that exist, each file name once (the sample repeats shared
+    names)."""
     seen: dict[str, str] = {}
     for folder in folders:
         if os.path.isdir(folder):
@@ -124,12 +126,12 @@ def bench_model(path: str | None, seed: int = 0):
     DenseNet-121 with random weights (seeded). Timings do not depend on the weights."""
     import torch
 
-    import model as model_lib
+    from model import build_model, load_checkpoint, model_from_checkpoint
 
     if path:
-        return model_lib.model_from_checkpoint(model_lib.load_checkpoint(path), path).eval()
+        return model_from_checkpoint(load_checkpoint(path), path).eval()
     torch.manual_seed(seed)
-    return model_lib.build_model(weights="none").eval()
+    return build_model(weights="none").eval()
 
 
 def stored_crops(paths: list[str]):

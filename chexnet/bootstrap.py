@@ -16,17 +16,10 @@ import numpy as np
 CONFIDENCE = 0.95
 
 
-def weighted_auroc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> float | None:
-    """AUROC where image i counts weights[i] times (ties count one half); None if undefined.
-
-    With all weights 1 this is sklearn's roc_auc_score (the Mann-Whitney statistic).
-    """
-    _, groups = np.unique(scores, return_inverse=True)
-    return _grouped_auroc(np.asarray(labels, bool), groups, np.asarray(weights, np.float64))
-
-
 def _grouped_auroc(positive: np.ndarray, groups: np.ndarray, weights: np.ndarray) -> float | None:
-    """groups: each image's rank among the distinct scores (0 = lowest)."""
+    """AUROC where image i counts weights[i] times (ties count one half); None if undefined. With
+    all weights 1 it is sklearn's roc_auc_score (the Mann-Whitney statistic). groups: each image's
+    rank among the distinct scores (0 = lowest)."""
     size = int(groups.max()) + 1
     pos = np.bincount(groups, weights * positive, minlength=size)  # positive weight per score
     neg = np.bincount(groups, weights * ~positive, minlength=size)

@@ -95,3 +95,6 @@ BATCH_SIZE = 64
 EPOCHS = 10
 # The original trained on 4 random crop+flip copies of every image (its "aug4"): 4 passes per epoch.
 REPEATS = 4
+
+# Images per forward pass of denseNet_localization.py (--batch-size).
+LOCALIZATION_BATCH_SIZE = 16

@@ -133,12 +133,6 @@ def class_set(names, source: str) -> tuple[str, ...]:
     return names
 
 
-def box_classes(class_names) -> int:
-    """How many of these classes (the leading ones) have boxes in BBox_List_2017: 8 for both
-    sets."""
-    return sum(1 for a, b in zip(class_names, CLASS_NAMES) if a == b)
-
-
 def label_matrix(names: list[str], table: dict[str, LabelRow], list_path: str | os.PathLike,
                  class_names=CLASS_NAMES, line_numbers: list[int] | None = None) -> np.ndarray:
     """uint8 (len(names), len(class_names)) 0/1 labels; a name absent from the table is an error.

@@ -18,7 +18,8 @@
                         "sources": {"images": ..., "data_entry": ..., "bbox_list": ...,
                                     "train_list": ..., "valid_list": ...}}
 
-All .npy files are plain arrays (np.load with allow_pickle=False) and open as memory maps.
+All .npy files are plain arrays (np.load with allow_pickle=False) and open as memory maps;
+store_images writes the image arrays (worker processes, each writing its own rows).
 A folder written before the sizes were kept has no *_sizes: its images were all 1024x1024 (that
 version refused any other size), which is what load_prepared then gives.
 """
@@ -26,13 +27,18 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
+import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
+import cv2
 import numpy as np
 
 from chexnet.utils import InputError
 from chexnet.constants import ORIGINAL_SIZE, STORED_SIZE
+from chexnet.images import DEFAULT_RESIZE, load_stored_sized
 from chexnet.nih import class_set
 
 FORMAT = "chexnet-preprocessed"
@@ -145,3 +151,72 @@ def read_valid_boxes(folder: str | Path) -> list[dict]:
             raise InputError(f"{path}: row {row_number}: "
                              f"expected {','.join(VALID_BOXES_HEADER)}") from None
     return boxes
+
+
+# ---------------------------------------------------------------- writing the image arrays
+
+DEFAULT_CHUNK = 8  # images a worker decodes and writes as one task (one 512 KiB memory-map window)
+
+
+def _init_worker() -> None:
+    cv2.setNumThreads(1)  # one process per core already; OpenCV's own threads would oversubscribe
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops the pool, once
+
+
+def _decode(path: str, resize: str) -> tuple[np.ndarray, tuple[int, int]]:
+    """uint8 (256, 256) stored image and the original (width, height); any decoder failure becomes
+    an InputError naming the file."""
+    try:
+        return load_stored_sized(path, resize)
+    except cv2.error as err:
+        raise InputError(f"{path}: cannot decode ({str(err).strip().splitlines()[-1]})") from None
+
+
+def create_stored_array(path: Path, count: int) -> int:
+    """An empty uint8 (count, 256, 256) .npy at `path`; returns the byte offset of its pixels."""
+    header = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8,
+                                       shape=(count, STORED_SIZE, STORED_SIZE))
+    offset = header.offset
+    del header
+    return offset
+
+
+def _store_run(task: tuple[str, int, int, list[str], str]) -> tuple[int, list[tuple[int, int]]]:
+    """Decode a run of images and write them into their rows of the .npy through one short-lived
+    memory-map window. Workers write their own rows, so no pixels travel between processes, and
+    unmapping each window keeps memory flat (a long-lived map keeps every page it touched resident).
+    Returns the run's first row and its images' original (width, height)."""
+    path, data_offset, first_row, paths, resize = task
+    loaded = [_decode(p, resize) for p in paths]
+    images = np.stack([stored for stored, _ in loaded])  # (n, 256, 256)
+    window = np.memmap(path, dtype=np.uint8, mode="r+",
+                       offset=data_offset + first_row * images[0].nbytes,
+                       shape=images.shape)
+    window[:] = images
+    del window  # unmapped: the kernel's page cache writes the pages back
+    return first_row, [size for _, size in loaded]
+
+
+def store_images(paths: list[str], path: Path, workers: int, chunk: int,
+                 resize: str = DEFAULT_RESIZE, sizes: list | None = None) -> Iterator[int]:
+    """Write the stored form of `paths`, in list order, as the .npy `path`; yields images done so
+    far as runs of `chunk` finish (any order: each run owns its rows, so the file is the same for
+    any workers). sizes: a list of len(paths) that receives each image's [width, height] in list
+    order."""
+    data_offset = create_stored_array(path, len(paths))
+    tasks = [(str(path), data_offset, first, paths[first:first + chunk], resize)
+             for first in range(0, len(paths), chunk)]
+    if workers <= 1 or len(tasks) <= 1:
+        runs = map(_store_run, tasks)
+    else:
+        pool = multiprocessing.Pool(min(workers, len(tasks)), initializer=_init_worker)
+        runs = _closing_pool(pool, pool.imap_unordered(_store_run, tasks))
+    for first, run_sizes in runs:
+        if sizes is not None:
+            sizes[first:first + len(run_sizes)] = [list(size) for size in run_sizes]
+        yield len(run_sizes)
+
+
+def _closing_pool(pool, results: Iterator) -> Iterator:
+    with pool:
+        yield from results

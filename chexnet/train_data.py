@@ -1,5 +1,5 @@
-"""train.py's data: crops of the preprocessed arrays, the seeded batch order, the loss and its
-weights.
+"""train.py's data: crops of the preprocessed arrays, the seeded batch order, the batch on the
+device, mixed precision, the loss and its weights.
 
 Reproducible by construction: the batch order of epoch e is a permutation drawn from (seed, e) and
 each image's crop/flip from (seed, e, image), so a run does not depend on the number of data
@@ -8,6 +8,7 @@ workers.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from torch import nn
 from torch.utils.data import Dataset, Sampler
 
 from chexnet import preprocessed
-from chexnet.images import center_crop, random_crop_flip
+from chexnet.images import center_crop, normalize, random_crop_flip
 from chexnet.utils import InputError, usable_cpus
 
 # Most loading processes train.py starts by default: one core turns about 5,000 images/s into
@@ -121,6 +122,25 @@ def loader_options(device_type: str, workers: int) -> dict:
     workers kept alive between epochs (their start costs about a second an epoch)."""
     return {"num_workers": workers, "pin_memory": device_type == "cuda",
             "persistent_workers": workers > 0}
+
+
+def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 (B, 224, 224) -> normalised float (B, 3, 224, 224) on the device, channels_last."""
+    x = normalize(images.to(device, non_blocking=True))
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def amp_setup(device: torch.device, mode: str):
+    """(autocast context factory, GradScaler, name): one code path for CPU, CUDA fp32, bf16,
+    fp16."""
+    dtype = None
+    if device.type == "cuda" and mode != "off":
+        bf16 = mode == "bf16" or (mode == "auto" and torch.cuda.is_bf16_supported())
+        dtype = torch.bfloat16 if bf16 else torch.float16
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    if dtype is None:
+        return nullcontext, scaler, "fp32"
+    return (lambda: torch.autocast(device.type, dtype=dtype)), scaler, str(dtype).split(".")[-1]
 
 
 def loss_weights(labels: np.ndarray, mode: str) -> tuple[torch.Tensor, torch.Tensor] | None:

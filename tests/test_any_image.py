@@ -1,4 +1,5 @@
-"""Any chest X-ray a user has (issue 15): any size, DICOM, one image or a folder, boxes in its pixels.
+"""Any chest X-ray a user has (issue 15): any size, DICOM, one image or a folder, boxes in its
+pixels.
 
 Real pixels throughout: DICOMs written with pydicom from a sample PNG, a 2500x2048 PNG and a JPEG
 made from sample images, localized by a random-init DenseNet-121 through the real engine and CLI.
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-import model as model_lib
+from model import ARCH, FORMAT, VERSION, build_model, save_checkpoint
 from chexnet import boxes, localize, preprocessed
 from chexnet.boxfile import Box, read_box_file
 from chexnet.constants import AVERAGE_BOXES, CLASS_NAMES
@@ -31,14 +32,14 @@ BIG = (2048, 2500)  # width, height: neither square nor a multiple of 1024 in he
 @pytest.fixture(scope="module")
 def net():
     torch.manual_seed(0)
-    return model_lib.build_model(len(CLASS_NAMES), weights="none").eval()
+    return build_model(len(CLASS_NAMES), weights="none").eval()
 
 
 @pytest.fixture(scope="module")
 def checkpoint(net, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("run") / "model"
-    model_lib.save_checkpoint(folder / "best.pt", {
-        "format": model_lib.FORMAT, "version": model_lib.VERSION, "arch": model_lib.ARCH,
+    save_checkpoint(folder / "best.pt", {
+        "format": FORMAT, "version": VERSION, "arch": ARCH,
         "model": net.state_dict(), "class_names": list(CLASS_NAMES), "input_size": 224, "epoch": 1,
         "optimizer": None, "metrics": {}, "args": {}, "thresholds": [0.5] * 8})
     np.save(folder / "thresholds.npy", np.zeros(8, dtype=np.float32))  # every class active
@@ -109,21 +110,24 @@ def test_peak_at_a_known_place_lands_at_the_matching_place_of_any_image():
 def test_boxes_scale_with_the_image(net, tmp_path, sample_dir):
     """A 2500x2048 image and a 1024 one with the same 256 pixels: same probabilities and heatmaps,
     and every box of the large one is the 1024 one's scaled by (2048 / 1024, 2500 / 1024)."""
-    big = cv2.resize(read_xray(sample_dir / "images" / "00008386_000.png"), BIG, interpolation=cv2.INTER_CUBIC)
+    big = cv2.resize(read_xray(sample_dir / "images" / "00008386_000.png"), BIG,
+                     interpolation=cv2.INTER_CUBIC)
     cv2.imwrite(str(tmp_path / "big.png"), big)
     stored, size = load_stored_sized(tmp_path / "big.png", "area")
     assert size == BIG
     # Nearest 4x upsampling: the area average brings it back to exactly these 256 pixels.
-    cv2.imwrite(str(tmp_path / "same.png"), cv2.resize(stored, (1024, 1024), interpolation=cv2.INTER_NEAREST))
+    cv2.imwrite(str(tmp_path / "same.png"),
+                cv2.resize(stored, (1024, 1024), interpolation=cv2.INTER_NEAREST))
     assert np.array_equal(load_stored_sized(tmp_path / "same.png", "area")[0], stored)
-    large, square = localize_paths(net, [tmp_path / "big.png", tmp_path / "same.png"], resize="area")
+    large, square = localize_paths(net, [tmp_path / "big.png", tmp_path / "same.png"],
+                                   resize="area")
     assert large.size == BIG and square.size == (1024, 1024)
     np.testing.assert_allclose(large.probs, square.probs, atol=1e-5)
     assert len(large.boxes) == len(square.boxes) > 8  # all 8 classes active, with heatmap boxes
     for a, b in zip(large.boxes, square.boxes):
         assert a.label == b.label and inside(a, BIG)
-        np.testing.assert_allclose([a.x, a.y, a.w, a.h],
-                                   [b.x * 2048 / 1024, b.y * 2500 / 1024, b.w * 2, b.h * 2500 / 1024])
+        np.testing.assert_allclose([a.x, a.y, a.w, a.h], [b.x * 2048 / 1024, b.y * 2500 / 1024,
+                                                          b.w * 2, b.h * 2500 / 1024])
 
 
 def test_dicom_and_its_png_source_give_the_same_probabilities(net, mixed):
@@ -153,11 +157,13 @@ def test_a_mixed_folder_in_one_command(checkpoint, mixed, tmp_path):
     sizes = {"big.png": BIG, "chest.jpg": (640, 768)}
     for line, name in zip(per_image, files):
         width, height = sizes.get(name, (1024, 1024))
-        assert line.split()[1] == f"{width}x{height}:" and "Atelectasis " in line  # threshold 0: all
+        # threshold 0: every class
+        assert line.split()[1] == f"{width}x{height}:" and "Atelectasis " in line
     entries = read_box_file(out)
     assert [e.image_path for e in entries] == [str(mixed / f) for f in files]
     for entry, name in zip(entries, files):
-        assert len(entry.boxes) > 8 and all(inside(b, sizes.get(name, (1024, 1024))) for b in entry.boxes)
+        size = sizes.get(name, (1024, 1024))
+        assert len(entry.boxes) > 8 and all(inside(b, size) for b in entry.boxes)
 
 
 def localize_main(*argv):
@@ -171,13 +177,15 @@ def localize_main(*argv):
 
 def test_one_image_and_the_list_form_agree(checkpoint, mixed, tmp_path, capsys):
     plots = tmp_path / "plots"
-    localize_main(mixed / "big.png", "--model", checkpoint, "--out", tmp_path / "one.txt", "--plots", plots)
+    localize_main(mixed / "big.png", "--model", checkpoint, "--out", tmp_path / "one.txt",
+                  "--plots", plots)
     assert capsys.readouterr().out.startswith(f"{mixed / 'big.png'} 2048x2500: ")
     picture = cv2.imread(str(plots / "big_boxes.png"))
     assert picture.shape[:2] == (round(512 * 2500 / 2048), 512)  # the image's aspect, 512 wide
     assert (plots / "big_heatmap_Nodule.png").is_file() and (plots / "contact_sheet.png").is_file()
     (tmp_path / "list.txt").write_text("big.png\n")
-    localize_main(tmp_path / "list.txt", mixed, "--model", checkpoint, "--out", tmp_path / "list_out.txt")
+    localize_main(tmp_path / "list.txt", mixed, "--model", checkpoint,
+                  "--out", tmp_path / "list_out.txt")
     assert capsys.readouterr().out.startswith("wrote ")  # the list form prints no per-image lines
     assert (tmp_path / "one.txt").read_text() == (tmp_path / "list_out.txt").read_text()
 
@@ -198,7 +206,8 @@ def _bad(kind, folder: Path, png) -> tuple[Path, str]:
     return folder, "empty folder"
 
 
-@pytest.mark.parametrize("kind", ["no pixel data", "compressed", "multi-frame", "small", "empty folder"])
+@pytest.mark.parametrize("kind", ["no pixel data", "compressed", "multi-frame", "small",
+                                  "empty folder"])
 @pytest.mark.parametrize("alone", [True, False], ids=["alone", "in a folder"])
 def test_bad_input_one_line_nothing_written(checkpoint, png, tmp_path, kind, alone):
     if kind == "empty folder" and not alone:
@@ -234,13 +243,14 @@ def test_images_argument_goes_with_a_list_only(checkpoint, mixed, tmp_path):
     assert not (tmp_path / "b.txt").exists()
 
 
-# ---------------------------------------------------------------- the folder contract and calibration
+# ------------------------------------------------------------ the folder contract and calibration
 
 def test_preprocessed_sizes_old_folders_and_bad_values(tmp_path):
     meta = {"train_images": ["a.png", "b.png"]}
     assert preprocessed._sizes(tmp_path / "meta.json", meta, "train", 2) == [(1024, 1024)] * 2
     meta["train_sizes"] = [[2048, 2500], [1024, 1024]]
-    assert preprocessed._sizes(tmp_path / "meta.json", meta, "train", 2) == [(2048, 2500), (1024, 1024)]
+    assert preprocessed._sizes(tmp_path / "meta.json", meta, "train", 2) == [(2048, 2500),
+                                                                             (1024, 1024)]
     for bad in ([[2048, 2500]], [[2048, 0], [1, 1]], [[2048, 2500.5], [1, 1]], "x"):
         meta["train_sizes"] = bad
         with pytest.raises(InputError, match="train_sizes must be 2 .width, height. pairs"):
@@ -252,7 +262,8 @@ def test_preprocessing_keeps_each_images_size(sample_dir, tmp_path):
     train, valid = ["00000100_000.png", "00026911_000.png"], ["00000404_000.png"]
     images = linked_images(sample_dir, tmp_path / "images", train)
     big = cv2.resize(read_xray(sample_dir / "images" / valid[0]), BIG, interpolation=cv2.INTER_AREA)
-    cv2.imwrite(str(images / valid[0]), big)  # a listed NIH name holding a 2048-wide, 2500-high image
+    # a listed NIH name holding a 2048-wide, 2500-high image
+    cv2.imwrite(str(images / valid[0]), big)
     train_txt, valid_txt = write_lists(tmp_path, train, valid)
     result = script("preprocessing.py", images, sample_dir / "Data_Entry_2017.csv",
                     sample_dir / "BBox_List_2017.csv", train_txt, valid_txt, tmp_path / "prep",
@@ -267,10 +278,13 @@ def test_preprocessing_keeps_each_images_size(sample_dir, tmp_path):
 def test_calibration_truth_in_the_1024_frame(tmp_path):
     import calibrate
     (tmp_path / preprocessed.VALID_BOXES).write_text(
-        "image,label,x,y,w,h\nbig.png,Mass,200.0,250.0,100.0,50.0\nnih.png,Mass,200.0,250.0,100.0,50.0\n")
-    truth = calibrate.truth_of_valid(str(tmp_path), {"big.png": (2048, 2500), "nih.png": (1024, 1024)})
+        "image,label,x,y,w,h\nbig.png,Mass,200.0,250.0,100.0,50.0\n"
+        "nih.png,Mass,200.0,250.0,100.0,50.0\n")
+    truth = calibrate.truth_of_valid(str(tmp_path), {"big.png": (2048, 2500),
+                                                     "nih.png": (1024, 1024)})
     big, nih = truth["big.png"][0], truth["nih.png"][0]
-    assert (big.x, big.y, big.w, big.h) == pytest.approx((100.0, 250 * 1024 / 2500, 50.0, 50 * 1024 / 2500))
+    assert (big.x, big.y, big.w, big.h) == pytest.approx(
+        (100.0, 250 * 1024 / 2500, 50.0, 50 * 1024 / 2500))
     assert (nih.x, nih.y, nih.w, nih.h) == (200.0, 250.0, 100.0, 50.0)
 
 

@@ -10,7 +10,7 @@ from sklearn.metrics import roc_auc_score
 
 import auroc
 import denseNet_localization
-import model as model_lib
+from model import build_model, new_checkpoint, save_checkpoint
 from chexnet import bootstrap, localize
 from chexnet.constants import ALL_FINDINGS, CLASS_NAMES
 from chexnet.probs import read_probs_csv, write_probs_csv
@@ -18,17 +18,24 @@ from chexnet.probs import read_probs_csv, write_probs_csv
 NAMES = ["00001933_000.png", "00008386_000.png", "00013125_000.png"]
 
 
+def weighted_auroc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> float | None:
+    """The bootstrap's AUROC of one draw, where image i counts weights[i] times."""
+    _, groups = np.unique(scores, return_inverse=True)
+    return bootstrap._grouped_auroc(np.asarray(labels, bool), groups,
+                                    np.asarray(weights, np.float64))
+
+
 def test_weighted_auroc_is_sklearns():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 300)
     scores = np.round(rng.random(300) + 0.3 * labels, 2)  # rounded: many ties
-    assert bootstrap.weighted_auroc(labels, scores, np.ones(300)) == pytest.approx(
+    assert weighted_auroc(labels, scores, np.ones(300)) == pytest.approx(
         roc_auc_score(labels, scores), abs=1e-12)
     weights = rng.integers(0, 4, 300)
     repeated = np.repeat(np.arange(300), weights)
-    assert bootstrap.weighted_auroc(labels, scores, weights) == pytest.approx(
+    assert weighted_auroc(labels, scores, weights) == pytest.approx(
         roc_auc_score(labels[repeated], scores[repeated]), abs=1e-12)
-    assert bootstrap.weighted_auroc(np.zeros(5), np.arange(5.0), np.ones(5)) is None
+    assert weighted_auroc(np.zeros(5), np.arange(5.0), np.ones(5)) is None
 
 
 def known_case(tmp_path, copies: int = 1):
@@ -60,7 +67,8 @@ def run(tmp_path, *extra):
 
 def test_auroc_tool_on_a_known_case(tmp_path, capsys):
     labels, probs = known_case(tmp_path)
-    report = run(tmp_path, "--thresholds", str(tmp_path / "thr.npy"), "--out", str(tmp_path / "out"))
+    report = run(tmp_path, "--thresholds", str(tmp_path / "thr.npy"),
+                 "--out", str(tmp_path / "out"))
     assert report["bootstrap"]["unit"] == "patient"
     for c, row in enumerate(report["classes"][:14]):
         expected = roc_auc_score(labels[:, c], probs[:, c])
@@ -71,7 +79,8 @@ def test_auroc_tool_on_a_known_case(tmp_path, capsys):
         assert row["sensitivity"] == pytest.approx(on[labels[:, c] == 1].mean(), abs=1e-6)
         assert row["specificity"] == pytest.approx((~on[labels[:, c] == 0]).mean(), abs=1e-6)
     hernia, mean = report["classes"][13], report["classes"][14]
-    assert hernia["draws_defined"] < 300  # draws without a Hernia positive are left out, and counted
+    # draws without a Hernia positive are left out, and counted
+    assert hernia["draws_defined"] < 300
     assert mean["auroc"] == pytest.approx(np.mean([r["auroc"] for r in report["classes"][:14]]))
     assert mean["ci_low"] < mean["auroc"] < mean["ci_high"]
     assert mean["draws_defined"] == hernia["draws_defined"]
@@ -92,7 +101,8 @@ def test_interval_resamples_patients_not_images(tmp_path):
     known_case(tmp_path, copies=3)
     thrice = run(tmp_path)["classes"]
     for a, b in zip(once, thrice):
-        assert (a["auroc"], a["ci_low"], a["ci_high"]) == pytest.approx((b["auroc"], b["ci_low"], b["ci_high"]))
+        assert (a["auroc"], a["ci_low"], a["ci_high"]) == pytest.approx(
+            (b["auroc"], b["ci_low"], b["ci_high"]))
 
 
 def test_published_table_has_its_sources_and_the_papers_mean():
@@ -109,18 +119,19 @@ def test_published_table_has_its_sources_and_the_papers_mean():
 
 def test_localization_probs_are_the_forward_pass(tmp_path, sample_dir):
     torch.manual_seed(0)
-    net = model_lib.build_model(len(CLASS_NAMES), weights="none").eval()
-    model_lib.save_checkpoint(tmp_path / "best.pt", model_lib.new_checkpoint(net.state_dict()))
+    net = build_model(len(CLASS_NAMES), weights="none").eval()
+    save_checkpoint(tmp_path / "best.pt", new_checkpoint(net.state_dict()))
     np.save(tmp_path / "thresholds.npy", np.full(8, 0.5, dtype=np.float32))
     (tmp_path / "test.txt").write_text("\n".join(NAMES) + "\n")
     args = denseNet_localization.get_args_parser().parse_args(
-        [str(tmp_path / "test.txt"), str(sample_dir / "images"), "--model", str(tmp_path / "best.pt"),
-         "--out", str(tmp_path / "bb.txt"), "--probs", str(tmp_path / "probs.csv"), "--workers", "0"])
+        [str(tmp_path / "test.txt"), str(sample_dir / "images"),
+         "--model", str(tmp_path / "best.pt"), "--out", str(tmp_path / "bb.txt"),
+         "--probs", str(tmp_path / "probs.csv"), "--workers", "0"])
     denseNet_localization.main(args)
     names, classes, probs = read_probs_csv(tmp_path / "probs.csv")
     assert names == NAMES and classes == list(CLASS_NAMES)
     paths = [os.path.join(str(sample_dir / "images"), n) for n in NAMES]
-    direct = [r.probs for r in localize.iter_localize(net, paths, np.full(8, 0.5), np.ones((8, 4)) * 100,
-                                                      torch.device("cpu"))]
+    direct = [r.probs for r in localize.iter_localize(net, paths, np.full(8, 0.5),
+                                                      np.ones((8, 4)) * 100, torch.device("cpu"))]
     np.testing.assert_allclose(probs, np.asarray(direct), atol=1e-6)
     assert (tmp_path / "probs.csv").read_text().splitlines()[0] == "image," + ",".join(CLASS_NAMES)

@@ -1,5 +1,6 @@
-"""The grading bundle: built from a random-init checkpoint, unzipped outside the project, run with no
-arguments; it must write what denseNet_localization.py writes, and refuse a bundle that was changed."""
+"""The grading bundle: built from a random-init checkpoint, unzipped outside the project, run with
+no arguments; it must write what denseNet_localization.py writes, and refuse a bundle that was
+changed."""
 import hashlib
 import json
 import os
@@ -17,7 +18,8 @@ import build_bundle as bundle
 import denseNet_localization
 import inference
 from chexnet import localize
-import model as model_lib
+from model import (ARCH, FORMAT, VERSION, build_model, load_checkpoint, new_checkpoint,
+                   save_checkpoint)
 from chexnet.boxfile import read_box_file
 from chexnet.utils import InputError
 from chexnet.constants import CLASS_NAMES
@@ -36,10 +38,10 @@ def built(tmp_path_factory):
     """(zip path, model folder): model/best.pt with an optimizer state, thresholds.npy beside it."""
     folder = tmp_path_factory.mktemp("build")
     torch.manual_seed(0)
-    net = model_lib.build_model(len(CLASS_NAMES), weights="none")
+    net = build_model(len(CLASS_NAMES), weights="none")
     optimizer = torch.optim.Adam(net.classifier.parameters())
-    model_lib.save_checkpoint(folder / "model" / "best.pt", {
-        "format": model_lib.FORMAT, "version": model_lib.VERSION, "arch": model_lib.ARCH,
+    save_checkpoint(folder / "model" / "best.pt", {
+        "format": FORMAT, "version": VERSION, "arch": ARCH,
         "model": net.state_dict(), "class_names": list(CLASS_NAMES), "input_size": 224, "epoch": 3,
         "optimizer": optimizer.state_dict(), "metrics": {"mean_auroc": 0.5}, "args": {"lr": 1e-3},
         "thresholds": None})
@@ -65,7 +67,8 @@ def _unzip(zip_path: Path, dest: Path, sample_dir: Path, names=NAMES) -> Path:
 
 def _run(folder: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     """python3 inference.py in `folder`, with neither the project nor PYTHONPATH on the path."""
-    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("CHEXNET_")}
+    clean = {k: v for k, v in os.environ.items()
+             if k != "PYTHONPATH" and not k.startswith("CHEXNET_")}
     return subprocess.run([sys.executable, "inference.py", *args], cwd=folder, env={**clean, **env},
                           capture_output=True, text=True, timeout=300)
 
@@ -76,19 +79,23 @@ def test_bundle_holds_exactly_inference_its_modules_and_data(built):
         names = set(zf.namelist())
         manifest = json.loads(zf.read("manifest.json"))
     modules = set(bundle.project_modules())
-    assert {"inference.py", "denseNet_localization.py", "model.py", "gradcam.py", "chexnet/__init__.py",
-            "chexnet/localize.py", "chexnet/boxes.py", "chexnet/boxfile.py", "chexnet/images.py",
-            "chexnet/nih.py", "chexnet/utils.py", "chexnet/constants.py", "chexnet/model_dir.py"} <= modules
+    assert {"inference.py", "denseNet_localization.py", "model.py", "gradcam.py",
+            "chexnet/__init__.py", "chexnet/localize.py", "chexnet/boxes.py", "chexnet/boxfile.py",
+            "chexnet/images.py", "chexnet/nih.py", "chexnet/utils.py", "chexnet/constants.py",
+            "chexnet/model_dir.py"} <= modules
     # What the grader never runs stays home: training, the builder, the other tools, the pictures.
     assert {"train.py", "preprocessing.py", "tools/build_bundle.py", "tools/evaluate.py",
-            "chexnet/train_data.py", "chexnet/metrics.py", "chexnet/scoring.py", "chexnet/calibration.py",
-            "chexnet/drawing.py", "chexnet/localization_figures.py"}.isdisjoint(modules)
+            "chexnet/train_data.py", "chexnet/metrics.py", "chexnet/scoring.py",
+            "chexnet/calibration.py", "chexnet/drawing.py",
+            "chexnet/localization_figures.py"}.isdisjoint(modules)
     assert names == modules | DATA
     assert all(n.count("/") == 0 or n.startswith("chexnet/") for n in names)
     assert not any(n.endswith(".pyc") for n in names)
     assert set(manifest["files"]) == names - {"manifest.json"}
-    assert manifest["format"] == inference.BUNDLE_FORMAT and manifest["class_names"] == list(CLASS_NAMES)
-    assert manifest["built_with"]["torch"] == torch.__version__ and manifest["built_with"]["numpy"] == np.__version__
+    assert manifest["format"] == inference.BUNDLE_FORMAT
+    assert manifest["class_names"] == list(CLASS_NAMES)
+    assert manifest["built_with"]["torch"] == torch.__version__
+    assert manifest["built_with"]["numpy"] == np.__version__
     assert manifest["modules"] == sorted(modules)
     inference.verify_zip(zip_path)  # every sha256 as listed
 
@@ -97,8 +104,8 @@ def test_bundled_checkpoint_thresholds_and_sizes(built, tmp_path, sample_dir):
     zip_path, model_folder = built
     folder = _unzip(zip_path, tmp_path / "b", sample_dir, names=[])
     ckpt = torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=True)
-    original = model_lib.load_checkpoint(model_folder / "best.pt")
-    assert ckpt["optimizer"] is None and set(ckpt) == set(model_lib.new_checkpoint({}))  # no resume state
+    original = load_checkpoint(model_folder / "best.pt")
+    assert ckpt["optimizer"] is None and set(ckpt) == set(new_checkpoint({}))  # no resume state
     assert ckpt["epoch"] == 3 and ckpt["thresholds"] == THRESHOLDS.tolist()
     assert all(torch.equal(ckpt["model"][k], v) for k, v in original["model"].items())
     assert np.array_equal(np.load(folder / "thresholds.npy", allow_pickle=False), THRESHOLDS)
@@ -106,7 +113,8 @@ def test_bundled_checkpoint_thresholds_and_sizes(built, tmp_path, sample_dir):
     assert np.array_equal(model_dir.read_box_sizes(folder / "box_sizes.json"), sizes)  # not rounded
 
 
-def test_unzipped_bundle_without_arguments_equals_the_local_run(built, tmp_path, sample_dir, monkeypatch):
+def test_unzipped_bundle_without_arguments_equals_the_local_run(built, tmp_path, sample_dir,
+                                                                monkeypatch):
     zip_path, model_folder = built
     folder = _unzip(zip_path, tmp_path / "platform", sample_dir)
     proc = _run(folder, CHEXNET_WORKERS="0")  # no arguments; no decoding processes on the 2-core CI
@@ -116,8 +124,8 @@ def test_unzipped_bundle_without_arguments_equals_the_local_run(built, tmp_path,
 
     monkeypatch.chdir(folder)  # same relative paths, so the same image paths in the file
     denseNet_localization.main(denseNet_localization.get_args_parser().parse_args([
-        "test.txt", "images", "--model", str(model_folder / "best.pt"), "--out", "reference.txt", "--workers", "0",
-        "--bbox-list", str(sample_dir / "BBox_List_2017.csv")]))
+        "test.txt", "images", "--model", str(model_folder / "best.pt"), "--out", "reference.txt",
+        "--workers", "0", "--bbox-list", str(sample_dir / "BBox_List_2017.csv")]))
     reference = (folder / "reference.txt").read_text().splitlines()
     assert ours == reference
     entries = read_box_file(folder / "bounding_box.txt")
@@ -127,8 +135,8 @@ def test_unzipped_bundle_without_arguments_equals_the_local_run(built, tmp_path,
     assert not any(n.endswith(".tmp") for n in os.listdir(folder))
 
 
-@pytest.mark.parametrize("victim", ["chexnet/localize.py", "checkpoint.pt", "box_sizes.json", "inference.py",
-                                    "denseNet_localization.py"])
+@pytest.mark.parametrize("victim", ["chexnet/localize.py", "checkpoint.pt", "box_sizes.json",
+                                    "inference.py", "denseNet_localization.py"])
 def test_a_changed_byte_is_refused_before_anything_runs(built, tmp_path, sample_dir, victim):
     folder = _unzip(built[0], tmp_path / "b", sample_dir, names=NAMES[:1])
     path = folder / victim
@@ -141,12 +149,13 @@ def test_a_changed_byte_is_refused_before_anything_runs(built, tmp_path, sample_
     proc = _run(folder)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and victim in lines[0] and "sha256" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert victim in lines[0] and "sha256" in lines[0]
     assert not (folder / "bounding_box.txt").exists()
 
 
-@pytest.mark.parametrize("name", ["../evil.py", "/tmp/evil.py", "chexnet/../../evil.py", "a/b/evil.py", "..",
-                                  "C:evil.py", "chexnet//evil.py"])
+@pytest.mark.parametrize("name", ["../evil.py", "/tmp/evil.py", "chexnet/../../evil.py",
+                                  "a/b/evil.py", "..", "C:evil.py", "chexnet//evil.py"])
 def test_a_manifest_listing_a_path_outside_the_folder_is_refused(built, tmp_path, sample_dir, name):
     folder = _unzip(built[0], tmp_path / "b", sample_dir, names=[])
     evil = b"print('evil')\n"
@@ -158,6 +167,24 @@ def test_a_manifest_listing_a_path_outside_the_folder_is_refused(built, tmp_path
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "not a plain file name" in lines[0] and repr(name) in lines[0]
+
+
+@pytest.mark.parametrize("victim", ["chexnet/localize.py", "model.py", "chexnet"])
+def test_a_symlink_leading_outside_the_folder_is_refused(built, tmp_path, sample_dir, victim):
+    """The file (or the package folder) is replaced by a link to a copy outside the bundle: the
+    same bytes, so only where it lies gives it away."""
+    folder = _unzip(built[0], tmp_path / "b", sample_dir, names=NAMES[:1])
+    outside = tmp_path / "outside" / victim
+    outside.parent.mkdir(parents=True)
+    (folder / victim).rename(outside)
+    (folder / victim).symlink_to(outside, target_is_directory=outside.is_dir())
+    proc = _run(folder)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "points outside the bundle folder" in lines[0] and victim in lines[0]
+    assert not (folder / "bounding_box.txt").exists()
+    assert not list((tmp_path / "outside").rglob("__pycache__"))  # the copy was never imported
 
 
 def test_missing_or_unlisted_files_are_refused(built, tmp_path, sample_dir, monkeypatch):
@@ -204,7 +231,8 @@ def test_project_mode_passes_options_to_the_local_run(tmp_path):
     args = inference.get_args_parser({"CHEXNET_IMAGES": "imgs"}).parse_args(
         ["--test-list=-odd.txt", "--model", "m.pt", "--batch-size", "3", "--out=-out.txt"])
     local = denseNet_localization.get_args_parser().parse_args(inference.localization_argv(args))
-    assert (local.test_txt, local.images, local.model, local.batch_size) == ("-odd.txt", "imgs", "m.pt", 3)
+    assert (local.test_txt, local.images, local.model, local.batch_size) == (
+        "-odd.txt", "imgs", "m.pt", 3)
     assert local.out == "-out.txt" and local.device == "auto"
     assert local.thresholds is None and local.workers == denseNet_localization.DEFAULT_WORKERS
 
@@ -217,8 +245,10 @@ def test_build_failure_leaves_no_zip(tmp_path):
 
 
 def test_module_walk_follows_load_time_imports_of_ours(tmp_path):
-    (tmp_path / "a.py").write_text("import os\nimport b\nfrom d.x import y\n\ndef f():\n    import c\n")
-    (tmp_path / "b.py").write_text("import numpy as np\ntry:\n    from chexnet import p, q\nexcept ImportError:\n    pass\n")
+    (tmp_path / "a.py").write_text(
+        "import os\nimport b\nfrom d.x import y\n\ndef f():\n    import c\n")
+    (tmp_path / "b.py").write_text(
+        "import numpy as np\ntry:\n    from chexnet import p, q\nexcept ImportError:\n    pass\n")
     (tmp_path / "c.py").write_text("")
     (tmp_path / "d.py").write_text("from e import z\n")
     (tmp_path / "e.py").write_text("import a\nimport chexnet.r\n")
@@ -227,7 +257,8 @@ def test_module_walk_follows_load_time_imports_of_ours(tmp_path):
         (tmp_path / "chexnet" / f"{name}.py").write_text("")
     # c.py is imported inside a function only (an optional part): it stays out.
     assert bundle.project_modules(("a.py",), tmp_path) == [
-        "a.py", "b.py", "chexnet/__init__.py", "chexnet/p.py", "chexnet/q.py", "chexnet/r.py", "d.py", "e.py"]
+        "a.py", "b.py", "chexnet/__init__.py", "chexnet/p.py", "chexnet/q.py", "chexnet/r.py",
+        "d.py", "e.py"]
     (tmp_path / "c.py").write_text("import importlib\nimportlib.import_module('unused')\n")
     (tmp_path / "b.py").write_text("import c\n")
     with pytest.raises(InputError, match="dynamic import"):
@@ -236,8 +267,8 @@ def test_module_walk_follows_load_time_imports_of_ours(tmp_path):
 
 def test_the_bundle_runs_from_an_installed_zip_without_the_builders_modules(built):
     """The builder verifies its zip through inference.py --check-bundle, a separate process."""
-    proc = subprocess.run([sys.executable, str(ROOT / "inference.py"), "--check-bundle", str(built[0])],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, str(ROOT / "inference.py"), "--check-bundle",
+                           str(built[0])], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr
 
 
@@ -251,8 +282,10 @@ def test_a_calibrated_box_file_travels_whole_and_picks_its_method(built, tmp_pat
     params = np.linspace(0.3, 0.8, len(CLASS_NAMES))
     model_dir.write_box_sizes(model / model_dir.BOX_SIZES, sizes, "threshold", params)
     assert model_dir.calibrated_method(None, model / "best.pt") == "threshold"
-    assert model_dir.calibrated_method(str(SAMPLE / "BBox_List_2017.csv"), model / "best.pt") is None
-    np.testing.assert_array_equal(model_dir.read_box_sizes(model / model_dir.BOX_SIZES), sizes)  # no rounding
+    assert model_dir.calibrated_method(str(SAMPLE / "BBox_List_2017.csv"),
+                                       model / "best.pt") is None
+    # no rounding
+    np.testing.assert_array_equal(model_dir.read_box_sizes(model / model_dir.BOX_SIZES), sizes)
     out = tmp_path / "calibrated.zip"
     bundle.build_bundle(out, model / "best.pt")
     with zipfile.ZipFile(out) as zf:

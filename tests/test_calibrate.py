@@ -1,5 +1,6 @@
 """calibrate.py: the grid search finds a known best size, heatmaps.npz round-trips without pickle,
-and end to end on the real sample its box_sizes.json changes what denseNet_localization.py writes."""
+and end to end on the real sample its box_sizes.json changes what denseNet_localization.py
+writes."""
 import json
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from chexnet import boxes
 import calibrate
 import evaluate
 from chexnet import localize
-import model as model_lib
+from model import ARCH, FORMAT, VERSION, build_model, save_checkpoint
 from chexnet.boxfile import read_box_file
 from chexnet.utils import InputError
 from chexnet.constants import AVERAGE_BOXES, CLASS_NAMES
@@ -40,9 +41,11 @@ def test_search_finds_the_known_size_width_and_height_apart():
     # 0.75 x its height: a search that swapped rows and columns would pick 0.75 x 1.5.
     base = np.array(AVERAGE_BOXES[MASS])
     truth_xywh = boxes.box_at((30, 35), (base[2] * 1.5, base[3] * 0.75))
-    choice = calibration.search_class(MASS, {"a.png": blob(30, 35)}, truth_at("a.png", truth_xywh), base, "peaks")
+    choice = calibration.search_class(MASS, {"a.png": blob(30, 35)}, truth_at("a.png", truth_xywh),
+                                      base, "peaks")
     assert (choice.scale_w, choice.scale_h) == (1.5, 0.75)
-    assert choice.param == boxes.METHODS["peaks"].default  # one blob: every keep fraction ties, default kept
+    # one blob: every keep fraction ties, the default is kept
+    assert choice.param == boxes.METHODS["peaks"].default
     # the average box (first line) misses, the heatmap box is exact: half the lines above both cuts
     assert choice.score == 0.5 and choice.mean_iou == pytest.approx(0.5)
 
@@ -60,10 +63,13 @@ def test_search_scores_the_lines_localization_writes():
     heatmaps = {"a.png": np.maximum(blob(60, 60), 0.95 * blob(150, 170)), "b.png": blob(100, 100)}
     truth = {"a.png": [TruthBox("a.png", "Mass", 300, 250, 200, 180)], "b.png": []}
     for method in boxes.METHODS:
-        choice = calibration.search_class(MASS, heatmaps, truth, np.array(AVERAGE_BOXES[MASS]), method)
-        table = calibration.tuned_table([choice if k == MASS else calibration.Choice(1, 1, 0.5, None, None)
-                                       for k in range(len(CLASS_NAMES))])
-        preds = {n: boxes.class_boxes(MASS, m, table, method, choice.param) for n, m in heatmaps.items()}
+        choice = calibration.search_class(MASS, heatmaps, truth, np.array(AVERAGE_BOXES[MASS]),
+                                          method)
+        default = calibration.Choice(1, 1, 0.5, None, None)
+        table = calibration.tuned_table([choice if k == MASS else default
+                                         for k in range(len(CLASS_NAMES))])
+        preds = {n: boxes.class_boxes(MASS, m, table, method, choice.param)
+                 for n, m in heatmaps.items()}
         got = scoring.score_boxes(preds, truth)["classes"]["Mass"]["original"]
         assert (got["score"], got["mean_iou"]) == pytest.approx((choice.score, choice.mean_iou))
 
@@ -71,7 +77,8 @@ def test_search_scores_the_lines_localization_writes():
 def test_scaled_row_keeps_the_centre():
     x, y, w, h = calibration.scaled_row(np.array([100.0, 200.0, 40.0, 60.0]), 1.5, 0.5)
     assert (x + w / 2, y + h / 2, w, h) == (120.0, 230.0, 60.0, 30.0)
-    assert calibration.scaled_row(np.array(AVERAGE_BOXES[0]), 1.0, 1.0).tolist() == list(AVERAGE_BOXES[0])
+    assert calibration.scaled_row(np.array(AVERAGE_BOXES[0]), 1.0, 1.0).tolist() == list(
+        AVERAGE_BOXES[0])
 
 
 def test_heatmaps_round_trip_without_pickle(tmp_path):
@@ -84,7 +91,8 @@ def test_heatmaps_round_trip_without_pickle(tmp_path):
         assert data["y.png/Mass"].dtype == np.float32  # as computed: float16 would make ties
         assert np.array_equal(data["y.png/Mass"], hm.maps[1, MASS])
     back = calibration.load_heatmaps(path)
-    assert back.images == hm.images and np.array_equal(back.maps, hm.maps) and np.array_equal(back.probs, hm.probs)
+    assert back.images == hm.images and np.array_equal(back.maps, hm.maps)
+    assert np.array_equal(back.probs, hm.probs)
     with np.load(path) as data:
         partial = {k: data[k] for k in data.files if k != "x.png/Nodule"}
     np.savez(tmp_path / "partial.npz", **partial)
@@ -104,17 +112,19 @@ def test_holdout_split():
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    """preprocessing.py on sample/, and a random-init model/best.pt with zero thresholds (all active)."""
+    """preprocessing.py on sample/, and a random-init model/best.pt with zero thresholds (all
+    active)."""
     root = tmp_path_factory.mktemp("calibrate")
     done = subprocess.run([sys.executable, str(ROOT / "preprocessing.py"), SAMPLE / "images",
-                           SAMPLE / "Data_Entry_2017.csv", SAMPLE / "BBox_List_2017.csv", SAMPLE / "train.txt",
-                           SAMPLE / "valid.txt", root / "prep", "--workers", "1", "--quiet"],
+                           SAMPLE / "Data_Entry_2017.csv", SAMPLE / "BBox_List_2017.csv",
+                           SAMPLE / "train.txt", SAMPLE / "valid.txt", root / "prep",
+                           "--workers", "1", "--quiet"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     torch.manual_seed(0)
-    net = model_lib.build_model(len(CLASS_NAMES), weights="none")
-    model_lib.save_checkpoint(root / "model" / "best.pt", {
-        "format": model_lib.FORMAT, "version": model_lib.VERSION, "arch": model_lib.ARCH,
+    net = build_model(len(CLASS_NAMES), weights="none")
+    save_checkpoint(root / "model" / "best.pt", {
+        "format": FORMAT, "version": VERSION, "arch": ARCH,
         "model": net.state_dict(), "class_names": list(CLASS_NAMES), "input_size": 224, "epoch": 1,
         "optimizer": None, "metrics": {}, "args": {}, "thresholds": None})
     np.save(root / "model" / "thresholds.npy", np.zeros(8, dtype=np.float32))
@@ -130,10 +140,12 @@ def _script(name, *args, cwd):
 
 def test_end_to_end_box_sizes_json_drives_localization(run_dir):
     model = run_dir / "model" / "best.pt"
-    done = _script("tools/calibrate.py", run_dir / "prep", "--model", model, "--device", "cpu", cwd=run_dir)
+    done = _script("tools/calibrate.py", run_dir / "prep", "--model", model, "--device", "cpu",
+                   cwd=run_dir)
     assert "6 validation images with true boxes" in done.stderr
     assert "tuned on these same images" in done.stdout  # the optimism warning
-    assert "Effusion" in done.stdout and "no true box in the tuning images: defaults kept" in done.stdout
+    assert "Effusion" in done.stdout
+    assert "no true box in the tuning images: defaults kept" in done.stdout
     sizes_path = run_dir / "model" / "box_sizes.json"
     table = model_dir.read_box_sizes(sizes_path)
     params = model_dir.read_box_params(sizes_path, "peaks")
@@ -141,30 +153,37 @@ def test_end_to_end_box_sizes_json_drives_localization(run_dir):
     assert record["images"] == 6 and set(record["tuning"]) == set(CLASS_NAMES) | {"overall"}
     changed = [k for k in range(8) if not np.allclose(table[k], AVERAGE_BOXES[k], atol=1e-3)]
     assert changed, "the search kept every size: the test would prove nothing"
-    assert record["choices"]["Effusion"] == {"scale_w": 1.0, "scale_h": 1.0, "keep_fraction": 0.9,
-                                             "note": "no true box in the tuning images: defaults kept"}
+    assert record["choices"]["Effusion"] == {
+        "scale_w": 1.0, "scale_h": 1.0, "keep_fraction": 0.9,
+        "note": "no true box in the tuning images: defaults kept"}
     assert (run_dir / "model" / "heatmaps.npz").is_file()
 
-    after = _script("denseNet_localization.py", SAMPLE / "valid.txt", SAMPLE / "images", "--model", model,
-                    "--out", run_dir / "after.txt", "--workers", "0", cwd=run_dir)
-    assert f"box sizes from {sizes_path}" in after.stderr and f"parameters from {sizes_path}" in after.stderr
+    after = _script("denseNet_localization.py", SAMPLE / "valid.txt", SAMPLE / "images",
+                    "--model", model, "--out", run_dir / "after.txt", "--workers", "0", cwd=run_dir)
+    assert f"box sizes from {sizes_path}" in after.stderr
+    assert f"parameters from {sizes_path}" in after.stderr
     for entry in read_box_file(run_dir / "after.txt"):
         for k, name in enumerate(CLASS_NAMES):
             lines = [b for b in entry.boxes if b.label == name]
-            assert (lines[0].w, lines[0].h) == pytest.approx(tuple(table[k, 2:]), abs=0.051)  # written '%.1f'
-            for b in lines[1:]:  # peaks' boxes: the tuned size in whole crop pixels, or clipped at the crop
+            # written '%.1f'
+            assert (lines[0].w, lines[0].h) == pytest.approx(tuple(table[k, 2:]), abs=0.051)
+            # peaks' boxes: the tuned size in whole crop pixels, or clipped at the crop
+            for b in lines[1:]:
                 assert b.w <= int(table[k, 2] / 4) * 4 and b.h <= int(table[k, 3] / 4) * 4
                 if 64 < b.x and b.x + b.w < 960:
                     assert b.w == int(table[k, 2] / 4) * 4
-    k = changed[0]  # a tuned class: its opening line is no longer the table's size (test_localization's)
-    firsts = [next(b for b in e.boxes if b.label == CLASS_NAMES[k]) for e in read_box_file(run_dir / "after.txt")]
-    assert len(firsts) == 8 and all((b.w, b.h) != pytest.approx(AVERAGE_BOXES[k][2:], abs=0.051) for b in firsts)
+    # a tuned class: its opening line is no longer the table's size (test_localization's)
+    k = changed[0]
+    firsts = [next(b for b in e.boxes if b.label == CLASS_NAMES[k])
+              for e in read_box_file(run_dir / "after.txt")]
+    assert len(firsts) == 8
+    assert all((b.w, b.h) != pytest.approx(AVERAGE_BOXES[k][2:], abs=0.051) for b in firsts)
 
     # Re-tuning from the saved heatmaps, without the network, gives the same file.
     again = run_dir / "again"
     calibrate.main(calibrate.get_args_parser().parse_args(
-        [str(run_dir / "prep"), "--model", str(model), "--heatmaps", str(run_dir / "model" / "heatmaps.npz"),
-         "--out", str(again)]))
+        [str(run_dir / "prep"), "--model", str(model),
+         "--heatmaps", str(run_dir / "model" / "heatmaps.npz"), "--out", str(again)]))
     assert json.loads((again / "box_sizes.json").read_text()) == json.loads(sizes_path.read_text())
     assert not (again / "heatmaps.npz").exists()
     assert params is not None and params.shape == (8,)

@@ -1,4 +1,5 @@
-"""Weights users already have: arnoweng/CheXNet's model.pth.tar layout loads whole and exactly, or not at all."""
+"""Weights users already have: arnoweng/CheXNet's model.pth.tar layout loads whole and exactly, or
+not at all."""
 import re
 
 import pytest
@@ -6,7 +7,7 @@ import torch
 from torch import nn
 from torchvision.models import densenet121
 
-import model as model_lib
+from model import load_checkpoint, model_from_checkpoint
 from chexnet.constants import ALL_FINDINGS
 from chexnet.utils import InputError
 
@@ -24,7 +25,8 @@ class ArnowengDenseNet121(nn.Module):
 
 
 def legacy_names(state: dict) -> dict:
-    """Today's keys -> PyTorch 0.3's ('norm1' -> 'norm.1'), without the later num_batches_tracked."""
+    """Today's keys -> PyTorch 0.3's ('norm1' -> 'norm.1'), without the later
+    num_batches_tracked."""
     return {re.sub(r"(denselayer\d+\.(?:norm|relu|conv))([12])\.", r"\1.\2.", k): v
             for k, v in state.items() if not k.endswith("num_batches_tracked")}
 
@@ -51,9 +53,9 @@ def checkpoint_path(source, tmp_path_factory):
 
 
 def test_arnoweng_checkpoint_gives_the_source_logits(source, checkpoint_path):
-    checkpoint = model_lib.load_checkpoint(checkpoint_path)
+    checkpoint = load_checkpoint(checkpoint_path)
     assert checkpoint["class_names"] == list(ALL_FINDINGS)
-    ours = model_lib.model_from_checkpoint(checkpoint, str(checkpoint_path))
+    ours = model_from_checkpoint(checkpoint, str(checkpoint_path))
     captured = {}
     head = source.module.densenet121.classifier[0]
     handle = head.register_forward_hook(lambda m, i, out: captured.update(logits=out))
@@ -70,12 +72,13 @@ def test_missing_or_unexpected_keys_are_errors(checkpoint_path, tmp_path):
     full = torch.load(checkpoint_path, weights_only=True)
     missing = dict(full, state_dict={k: v for k, v in full["state_dict"].items()
                                      if "denseblock3.denselayer2.conv.1" not in k})
-    extra = dict(full, state_dict={**full["state_dict"], "module.densenet121.extra.weight": torch.zeros(3)})
+    extra = dict(full, state_dict={**full["state_dict"],
+                                   "module.densenet121.extra.weight": torch.zeros(3)})
     for name, checkpoint, word in (("missing", missing, "Missing"), ("extra", extra, "Unexpected")):
         path = tmp_path / f"{name}.pth.tar"
         torch.save(checkpoint, path)
         with pytest.raises(InputError, match=word) as err:
-            model_lib.load_checkpoint(path)
+            load_checkpoint(path)
         assert str(path) in str(err.value) and "\n" not in str(err.value)
 
 
@@ -83,4 +86,4 @@ def test_code_in_the_file_is_refused(tmp_path):
     path = tmp_path / "model.pth.tar"
     torch.save({"state_dict": {}, "model": ArnowengDenseNet121(14)}, path)  # a pickled module
     with pytest.raises(InputError, match="refused"):
-        model_lib.load_checkpoint(path)
+        load_checkpoint(path)

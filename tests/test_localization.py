@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from chexnet import localize
-import model as model_lib
+from model import ARCH, FORMAT, VERSION, build_model, save_checkpoint
 from chexnet.boxfile import read_box_file
 from chexnet.utils import InputError
 from chexnet.constants import AVERAGE_BOXES, CLASS_NAMES
@@ -26,15 +26,15 @@ BOX_LINE = re.compile(r"^\w+ -?\d+\.\d -?\d+\.\d \d+\.\d \d+\.\d$")
 @pytest.fixture(scope="module")
 def net():
     torch.manual_seed(0)
-    return model_lib.build_model(len(CLASS_NAMES), weights="none").eval()
+    return build_model(len(CLASS_NAMES), weights="none").eval()
 
 
 @pytest.fixture(scope="module")
 def checkpoint_dir(net, tmp_path_factory) -> Path:
     """model/best.pt + model/thresholds.npy, the layout train.py writes."""
     folder = tmp_path_factory.mktemp("run") / "model"
-    model_lib.save_checkpoint(folder / "best.pt", {
-        "format": model_lib.FORMAT, "version": model_lib.VERSION, "arch": model_lib.ARCH,
+    save_checkpoint(folder / "best.pt", {
+        "format": FORMAT, "version": VERSION, "arch": ARCH,
         "model": net.state_dict(), "class_names": list(CLASS_NAMES), "input_size": 224, "epoch": 1,
         "optimizer": None, "metrics": {}, "args": {}, "thresholds": [0.5] * 8})
     np.save(folder / "thresholds.npy", np.zeros(8, dtype=np.float32))  # every class active
@@ -52,7 +52,8 @@ def test_iter_localize_order_heatmaps_and_box_order(net, sample_dir):
     # Per class, the middle probability: each class active on some images and not on others.
     thresholds = np.sort(probs, axis=0)[1] - 1e-6
     table = np.array(AVERAGE_BOXES)
-    results = list(localize.iter_localize(net, paths, thresholds, table, torch.device("cpu"), batch_size=2))
+    results = list(localize.iter_localize(net, paths, thresholds, table, torch.device("cpu"),
+                                          batch_size=2))
     assert [r.image_path for r in results] == paths
     for r, p in zip(results, probs):
         assert np.allclose(r.probs, p, atol=1e-5)
@@ -69,7 +70,8 @@ def test_iter_localize_order_heatmaps_and_box_order(net, sample_dir):
             first = next(b for b in r.boxes if b.label == CLASS_NAMES[k])
             assert (first.x, first.y, first.w, first.h) == AVERAGE_BOXES[k]
     # One batch of 3 gives the same as batches of 2 + 1.
-    again = list(localize.iter_localize(net, paths, thresholds, table, torch.device("cpu"), batch_size=3))
+    again = list(localize.iter_localize(net, paths, thresholds, table, torch.device("cpu"),
+                                        batch_size=3))
     for a, b in zip(results, again):
         assert a.boxes == b.boxes and sorted(a.heatmaps) == sorted(b.heatmaps)
         assert all(np.abs(a.heatmaps[k] - b.heatmaps[k]).max() < 1e-4 for k in a.heatmaps)
@@ -102,12 +104,14 @@ def test_thresholds_resolution(tmp_path):
     np.save(tmp_path / "thresholds.npy", np.arange(8, dtype=np.float32) / 10)
     values, source = model_dir.resolve_thresholds(None, ckpt_path, {"thresholds": [0.25] * 8})
     assert np.allclose(values, np.arange(8) / 10) and source.endswith("thresholds.npy")
-    assert model_dir.resolve_thresholds("0.3", ckpt_path, {})[0].tolist() == [np.float32(0.3)] * 8  # as applied
+    # as applied
+    assert model_dir.resolve_thresholds("0.3", ckpt_path, {})[0].tolist() == [np.float32(0.3)] * 8
     np.save(tmp_path / "seven.npy", np.zeros(7))
     with pytest.raises(InputError, match="expected 8 thresholds"):
         model_dir.resolve_thresholds(str(tmp_path / "seven.npy"), ckpt_path, {})
     with pytest.raises(InputError, match="expected 8 thresholds"):
-        model_dir.resolve_thresholds(None, tmp_path / "elsewhere" / "best.pt", {"thresholds": [0.5] * 3})
+        model_dir.resolve_thresholds(None, tmp_path / "elsewhere" / "best.pt",
+                                     {"thresholds": [0.5] * 3})
     with pytest.raises(InputError, match="not a number"):
         model_dir.resolve_thresholds("nothere.npy", ckpt_path, {})
 
@@ -121,18 +125,23 @@ def test_box_sizes_resolution(sample_dir, tmp_path):
     table, source = model_dir.resolve_box_sizes(None, ckpt_path)
     assert np.allclose(table, sizes) and source.endswith("box_sizes.json")
     # The box table wins over box_sizes.json. The sample's table has one Atelectasis box, one
-    # 'Infiltrate' box (= Infiltration), three Cardiomegaly boxes, and no Effusion or Pneumothorax box.
+    # 'Infiltrate' box (= Infiltration), three Cardiomegaly boxes, and no Effusion or Pneumothorax
+    # box.
     sample_names = {p.name for p in (sample_dir / "images").iterdir()}
     full = (sample_dir / "BBox_List_2017.csv").read_text().splitlines()
     partial = tmp_path / "BBox_List_2017.csv"  # the sample images' 12 rows of the complete table
-    partial.write_text("\n".join([full[0]] + [r for r in full[1:] if r.split(",")[0] in sample_names]) + "\n")
+    rows = [r for r in full[1:] if r.split(",")[0] in sample_names]
+    partial.write_text("\n".join([full[0]] + rows) + "\n")
     table, source = model_dir.resolve_box_sizes(partial, ckpt_path)
-    assert np.allclose(table[0], [731.428571428571, 753.100529100529, 119.195767195767, 93.189417989418])
-    assert np.allclose(table[3], [555.885714285714, 235.140740740741, 206.967195767196, 313.159788359788])
+    assert np.allclose(table[0], [731.428571428571, 753.100529100529, 119.195767195767,
+                                  93.189417989418])
+    assert np.allclose(table[3], [555.885714285714, 235.140740740741, 206.967195767196,
+                                  313.159788359788])
     assert np.isclose(table[1, 2], (456.194708994709 + 662.078306878307 + 553.718518518519) / 3)
     assert np.array_equal(table[[2, 7]], np.array(AVERAGE_BOXES)[[2, 7]])
     assert "12 boxes" in source and "Effusion, Pneumothorax" in source
-    (tmp_path / "box_sizes.json").write_text(json.dumps({"class_names": ["A"], "boxes": [[1, 2, 3, 4]]}))
+    (tmp_path / "box_sizes.json").write_text(json.dumps({"class_names": ["A"],
+                                                         "boxes": [[1, 2, 3, 4]]}))
     with pytest.raises(InputError, match="class_names"):
         model_dir.resolve_box_sizes(None, ckpt_path)
 
@@ -143,7 +152,8 @@ def _cli(args, cwd):
 
 
 def test_cli_end_to_end_exact_format(checkpoint_dir, sample_dir, tmp_path):
-    """From the folder that holds model/: defaults find best.pt and thresholds.npy, write ./bounding_box.txt."""
+    """From the folder that holds model/: defaults find best.pt and thresholds.npy, write
+    ./bounding_box.txt."""
     run_dir = checkpoint_dir.parent
     test_txt = tmp_path / "test.txt"
     test_txt.write_text("\r\n".join(NAMES) + "\r\n\r\n")  # CRLF and a blank line are tolerated
@@ -162,12 +172,14 @@ def test_cli_end_to_end_exact_format(checkpoint_dir, sample_dir, tmp_path):
             i += 1
             assert BOX_LINE.match(lines[i]), lines[i]
             assert box.label in CLASS_NAMES
-            assert 0 <= box.x and box.x + box.w <= 1024 + 1e-6 and 0 <= box.y and box.y + box.h <= 1024 + 1e-6
+            assert 0 <= box.x and box.x + box.w <= 1024 + 1e-6
+            assert 0 <= box.y and box.y + box.h <= 1024 + 1e-6
         i += 1
         # Threshold 0: all 8 classes active, each opening with the original's average box.
         firsts = [next(b for b in entry.boxes if b.label == name) for name in CLASS_NAMES]
         assert [b.line() for b in firsts] == [
-            f"{name} {x:.1f} {y:.1f} {w:.1f} {h:.1f}" for name, (x, y, w, h) in zip(CLASS_NAMES, AVERAGE_BOXES)]
+            f"{name} {x:.1f} {y:.1f} {w:.1f} {h:.1f}"
+            for name, (x, y, w, h) in zip(CLASS_NAMES, AVERAGE_BOXES)]
     assert i == len(lines)
 
 
@@ -175,15 +187,17 @@ def test_cli_missing_image_fails_before_work(checkpoint_dir, sample_dir, tmp_pat
     test_txt = tmp_path / "test.txt"
     test_txt.write_text(f"{NAMES[0]}\nmissing_000.png\n")
     out = tmp_path / "boxes.txt"
-    done = _cli([str(test_txt), str(sample_dir / "images"), "--model", str(checkpoint_dir / "best.pt"),
-                 "--out", str(out)], cwd=tmp_path)
+    done = _cli([str(test_txt), str(sample_dir / "images"),
+                 "--model", str(checkpoint_dir / "best.pt"), "--out", str(out)], cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        f"error: {sample_dir / 'images' / 'missing_000.png'}: image not found (listed in {test_txt} entry 2)"]
+        f"error: {sample_dir / 'images' / 'missing_000.png'}: image not found "
+        f"(listed in {test_txt} entry 2)"]
     assert not out.exists() and not list(tmp_path.glob(".boxes.txt*"))
 
 
-def test_main_refuses_missing_model_and_bad_thresholds(checkpoint_dir, sample_dir, tmp_path, monkeypatch):
+def test_main_refuses_missing_model_and_bad_thresholds(checkpoint_dir, sample_dir, tmp_path,
+                                                       monkeypatch):
     import denseNet_localization as cli
     monkeypatch.chdir(tmp_path)  # no model/ here
     test_txt = tmp_path / "test.txt"
@@ -194,7 +208,8 @@ def test_main_refuses_missing_model_and_bad_thresholds(checkpoint_dir, sample_di
     np.save(tmp_path / "t.npy", np.zeros(5))
     with pytest.raises(InputError, match="expected 8 thresholds"):
         cli.main(cli.get_args_parser().parse_args(
-            base + ["--model", str(checkpoint_dir / "best.pt"), "--thresholds", str(tmp_path / "t.npy")]))
+            base + ["--model", str(checkpoint_dir / "best.pt"),
+                    "--thresholds", str(tmp_path / "t.npy")]))
     with pytest.raises(InputError, match="unknown Grad-CAM layer .features.nope."):
         cli.main(cli.get_args_parser().parse_args(
             base + ["--model", str(checkpoint_dir / "best.pt"), "--layer", "features.nope"]))

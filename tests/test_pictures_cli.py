@@ -10,13 +10,14 @@ import torch
 
 import denseNet_localization
 import evaluate
-import model as model_lib
+from model import ARCH, FORMAT, VERSION, build_model, save_checkpoint
 from chexnet import drawing, evaluation_figures, localization_figures, training_figures
 from chexnet.constants import CLASS_NAMES
 from chexnet.nih import read_bbox_list
 from chexnet import scoring
 
-NAMES = ["00013125_000.png", "00008386_000.png"]  # both have a true box in sample/BBox_List_2017.csv
+# both have a true box in sample/BBox_List_2017.csv
+NAMES = ["00013125_000.png", "00008386_000.png"]
 
 
 def shape(path) -> tuple[int, ...]:
@@ -35,25 +36,28 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    """A random-init best.pt whose thresholds are all 0: every class active, 8 heatmaps per image."""
+    """A random-init best.pt whose thresholds are all 0: every class active, 8 heatmaps per
+    image."""
     torch.manual_seed(0)
-    net = model_lib.build_model(len(CLASS_NAMES), weights="none")
+    net = build_model(len(CLASS_NAMES), weights="none")
     path = tmp_path_factory.mktemp("model") / "best.pt"
-    model_lib.save_checkpoint(path, {
-        "format": model_lib.FORMAT, "version": model_lib.VERSION, "arch": model_lib.ARCH,
+    save_checkpoint(path, {
+        "format": FORMAT, "version": VERSION, "arch": ARCH,
         "model": net.state_dict(), "class_names": list(CLASS_NAMES), "input_size": 224, "epoch": 1,
         "optimizer": None, "metrics": {}, "args": {}, "thresholds": [0.0] * 8})
     return path
 
 
-@pytest.mark.parametrize("truth_option", ["--bbox-list", "--truth"])  # --truth: red boxes only, not sizes
+# --truth: red boxes only, not sizes
+@pytest.mark.parametrize("truth_option", ["--bbox-list", "--truth"])
 def test_localization_plots(checkpoint, sample_dir, tmp_path, truth_option):
     test_txt = tmp_path / "test.txt"
     test_txt.write_text("\n".join(NAMES) + "\n")
     pictures = tmp_path / "pictures"
     bbox_list = sample_dir / "BBox_List_2017.csv"
     args = denseNet_localization.get_args_parser().parse_args(
-        [str(test_txt), str(sample_dir / "images"), "--model", str(checkpoint), truth_option, str(bbox_list),
+        [str(test_txt), str(sample_dir / "images"), "--model", str(checkpoint),
+         truth_option, str(bbox_list),
          "--out", str(tmp_path / "boxes.txt"), "--workers", "0", "--plots", str(pictures),
          "--plot-images", "1", "--sheet-cell", "64"])
     denseNet_localization.main(args)
@@ -81,8 +85,8 @@ def test_localization_plots_refuse_a_negative_count(checkpoint, sample_dir, tmp_
     test_txt = tmp_path / "test.txt"
     test_txt.write_text(NAMES[0] + "\n")
     args = denseNet_localization.get_args_parser().parse_args(
-        [str(test_txt), str(sample_dir / "images"), "--model", str(checkpoint), "--plots", str(tmp_path),
-         "--plot-images", "-1", "--out", str(tmp_path / "boxes.txt")])
+        [str(test_txt), str(sample_dir / "images"), "--model", str(checkpoint),
+         "--plots", str(tmp_path), "--plot-images", "-1", "--out", str(tmp_path / "boxes.txt")])
     with pytest.raises(denseNet_localization.InputError, match="--plot-images must be >= 0"):
         denseNet_localization.main(args)
 
@@ -91,7 +95,8 @@ def _box_file(path: Path, sample_dir: Path) -> Path:
     """Two images' boxes: one exactly on the true Cardiomegaly box, one far from the true Nodule."""
     truth = {b.image: b for b in read_bbox_list(sample_dir / "BBox_List_2017.csv")}
     t = truth[NAMES[0]]
-    path.write_text(f"../images/{NAMES[0]} 1\nCardiomegaly {t.x:.1f} {t.y:.1f} {t.w:.1f} {t.h:.1f}\n"
+    path.write_text(f"../images/{NAMES[0]} 1\n"
+                    f"Cardiomegaly {t.x:.1f} {t.y:.1f} {t.w:.1f} {t.h:.1f}\n"
                     f"../images/{NAMES[1]} 1\nNodule 10.0 10.0 50.0 50.0\n")
     return path
 

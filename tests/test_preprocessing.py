@@ -11,11 +11,12 @@ import pytest
 import preprocessing
 from chexnet.utils import InputError
 from chexnet.images import load_stored
-from chexnet.preprocessed import load_prepared, read_valid_boxes
+from chexnet.preprocessed import load_prepared, read_valid_boxes, store_images
 from chexnet.nih import read_data_entry
 
 ROOT = Path(__file__).resolve().parent.parent
-OUTPUTS = ("meta.json", "train_X.npy", "train_y.npy", "valid_X.npy", "valid_y.npy", "valid_boxes.csv")
+OUTPUTS = ("meta.json", "train_X.npy", "train_y.npy", "valid_X.npy", "valid_y.npy",
+           "valid_boxes.csv")
 
 
 def cli(*argv):
@@ -32,7 +33,8 @@ def inputs(sample_dir, train=None, valid=None, tmp_path=None):
         else:
             lists.append(tmp_path / f"{split}.txt")
             lists[-1].write_text("".join(f"{n}\n" for n in names))
-    return [sample_dir / "images", sample_dir / "Data_Entry_2017.csv", sample_dir / "BBox_List_2017.csv", *lists]
+    return [sample_dir / "images", sample_dir / "Data_Entry_2017.csv",
+            sample_dir / "BBox_List_2017.csv", *lists]
 
 
 def run_main(argv):
@@ -52,8 +54,10 @@ def test_cli_end_to_end_writes_a_folder_load_prepared_accepts(sample_dir, tmp_pa
         for i, name in enumerate(split.names):
             assert np.array_equal(split.images[i], load_stored(sample_dir / "images" / name))
     table = read_data_entry(sample_dir / "Data_Entry_2017.csv")
-    assert data.train.labels[0].tolist() == [1, 0, 1, 1, 0, 0, 0, 0]  # 00000100_000: Atel|Effusion|Infiltration
-    assert data.train.labels.sum() == sum(len([l for l in table[n].labels if l in data.meta["class_names"]])
+    # 00000100_000: Atelectasis|Effusion|Infiltration
+    assert data.train.labels[0].tolist() == [1, 0, 1, 1, 0, 0, 0, 0]
+    known = data.meta["class_names"]
+    assert data.train.labels.sum() == sum(len([l for l in table[n].labels if l in known])
                                           for n in train_names)
     boxes = read_valid_boxes(out)
     assert len(boxes) == 6 and {b["image"] for b in boxes} <= set(data.valid.names)
@@ -67,17 +71,19 @@ def test_workers_1_and_2_write_identical_arrays(sample_dir, tmp_path):
     run_main([*inputs(sample_dir), tmp_path / "one", "--workers", "1"])
     run_main([*inputs(sample_dir), tmp_path / "two", "--workers", "2", "--chunk", "3"])
     for name in OUTPUTS:
-        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+        one, two = (tmp_path / "one" / name).read_bytes(), (tmp_path / "two" / name).read_bytes()
+        assert one == two, name
 
 
 def test_runs_written_in_any_order_fill_their_own_rows(sample_dir, tmp_path):
     names = sorted(p.name for p in (sample_dir / "images").iterdir())[:7]
     paths = [str(sample_dir / "images" / n) for n in names]
     out = tmp_path / "x.npy"
-    done = list(preprocessing.store_images(paths, out, workers=2, chunk=3))  # runs of 3, 3, 1
+    done = list(store_images(paths, out, workers=2, chunk=3))  # runs of 3, 3, 1
     assert sorted(done) == [1, 3, 3]
     stored = np.load(out, allow_pickle=False)
-    assert stored.dtype == np.uint8 and np.array_equal(stored, np.stack([load_stored(p) for p in paths]))
+    assert stored.dtype == np.uint8
+    assert np.array_equal(stored, np.stack([load_stored(p) for p in paths]))
 
 
 def assert_one_line_error(result, *fragments):
@@ -99,13 +105,15 @@ def test_missing_image_is_an_error_before_any_output(sample_dir, tmp_path):
     argv = inputs(sample_dir)
     out = tmp_path / "prep"
     result = cli(images, *argv[1:], out)
-    assert_one_line_error(result, f"{images / '00000574_000.png'}: image not found", "train.txt line 3")
+    assert_one_line_error(result, f"{images / '00000574_000.png'}: image not found",
+                          "train.txt line 3")
     assert_nothing_written(out)
 
 
 def test_name_absent_from_table_names_list_and_line(sample_dir, tmp_path):
     out = tmp_path / "prep"
-    result = cli(*inputs(sample_dir, valid=["00010022_000.png", "99999999_000.png"], tmp_path=tmp_path), out)
+    result = cli(*inputs(sample_dir, valid=["00010022_000.png", "99999999_000.png"],
+                         tmp_path=tmp_path), out)
     assert_one_line_error(result, "valid.txt: line 2: 99999999_000.png is not in the label table")
     assert_nothing_written(out)
 
@@ -119,7 +127,8 @@ def test_empty_list(sample_dir, tmp_path):
 
 def test_table_without_expected_columns(sample_dir, tmp_path):
     table = tmp_path / "Data_Entry_2017.csv"
-    table.write_text((sample_dir / "Data_Entry_2017.csv").read_text().replace("Image Index", "Image", 1))
+    table.write_text((sample_dir / "Data_Entry_2017.csv").read_text().replace("Image Index",
+                                                                              "Image", 1))
     argv = inputs(sample_dir)
     out = tmp_path / "prep"
     result = cli(argv[0], table, *argv[2:], out)
@@ -152,7 +161,8 @@ def test_split_leaks_are_warnings(sample_dir, tmp_path, capsys):
     table = tmp_path / "Data_Entry_2017.csv"
     table.write_text((sample_dir / "Data_Entry_2017.csv").read_text().replace(
         "00002578_000.png,Nodule,0,2578,", "00002578_000.png,Nodule,0,100,"))
-    argv = inputs(sample_dir, train=["00000100_000.png"], valid=["00002578_000.png"], tmp_path=tmp_path)
+    argv = inputs(sample_dir, train=["00000100_000.png"], valid=["00002578_000.png"],
+                  tmp_path=tmp_path)
     run_main([argv[0], table, *argv[2:], tmp_path / "prep2"])
     err = capsys.readouterr().err
     assert "image(s) are in both" not in err
@@ -180,6 +190,7 @@ def test_rerun_after_a_killed_run_removes_its_temporaries(sample_dir, tmp_path):
     out.mkdir()
     (out / ".train_X.npy.k1ll3d.tmp").write_bytes(b"\x93NUMPY half")  # what SIGKILL leaves behind
     (out / "notes.txt").write_text("the user's own file")
-    run_main([*inputs(sample_dir, train=["00000100_000.png"], valid=["00026911_000.png"], tmp_path=tmp_path), out])
+    run_main([*inputs(sample_dir, train=["00000100_000.png"], valid=["00026911_000.png"],
+                      tmp_path=tmp_path), out])
     assert sorted(p.name for p in out.iterdir()) == sorted([*OUTPUTS, "notes.txt"])
     assert load_prepared(out).valid.names == ["00026911_000.png"]

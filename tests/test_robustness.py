@@ -28,7 +28,8 @@ from chexnet.images import load_stored
 from chexnet.nih import read_bbox_list
 
 ROOT = Path(__file__).resolve().parent.parent
-OUTPUTS = ("meta.json", "train_X.npy", "train_y.npy", "valid_X.npy", "valid_y.npy", "valid_boxes.csv")
+OUTPUTS = ("meta.json", "train_X.npy", "train_y.npy", "valid_X.npy", "valid_y.npy",
+           "valid_boxes.csv")
 TRAIN = ["00000100_000.png", "00000404_000.png", "00000574_000.png", "00000920_000.png",
          "00001933_000.png", "00004001_000.png", "00008386_000.png", "00013125_000.png"]
 VALID = ["00001369_000.png", "00026911_000.png", "00002578_000.png"]
@@ -40,8 +41,8 @@ def script(name, *argv, **kw):
 
 
 def assert_one_line_error(result, *fragments):
-    """What the user sees: exit status 2 and one stderr line 'error: ...' naming the file, last, after
-    the progress bar if any; no traceback."""
+    """What the user sees: exit status 2 and one stderr line 'error: ...' naming the file, last,
+    after the progress bar if any; no traceback."""
     assert result.returncode == 2, (result.returncode, result.stderr)
     lines = result.stderr.strip().splitlines()
     errors = [line for line in lines if line.startswith("error: ")]
@@ -64,7 +65,7 @@ def linked_images(sample_dir, folder, names):
     return folder
 
 
-# ---------------------------------------------------------------- bad images, through preprocessing.py
+# ------------------------------------------------------------ bad images, through preprocessing.py
 
 def _bad_bytes(sample_dir, kind):
     good = (sample_dir / "images" / "00000404_000.png").read_bytes()
@@ -85,10 +86,12 @@ def _bad_bytes(sample_dir, kind):
     ("too small", "image is 600x200 px; need at least 256 px on each side"),
 ])
 def test_bad_image_is_one_line_error_and_writes_nothing(sample_dir, tmp_path, kind, message):
-    images = linked_images(sample_dir, tmp_path / "images", ["00000100_000.png", "00026911_000.png"])
+    images = linked_images(sample_dir, tmp_path / "images",
+                           ["00000100_000.png", "00026911_000.png"])
     bad = images / "00000404_000.png"
     bad.write_bytes(_bad_bytes(sample_dir, kind))
-    train_txt, valid_txt = write_lists(tmp_path, ["00000100_000.png", "00000404_000.png"], ["00026911_000.png"])
+    train_txt, valid_txt = write_lists(tmp_path, ["00000100_000.png", "00000404_000.png"],
+                                       ["00026911_000.png"])
     out = tmp_path / "prep"
     result = script("preprocessing.py", images, sample_dir / "Data_Entry_2017.csv",
                     sample_dir / "BBox_List_2017.csv", train_txt, valid_txt, out, "--workers", "1")
@@ -97,27 +100,32 @@ def test_bad_image_is_one_line_error_and_writes_nothing(sample_dir, tmp_path, ki
 
 
 def test_jpeg_and_16bit_png_are_read_with_the_right_values(sample_dir, tmp_path):
-    """Read, not refused: a 16-bit PNG gives the 8-bit values exactly; a JPEG (here under a .jpg name
-    the label table lists) gives the PNG's values up to its compression error."""
+    """Read, not refused: a 16-bit PNG gives the 8-bit values exactly; a JPEG (here under a .jpg
+    name the label table lists) gives the PNG's values up to its compression error."""
     images = linked_images(sample_dir, tmp_path / "images", ["00000100_000.png"])
     gray404 = cv2.imread(str(sample_dir / "images" / "00000404_000.png"), cv2.IMREAD_UNCHANGED)
     gray574 = cv2.imread(str(sample_dir / "images" / "00000574_000.png"), cv2.IMREAD_UNCHANGED)
-    cv2.imwrite(str(images / "00000404_000.png"), gray404.astype(np.uint16) * 257)  # v -> v * 257: exact
+    # v -> v * 257: exact
+    cv2.imwrite(str(images / "00000404_000.png"), gray404.astype(np.uint16) * 257)
     cv2.imwrite(str(images / "00000574_000.jpg"), gray574, [cv2.IMWRITE_JPEG_QUALITY, 95])
     table = tmp_path / "Data_Entry_2017.csv"
     text = (sample_dir / "Data_Entry_2017.csv").read_text()
     row = next(line for line in text.splitlines() if line.startswith("00000574_000.png"))
     table.write_text(text + row.replace(".png", ".jpg", 1) + "\n")
-    train_txt, valid_txt = write_lists(tmp_path, ["00000404_000.png", "00000574_000.jpg"], ["00000100_000.png"])
+    train_txt, valid_txt = write_lists(tmp_path, ["00000404_000.png", "00000574_000.jpg"],
+                                       ["00000100_000.png"])
     out = tmp_path / "prep"
     preprocessing.main(preprocessing.get_args_parser().parse_args(
-        [str(images), str(table), str(sample_dir / "BBox_List_2017.csv"), str(train_txt), str(valid_txt),
-         str(out), "--workers", "1", "--quiet"]))
+        [str(images), str(table), str(sample_dir / "BBox_List_2017.csv"), str(train_txt),
+         str(valid_txt), str(out), "--workers", "1", "--quiet"]))
     data = preprocessed.load_prepared(out)
-    assert np.array_equal(data.train.images[0], load_stored(sample_dir / "images" / "00000404_000.png"))
-    diff = data.train.images[1].astype(int) - load_stored(sample_dir / "images" / "00000574_000.png")
+    assert np.array_equal(data.train.images[0],
+                          load_stored(sample_dir / "images" / "00000404_000.png"))
+    diff = (data.train.images[1].astype(int)
+            - load_stored(sample_dir / "images" / "00000574_000.png"))
     assert np.abs(diff).max() <= 3 and np.abs(diff).mean() < 0.5
-    assert data.train.labels[1].tolist() == [0, 0, 0, 0, 1, 1, 0, 1]  # 574's row: Mass, Nodule, Pneumothorax
+    # 574's row: Mass, Nodule, Pneumothorax
+    assert data.train.labels[1].tolist() == [0, 0, 0, 0, 1, 1, 0, 1]
 
 
 # ---------------------------------------------------------------- tables and box files
@@ -147,15 +155,18 @@ def test_box_file_count_mismatch_names_the_line(tmp_path, text, line, message):
 def test_broken_preprocessed_arrays_are_one_line_errors(sample_dir, tmp_path):
     out = tmp_path / "prep"
     preprocessing.main(preprocessing.get_args_parser().parse_args(
-        [str(sample_dir / "images"), str(sample_dir / "Data_Entry_2017.csv"), str(sample_dir / "BBox_List_2017.csv"),
-         *map(str, write_lists(tmp_path, TRAIN[:2], VALID[:1])), str(out), "--workers", "1", "--quiet"]))
+        [str(sample_dir / "images"), str(sample_dir / "Data_Entry_2017.csv"),
+         str(sample_dir / "BBox_List_2017.csv"),
+         *map(str, write_lists(tmp_path, TRAIN[:2], VALID[:1])), str(out), "--workers", "1",
+         "--quiet"]))
     y = out / "train_y.npy"
     good = y.read_bytes()
     y.write_bytes(good[:-5])  # truncated
     with pytest.raises(InputError, match=rf"^{re.escape(str(y))}: not a readable uint8 .npy array"):
         preprocessed.load_prepared(out)
     y.write_bytes(good)
-    (out / "valid_boxes.csv").write_text("image,label,x,y,w,h\n00026911_000.png,Infiltration,1,2,three,4\n")
+    (out / "valid_boxes.csv").write_text(
+        "image,label,x,y,w,h\n00026911_000.png,Infiltration,1,2,three,4\n")
     with pytest.raises(InputError, match=r"valid_boxes.csv: row 2: expected image,label,x,y,w,h"):
         preprocessed.read_valid_boxes(out)
     meta = json.loads((out / "meta.json").read_text())
@@ -186,8 +197,9 @@ def test_localization_cli_refuses_a_checkpoint_that_runs_code(sample_dir, tmp_pa
     test_txt = tmp_path / "test.txt"
     test_txt.write_text("00001933_000.png\n")
     out = tmp_path / "bounding_box.txt"
-    result = script("denseNet_localization.py", test_txt, sample_dir / "images", "--model", evil, "--out", out,
-                    "--thresholds", "0.5", "--device", "cpu", "--workers", "0", cwd=tmp_path)
+    result = script("denseNet_localization.py", test_txt, sample_dir / "images", "--model", evil,
+                    "--out", out, "--thresholds", "0.5", "--device", "cpu", "--workers", "0",
+                    cwd=tmp_path)
     assert_one_line_error(result, f"{evil}: refused")
     assert not marker.exists() and not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "test.txt"]
@@ -205,8 +217,10 @@ def test_localization_refuses_another_architecture(sample_dir, tmp_path):
     test_txt.write_text("00001933_000.png\n")
     out = tmp_path / "bounding_box.txt"
     args = denseNet_localization.get_args_parser().parse_args(
-        [str(test_txt), str(sample_dir / "images"), "--model", str(ckpt), "--out", str(out), "--device", "cpu"])
-    with pytest.raises(InputError, match=rf"^{re.escape(str(ckpt))}: architecture 'resnet50' is not supported"):
+        [str(test_txt), str(sample_dir / "images"), "--model", str(ckpt), "--out", str(out),
+         "--device", "cpu"])
+    with pytest.raises(InputError,
+                       match=rf"^{re.escape(str(ckpt))}: architecture 'resnet50' is not supported"):
         denseNet_localization.main(args)
     assert not out.exists()
 
@@ -219,8 +233,10 @@ def test_pickled_numpy_files_are_refused_without_running_code(sample_dir, tmp_pa
         model_dir.load_thresholds(evil)
     out = tmp_path / "prep"
     preprocessing.main(preprocessing.get_args_parser().parse_args(
-        [str(sample_dir / "images"), str(sample_dir / "Data_Entry_2017.csv"), str(sample_dir / "BBox_List_2017.csv"),
-         *map(str, write_lists(tmp_path, TRAIN[:2], VALID[:1])), str(out), "--workers", "1", "--quiet"]))
+        [str(sample_dir / "images"), str(sample_dir / "Data_Entry_2017.csv"),
+         str(sample_dir / "BBox_List_2017.csv"),
+         *map(str, write_lists(tmp_path, TRAIN[:2], VALID[:1])), str(out), "--workers", "1",
+         "--quiet"]))
     np.save(out / "valid_y.npy", np.array([RunsCode(marker)], dtype=object), allow_pickle=True)
     with pytest.raises(InputError, match=r"valid_y.npy: not a readable uint8 .npy array"):
         preprocessed.load_prepared(out)
@@ -255,9 +271,11 @@ def test_no_pickle_anywhere_and_every_load_is_weights_only():
             where = f"{path.relative_to(ROOT)}:{call.lineno}: {ast.unparse(call)[:80]}"
             if name == "torch.load" and keyword(call, "weights_only") is not True:
                 problems.append(f"{where}: torch.load without weights_only=True")
-            if name in ("np.load", "np.save", "numpy.load", "numpy.save") and keyword(call, "allow_pickle") is not False:
+            if name in ("np.load", "np.save", "numpy.load", "numpy.save") \
+                    and keyword(call, "allow_pickle") is not False:
                 problems.append(f"{where}: without allow_pickle=False")
-            if re.match(r"(pickle|cPickle|dill|joblib|marshal|shelve)\.|.*read_pickle|.*to_pickle", name):
+            if re.match(r"(pickle|cPickle|dill|joblib|marshal|shelve)\.|.*read_pickle|.*to_pickle",
+                        name):
                 problems.append(f"{where}: pickle")
     assert problems == []
 
@@ -274,11 +292,14 @@ def write_calls(function):
     for call, name in calls(function):
         mode = call.args[1] if name == "open" and len(call.args) > 1 else next(
             (k.value for k in call.keywords if k.arg == "mode"), None)
-        if name == "open" and isinstance(mode, ast.Constant) and re.search(r"[wax+]", str(mode.value)):
+        if name == "open" and isinstance(mode, ast.Constant) \
+                and re.search(r"[wax+]", str(mode.value)):
             yield call
-        elif re.search(r"(\.write_text|\.write_bytes|^np\.save|^torch\.save|\.savefig|^cv2\.imwrite|\.tofile)$", name):
+        elif re.search(r"(\.write_text|\.write_bytes|^np\.save|^torch\.save|\.savefig|^cv2\.imwrite"
+                       r"|\.tofile)$", name):
             yield call
-        elif name.endswith("ZipFile") and len(call.args) > 1 and getattr(call.args[1], "value", "r") != "r":
+        elif name.endswith("ZipFile") and len(call.args) > 1 \
+                and getattr(call.args[1], "value", "r") != "r":
             yield call
 
 
@@ -292,10 +313,13 @@ def test_every_output_is_written_through_a_temporary_name():
             writes = [c for c in write_calls(function)
                       if not any(c in list(ast.walk(inner)) for inner in function.body
                                  if isinstance(inner, (ast.FunctionDef, ast.AsyncFunctionDef)))]
+            key = (path.relative_to(ROOT).as_posix(), function.name)
             if writes and not ATOMIC.search(ast.unparse(function)) \
-                    and (path.relative_to(ROOT).as_posix(), function.name) not in WRITES_TO_A_TEMPORARY:
-                problems += [f"{path.relative_to(ROOT)}:{c.lineno} in {function.name}: {ast.unparse(c)[:80]}" for c in writes]
-    assert problems == [], "writes outside chexnet.utils.atomic_path (add to WRITES_TO_A_TEMPORARY only after reading them)"
+                    and key not in WRITES_TO_A_TEMPORARY:
+                problems += [f"{path.relative_to(ROOT)}:{c.lineno} in {function.name}: "
+                             f"{ast.unparse(c)[:80]}" for c in writes]
+    assert problems == [], ("writes outside chexnet.utils.atomic_path (add to "
+                            "WRITES_TO_A_TEMPORARY only after reading them)")
 
 
 # ---------------------------------------------------------------- interruptions
@@ -306,9 +330,10 @@ SLOW_PREPROCESSING = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
 import preprocessing
+from chexnet import preprocessed
 from chexnet.utils import run_cli
-decode = preprocessing._load
-preprocessing._load = lambda path, resize: (time.sleep(0.15), decode(path, resize))[1]
+decode = preprocessed._decode
+preprocessed._decode = lambda path, resize: (time.sleep(0.15), decode(path, resize))[1]
 run_cli(lambda: preprocessing.main(preprocessing.get_args_parser().parse_args(sys.argv[2:])))
 """
 
@@ -317,12 +342,14 @@ def prep_argv(sample_dir, tmp_path, out, train=TRAIN, valid=VALID):
     lists = tmp_path / f"lists-{len(train)}"
     lists.mkdir(exist_ok=True)
     return [str(sample_dir / "images"), str(sample_dir / "Data_Entry_2017.csv"),
-            str(sample_dir / "BBox_List_2017.csv"), *map(str, write_lists(lists, train, valid)), str(out)]
+            str(sample_dir / "BBox_List_2017.csv"), *map(str, write_lists(lists, train, valid)),
+            str(out)]
 
 
 def start_slow(argv):
-    return subprocess.Popen([sys.executable, "-c", SLOW_PREPROCESSING, str(ROOT), *argv, "--workers", "1", "--chunk", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen([sys.executable, "-c", SLOW_PREPROCESSING, str(ROOT), *argv,
+                             "--workers", "1", "--chunk", "2"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def wait_for_half_written_images(process, out, timeout=120.0):
@@ -371,7 +398,8 @@ def test_preprocessing_killed_half_way_then_rerun_equals_an_uninterrupted_run(sa
     process = start_slow(prep_argv(sample_dir, tmp_path, out, TRAIN[::-1], VALID[:2]))
     wait_for_half_written_images(process, out)
     kill(process, signal.SIGKILL)
-    assert {k: v for k, v in folder_bytes(out).items() if not k.startswith(".")} == folder_bytes(reference)
+    assert {k: v for k, v in folder_bytes(out).items()
+            if not k.startswith(".")} == folder_bytes(reference)
     assert preprocessed.load_prepared(out).train.names == TRAIN
 
 
@@ -406,7 +434,8 @@ def test_a_write_killed_midway_never_shows_under_the_final_name(tmp_path):
         process = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(ROOT), str(final)],
                                    stdout=subprocess.PIPE, text=True, start_new_session=True)
         temp = Path(process.stdout.readline().strip())
-        assert temp.parent == tmp_path and temp.name.startswith(".last.pt.") and temp.stat().st_size == 4000
+        assert temp.parent == tmp_path and temp.name.startswith(".last.pt.")
+        assert temp.stat().st_size == 4000
         kill(process, signal.SIGKILL)
         assert (final.read_bytes() if final.exists() else None) == before
         temp.unlink()
