@@ -342,17 +342,20 @@ def get_args_parser() -> argparse.ArgumentParser:
 def run_seed(work: Path, settings: dict, seed: int, args: argparse.Namespace) -> dict:
     """One seed's chain (--rescore: its existing files) scored into WORK/benchmark.json."""
     at, timings = Layout(work.resolve()), {}
+    previous = at.work / "benchmark.json"
+    old = json.loads(previous.read_text()) if previous.is_file() else None
     if args.rescore:
         cams = [c for c in CAM_VARIANTS if at.heatmaps(c).is_file()]
         if not cams:
             raise InputError(f"{at.work}: no heatmaps_*.npz to rescore; run without --rescore")
-        previous = at.work / "benchmark.json"
-        if previous.is_file():  # the settings and timings are those of the run that made the files
-            old = json.loads(previous.read_text())
+        if old:  # the settings and timings are those of the runs that made the files
             settings, timings = old["settings"], old["timings"]
     else:
-        cams = run_pipeline(at, settings, seed, args.device, timings, list(args.cams),
-                            args.reuse_model)
+        if args.reuse_model and old:  # the model's settings and the stages that made it
+            settings, timings = old["settings"], dict(old["timings"])
+        run_pipeline(at, settings, seed, args.device, timings, list(args.cams), args.reuse_model)
+        # every variant whose maps WORK holds, those of earlier runs on the same model included
+        cams = [c for c in CAM_VARIANTS if at.heatmaps(c).is_file()]
     result = score_all(at, cams, seed)
     result.update({"settings": settings, "seed": seed, "cams": cams, "rules": sorted(boxes.METHODS),
                    "training": training_log(at), "timings": timings})
