@@ -110,9 +110,11 @@ def add_cam_options(p: argparse.ArgumentParser) -> None:
                         "cam (the classifier's weights on the final features) (default: the CAM "
                         f"box_sizes.json beside --model was calibrated on, else {DEFAULT_CAM})")
     p.add_argument("--layer", type=str, default=None,
-                   help="target layer, a name from model.named_modules() (default: the layer "
-                        "box_sizes.json beside --model was calibrated on, else the method's: "
-                        f"{DEFAULT_TARGET_LAYER}; {FINAL_FEATURES} for cam, its only one)")
+                   help="target layer, a name from model.named_modules(), or several joined by "
+                        "commas whose maps are fused (the mean of each one's normalised map) "
+                        "(default: the layer box_sizes.json beside --model was calibrated on, "
+                        f"else the method's: {DEFAULT_TARGET_LAYER}; {FINAL_FEATURES} for cam, "
+                        "its only one)")
 
 
 def add_picture_options(p: argparse.ArgumentParser) -> None:

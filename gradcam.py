@@ -11,10 +11,13 @@ Or in two steps, when the classes depend on the predictions (localization picks 
         logits = cam.forward(x)
         maps = cam.maps(class_indices)
 
-BaseCAM does the hooking: a forward hook on the one target layer swaps its output for a leaf copy
-that requires grad; the gradients of the class LOGITS with respect to that copy come from one
+BaseCAM does the hooking: a forward hook on each target layer swaps its output for a leaf copy
+that requires grad; the gradients of the class LOGITS with respect to those copies come from one
 batched backward. A method is one small `combine(activation, grads, classes)` giving the raw
-low-resolution maps (pytorch-grad-cam's shape); the base resizes and min-max normalises them. For
+low-resolution maps (pytorch-grad-cam's shape); the base resizes and min-max normalises them.
+Several layers ("features.denseblock3,features.denseblock4", LayerCAM's multi-layer fusion): each
+layer's map is made, resized and normalised on its own, and their mean, normalised again, is the
+map; a coarse deep layer then says where, a finer one sharpens the outline. For
 Grad-CAM, after min-max normalisation this is the original's map (it used post-sigmoid gradients,
 which only rescale each map by sigmoid'(logit), a positive number), without the underflow of a
 saturated sigmoid.
@@ -35,7 +38,7 @@ FINAL_FEATURES = "features.norm5"  # DenseNet's last feature map, before the hea
 
 
 class BaseCAM:
-    """Context manager: hooks `target_layer` on enter; on exit removes the hook and restores the
+    """Context manager: hooks each target layer on enter; on exit removes the hooks and restores the
     model's training mode and its parameters' requires_grad flags. Subclasses define combine()."""
 
     default_layer = DEFAULT_TARGET_LAYER
@@ -43,19 +46,23 @@ class BaseCAM:
 
     def __init__(self, model: nn.Module, target_layer: str | None = None, batched: bool = True):
         target_layer = self.default_layer if target_layer is None else target_layer
+        self.layers = split_layers(target_layer)
         modules = dict(model.named_modules())
-        if target_layer not in modules or not target_layer:
-            examples = ", ".join(n for n in modules if n.endswith(("conv2", "norm5")))
-            examples = ", ".join(examples.split(", ")[-3:])
-            raise InputError(f"unknown Grad-CAM layer {target_layer!r}; the model's layers include "
-                             f"{examples} (any name of model.named_modules())")
+        for name in self.layers:
+            if name not in modules or not name:
+                examples = ", ".join(n for n in modules if n.endswith(("conv2", "norm5")))
+                examples = ", ".join(examples.split(", ")[-3:])
+                raise InputError(f"unknown Grad-CAM layer {name!r}; the model's layers include "
+                                 f"{examples} (any name of model.named_modules(); several "
+                                 f"joined by commas)")
         self.model = model
-        self.target_layer = target_layer
+        self.target_layer = ",".join(self.layers)
         self.batched = batched  # False: one backward per class (the fallback; same maps)
-        self._layer = modules[target_layer]
-        self._handle = None
+        self._modules = [modules[name] for name in self.layers]
+        self._handles: list = []
         self._armed = False  # capture only inside forward()
-        self._activation: torch.Tensor | None = None  # (B, ch, h, w) leaf that requires grad
+        # layer name -> (B, ch, h, w) leaf that requires grad, in self.layers' order
+        self._activations: dict[str, torch.Tensor] = {}
         self._logits: torch.Tensor | None = None  # (B, C)
         self._input_size: tuple[int, int] | None = None
 
@@ -67,40 +74,48 @@ class BaseCAM:
         for p, _ in self._flags:
             p.requires_grad_(False)
         self.model.eval()  # batch norm on running statistics: each image's map is its own
-        self._handle = self._layer.register_forward_hook(self._hook)
+        self._handles = [module.register_forward_hook(self._hook_of(name))
+                         for name, module in zip(self.layers, self._modules)]
         return self
 
     def __exit__(self, *exc) -> None:
-        self._handle.remove()
-        self._handle = None
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
         for p, flag in self._flags:
             p.requires_grad_(flag)
         self.model.train(self._was_training)
-        self._activation = self._logits = None
+        self._activations, self._logits = {}, None
 
-    def _hook(self, module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
-        if not self._armed:
-            return None  # the model called directly inside `with`: leave its output alone
-        if self._activation is not None:
-            raise RuntimeError(f"layer {self.target_layer!r} ran twice in one forward pass; "
-                               "hook another layer")
-        # A detached copy: the next op may be in place (torchvision's ReLU after norm5), and the
-        # model continues from a clone of the leaf, so that op never touches what we keep.
-        self._activation = output.detach().clone().requires_grad_(True)
-        return self._activation.clone()
+    def _hook_of(self, name: str):
+        def hook(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor | None:
+            if not self._armed:
+                return None  # the model called directly inside `with`: leave its output alone
+            if name in self._activations:
+                raise RuntimeError(f"layer {name!r} ran twice in one forward pass; "
+                                   "hook another layer")
+            # The first hooked layer's output becomes a leaf that requires grad (the weights do
+            # not); a later one is already on that graph and stays on it, so the gradients of an
+            # earlier layer still flow through it. The model continues from a clone: the next op
+            # may be in place (torchvision's ReLU after norm5) and must not touch what we keep.
+            kept = output if output.requires_grad else output.detach().clone().requires_grad_()
+            self._activations[name] = kept
+            return kept.clone()
+        return hook
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x float (B, 3, H, W) -> logits (B, C); keeps the graph for maps()."""
-        if self._handle is None:
+        if not self._handles:
             raise RuntimeError(f"use {type(self).__name__} inside a `with` block")
-        self._activation, self._armed = None, True
+        self._activations, self._armed = {}, True
         try:
             with torch.enable_grad():
                 self._logits = self.model(x)
         finally:
             self._armed = False
-        if self._activation is None:
-            raise RuntimeError(f"layer {self.target_layer!r} did not run in the forward pass")
+        missing = [name for name in self.layers if name not in self._activations]
+        if missing:
+            raise RuntimeError(f"layer {missing[0]!r} did not run in the forward pass")
         self._input_size = (x.shape[-2], x.shape[-1])
         return self._logits.detach()
 
@@ -112,12 +127,17 @@ class BaseCAM:
         if not classes:
             batch = self._logits.shape[0]
             return self._logits.new_zeros((batch, 0) + self._input_size, dtype=torch.float32)
-        # (K, B, ch, h, w), or None for a method that needs no backward
-        grads = self._gradients(classes).float() if self.needs_gradients else None
+        # per layer (K, B, ch, h, w), or None for a method that needs no backward
+        grads = (self._gradients(classes) if self.needs_gradients
+                 else [None] * len(self.layers))
         self._logits = None  # the graph is spent
-        cam = self.combine(self._activation.detach().float(), grads, classes)  # (B, K, h, w)
-        cam = F.interpolate(cam, size=self._input_size, mode="bilinear", align_corners=False)
-        return normalize_maps(cam)  # rows y, columns x
+        maps = []
+        for name, grad in zip(self.layers, grads):
+            activation = self._activations[name].detach().float()
+            cam = self.combine(activation, None if grad is None else grad.float(), classes)
+            cam = F.interpolate(cam, size=self._input_size, mode="bilinear", align_corners=False)
+            maps.append(normalize_maps(cam))  # (B, K, H, W), rows y, columns x
+        return maps[0] if len(maps) == 1 else normalize_maps(torch.stack(maps).mean(dim=0))
 
     def combine(self, activation: torch.Tensor, grads: torch.Tensor | None,
                 classes: list[int]) -> torch.Tensor:
@@ -132,26 +152,27 @@ class BaseCAM:
         classes = range(logits.shape[1]) if class_indices is None else class_indices
         return logits, self.maps(classes)
 
-    def _gradients(self, classes: list[int]) -> torch.Tensor:
-        """d logit[b, k] / d activation[b] for every wanted class k: (K, B, ch, h, w)."""
-        logits, act = self._logits, self._activation
+    def _gradients(self, classes: list[int]) -> tuple[torch.Tensor, ...]:
+        """d logit[b, k] / d activation[b] for every wanted class k, one (K, B, ch, h, w) per
+        layer."""
+        logits = self._logits
+        act = tuple(self._activations[name] for name in self.layers)
         eye = torch.zeros((len(classes),) + tuple(logits.shape), dtype=logits.dtype,
                           device=logits.device)
         for i, k in enumerate(classes):
             eye[i, :, k] = 1.0  # row i selects class k of every image: (K, B, C)
         if self.batched:
             try:
-                (grads,) = torch.autograd.grad(logits, act, grad_outputs=eye, is_grads_batched=True,
-                                               retain_graph=True)
-                return grads
+                return torch.autograd.grad(logits, act, grad_outputs=eye, is_grads_batched=True,
+                                           retain_graph=True)
             except RuntimeError as err:
                 # an op without a vmap rule: same maps, one backward per class
                 warnings.warn(f"batched backward failed at {self.target_layer!r} ({err}); "
                               f"falling back to one backward per class")
                 self.batched = False
-        grads = [torch.autograd.grad(logits, act, grad_outputs=g, retain_graph=True)[0]
-                 for g in eye]
-        return torch.stack(grads)
+        grads = [torch.autograd.grad(logits, act, grad_outputs=g, retain_graph=True)
+                 for g in eye]  # K tuples of one gradient per layer
+        return tuple(torch.stack(per_layer) for per_layer in zip(*grads))
 
 
 class GradCAM(BaseCAM):
@@ -218,6 +239,14 @@ def make_cam(name: str, model: nn.Module, target_layer: str | None = None) -> Ba
     if name not in METHODS:
         raise InputError(f"unknown CAM method {name!r}; choose from {', '.join(METHODS)}")
     return METHODS[name](model, target_layer)
+
+
+def split_layers(target_layer: str) -> list[str]:
+    """'a,b' -> ['a', 'b']: the layers whose maps are fused (one name: one layer)."""
+    layers = [name.strip() for name in target_layer.split(",")]
+    if len(set(layers)) != len(layers):
+        raise InputError(f"layer list {target_layer!r} names a layer twice")
+    return layers
 
 
 def normalize_maps(cam: torch.Tensor) -> torch.Tensor:

@@ -26,8 +26,9 @@ from tqdm import tqdm
 
 from chexnet import metrics, model_dir, preprocessed
 from chexnet.constants import ADAM_BETAS, BATCH_SIZE, CLASS_NAMES, EPOCHS, LEARNING_RATE, REPEATS
-from chexnet.train_data import (EpochBatches, amp_setup, bce_loss, default_workers,
-                                loader_options, loss_weights, make_datasets, to_input)
+from chexnet.train_data import (LR_SCHEDULES, EpochBatches, amp_setup, bce_loss,
+                                default_workers, learning_rate, loader_options, loss_weights,
+                                make_datasets, to_input)
 from chexnet.utils import InputError, remove_stale_temporaries, run_cli, select_device
 from model import build_model, load_checkpoint, load_weights, new_checkpoint, save_checkpoint
 
@@ -49,6 +50,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help=f"batch size (default: {BATCH_SIZE})")
     p.add_argument("--lr", type=float, default=LEARNING_RATE,
                    help=f"Adam learning rate, betas {ADAM_BETAS} (default: {LEARNING_RATE})")
+    p.add_argument("--lr-schedule", type=str, default="constant", choices=LR_SCHEDULES,
+                   help="constant (the original's) or cosine: per step from --lr down to 0 at the "
+                        "last step (default: constant)")
+    p.add_argument("--warmup-epochs", type=float, default=0.0,
+                   help="linear warm-up of the rate over this many epochs (default: 0, none)")
     p.add_argument("--loss-weight", type=str, default="none", choices=LOSS_WEIGHTS,
                    help="per-class weights of the BCE terms from training-set counts, P positives "
                         "and N negatives of the class: 'chexnet' weighs a positive N/(P+N) and a "
@@ -83,8 +89,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def train_one_epoch(model, loader, optimizer, scaler, weights, device, autocast,
-                    epoch: int) -> float:
-    """One pass over the training batches; returns the mean training loss."""
+                    epoch: int, rate: Callable[[int], float]) -> float:
+    """One pass over the training batches, step i at rate(i); returns the mean training loss."""
     model.train()
     total, count = torch.zeros((), device=device), 0
     bar = tqdm(loader, desc=f"epoch {epoch} train", file=sys.stderr, leave=False,
@@ -94,6 +100,8 @@ def train_one_epoch(model, loader, optimizer, scaler, weights, device, autocast,
         with autocast():
             logits = model(x)  # (B, 8)
         loss = bce_loss(logits, y, weights)
+        for group in optimizer.param_groups:
+            group["lr"] = rate(step)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -153,7 +161,8 @@ def read_metrics(path: Path, upto: int) -> list[dict]:
     return [r for r in model_dir.read_metrics_log(path) if r["epoch"] <= upto]
 
 
-RECIPE = ("batch_size", "lr", "loss_weight", "keep_no_finding", "seed", "repeats")
+RECIPE = ("batch_size", "lr", "loss_weight", "keep_no_finding", "seed", "repeats",
+          "lr_schedule", "warmup_epochs")
 
 
 def resume(out: Path, args, model, optimizer, scaler) -> tuple[int, dict | None, list[dict]]:
@@ -222,9 +231,9 @@ def setup(args) -> Run:
     if args.batch_size < 2:
         raise InputError(f"--batch-size {args.batch_size}: must be at least 2 "
                          "(BatchNorm needs 2 images)")
-    if args.epochs < 1 or args.repeats < 1:
-        raise InputError(f"--epochs {args.epochs}, --repeats {args.repeats}: "
-                         "each must be at least 1")
+    if args.epochs < 1 or args.repeats < 1 or args.warmup_epochs < 0:
+        raise InputError(f"--epochs {args.epochs}, --repeats {args.repeats}, --warmup-epochs "
+                         f"{args.warmup_epochs}: epochs and repeats at least 1, warm-up at least 0")
     device = select_device(args.device)
     torch.manual_seed(args.seed)  # the head's (and, with --weights none, all) initial weights
     if device.type == "cuda":
@@ -251,8 +260,14 @@ def run_epoch(run: Run, args, epoch: int) -> tuple[dict, dict]:
     """Train one epoch and validate: (the metrics.jsonl record, validate()'s result)."""
     start = time.perf_counter()
     run.train_loader.batch_sampler.set_epoch(epoch)
+    steps = len(run.train_loader.batch_sampler)  # the same every epoch
+    done = (epoch - 1) * steps
+
+    def rate(step: int) -> float:
+        return learning_rate(args.lr, args.lr_schedule, done + step, args.epochs * steps,
+                             round(args.warmup_epochs * steps))
     train_loss = train_one_epoch(run.model, run.train_loader, run.optimizer, run.scaler,
-                                 run.weights, run.device, run.autocast, epoch)
+                                 run.weights, run.device, run.autocast, epoch, rate)
     result = validate(run.model, run.valid_loader, run.device, run.class_names)
     record = {"epoch": epoch, "train_loss": train_loss, "valid_loss": result["valid_loss"],
               "auroc": result["auroc"], "mean_auroc": result["mean_auroc"],

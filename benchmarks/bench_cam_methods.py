@@ -1,11 +1,14 @@
-"""Our CAM methods (gradcam.METHODS) against the grad-cam package's, on the same real images.
+"""Time per image of every CAM variant of the known-truth benchmark, and agreement with grad-cam.
 
-    python3 benchmarks/bench_cam_methods.py [--batch 4] [--threads 2] [--model CKPT]
+    python3 benchmarks/bench_cam_methods.py [--batch 4] [--threads 2] [--model CKPT] [--package]
 
-Per method: the largest map difference after min-max normalisation, and the time per image for all
-8 classes. Needs requirements-bench.txt (grad-cam); not run in CI. The package has no classic CAM:
-`cam` is timed only (its exactness is tests/test_cam_methods.py's). Ours: one forward and one
-batched backward for the 8 classes; the package: one call (forward + backward) per class.
+Every variant of bench_grid.CAM_VARIANTS (a method at its default layer, at denseblock3, or fused
+over two layers) makes the maps of all 8 classes for the same real images, the variants
+interleaved run by run so that load from elsewhere hits them alike; the table gives each one's
+median time and its ratio to gradcam. --package (needs requirements-bench.txt's grad-cam; not in
+CI) adds the package's GradCAM, GradCAMPlusPlus and LayerCAM: the largest map difference after
+min-max normalisation and their times (one call, forward + backward, per class). The package has
+no classic CAM: its exactness is tests/test_cam_methods.py's.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import torch  # noqa: E402
 
 from chexnet import images  # noqa: E402
 from chexnet.utils import run_cli  # noqa: E402
+from bench_grid import CAM_VARIANTS  # noqa: E402
 from gradcam import METHODS, make_cam, normalize_maps  # noqa: E402
 
 PACKAGE = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "layercam": "LayerCAM"}
@@ -32,11 +36,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     p.add_argument("--reps", type=int, default=3, help="timed runs per method (default: 3)")
     p.add_argument("--model", type=str, default=None, help="checkpoint (default: random weights)")
+    p.add_argument("--package", action="store_true",
+                   help="compare with the grad-cam package too (default: off)")
     return p
 
 
-def ours(name: str, model, x) -> torch.Tensor:
-    with make_cam(name, model) as cam:
+def ours(variant: str, model, x) -> torch.Tensor:
+    method, layer = CAM_VARIANTS[variant]
+    with make_cam(method, model, layer) as cam:
         return cam.compute(x)[1]  # (B, 8, 224, 224)
 
 
@@ -65,16 +72,18 @@ def main(args: argparse.Namespace) -> None:
     print(f"machine: {machine()}; batch {len(x)}; all 8 classes; "
           f"{'weights ' + args.model if args.model else 'random weights'}")
     t = Timings("image")
-    for name in METHODS:
-        ours(name, model, x)  # warm-up
-        for _ in range(args.reps):
-            t.run(f"ours {name}", lambda: ours(name, model, x), units=len(x))
-        if name in PACKAGE:
+    for variant in CAM_VARIANTS:
+        ours(variant, model, x)  # warm-up
+    if args.package:
+        for name in PACKAGE:
             diff = difference(ours(name, model, x), package(name, model, x))
             print(f"{name}: max map difference to grad-cam's {PACKAGE[name]}: {diff:.1e}")
-            for _ in range(args.reps):
-                t.run(f"pkg {name}", lambda: package(name, model, x), units=len(x))
-    print(t.table("ours gradcam", "CAM of 8 classes, time per image"))
+    for _ in range(args.reps):
+        for variant in CAM_VARIANTS:
+            t.run(variant, lambda: ours(variant, model, x), units=len(x))
+        for name in PACKAGE if args.package else ():
+            t.run(f"package {name}", lambda: package(name, model, x), units=len(x))
+    print(t.table("gradcam", "CAM of 8 classes, time per image"))
 
 
 if __name__ == "__main__":

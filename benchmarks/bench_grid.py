@@ -21,6 +21,22 @@ from chexnet.boxfile import Box
 from chexnet.heatmap_file import read_heatmaps
 
 RANDOM_DRAWS = 20  # random placements averaged for the chance control
+
+# The CAM variants the benchmark localizes with: name -> (--cam, --layer; None: the method's own).
+# denseblock2 ends at 28x28 (8 px of the 224 crop), denseblock3 at 14x14, the default layer and
+# denseblock4 at 7x7; '+' fuses layers (LayerCAM's multi-layer maps, gradcam.py).
+DENSEBLOCK2, DENSEBLOCK3 = "features.denseblock2", "features.denseblock3"
+DENSEBLOCK4 = "features.denseblock4"
+CAM_VARIANTS = {
+    "gradcam": ("gradcam", None), "gradcam++": ("gradcam++", None),
+    "layercam": ("layercam", None), "cam": ("cam", None),
+    "layercam@db3": ("layercam", DENSEBLOCK3),
+    "layercam@db3+db4": ("layercam", f"{DENSEBLOCK3},{DENSEBLOCK4}"),
+    "gradcam@db3+db4": ("gradcam", f"{DENSEBLOCK3},{DENSEBLOCK4}"),
+    "layercam@db2": ("layercam", DENSEBLOCK2),
+    "layercam@db2+db3": ("layercam", f"{DENSEBLOCK2},{DENSEBLOCK3}"),
+    "layercam@db2+db3+db4": ("layercam", f"{DENSEBLOCK2},{DENSEBLOCK3},{DENSEBLOCK4}"),
+}
 SHOWN_T = ("0.1", "0.25", "0.5")
 
 
@@ -107,9 +123,10 @@ def summarize(per_seed: list[dict], classes) -> dict:
 
 
 def format_summary(table: dict, seeds: list[int], markdown: bool = False) -> str:
-    """One row per cam / rule: means, and [min-max] for the overall IoU > 0.25 and pointing."""
+    """One row per cam / rule: means, and [min-max] of the headline columns (all of them are in
+    the JSON)."""
     columns = list(next(iter(table.values())))
-    ranged = {"IoU>0.25", "point"} if len(seeds) > 1 else set()
+    ranged = {"IoU>0.1", "IoU>0.25", "IoU>0.5", "Nodu>.25", "point"} if len(seeds) > 1 else set()
 
     def fmt(k, v):
         if v is None:

@@ -7,6 +7,7 @@ does not depend on the number of data workers.
 """
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -94,6 +95,21 @@ class EpochBatches(Sampler):
 
     def batches(self) -> list[list[tuple[int, int, int]]]:
         return epoch_batches(self.n, self.batch_size, self.seed, self.epoch, self.repeats)
+
+
+LR_SCHEDULES = ("constant", "cosine")  # constant: the original's Adam at one rate throughout
+
+
+def learning_rate(base: float, schedule: str, step: int, total: int, warmup: int) -> float:
+    """The rate of optimizer step `step` (0-based) of `total`: a linear warm-up over the first
+    `warmup` steps (none by default), then `base` (constant) or a cosine decay from `base` to 0
+    at `total` (cosine). A function of the step alone, so --resume needs no scheduler state."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    if schedule == "constant":
+        return base
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def default_workers() -> int:

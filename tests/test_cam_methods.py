@@ -116,3 +116,38 @@ def test_model_left_as_found(model, x, name):
         cam.compute(x[:1], [0])
     assert model.training and [p.requires_grad for p in model.parameters()] == flags
     model.eval()
+
+
+FUSED = "features.denseblock3,features.denseblock4.denselayer16.conv2"
+
+
+@pytest.mark.parametrize("name", ["layercam", "gradcam"])
+def test_fused_layers_are_the_mean_of_each_layers_map(model, x, name):
+    """Two layers in one forward and one backward: the normalised mean of each layer's own map."""
+    singles = []
+    for layer in FUSED.split(","):
+        with make_cam(name, model, layer) as cam:
+            singles.append(cam.compute(x, CLASSES)[1])
+    assert singles[0].shape == singles[1].shape  # both resized to the input
+    mean = (singles[0] + singles[1]) / 2
+    low = mean.flatten(2).min(dim=2).values[..., None, None]
+    high = mean.flatten(2).max(dim=2).values[..., None, None]
+    with make_cam(name, model, FUSED) as cam:
+        calls = []
+        grad = torch.autograd.grad
+        torch.autograd.grad = lambda *a, **k: calls.append(1) or grad(*a, **k)
+        try:
+            logits, fused = cam.compute(x, CLASSES)
+        finally:
+            torch.autograd.grad = grad
+        assert cam.target_layer == FUSED and cam.layers == FUSED.split(",")
+    assert len(calls) == 1  # one batched backward for both layers and all classes
+    np.testing.assert_allclose(fused.numpy(), ((mean - low) / (high - low)).numpy(), atol=1e-6)
+    assert not torch.allclose(fused, singles[0], atol=1e-2)  # the finer layer changed the map
+
+
+def test_layer_lists_are_checked(model):
+    with pytest.raises(InputError, match="names a layer twice"):
+        make_cam("layercam", model, "features.denseblock3,features.denseblock3")
+    with pytest.raises(InputError, match="unknown Grad-CAM layer 'features.nope'"):
+        make_cam("layercam", model, "features.denseblock3,features.nope")

@@ -191,7 +191,7 @@ def test_memory_stays_flat_over_100_uses():
     for i in range(100):
         with GradCAM(model, DEFAULT_TARGET_LAYER) as cam:
             logits, maps = cam.compute(x, [0, 3, 5])
-        assert maps.shape == (2, 3, 64, 64) and cam._activation is None and cam._logits is None
+        assert maps.shape == (2, 3, 64, 64) and cam._activations == {} and cam._logits is None
         if i == 9:  # after the allocator's warm-up
             start = _rss_mib()
     assert _rss_mib() - start < 40, f"memory grew from {start:.0f} MiB to {_rss_mib():.0f} MiB"

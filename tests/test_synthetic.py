@@ -15,7 +15,7 @@ from chexnet.constants import CROP_OFFSET, RESCALE_FACTOR
 from chexnet.images import read_xray
 from chexnet.nih import read_bbox_list, read_data_entry, read_image_list
 from chexnet import boxes, nih, scoring
-from gradcam import METHODS as CAM_METHODS
+from benchmarks.bench_grid import CAM_VARIANTS
 
 SIZES = {"train": 8, "valid": 8, "test": 8}
 SEED = 5
@@ -181,7 +181,7 @@ def test_quick_benchmark_runs_the_real_scripts_end_to_end(tmp_path):
     result = bench.main(bench.get_args_parser().parse_args(["--quick", "--work", str(tmp_path)]))
     assert result == json.loads((tmp_path / "benchmark.json").read_text())
     rows, cams = result["rows"], result["cams"]
-    assert cams == list(CAM_METHODS) and len(result["training"]) == 1
+    assert cams == list(CAM_VARIANTS) and len(result["training"]) == 1
     truth = read_bbox_list(tmp_path / "bbox_test.csv")
     assert {b.image for b in truth} <= set(read_image_list(tmp_path / "data" / "test.txt"))
     oracle = rows["planted boxes (oracle)"]

@@ -17,6 +17,7 @@ from chexnet.images import load_stored
 from model import load_checkpoint, model_from_checkpoint
 from chexnet.nih import label_matrix, read_data_entry, read_image_list
 from chexnet import train_data
+from chexnet.constants import REPEATS
 
 ROOT = Path(__file__).resolve().parent.parent
 N_TRAIN, N_VALID = 6, 4
@@ -201,3 +202,25 @@ def test_validation_stays_fp32_inside_a_mixed_precision_context(data_dir):
         result = train.validate(model, loader, device)
     assert result["probs"].dtype == np.float32
     np.testing.assert_allclose(result["probs"], plain, rtol=0, atol=1e-6)
+
+
+def test_learning_rate_schedules():
+    rate = train_data.learning_rate
+    assert [rate(1e-3, "constant", s, 100, 0) for s in (0, 50, 99)] == [1e-3] * 3  # the original
+    assert [rate(1.0, "constant", s, 100, 4) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    cosine = [rate(1.0, "cosine", s, 100, 10) for s in range(100)]
+    assert cosine[9] == 1.0 and cosine[10] == 1.0  # warm-up ends at the base rate
+    assert all(a >= b for a, b in zip(cosine[10:], cosine[11:]))  # then it only falls
+    assert cosine[55] == pytest.approx(0.5) and cosine[99] == pytest.approx(0.0, abs=1e-3)
+
+
+def test_cosine_schedule_reaches_the_optimizer(data_dir, tmp_path):
+    train.main(_args(data_dir, tmp_path, "--epochs", "2", "--workers", "0", "--no-plots",
+                     "--lr", "0.01", "--lr-schedule", "cosine", "--warmup-epochs", "0.5"))
+    last = load_checkpoint(tmp_path / "last.pt")
+    steps = len(train_data.epoch_batches(N_TRAIN, 4, 3, 1, REPEATS))  # --keep-no-finding: all
+    expected = train_data.learning_rate(0.01, "cosine", 2 * steps - 1, 2 * steps, round(steps / 2))
+    assert last["optimizer"]["param_groups"][0]["lr"] == pytest.approx(expected)
+    assert 0 < expected < 0.01 / 10 and last["args"]["lr_schedule"] == "cosine"
+    with pytest.raises(InputError, match="--warmup-epochs -1"):
+        train.main(_args(data_dir, tmp_path, "--warmup-epochs", "-1"))

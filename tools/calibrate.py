@@ -86,8 +86,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="class activation map: gradcam (the original's), gradcam++, layercam "
                         "or cam (default: gradcam)")
     p.add_argument("--layer", type=str, default=None,
-                   help=f"target layer (default: the method's: {DEFAULT_TARGET_LAYER}; "
-                        f"{FINAL_FEATURES} for cam)")
+                   help=f"target layer, or several joined by commas (fused maps) (default: "
+                        f"the method's: {DEFAULT_TARGET_LAYER}; {FINAL_FEATURES} for cam)")
     return p
 
 
