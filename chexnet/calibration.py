@@ -42,6 +42,11 @@ class Heatmaps:
     images: list[str]
     probs: np.ndarray  # float32 (N, C)
     maps: np.ndarray  # float32 (N, C, 224, 224), classes in CLASS_NAMES order
+    cam: str | None = None  # the CAM method and layer(s) that made the maps (None: not recorded,
+    layer: str | None = None  # a file of an older version)
+
+
+MAPS_KEYS = {"cam": "@cam", "layer": "@layer"}  # heatmaps.npz: no image name starts with '@'
 
 
 def compute_heatmaps(net: torch.nn.Module, stored: np.ndarray, names: list[str],
@@ -60,11 +65,13 @@ def compute_heatmaps(net: torch.nn.Module, stored: np.ndarray, names: list[str],
             batch = class_probabilities(cam, torch.from_numpy(crops).to(device))
             probs.append(batch[:, columns])  # (B, 8): the box classes, by name
             maps.append(cam.maps(columns).cpu().numpy())
-    return Heatmaps(list(names), np.concatenate(probs), np.concatenate(maps))
+    return Heatmaps(list(names), np.concatenate(probs), np.concatenate(maps), cam_method,
+                    cam.target_layer)
 
 
 def save_heatmaps(path: str | Path, hm: Heatmaps) -> None:
-    arrays = {}
+    arrays = {key: np.array(getattr(hm, field)) for field, key in MAPS_KEYS.items()
+              if getattr(hm, field) is not None}
     for i, name in enumerate(hm.images):
         arrays[f"{name}/{PROBS_KEY}"] = hm.probs[i].astype(np.float32)
         for k, cls in enumerate(CLASS_NAMES):
@@ -80,6 +87,8 @@ def load_heatmaps(path: str | Path) -> Heatmaps:
             arrays = {key: data[key] for key in data.files}
     except (OSError, ValueError) as err:
         raise InputError(f"{path}: cannot read as heatmaps.npz ({err})") from None
+    recorded = {field: str(arrays.pop(key)) if key in arrays else None
+                for field, key in MAPS_KEYS.items()}
     names = list(dict.fromkeys(key.rsplit("/", 1)[0] for key in arrays))
     try:
         probs = np.stack([arrays[f"{n}/{PROBS_KEY}"] for n in names]).astype(np.float32)
@@ -93,7 +102,7 @@ def load_heatmaps(path: str | Path) -> Heatmaps:
                          f"{maps.shape[2:]}")
     if not (np.isfinite(probs).all() and np.isfinite(maps).all()):
         raise InputError(f"{path}: NaN/inf values in the probabilities or maps")
-    return Heatmaps(names, probs, maps)
+    return Heatmaps(names, probs, maps, **recorded)
 
 
 # ---------------------------------------------------------------- search

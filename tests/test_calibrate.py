@@ -92,7 +92,11 @@ def test_heatmaps_round_trip_without_pickle(tmp_path):
         assert np.array_equal(data["y.png/Mass"], hm.maps[1, MASS])
     back = calibration.load_heatmaps(path)
     assert back.images == hm.images and np.array_equal(back.maps, hm.maps)
-    assert np.array_equal(back.probs, hm.probs)
+    assert np.array_equal(back.probs, hm.probs) and (back.cam, back.layer) == (None, None)
+    made = calibration.Heatmaps(hm.images, hm.probs, hm.maps, "layercam", "features.denseblock3")
+    calibration.save_heatmaps(path, made)  # the maps' CAM and layer travel with them
+    back = calibration.load_heatmaps(path)
+    assert (back.cam, back.layer) == ("layercam", "features.denseblock3") and back.images == hm.images
     with np.load(path) as data:
         partial = {k: data[k] for k in data.files if k != "x.png/Nodule"}
     np.savez(tmp_path / "partial.npz", **partial)
@@ -188,4 +192,8 @@ def test_end_to_end_box_sizes_json_drives_localization(run_dir):
          "--heatmaps", str(run_dir / "model" / "heatmaps.npz"), "--out", str(again)]))
     assert json.loads((again / "box_sizes.json").read_text()) == json.loads(sizes_path.read_text())
     assert not (again / "heatmaps.npz").exists()
+    with pytest.raises(InputError, match="made with 'gradcam', not --cam 'layercam'"):
+        calibrate.main(calibrate.get_args_parser().parse_args(
+            [str(run_dir / "prep"), "--model", str(model), "--cam", "layercam",
+             "--heatmaps", str(run_dir / "model" / "heatmaps.npz"), "--out", str(again)]))
     assert params is not None and params.shape == (8,)

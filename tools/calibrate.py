@@ -82,9 +82,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="images per forward pass (default: 16)")
     p.add_argument("--device", type=str, default="auto",
                    help="auto, cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--cam", type=str, default=DEFAULT_CAM, choices=list(CAM_METHODS),
+    p.add_argument("--cam", type=str, default=None, choices=list(CAM_METHODS),
                    help="class activation map: gradcam (the original's), gradcam++, layercam "
-                        "or cam (default: gradcam)")
+                        "or cam (default: the one --heatmaps recorded, else gradcam)")
     p.add_argument("--layer", type=str, default=None,
                    help=f"target layer, or several joined by commas (fused maps) (default: "
                         f"the method's: {DEFAULT_TARGET_LAYER}; {FINAL_FEATURES} for cam)")
@@ -148,13 +148,19 @@ def heatmaps_for(args: argparse.Namespace, checkpoint: dict, data: preprocessed.
         if missing:
             raise InputError(f"{args.heatmaps}: no heatmaps for {len(missing)} validation images, "
                              f"the first: {missing[0]}")
+        for asked, made, option in ((args.cam, hm.cam, "--cam"),
+                                    (args.layer, hm.layer, "--layer")):
+            if asked is not None and made is not None and asked != made:
+                raise InputError(f"{args.heatmaps}: its maps were made with {made!r}, not "
+                                 f"{option} {asked!r}; drop {option} or compute the maps again")
+        args.cam, args.layer = args.cam or hm.cam, args.layer or hm.layer  # the record says these
         rows = [hm.images.index(n) for n in names]
-        return Heatmaps(names, hm.probs[rows], hm.maps[rows])
+        return Heatmaps(names, hm.probs[rows], hm.maps[rows], hm.cam, hm.layer)
     net = model_from_checkpoint(checkpoint, source=args.model)
     index = {n: i for i, n in enumerate(data.valid.names)}
     stored = np.stack([data.valid.images[index[n]] for n in names])
     hm = compute_heatmaps(net, stored, names, select_device(args.device), args.batch_size,
-                          args.layer, args.cam, columns)
+                          args.layer, args.cam or DEFAULT_CAM, columns)
     save_heatmaps(out / model_dir.HEATMAPS, hm)
     print(f"wrote {out / model_dir.HEATMAPS}: {len(names)} images x {len(CLASS_NAMES)} classes")
     return hm
@@ -179,12 +185,13 @@ def main(args: argparse.Namespace) -> dict:
     thresholds, thresholds_from = model_dir.resolve_thresholds(args.thresholds, args.model,
                                                                checkpoint)
     columns = box_class_columns(checkpoint, args.model)
+    hm = heatmaps_for(args, checkpoint, data, names, out, columns)
+    args.cam = args.cam or DEFAULT_CAM
     thresholds = thresholds[columns]  # the 8 box classes', in CLASS_NAMES order
     print(f"{len(names)} validation images with true boxes ({len(tune_rows)} tuning, "
           f"{len(hold_rows)} held out); "
           f"thresholds from {thresholds_from}; method {args.method}, maps {args.cam}",
           file=sys.stderr)
-    hm = heatmaps_for(args, checkpoint, data, names, out, columns)
     act = active(hm, thresholds)
     choices = tune(hm, tune_rows, act, truth, args.method)
     method = boxes.METHODS[args.method]
