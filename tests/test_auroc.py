@@ -100,8 +100,8 @@ def checkpoint_14(tmp_path_factory):
     """A 14-class checkpoint (random weights) carrying thresholds of 0.3, alone in its folder."""
     folder = tmp_path_factory.mktemp("ckpt")
     torch.manual_seed(0)
-    net = model_lib.build_model(len(ALL_FINDINGS), weights="none")
-    model_lib.save_checkpoint(folder / "best.pt", model_lib.new_checkpoint(
+    net = build_model(len(ALL_FINDINGS), weights="none")
+    save_checkpoint(folder / "best.pt", new_checkpoint(
         net.state_dict(), thresholds=np.full(14, 0.3), class_names=ALL_FINDINGS))
     return folder / "best.pt"
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import denseNet_localization
-import model as model_lib
+from model import build_model, new_checkpoint, save_checkpoint
 from chexnet import model_dir
 from chexnet.boxfile import read_box_file
 from chexnet.constants import AVERAGE_BOXES, CLASS_NAMES, DEFAULT_TARGET_LAYER
@@ -22,8 +22,8 @@ FINER = "features.denseblock3"  # 14 x 14: a layer a calibration might pick for 
 def model_path(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("calcam")
     torch.manual_seed(0)
-    net = model_lib.build_model(len(CLASS_NAMES), weights="none")
-    model_lib.save_checkpoint(folder / "best.pt", model_lib.new_checkpoint(net.state_dict()))
+    net = build_model(len(CLASS_NAMES), weights="none")
+    save_checkpoint(folder / "best.pt", new_checkpoint(net.state_dict()))
     np.save(folder / "thresholds.npy", np.zeros(8, dtype=np.float32))  # every class active
     return folder / "best.pt"
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import denseNet_localization
-import model as model_lib
+from model import build_model, load_checkpoint, new_checkpoint, save_checkpoint
 from chexnet import localize
 from chexnet.boxfile import read_box_file
 from chexnet.constants import ALL_FINDINGS, CLASS_NAMES
@@ -25,7 +25,7 @@ ACTIVE = {"Atelectasis", "Effusion", "Mass", "Pneumothorax", "Edema"}
 
 def _save(folder: Path, state: dict, class_names: list[str]) -> Path:
     folder.mkdir()
-    model_lib.save_checkpoint(folder / "best.pt", model_lib.new_checkpoint(state, class_names=class_names))
+    save_checkpoint(folder / "best.pt", new_checkpoint(state, class_names=class_names))
     thresholds = [0.0 if name in ACTIVE else 1.0 for name in class_names]
     np.save(folder / "thresholds.npy", np.array(thresholds, dtype=np.float32))
     return folder / "best.pt"
@@ -36,7 +36,7 @@ def checkpoints(tmp_path_factory):
     """(usual order, alphabetical): one random-init network, its head's rows reordered with the names."""
     root = tmp_path_factory.mktemp("order")
     torch.manual_seed(0)
-    state = model_lib.build_model(len(ALL_FINDINGS), weights="none").state_dict()
+    state = build_model(len(ALL_FINDINGS), weights="none").state_dict()
     rows = [ALL_FINDINGS.index(name) for name in ALPHABETICAL]
     permuted = dict(state, **{key: state[key][rows] for key in ("classifier.weight", "classifier.bias")})
     return _save(root / "usual", state, list(ALL_FINDINGS)), _save(root / "alpha", permuted, ALPHABETICAL)
@@ -111,7 +111,7 @@ def test_calibration_takes_the_box_classes_by_name_or_refuses(checkpoints):
     import calibrate
 
     _, alpha = checkpoints
-    checkpoint = model_lib.load_checkpoint(alpha)
+    checkpoint = load_checkpoint(alpha)
     assert calibrate.box_class_columns(checkpoint, str(alpha)) == [ALPHABETICAL.index(n) for n in CLASS_NAMES]
     checkpoint["class_names"] = ["Edema", "Nodule"] + ALPHABETICAL[2:]  # no Atelectasis, no Cardiomegaly
     with pytest.raises(InputError, match="has no output for Atelectasis, Cardiomegaly"):

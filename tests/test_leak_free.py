@@ -13,6 +13,7 @@ from chexnet.boxfile import Box, ImageBoxes, write_box_file
 from chexnet.boxfile import read_box_file
 from chexnet.constants import AVERAGE_BOXES, CLASS_NAMES
 from chexnet.utils import InputError
+from model import build_model, new_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,12 +68,10 @@ def test_size_images_needs_a_box_table(sample_dir, tmp_path):
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory) -> Path:
     """A random-init 8-class checkpoint with thresholds 0: every class active, every class boxed."""
-    import model as model_lib
-
     folder = tmp_path_factory.mktemp("leak")
     torch.manual_seed(0)
-    net = model_lib.build_model(len(CLASS_NAMES), weights="none")
-    model_lib.save_checkpoint(folder / "best.pt", model_lib.new_checkpoint(net.state_dict()))
+    net = build_model(len(CLASS_NAMES), weights="none")
+    save_checkpoint(folder / "best.pt", new_checkpoint(net.state_dict()))
     np.save(folder / "thresholds.npy", np.zeros(8, dtype=np.float32))
     return folder / "best.pt"
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import evaluate
-import model as model_lib
+from model import ARCH, FORMAT, VERSION, build_model, save_checkpoint
 from chexnet import scoring
 from chexnet.boxfile import read_box_file
 from chexnet.constants import CLASS_NAMES
@@ -105,10 +105,10 @@ def test_heatmaps_of_a_non_1024_image_score_in_its_own_pixels(sample_dir, tmp_pa
     same true boxes, each in its own image's pixels, evaluate --heatmaps scores them alike."""
     import denseNet_localization
     torch.manual_seed(0)
-    net = model_lib.build_model(len(CLASS_NAMES), weights="none")
+    net = build_model(len(CLASS_NAMES), weights="none")
     folder, images = tmp_path / "model", tmp_path / "images"
-    model_lib.save_checkpoint(folder / "best.pt", {
-        "format": model_lib.FORMAT, "version": model_lib.VERSION, "arch": model_lib.ARCH,
+    save_checkpoint(folder / "best.pt", {
+        "format": FORMAT, "version": VERSION, "arch": ARCH,
         "model": net.state_dict(), "class_names": list(CLASS_NAMES), "input_size": 224,
         "epoch": 1, "optimizer": None, "metrics": {}, "args": {}, "thresholds": [0.0] * 8,
         "resize": "area"})
