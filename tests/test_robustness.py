@@ -327,7 +327,10 @@ def test_every_output_is_written_through_a_temporary_name():
 # preprocessing.py as the user runs it, with each decode slowed and runs of 2 images (--chunk 2),
 # so that a kill lands while the arrays are half written.
 SLOW_PREPROCESSING = """
-import sys, time
+import signal, sys, time
+# Ctrl-C raises KeyboardInterrupt even where the suite runs with SIGINT ignored (a background job
+# of a non-interactive shell starts so, and Python then installs no handler of its own)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, sys.argv[1])
 import preprocessing
 from chexnet import preprocessed
