@@ -137,6 +137,7 @@ class BaseCAM:
             cam = self.combine(activation, None if grad is None else grad.float(), classes)
             cam = F.interpolate(cam, size=self._input_size, mode="bilinear", align_corners=False)
             maps.append(normalize_maps(cam))  # (B, K, H, W), rows y, columns x
+        self._activations = {}  # a later layer's copy holds the forward graph: let it go
         return maps[0] if len(maps) == 1 else normalize_maps(torch.stack(maps).mean(dim=0))
 
     def combine(self, activation: torch.Tensor, grads: torch.Tensor | None,

@@ -174,11 +174,12 @@ def resume(out: Path, args, model, optimizer, scaler) -> tuple[int, dict | None,
     if "optimizer" not in ckpt or "rng" not in ckpt or ckpt.get("epoch") is None:
         raise InputError(f"{path}: not a training checkpoint of train.py "
                          "(no optimizer/epoch state)")
-    for key in RECIPE:
-        if ckpt["args"].get(key) != getattr(args, key):
+    defaults = get_args_parser()  # what a checkpoint older than an option ran with
+    for key in RECIPE + (("epochs",) if args.lr_schedule == "cosine" else ()):
+        used = ckpt["args"].get(key, defaults.get_default(key))
+        if used != getattr(args, key):
             print(f"warning: --resume with {key}={getattr(args, key)!r}, the run used "
-                  f"{ckpt['args'].get(key)!r}; results will differ from an uninterrupted run",
-                  file=sys.stderr)
+                  f"{used!r}; results will differ from an uninterrupted run", file=sys.stderr)
     preprocessed.warn_if_resized_otherwise(args.data, ckpt["resize"], path)
     load_weights(model, ckpt["model"], str(path))
     optimizer.load_state_dict(ckpt["optimizer"])

@@ -351,11 +351,13 @@ def run_seed(work: Path, settings: dict, seed: int, args: argparse.Namespace) ->
         if old:  # the settings and timings are those of the runs that made the files
             settings, timings = old["settings"], old["timings"]
     else:
-        if args.reuse_model and old:  # the model's settings and the stages that made it
+        reuse = args.reuse_model and (at.model / BEST).is_file()
+        if reuse and old:  # the model's settings and the stages that made it
             settings, timings = old["settings"], dict(old["timings"])
-        run_pipeline(at, settings, seed, args.device, timings, list(args.cams), args.reuse_model)
-        # every variant whose maps WORK holds, those of earlier runs on the same model included
-        cams = [c for c in CAM_VARIANTS if at.heatmaps(c).is_file()]
+        run_pipeline(at, settings, seed, args.device, timings, list(args.cams), reuse)
+        # reusing the model: also the variants whose maps earlier runs made with it
+        cams = [c for c in CAM_VARIANTS
+                if c in args.cams or (reuse and at.heatmaps(c).is_file())]
     result = score_all(at, cams, seed)
     result.update({"settings": settings, "seed": seed, "cams": cams, "rules": sorted(boxes.METHODS),
                    "training": training_log(at), "timings": timings})

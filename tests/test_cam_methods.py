@@ -141,6 +141,7 @@ def test_fused_layers_are_the_mean_of_each_layers_map(model, x, name):
         finally:
             torch.autograd.grad = grad
         assert cam.target_layer == FUSED and cam.layers == FUSED.split(",")
+        assert cam._activations == {}  # maps() let go of the copies that hold the graph
     assert len(calls) == 1  # one batched backward for both layers and all classes
     np.testing.assert_allclose(fused.numpy(), ((mean - low) / (high - low)).numpy(), atol=1e-6)
     assert not torch.allclose(fused, singles[0], atol=1e-2)  # the finer layer changed the map

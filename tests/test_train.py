@@ -214,7 +214,7 @@ def test_learning_rate_schedules():
     assert cosine[55] == pytest.approx(0.5) and cosine[99] == pytest.approx(0.0, abs=1e-3)
 
 
-def test_cosine_schedule_reaches_the_optimizer(data_dir, tmp_path):
+def test_cosine_schedule_reaches_the_optimizer(data_dir, tmp_path, capsys):
     train.main(_args(data_dir, tmp_path, "--epochs", "2", "--workers", "0", "--no-plots",
                      "--lr", "0.01", "--lr-schedule", "cosine", "--warmup-epochs", "0.5"))
     last = load_checkpoint(tmp_path / "last.pt")
@@ -222,5 +222,12 @@ def test_cosine_schedule_reaches_the_optimizer(data_dir, tmp_path):
     expected = train_data.learning_rate(0.01, "cosine", 2 * steps - 1, 2 * steps, round(steps / 2))
     assert last["optimizer"]["param_groups"][0]["lr"] == pytest.approx(expected)
     assert 0 < expected < 0.01 / 10 and last["args"]["lr_schedule"] == "cosine"
+    capsys.readouterr()
+    train.main(_args(data_dir, tmp_path, "--epochs", "3", "--workers", "0", "--no-plots",
+                     "--lr", "0.01", "--lr-schedule", "cosine", "--warmup-epochs", "0.5",
+                     "--resume"))  # the cosine follows --epochs: a longer run is another curve
+    warnings = [l for l in capsys.readouterr().err.splitlines() if l.startswith("warning:")]
+    assert warnings == ["warning: --resume with epochs=3, the run used 2; results will differ "
+                        "from an uninterrupted run"]
     with pytest.raises(InputError, match="--warmup-epochs -1"):
         train.main(_args(data_dir, tmp_path, "--warmup-epochs", "-1"))

@@ -46,7 +46,7 @@ from chexnet.constants import (AVERAGE_BOXES, CLASS_NAMES, DEFAULT_TARGET_LAYER,
 from chexnet.nih import TruthBox, boxes_by_image  # noqa: E402
 from chexnet.scoring import ORIGINAL_TOP_K, OVERALL  # noqa: E402
 from chexnet.utils import InputError, run_cli, select_device  # noqa: E402
-from gradcam import DEFAULT_CAM, FINAL_FEATURES, METHODS as CAM_METHODS  # noqa: E402
+from gradcam import DEFAULT_CAM, FINAL_FEATURES, METHODS as CAM_METHODS, split_layers  # noqa: E402
 from model import load_checkpoint, model_from_checkpoint  # noqa: E402
 
 OPTIMISM = ("note: the parameters were tuned on these same images, so 'after' is optimistic; "
@@ -148,8 +148,8 @@ def heatmaps_for(args: argparse.Namespace, checkpoint: dict, data: preprocessed.
         if missing:
             raise InputError(f"{args.heatmaps}: no heatmaps for {len(missing)} validation images, "
                              f"the first: {missing[0]}")
-        for asked, made, option in ((args.cam, hm.cam, "--cam"),
-                                    (args.layer, hm.layer, "--layer")):
+        layer = None if args.layer is None else ",".join(split_layers(args.layer))
+        for asked, made, option in ((args.cam, hm.cam, "--cam"), (layer, hm.layer, "--layer")):
             if asked is not None and made is not None and asked != made:
                 raise InputError(f"{args.heatmaps}: its maps were made with {made!r}, not "
                                  f"{option} {asked!r}; drop {option} or compute the maps again")
