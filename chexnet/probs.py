@@ -5,18 +5,33 @@
 
 One row per image of the list, in list order, the image's name as the list gives it; every class
 of the model, '%.6f'. The class names come from the checkpoint, so the file says what it holds.
+
+Peers' files are read too, in the field's most common layout (jrzech/reproduce-chexnet's
+pretrained/preds.csv):
+
+    Image Index,prob_Atelectasis,...,prob_Hernia
+
+a first column 'Image Index', then the class columns 'prob_<class>' in any order; other columns
+(a peer's truth columns, say) are ignored with a note. Class names are matched as the label table
+spells them, with 'Pleural Thickening' and 'Infiltrate' read as aliases.
 """
 from __future__ import annotations
 
 import csv
 import io
 import os
+import sys
 
 import numpy as np
 
+from chexnet.constants import ALL_FINDINGS, BOX_TABLE_ALIASES
 from chexnet.utils import InputError, write_text_atomic
 
 FIRST_COLUMN = "image"
+PEER_FIRST_COLUMN = "Image Index"  # the label table's column name, as peers write it
+PEER_PREFIX = "prob_"
+# Other spellings of the label table's names: the box table's, and with a space for '_'.
+CLASS_ALIASES = {**BOX_TABLE_ALIASES, "Pleural Thickening": "Pleural_Thickening"}
 
 
 def write_probs_csv(path: str | os.PathLike, names: list[str], class_names, probs) -> None:
@@ -33,24 +48,58 @@ def write_probs_csv(path: str | os.PathLike, names: list[str], class_names, prob
     write_text_atomic(path, buf.getvalue())
 
 
+def canonical_class(name: str) -> str:
+    """A class name as the label table spells it ('Infiltrate' -> 'Infiltration')."""
+    return CLASS_ALIASES.get(name.strip(), name.strip())
+
+
+def class_columns(path, header: list[str]) -> tuple[list[int], list[str]]:
+    """(column index of each class, class names as the label table spells them) of a header."""
+    if header[:1] == [FIRST_COLUMN] and len(header) >= 2:
+        return list(range(1, len(header))), [canonical_class(h) for h in header[1:]]
+    if header[:1] != [PEER_FIRST_COLUMN]:
+        raise InputError(f"{path}: expected a header '{FIRST_COLUMN},<class names>' or "
+                         f"'{PEER_FIRST_COLUMN},{PEER_PREFIX}<class>,...'")
+    columns, names, ignored = [], [], []
+    for i, cell in enumerate(header[1:], start=1):
+        if not cell.startswith(PEER_PREFIX):
+            ignored.append(cell)
+            continue
+        name = canonical_class(cell[len(PEER_PREFIX):])
+        if name not in ALL_FINDINGS:
+            raise InputError(f"{path}: column {cell!r}: expected {PEER_PREFIX}<class> with a class "
+                             f"of the label table ({', '.join(ALL_FINDINGS)})")
+        columns.append(i)
+        names.append(name)
+    if not columns:
+        raise InputError(f"{path}: no '{PEER_PREFIX}<class>' column after '{PEER_FIRST_COLUMN}'")
+    if ignored:
+        print(f"note: {path}: ignored column(s) {', '.join(ignored)} (not {PEER_PREFIX}<class>)",
+              file=sys.stderr)
+    return columns, names
+
+
 def read_probs_csv(path: str | os.PathLike) -> tuple[list[str], list[str], np.ndarray]:
-    """(image names, class names, float64 (N, C) probabilities); bad rows name the file and row."""
+    """(image names, class names, float64 (N, C) probabilities); bad rows name the file and row.
+    Ours (image,<classes>) or a peer's (Image Index,prob_<class>,...), see the module's notes."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.reader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise InputError(f"{path}: cannot read as a CSV file ({err})") from None
-    if not rows or rows[0][:1] != [FIRST_COLUMN] or len(rows[0]) < 2:
-        raise InputError(f"{path}: expected a header '{FIRST_COLUMN},<class names>'")
-    class_names, names, values = rows[0][1:], [], []
+    columns, class_names = class_columns(path, rows[0] if rows else [])
+    repeated = sorted({c for c in class_names if class_names.count(c) > 1})
+    if repeated:
+        raise InputError(f"{path}: class {repeated[0]} has two columns")
+    names, values = [], []
     for number, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
             continue
-        if len(row) != len(class_names) + 1:
+        if len(row) != len(rows[0]):
             raise InputError(f"{path}: row {number}: {len(row)} columns, "
-                             f"expected {len(class_names) + 1}")
+                             f"expected {len(rows[0])}")
         try:
-            probs = [float(cell) for cell in row[1:]]
+            probs = [float(row[i]) for i in columns]
         except ValueError:
             raise InputError(f"{path}: row {number}: probabilities must be numbers") from None
         if not all(0.0 <= p <= 1.0 for p in probs):
