@@ -2,9 +2,10 @@
 
     python3 tools/auroc.py PROBS_CSV DATA_ENTRY [--model model/best.pt | --thresholds FILE.npy]
                            [--bootstrap 1000] [--seed 0] [--out DIR]
+    python3 tools/auroc.py A.csv DATA_ENTRY --compare B.csv [--compare C.csv] [--out DIR]
 
-PROBS_CSV is denseNet_localization.py --probs (image,<class names>); the labels come from the
-label table by image name. Per class: positives, negatives, AUROC (sklearn's), its 95% interval
+PROBS_CSV is denseNet_localization.py --probs (image,<class names>), or a peer's file (Image
+Index,prob_<class>,...: chexnet/probs.py); the labels come from the label table by image name. Per class: positives, negatives, AUROC (sklearn's), its 95% interval
 from --bootstrap draws of patients with replacement (patients, not images: a patient's images are
 correlated), and with --model or --thresholds the operating point (sensitivity, specificity; prob >
 threshold is positive, as localization decides). --model CKPT takes the thresholds as localization
@@ -13,6 +14,11 @@ that its class names are PROBS_CSV's header. The mean is over the classes whose 
 The published figures of docs/published_auroc.csv (CheXNet, arnoweng, jrzech, the original project)
 are printed beside ours; their test sets differ from ours. --out writes auroc.csv, auroc.json
 and roc.png.
+
+--compare B.csv compares model A (PROBS_CSV) with B on the same images (chexnet/comparison.py):
+per class and for the mean, AUROC of A and B, A - B with its paired patient-bootstrap interval,
+and DeLong's p; --out writes comparison.csv, comparison.json and forest_plot.png. Several
+--compare files are each compared with A.
 """
 from __future__ import annotations
 
@@ -28,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root: chexnet/, model.py
 
-from chexnet import bootstrap, metrics, model_dir, nih  # noqa: E402
+from chexnet import bootstrap, comparison, metrics, model_dir, nih  # noqa: E402
 from chexnet.constants import ALL_FINDINGS  # noqa: E402
 from chexnet.probs import read_probs_csv  # noqa: E402
 from chexnet.utils import InputError, run_cli, write_text_atomic  # noqa: E402
@@ -55,8 +61,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=1000,
                    help="patient-level bootstrap draws; 0 for no interval (default: 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap draws (default: 0)")
+    p.add_argument("--compare", type=str, action="append", default=None, metavar="B_CSV",
+                   help="another model's probabilities on the same images: a paired comparison "
+                        "of PROBS_CSV (A) with it; repeat for several (default: None)")
     p.add_argument("--out", type=str, default=None,
-                   help="folder for auroc.csv, auroc.json and roc.png (default: None, print only)")
+                   help="folder for auroc.csv, auroc.json and roc.png (with --compare: "
+                        "comparison.csv, comparison.json, forest_plot.png) (default: None, "
+                        "print only)")
     return p
 
 
@@ -93,12 +104,17 @@ def resolve_thresholds(args: argparse.Namespace, class_names: list[str]
     return model_dir.resolve_thresholds(args.thresholds, args.model, checkpoint)
 
 
-def evaluate(args: argparse.Namespace) -> tuple[dict, np.ndarray, np.ndarray]:
-    """(the report, labels 0/1 (N, C), probabilities (N, C))."""
-    names, class_names, probs = read_probs_csv(args.probs_csv)
+def read_known(path: str) -> tuple[list[str], list[str], np.ndarray]:
+    names, class_names, probs = read_probs_csv(path)
     unknown = [c for c in class_names if c not in ALL_FINDINGS]
     if unknown:
-        raise InputError(f"{args.probs_csv}: unknown class(es) {', '.join(unknown)} in the header")
+        raise InputError(f"{path}: unknown class(es) {', '.join(unknown)} in the header")
+    return names, class_names, probs
+
+
+def evaluate(args: argparse.Namespace) -> tuple[dict, np.ndarray, np.ndarray]:
+    """(the report, labels 0/1 (N, C), probabilities (N, C))."""
+    names, class_names, probs = read_known(args.probs_csv)
     table = nih.read_data_entry(args.data_entry)
     labels = nih.label_matrix(names, table, args.probs_csv, class_names=tuple(class_names),
                               line_numbers=list(range(2, len(names) + 2)))
@@ -193,9 +209,43 @@ def format_csv(report: dict) -> str:
     return buf.getvalue()
 
 
-def main(args: argparse.Namespace) -> dict:
+def compare_models(args: argparse.Namespace) -> list[dict]:
+    """A (PROBS_CSV) against each --compare file on the same images, labels and patients."""
+    if args.model is not None or args.thresholds is not None:
+        raise InputError("--compare compares AUROCs; it takes no --model or --thresholds")
+    names, classes_a, probs_a = read_known(args.probs_csv)
+    table = nih.read_data_entry(args.data_entry)
+    patients = [table[n].patient_id for n in names if n in table]
+    reports = []
+    for path_b in args.compare:
+        classes, a, b = comparison.paired_rows(args.probs_csv, names, classes_a, probs_a,
+                                               path_b, *read_known(path_b))
+        labels = nih.label_matrix(names, table, args.probs_csv, class_names=tuple(classes),
+                                  line_numbers=list(range(2, len(names) + 2)))
+        report = {"model_a": args.probs_csv, "model_b": path_b, "data_entry": args.data_entry,
+                  **comparison.compare(labels, a, b, patients, classes, args.bootstrap,
+                                       args.seed)}
+        print(comparison.format_comparison(report))
+        reports.append(report)
+    return reports
+
+
+def write_comparison(reports: list[dict], out: Path) -> None:
+    body = reports[0] if len(reports) == 1 else {"comparisons": reports}
+    write_text_atomic(out / "comparison.csv", comparison.format_comparison_csv(reports))
+    write_text_atomic(out / "comparison.json", json.dumps(body, indent=1) + "\n")
+    comparison.forest_plot(reports, out / "forest_plot.png")
+    print(f"wrote comparison.csv, comparison.json and forest_plot.png into {out}")
+
+
+def main(args: argparse.Namespace) -> dict | list[dict]:
     if args.bootstrap < 0:
         raise InputError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    if args.compare:
+        reports = compare_models(args)
+        if args.out is not None:
+            write_comparison(reports, Path(args.out))
+        return reports
     report, labels, probs = evaluate(args)
     print(format_report(report), end="")
     if args.out is not None:
