@@ -30,7 +30,7 @@ from chexnet import boxes, localize, model_dir, nih, xray_files
 from chexnet.boxfile import ImageBoxes, write_box_file
 from chexnet.constants import DEFAULT_TARGET_LAYER, LOCALIZATION_BATCH_SIZE
 from chexnet.heatmap_file import SavedHeatmaps, write_heatmaps
-from chexnet.images import RESIZE_METHODS, check_images_exist
+from chexnet.images import RESIZE_METHODS, check_images_exist, image_paths
 from chexnet.probs import write_probs_csv
 from chexnet.utils import InputError, atomic_folder, run_cli, select_device, usable_cpus
 from gradcam import DEFAULT_CAM, FINAL_FEATURES, METHODS as CAM_METHODS
@@ -286,7 +286,7 @@ def input_paths(source: str, images: str | None) -> tuple[list[str], bool]:
         raise InputError(f"{source}: neither an image nor a folder; a list of names needs IMAGES, "
                          f"the folder they are in")
     names = nih.read_image_list(source)
-    paths = [os.path.join(images, name) for name in names]  # as the original writes them
+    paths = image_paths(images, names)  # IMAGES/name as the original, else found beneath
     check_images_exist(paths, source)
     return paths, False
 

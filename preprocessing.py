@@ -30,7 +30,7 @@ from chexnet import preprocessed
 from chexnet.utils import (InputError, atomic_path, remove_stale_temporaries, run_cli, usable_cpus,
                            write_text_atomic)
 from chexnet.constants import CLASS_SETS, STORED_SIZE
-from chexnet.images import DEFAULT_RESIZE, RESIZE_METHODS, check_images_exist
+from chexnet.images import DEFAULT_RESIZE, RESIZE_METHODS, check_images_exist, image_paths
 from chexnet.preprocessed import DEFAULT_CHUNK, store_images
 from chexnet.nih import (LabelRow, TruthBox, label_matrix, read_bbox_list, read_data_entry,
                          read_image_list_lines)
@@ -94,7 +94,7 @@ def plan_split(split: str, list_path: str, images: str, table: dict[str, LabelRo
     names = [name for _, name in entries]
     lines = [line for line, _ in entries]
     labels = label_matrix(names, table, list_path, class_names, line_numbers=lines)
-    paths = [os.path.join(images, name) for name in names]
+    paths = image_paths(images, names)  # IMAGES/name, else found beneath IMAGES
     return SplitPlan(split, list_path, names, lines, labels, paths)
 
 

@@ -89,6 +89,48 @@ def check_images_exist(paths: Sequence[str | os.PathLike], source: str | os.Path
         raise InputError(f"{paths[i]}: image not found (listed in {source} {where}){more}{hint}")
 
 
+def index_images(folder: str | os.PathLike, wanted: set[str] | None = None) -> dict[str, str]:
+    """{file name: path} of every file beneath `folder`, at any depth (the Kaggle layout
+    images_001/images/*.png, NIH's tarballs extracted side by side): one os.scandir walk. A wanted
+    name (all names when wanted is None) found twice is an error naming both paths. Hidden
+    entries are skipped; a folder reached twice through links is walked once."""
+    index: dict[str, str] = {}
+    stack, seen = [os.fspath(folder)], set()
+    while stack:
+        top = stack.pop()
+        key = (os.stat(top).st_dev, os.stat(top).st_ino)
+        if key in seen:
+            continue
+        seen.add(key)
+        with os.scandir(top) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir():
+                    stack.append(entry.path)
+                elif wanted is None or entry.name in wanted:
+                    if entry.name in index:
+                        first, second = sorted([index[entry.name], entry.path])
+                        raise InputError(f"{first}: {entry.name} is also at {second}; "
+                                         f"IMAGES must hold each image once")
+                    index[entry.name] = entry.path
+    return index
+
+
+def image_paths(images: str | os.PathLike, names: Sequence[str]) -> list[str]:
+    """The path of each listed name: IMAGES/name where it exists (a flat folder: no walk),
+    else where one walk of IMAGES finds it beneath (a nested release). A name not found keeps
+    IMAGES/name, for check_images_exist to report."""
+    flat = [os.path.join(images, name) for name in names]
+    missing = [i for i, path in enumerate(flat) if not os.path.isfile(path)]
+    if not missing or not os.path.isdir(images):
+        return flat
+    index = index_images(images, {os.path.basename(names[i]) for i in missing})
+    for i in missing:
+        flat[i] = index.get(os.path.basename(names[i]), flat[i])
+    return flat
+
+
 def center_crop(image: np.ndarray) -> np.ndarray:
     """(256, 256) -> (224, 224): the crop that localization maps back with CROP_OFFSET."""
     return image[CROP_OFFSET:CROP_OFFSET + CROP_SIZE, CROP_OFFSET:CROP_OFFSET + CROP_SIZE]

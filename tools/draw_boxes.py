@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root
 
 from chexnet.boxfile import ImageBoxes, read_box_file  # noqa: E402
 from chexnet.constants import ORIGINAL_SIZE  # noqa: E402
-from chexnet.images import check_images_exist, read_xray  # noqa: E402
+from chexnet.images import check_images_exist, image_paths, read_xray  # noqa: E402
 from chexnet.nih import TruthBox, read_truth_by_image  # noqa: E402
 from chexnet.utils import InputError, run_cli  # noqa: E402
 
@@ -47,8 +47,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def image_path(entry: ImageBoxes, images: Path | None) -> Path:
-    return images / Path(entry.image_path).name if images is not None else Path(entry.image_path)
+def image_path_list(entries: list[ImageBoxes], images: Path | None) -> list[Path]:
+    """The box file's paths, or with --images each name found in that folder (at any depth)."""
+    if images is None:
+        return [Path(e.image_path) for e in entries]
+    return [Path(p) for p in image_paths(images, [Path(e.image_path).name for e in entries])]
 
 
 def main(args: argparse.Namespace) -> None:
@@ -60,12 +63,12 @@ def main(args: argparse.Namespace) -> None:
         raise InputError(f"{args.box_txt}: box file not found")
     entries = read_box_file(args.box_txt)
     hint = "" if args.images is not None else " (use --images DIR to name the folder of the images)"
-    check_images_exist([image_path(e, args.images) for e in entries], args.box_txt, hint=hint)
+    paths = image_path_list(entries, args.images)
+    check_images_exist(paths, args.box_txt, hint=hint)
     truth: dict[str, list[TruthBox]] | None = None
     if args.bbox_list is not None:
         truth = read_truth_by_image(args.bbox_list)
-    for entry in tqdm(entries, desc="drawing", unit="image"):
-        path = image_path(entry, args.images)
+    for entry, path in tqdm(list(zip(entries, paths)), desc="drawing", unit="image"):
         name = Path(entry.image_path).name
         image = read_xray(path)  # any size: the box file is in its own pixels
         localization_figures.boxes_figure(image, entry.boxes,
