@@ -83,6 +83,8 @@ def _f(value, width: int, digits: int = 3, signed: bool = False) -> str:
 def _p(value) -> str:
     if value is None:
         return "-".rjust(9)
+    if value == 0.0:  # below the smallest double: erfc underflows
+        return "<1e-300".rjust(9)
     return (f"{value:.3f}" if value >= 0.001 else f"{value:.1e}").rjust(9)
 
 

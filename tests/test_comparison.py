@@ -18,7 +18,8 @@ from chexnet.probs import read_probs_csv, write_probs_csv
 from chexnet.utils import InputError
 
 DATA = Path(__file__).resolve().parent / "data"
-EXCERPT = DATA / "jrzech_preds_excerpt.csv"  # jrzech/reproduce-chexnet pretrained/preds.csv, 300 rows
+# the first 300 rows of jrzech/reproduce-chexnet pretrained/preds.csv (BSD-3-Clause, John Zech)
+EXCERPT = DATA / "jrzech_preds_excerpt.csv"
 EXCERPT_LABELS = DATA / "jrzech_excerpt_labels.csv"  # their rows of Data_Entry_2017_v2020.csv
 
 

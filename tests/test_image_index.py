@@ -70,7 +70,8 @@ def test_nested_release_preprocesses_to_the_same_arrays(sample_dir, tmp_path):
 def test_missing_image_of_a_nested_folder_is_still_the_one_line_error(sample_dir, tmp_path):
     kaggle_tree(sample_dir, tmp_path / "kaggle")
     (tmp_path / "list.txt").write_text("00000100_000.png\n99999999_000.png\n")
-    with pytest.raises(InputError, match=r"99999999_000.png: image not found \(listed in .*entry 2"):
+    with pytest.raises(InputError,
+                       match=r"99999999_000.png: image not found \(listed in .*entry 2"):
         denseNet_localization.input_paths(str(tmp_path / "list.txt"), str(tmp_path / "kaggle"))
 
 

@@ -2,14 +2,15 @@
 
     python3 tools/auroc.py PROBS_CSV DATA_ENTRY [--model model/best.pt | --thresholds FILE.npy]
                            [--bootstrap 1000] [--seed 0] [--out DIR]
-    python3 tools/auroc.py A.csv DATA_ENTRY --compare B.csv [--compare C.csv] [--out DIR]
+    python3 tools/auroc.py A.csv DATA_ENTRY --compare B.csv [--compare C.csv] [--out D]
 
 PROBS_CSV is denseNet_localization.py --probs (image,<class names>), or a peer's file (Image
-Index,prob_<class>,...: chexnet/probs.py); the labels come from the label table by image name. Per class: positives, negatives, AUROC (sklearn's), its 95% interval
-from --bootstrap draws of patients with replacement (patients, not images: a patient's images are
-correlated), and with --model or --thresholds the operating point (sensitivity, specificity; prob >
-threshold is positive, as localization decides). --model CKPT takes the thresholds as localization
-does (thresholds.npy beside it, else the checkpoint's own; --thresholds still overrides) and checks
+Index,prob_<class>,...: chexnet/probs.py); the labels come from the label table by image name.
+Per class: positives, negatives, AUROC (sklearn's), its 95% interval from --bootstrap draws of
+patients with replacement (patients, not images: a patient's images are correlated), and with
+--model or --thresholds the operating point (sensitivity, specificity; prob > threshold is
+positive, as localization decides). --model CKPT takes the thresholds as localization does
+(thresholds.npy beside it, else the checkpoint's own; --thresholds still overrides) and checks
 that its class names are PROBS_CSV's header. The mean is over the classes whose AUROC is defined.
 The published figures of docs/published_auroc.csv (CheXNet, arnoweng, jrzech, the original project)
 are printed beside ours; their test sets differ from ours. --out writes auroc.csv, auroc.json
