@@ -318,3 +318,17 @@ def test_a_bundle_calibrated_on_another_cam_localizes_as_the_project_does(built,
         "test.txt", "images", "--model", str(model / "best.pt"), "--out", "gradcam.txt", "--workers", "0",
         "--cam", "gradcam"]))
     assert (folder / "gradcam.txt").read_text() != (folder / "reference.txt").read_text()  # the CAM mattered
+
+
+def test_the_bundles_images_may_nest_as_kaggle_ships_them(built, tmp_path, sample_dir):
+    """images/images_001/images/NAME.png: found by the walk, and the box file names that path."""
+    folder = _unzip(built[0], tmp_path / "platform", sample_dir)
+    for k, name in enumerate(NAMES):
+        nested = folder / "images" / f"images_{k + 1:03d}" / "images"
+        nested.mkdir(parents=True)
+        (folder / "images" / name).rename(nested / name)
+    proc = _run(folder, CHEXNET_WORKERS="0")
+    assert proc.returncode == 0, proc.stderr
+    entries = read_box_file(folder / "bounding_box.txt")
+    assert [e.image_path for e in entries] == [
+        os.path.join("images", f"images_{k + 1:03d}", "images", n) for k, n in enumerate(NAMES)]
