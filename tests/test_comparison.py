@@ -228,3 +228,14 @@ def test_jrzech_full_file_gives_their_published_aurocs(shared_nih, tmp_path):
         [str(path), str(shared_nih / "Data_Entry_2017_v2020.csv.gz"), "--bootstrap", "0"]))
     for row in report["classes"][:-1]:
         assert row["auroc"] == pytest.approx(PUBLISHED_JRZECH[row["class"]], abs=1e-6)
+
+
+def test_classes_only_one_file_holds_are_left_out_with_a_note(tmp_path, capsys):
+    names, classes, probs = read_probs_csv(EXCERPT)
+    fewer = tmp_path / "fewer.csv"
+    write_probs_csv(fewer, names, classes[:3], probs[:, :3])
+    reports = auroc.main(auroc.get_args_parser().parse_args(
+        [str(EXCERPT), str(EXCERPT_LABELS), "--compare", str(fewer), "--bootstrap", "3"]))
+    assert list(reports[0]["classes"]) == classes[:3]
+    assert f"compared on the 3 classes both files hold; left out: {classes[3]}" \
+        in capsys.readouterr().err

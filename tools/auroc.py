@@ -219,8 +219,13 @@ def compare_models(args: argparse.Namespace) -> list[dict]:
     patients = [table[n].patient_id for n in names if n in table]
     reports = []
     for path_b in args.compare:
+        names_b, classes_b, probs_b = read_known(path_b)
         classes, a, b = comparison.paired_rows(args.probs_csv, names, classes_a, probs_a,
-                                               path_b, *read_known(path_b))
+                                               path_b, names_b, classes_b, probs_b)
+        left_out = [c for c in [*classes_a, *classes_b] if c not in classes]
+        if left_out:
+            print(f"note: {path_b}: compared on the {len(classes)} classes both files hold; "
+                  f"left out: {', '.join(left_out)}", file=sys.stderr)
         labels = nih.label_matrix(names, table, args.probs_csv, class_names=tuple(classes),
                                   line_numbers=list(range(2, len(names) + 2)))
         report = {"model_a": args.probs_csv, "model_b": path_b, "data_entry": args.data_entry,
