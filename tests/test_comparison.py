@@ -239,3 +239,17 @@ def test_classes_only_one_file_holds_are_left_out_with_a_note(tmp_path, capsys):
     assert list(reports[0]["classes"]) == classes[:3]
     assert f"compared on the 3 classes both files hold; left out: {classes[3]}" \
         in capsys.readouterr().err
+
+
+def test_cli_bad_header_is_one_line_exit_2_and_no_output(tmp_path):
+    import subprocess
+    import sys
+    bad = tmp_path / "preds.csv"
+    bad.write_text("Image,prob_Mass\na.png,0.5\n")
+    proc = subprocess.run([sys.executable, str(DATA.parents[1] / "tools" / "auroc.py"), str(bad),
+                           str(EXCERPT_LABELS), "--compare", str(EXCERPT), "--out",
+                           str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr == (f"error: {bad}: expected a header 'image,<class names>' or "
+                           f"'Image Index,prob_<class>,...'\n")
+    assert not (tmp_path / "o").exists()
