@@ -15,6 +15,8 @@ pseudo-images per cell. OUT_CSV is in denseNet_localization.py --probs format (i
 from __future__ import annotations
 
 import argparse
+import csv
+import gzip
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -23,7 +25,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root: chexnet/
 
-from chexnet.nih import _read_csv, _require_columns  # noqa: E402
 from chexnet.probs import read_probs_csv, write_probs_csv  # noqa: E402
 from chexnet.utils import InputError, run_cli  # noqa: E402
 
@@ -38,34 +39,60 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+COLUMNS = ("Image Index", "Finding Labels", "Patient ID", "View Position", "Patient Gender",
+           "Patient Age")
+
+
+def read_table(path: str) -> tuple[list[list[str]], list[int]]:
+    """(the label table's rows after the header, the index of each of COLUMNS)."""
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rt", newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))
+    except (OSError, EOFError, UnicodeDecodeError, csv.Error) as err:
+        raise InputError(f"{path}: cannot read as a CSV file ({err})") from None
+    missing = [c for c in COLUMNS if not rows or c not in rows[0]]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {', '.join(missing)}")
+    return rows[1:], [rows[0].index(c) for c in COLUMNS]
+
+
 def cell_of(row: list[str], cols: list[int]) -> tuple[str, str, int]:
     view, sex, age = (row[i] for i in cols[3:])
     return view, sex, min(int(age) // 10, 9)
 
 
+def rate(cell: np.ndarray | None, overall: np.ndarray, k: float) -> np.ndarray:
+    """A cell's smoothed rates; a cell no training image fell in gets the overall rates."""
+    if cell is None or cell[-1] + k == 0:
+        return overall
+    return (cell[:-1] + k * overall) / (cell[-1] + k)
+
+
 def main(args: argparse.Namespace) -> None:
+    if args.smoothing < 0:
+        raise InputError(f"--smoothing must be >= 0, got {args.smoothing}")
     names, classes, _ = read_probs_csv(args.test_probs)
-    rows = _read_csv(args.data_entry)
-    cols = _require_columns(args.data_entry, rows[0], ("Image Index", "Finding Labels",
-                                                       "Patient ID", "View Position",
-                                                       "Patient Gender", "Patient Age"))
-    by_name = {row[cols[0]]: row for row in rows[1:]}
+    rows, cols = read_table(args.data_entry)
+    by_name = {row[cols[0]]: row for row in rows}
     missing = [n for n in names if n not in by_name]
     if missing:
         raise InputError(f"{args.test_probs}: {len(missing)} image(s) not in {args.data_entry}, "
                          f"e.g. {missing[0]}")
     test_patients = {by_name[n][cols[2]] for n in names}
     counts: dict[tuple, np.ndarray] = defaultdict(lambda: np.zeros(len(classes) + 1))
-    for row in rows[1:]:
+    for row in rows:
         if row[cols[2]] in test_patients:
             continue
         found = row[cols[1]].split("|")
         counts[cell_of(row, cols)] += [*(c in found for c in classes), 1]
+    if not counts:
+        raise InputError(f"{args.data_entry}: no image outside the patients of "
+                         f"{args.test_probs} to learn from")
     total = sum(counts.values())
     overall = total[:-1] / total[-1]
     k = args.smoothing
-    probs = [(counts[cell_of(by_name[n], cols)][:-1] + k * overall)
-             / (counts[cell_of(by_name[n], cols)][-1] + k) for n in names]
+    probs = [rate(counts.get(cell_of(by_name[n], cols)), overall, k) for n in names]
     write_probs_csv(args.out_csv, names, classes, np.asarray(probs))
     print(f"wrote {args.out_csv}: {len(names)} test images, learnt from {int(total[-1])} images "
           f"of {len(counts)} view x sex x age-decade cells")

@@ -12,6 +12,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 import auroc
+from benchmarks import label_table_baseline as baseline
 from chexnet import bootstrap
 from chexnet.delong import components, delong_paired, midranks
 from chexnet.probs import read_probs_csv, write_probs_csv
@@ -253,3 +254,22 @@ def test_cli_bad_header_is_one_line_exit_2_and_no_output(tmp_path):
     assert proc.stderr == (f"error: {bad}: expected a header 'image,<class names>' or "
                            f"'Image Index,prob_<class>,...'\n")
     assert not (tmp_path / "o").exists()
+
+
+def test_label_table_baseline_learns_only_from_other_patients(tmp_path):
+    rows = list(csv.reader(open(EXCERPT_LABELS)))
+    test = tmp_path / "test.csv"  # the first 100 images are the test set
+    write_probs_csv(test, [r[0] for r in rows[1:101]], ["Effusion", "Hernia"], np.zeros((100, 2)))
+    out = tmp_path / "base.csv"
+    baseline.main(baseline.get_args_parser().parse_args(
+        [str(test), str(EXCERPT_LABELS), str(out), "--smoothing", "0"]))
+    names, _, probs = read_probs_csv(out)
+    test_patients = {r[3] for r in rows[1:101]}
+    train = [r for r in rows[1:] if r[3] not in test_patients]
+    first = rows[1]  # its cell: same view, sex and age decade among the training rows
+    cell = [r for r in train if (r[6], r[5], int(r[4]) // 10) == (first[6], first[5],
+                                                                   int(first[4]) // 10)]
+    assert probs[0, 0] == pytest.approx(np.mean(["Effusion" in r[1] for r in cell]), abs=1e-6)
+    with pytest.raises(InputError, match="no image outside the patients of"):
+        baseline.main(baseline.get_args_parser().parse_args(
+            [str(EXCERPT), str(EXCERPT_LABELS), str(tmp_path / "none.csv")]))
