@@ -46,8 +46,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "TIFF, DICOM), or a folder of them, whose paths the box file then names")
     p.add_argument("images", type=str, nargs="?", default=None,
                    help="with TEST_TXT: folder of the images (IMAGES); output paths are "
-                        "IMAGES/name (default: None; required with a list, refused with an image "
-                        "or a folder)")
+                        "IMAGES/name, or where beneath IMAGES it lies (default: None; required "
+                        "with a list, refused with an image or a folder)")
     p.add_argument("--model", type=str, default=model_dir.DEFAULT_MODEL,
                    help=f"checkpoint (ours, or the original's .pkl) "
                         f"(default: {model_dir.DEFAULT_MODEL}, "

@@ -53,7 +53,9 @@ class SplitPlan:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("images", type=str, help="folder of the NIH PNGs (IMAGES)")
+    parser.add_argument("images", type=str,
+                        help="folder of the NIH PNGs (IMAGES), flat or nested at any depth "
+                             "(Kaggle's images_001/images/...)")
     parser.add_argument("data_entry", type=str,
                         help="label table, Data_Entry_2017.csv or its 2020 revision")
     parser.add_argument("bbox_list", type=str, help="box table, BBox_List_2017.csv")

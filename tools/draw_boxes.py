@@ -30,8 +30,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("box_txt", type=Path,
                         help="box file: '[image_path] [n]' then n '[class] x y w h' lines")
     parser.add_argument("--images", type=Path, default=None,
-                        help="folder holding the images, replacing the folder of each path in the "
-                             "box file "
+                        help="folder holding the images (at any depth beneath it), replacing "
+                             "the folder of each path in the box file "
                              "(default: None, use the paths as written, relative to the current "
                              "folder)")
     parser.add_argument("--bbox-list", type=Path, default=None,
