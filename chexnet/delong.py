@@ -28,7 +28,9 @@ class DelongResult:
     delta: float  # auroc_a - auroc_b
     variance: float  # of delta
     z: float | None  # None when the variance is 0
-    p: float  # two-sided; 1.0 when the two models order every pair alike (variance 0, delta 0)
+    # two-sided; variance 0 (no pair-to-pair spread of A - B): 1.0 when delta is 0 (the two
+    # models order every pair alike, e.g. a model against itself), else 0.0
+    p: float
 
 
 def midranks(x: np.ndarray) -> np.ndarray:
