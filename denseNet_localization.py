@@ -180,6 +180,7 @@ class Setup:
 
 def resolve(args: argparse.Namespace) -> Setup:
     """Check the options, resolve everything, print one line saying where each part came from."""
+    device = distributed.init(select_device(args.device))  # under torchrun: this rank's
     if args.batch_size < 1 or args.workers < 0:
         raise InputError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size}, "
                          f"{args.workers}")
@@ -192,7 +193,6 @@ def resolve(args: argparse.Namespace) -> Setup:
         path: set(nih.read_image_list(path)) for path in args.size_images}
     box_sizes, sizes_from = model_dir.resolve_box_sizes(args.bbox_list, args.model, size_images,
                                                         args.size_fallback)
-    device = distributed.init(select_device(args.device))  # under torchrun: this rank's
     checkpoint = load_checkpoint(args.model)
     net = model_from_checkpoint(checkpoint, source=args.model)
     thresholds, thresholds_from = model_dir.resolve_thresholds(args.thresholds, args.model,

@@ -283,6 +283,7 @@ def save_epoch(run: Run, args, out: Path, records: list[dict], result: dict,
 
 
 def main(args) -> None:
+    distributed.quiet_other_ranks()
     out = Path(args.out)
     if distributed.restarted() and (out / model_dir.LAST).is_file():
         args.resume = True  # torchrun --max-restarts started the group again: go on from last.pt

@@ -48,7 +48,7 @@ def restarted() -> bool:
 
 def init(device: torch.device) -> torch.device:
     """Join torchrun's group (NCCL on CUDA, gloo on the CPU); return this rank's device: GPU
-    LOCAL_RANK when `device` is CUDA. One process: `device` itself, no group."""
+    LOCAL_RANK when `device` is CUDA (whatever cuda:N asked). One process: `device`, no group."""
     if not under_torchrun():
         return device
     if device.type == "cuda":
@@ -58,8 +58,8 @@ def init(device: torch.device) -> torch.device:
                              "visible (CUDA_VISIBLE_DEVICES); lower --nproc_per_node")
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
-    else:
-        torch.set_num_threads(max(1, torch.get_num_threads() // int(os.environ["WORLD_SIZE"])))
+    # CPU threads: torchrun sets OMP_NUM_THREADS=1 per process unless the user set it
+    quiet_other_ranks()
     backend = "nccl" if device.type == "cuda" else "gloo"
     where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
     try:
@@ -69,21 +69,23 @@ def init(device: torch.device) -> torch.device:
         raise InputError(f"cannot form the {backend} process group of rank "
                          f"{os.environ['RANK']} of {os.environ['WORLD_SIZE']} at {where}: "
                          f"{first}") from None
-    quiet_other_ranks()
     return device
 
 
 def quiet_other_ranks() -> None:
-    """Ranks other than 0 print nothing (their output would repeat rank 0's, error lines
-    included); an unexpected exception's traceback still reaches the real stderr."""
-    if rank() == 0:
+    """Under torchrun, ranks other than 0 print nothing from here on: an error every rank meets
+    (a bad option, a missing file) is printed once, by rank 0; an unexpected exception's
+    traceback still reaches the real stderr. Call it first thing in a command's main."""
+    if not under_torchrun() or int(os.environ["RANK"]) == 0 or sys.stdout is _SINK[0]:
         return
-    sink = open(os.devnull, "w")
-    sys.stdout = sys.stderr = sink
+    _SINK[0] = sys.stdout = sys.stderr = open(os.devnull, "w")
 
     def hook(kind, value, tb):
         traceback.print_exception(kind, value, tb, file=sys.__stderr__)
     sys.excepthook = hook
+
+
+_SINK = [None]  # the devnull file quiet_other_ranks opened
 
 
 def close() -> None:

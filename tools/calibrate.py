@@ -189,6 +189,7 @@ def sharded_heatmaps(net, stored: np.ndarray, names: list[str], device, args, co
 
 
 def main(args: argparse.Namespace) -> dict:
+    distributed.quiet_other_ranks()
     if args.batch_size < 1:
         raise InputError(f"--batch-size {args.batch_size}: must be >= 1")
     data = preprocessed.load_prepared(args.preprocessed)
