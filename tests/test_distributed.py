@@ -135,7 +135,7 @@ def _records(out: Path) -> list[dict]:
             for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_process_training_survives_a_killed_worker(data_dir, tmp_path):
+def test_two_process_training_survives_a_killed_worker(data_dir, tmp_path, capsys):
     whole = _train(data_dir, tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr[-2000:]
     killed = _train(data_dir, tmp_path / "killed", "--max-restarts", "1",
@@ -161,6 +161,13 @@ def test_two_process_training_survives_a_killed_worker(data_dir, tmp_path):
     assert result["valid_loss"] == record["valid_loss"] and result["auroc"] == record["auroc"]
     youden = train.metrics.youden_thresholds(result["labels"], result["probs"])
     assert youden.tobytes() == np.load(tmp_path / "whole" / "thresholds.npy").tobytes()
+    # --resume in one process goes on from the 2-process last.pt, with a warning
+    train.main(train.get_args_parser().parse_args(
+        [str(data_dir), "--out", str(tmp_path / "whole"), "--weights", "none", "--batch-size",
+         "2", "--repeats", "1", "--epochs", "4", "--device", "cpu", "--keep-no-finding",
+         "--workers", "0", "--no-plots", "--resume"]))
+    assert "resuming a run of 2 processes on 1" in capsys.readouterr().err
+    assert [r["world_size"] for r in _records(tmp_path / "whole")] == [2, 2, 2, 1]
 
 
 def test_options_that_cannot_run_say_so_in_one_line(data_dir, tmp_path, monkeypatch):
@@ -202,4 +209,5 @@ def test_two_process_localization_is_byte_identical_to_one(tmp_path, monkeypatch
     assert two.stdout.count("wrote") == 2 and "5 images" in two.stdout
     assert two.stdout.rstrip().endswith("on 2 processes")
     for suffix in ("txt", "csv", "npz"):
-        assert (tmp_path / f"two.{suffix}").read_bytes() == (tmp_path / f"one.{suffix}").read_bytes()
+        one, two = (tmp_path / f"one.{suffix}").read_bytes(), (tmp_path / f"two.{suffix}")
+        assert two.read_bytes() == one, suffix
