@@ -7,7 +7,8 @@ Every epoch validates on the centre crop and prints per-class and mean AUROC. Wr
 folder (chexnet/model_dir.py): last.pt, best.pt (best mean AUROC; lowest validation loss when no
 class has a defined AUROC), thresholds.npy (Youden's J of the best epoch), metrics.jsonl, and unless
 --no-plots training_curves.png and roc_curves.png. --resume (model, optimizer, scaler and torch RNG)
-gives on the CPU the same metrics as an uninterrupted run with the same --seed.
+gives on the CPU the same metrics as an uninterrupted run with the same --seed. Under torchrun
+(docs/several_gpus.md) each process trains on its part of every global batch; rank 0 writes.
 """
 from __future__ import annotations
 
