@@ -63,7 +63,13 @@ def init(device: torch.device) -> torch.device:
     backend = "nccl" if device.type == "cuda" else "gloo"
     where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
     try:
-        dist.init_process_group(backend, timeout=timedelta(minutes=30))
+        timeout = timedelta(minutes=30)
+        store, rank_, world = next(dist.rendezvous("env://", timeout=timeout))
+        # a group restarted by torchrun meets in the same store: its own prefix keeps it from
+        # reading the dead group's addresses (seen here: gloo's connect refused at restart)
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group(backend, store=dist.PrefixStore(f"chexnet/{attempt}", store),
+                                rank=rank_, world_size=world, timeout=timeout)
     except (RuntimeError, ValueError) as err:  # DistNetworkError is a RuntimeError
         first = (str(err).strip().splitlines() or ["?"])[0]
         raise InputError(f"cannot form the {backend} process group of rank "
