@@ -14,7 +14,6 @@ import traceback
 from datetime import timedelta
 from typing import Callable, Iterator, Sequence
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -184,8 +183,3 @@ def _rounds(results: Iterator, sizes: list[int], rounds: int) -> Iterator:
         if parts is not None:
             for part in parts:
                 yield from part
-
-
-def gather_arrays(arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Each rank's list of arrays, concatenated in rank order on every rank."""
-    return [a for part in all_gather_objects(list(arrays)) for a in part]
