@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from chexnet import boxes, localize, model_dir, nih, xray_files
+from chexnet import boxes, distributed, localize, model_dir, nih, xray_files
 from chexnet.boxfile import ImageBoxes, write_box_file
 from chexnet.constants import DEFAULT_TARGET_LAYER, LOCALIZATION_BATCH_SIZE
 from chexnet.heatmap_file import SavedHeatmaps, write_heatmaps
@@ -137,7 +137,7 @@ def add_picture_options(p: argparse.ArgumentParser) -> None:
 def make_plotter(args: argparse.Namespace, thresholds, class_names, plots_dir: Path | None):
     """LocalizationPlots drawing into plots_dir (None without --plots), with --truth's (or
     --bbox-list's) boxes."""
-    if args.plots is None:
+    if args.plots is None or plots_dir is None:  # no pictures, or not rank 0 under torchrun
         return None
     if args.plot_images < 0 or args.sheet_cell < 32:
         raise InputError(f"--plot-images must be >= 0 and --sheet-cell >= 32, got "
@@ -180,6 +180,7 @@ class Setup:
 
 def resolve(args: argparse.Namespace) -> Setup:
     """Check the options, resolve everything, print one line saying where each part came from."""
+    device = distributed.init(select_device(args.device))  # under torchrun: this rank's
     if args.batch_size < 1 or args.workers < 0:
         raise InputError(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size}, "
                          f"{args.workers}")
@@ -192,7 +193,6 @@ def resolve(args: argparse.Namespace) -> Setup:
         path: set(nih.read_image_list(path)) for path in args.size_images}
     box_sizes, sizes_from = model_dir.resolve_box_sizes(args.bbox_list, args.model, size_images,
                                                         args.size_fallback)
-    device = select_device(args.device)
     checkpoint = load_checkpoint(args.model)
     net = model_from_checkpoint(checkpoint, source=args.model)
     thresholds, thresholds_from = model_dir.resolve_thresholds(args.thresholds, args.model,
@@ -218,7 +218,7 @@ def resolve(args: argparse.Namespace) -> Setup:
 def main(args: argparse.Namespace) -> None:
     """Localize; --plots draws into a temporary folder beside its folder, moved into place when
     the whole run has succeeded: a bad image in a late batch leaves no pictures behind."""
-    if args.plots is None:
+    if args.plots is None or not distributed.is_main():
         return localize_images(args, None)
     with atomic_folder(args.plots) as staging:
         localize_images(args, staging)
@@ -228,12 +228,15 @@ def localize_images(args: argparse.Namespace, plots_dir: Path | None) -> None:
     run = resolve(args)
     plotter, plot_seconds = make_plotter(args, run.thresholds, run.classes, plots_dir), 0.0
     start = time.perf_counter()
-    results = localize.iter_localize(run.net, run.paths, run.thresholds, run.box_sizes, run.device,
-                                     batch_size=args.batch_size, target_layer=run.layer,
-                                     workers=args.workers, method=run.method,
-                                     method_params=run.params, resize=run.resize,
-                                     cam_method=run.cam, class_names=run.classes,
-                                     average_box=not args.no_average_box)
+    results = distributed.gathered(  # under torchrun rank 0 gets every rank's, in list order
+        lambda paths: localize.iter_localize(
+            run.net, paths, run.thresholds, run.box_sizes, run.device,
+            batch_size=args.batch_size, target_layer=run.layer, workers=args.workers,
+            method=run.method, method_params=run.params, resize=run.resize, cam_method=run.cam,
+            class_names=run.classes, average_box=not args.no_average_box),
+        run.paths, args.batch_size)
+    if results is None:  # another rank: its share went to rank 0, which writes
+        return distributed.close()
     entries, detections, probs = [], 0, []
     saved = SavedHeatmaps([], [], [], [], run.cam, run.layer)
     for result in tqdm(results, total=len(run.paths), unit="image", file=sys.stderr,
@@ -260,7 +263,9 @@ def localize_images(args: argparse.Namespace, plots_dir: Path | None) -> None:
     seconds = time.perf_counter() - start - plot_seconds  # the rate below is localization's alone
     n_boxes = sum(len(e.boxes) for e in entries)
     print(f"wrote {args.out}: {len(entries)} images, {detections} active classes, {n_boxes} boxes "
-          f"in {seconds:.1f} s ({len(entries) / seconds:.1f} images/s)")
+          f"in {seconds:.1f} s ({len(entries) / seconds:.1f} images/s)"
+          + (f" on {distributed.world_size()} processes" if distributed.world_size() > 1 else ""))
+    distributed.close()
     if plotter is not None:
         finish_pictures(plotter, args, plot_seconds)
 

@@ -7,12 +7,13 @@ Every epoch validates on the centre crop and prints per-class and mean AUROC. Wr
 folder (chexnet/model_dir.py): last.pt, best.pt (best mean AUROC; lowest validation loss when no
 class has a defined AUROC), thresholds.npy (Youden's J of the best epoch), metrics.jsonl, and unless
 --no-plots training_curves.png and roc_curves.png. --resume (model, optimizer, scaler and torch RNG)
-gives on the CPU the same metrics as an uninterrupted run with the same --seed.
+gives on the CPU the same metrics as an uninterrupted run with the same --seed. Under torchrun
+(docs/several_gpus.md) each process trains on its part of every global batch; rank 0 writes.
 """
 from __future__ import annotations
 
 import argparse
-import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -21,14 +22,15 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from chexnet import metrics, model_dir, preprocessed
+from chexnet import distributed, metrics, model_dir, preprocessed
 from chexnet.constants import ADAM_BETAS, BATCH_SIZE, CLASS_NAMES, EPOCHS, LEARNING_RATE, REPEATS
-from chexnet.train_data import (LR_SCHEDULES, EpochBatches, amp_setup, bce_loss,
-                                default_workers, learning_rate, loader_options, loss_weights,
-                                make_datasets, to_input)
+from chexnet.train_data import (LR_SCHEDULES, EpochBatches, amp_setup, default_workers,
+                                learning_rate, loader_options, loss_weights, make_datasets,
+                                to_input)  # noqa: F401 (train.to_input: callers' and tests')
+from chexnet.train_loop import broadcast_buffers, report, score, train_one_epoch, validate
 from chexnet.utils import InputError, remove_stale_temporaries, run_cli, select_device
 from model import build_model, load_checkpoint, load_weights, new_checkpoint, save_checkpoint
 
@@ -47,7 +49,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="passes over every training image per epoch, each with its own random "
                         f"crop and flip; the original's 4 augmented copies (default: {REPEATS})")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
-                   help=f"batch size (default: {BATCH_SIZE})")
+                   help="global batch size; under torchrun each of N processes takes 1/N of "
+                        f"every batch (default: {BATCH_SIZE})")
     p.add_argument("--lr", type=float, default=LEARNING_RATE,
                    help=f"Adam learning rate, betas {ADAM_BETAS} (default: {LEARNING_RATE})")
     p.add_argument("--lr-schedule", type=str, default="constant", choices=LR_SCHEDULES,
@@ -82,60 +85,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", dest="plots", action="store_false",
                    help="do not draw training_curves.png and roc_curves.png into --out "
                         "(default: draw them after each epoch, outside the timed part)")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun on GPUs: batch-norm statistics over the global batch "
+                        "(SyncBatchNorm; CUDA only) (default: off, each process's own)")
     p.add_argument("--workers", type=int, default=default_workers(),
                    help="data-loading processes, kept between epochs; 0 = in the main process "
                         f"(default: the usable CPUs, at most 16: {default_workers()} here)")
     return p
-
-
-def train_one_epoch(model, loader, optimizer, scaler, weights, device, autocast,
-                    epoch: int, rate: Callable[[int], float]) -> float:
-    """One pass over the training batches, step i at rate(i); returns the mean training loss."""
-    model.train()
-    total, count = torch.zeros((), device=device), 0
-    bar = tqdm(loader, desc=f"epoch {epoch} train", file=sys.stderr, leave=False,
-               dynamic_ncols=True)
-    for step, (images, targets) in enumerate(bar):
-        x, y = to_input(images, device), targets.to(device, non_blocking=True)
-        with autocast():
-            logits = model(x)  # (B, 8)
-        loss = bce_loss(logits, y, weights)
-        for group in optimizer.param_groups:
-            group["lr"] = rate(step)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        total += loss.detach() * len(y)
-        count += len(y)
-        if step % 10 == 0:  # .item() syncs the GPU: only now and then
-            bar.set_postfix(loss=f"{total.item() / count:.4f}")
-    mean = total.item() / max(count, 1)
-    if not math.isfinite(mean):
-        raise FloatingPointError(f"epoch {epoch}: training loss is {mean}; "
-                                 "lower --lr or try --amp off")
-    return mean
-
-
-@torch.no_grad()
-def validate(model, loader, device, class_names=CLASS_NAMES) -> dict:
-    """Centre-crop validation: unweighted BCE, per-class and mean AUROC, and the raw
-    probabilities."""
-    model.eval()
-    probs, labels, loss_sum = [], [], 0.0
-    for images, targets in tqdm(loader, desc="validate", file=sys.stderr, leave=False,
-                                dynamic_ncols=True):
-        # fp32 even under a caller's autocast: AUROC, the best epoch and the thresholds come from
-        # the probabilities localization computes (fp32), so no image near a threshold flips.
-        with torch.autocast(device.type, enabled=False):
-            logits = model(to_input(images, device)).float()  # (B, C)
-        loss_sum += bce_loss(logits, targets.to(device), None).item() * len(targets)
-        probs.append(torch.sigmoid(logits).cpu().numpy())
-        labels.append(targets.numpy())
-    probs, labels = np.concatenate(probs), np.concatenate(labels)
-    aurocs = metrics.per_class_auroc(labels, probs)
-    return {"valid_loss": loss_sum / len(labels), "auroc": dict(zip(class_names, aurocs)),
-            "mean_auroc": metrics.mean_auroc(aurocs), "probs": probs, "labels": labels}
 
 
 def plain_args(args) -> dict:
@@ -186,6 +142,10 @@ def resume(out: Path, args, model, optimizer, scaler) -> tuple[int, dict | None,
     if ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
     torch.set_rng_state(ckpt["rng"]["torch"])
+    if ckpt.get("world_size", 1) != distributed.world_size():
+        print(f"warning: resuming a run of {ckpt.get('world_size', 1)} processes on "
+              f"{distributed.world_size()}: per-process batch-norm statistics differ, so results "
+              "will differ from an uninterrupted run", file=sys.stderr)
     print(f"resuming from {path} after epoch {ckpt['epoch']}")
     return ckpt["epoch"], ckpt.get("best"), read_metrics(out / model_dir.METRICS_LOG, ckpt["epoch"])
 
@@ -199,24 +159,12 @@ def draw_plots(out: Path, roc: tuple[np.ndarray, np.ndarray, np.ndarray] | None)
                                       *(roc or (None, None, None)))
 
 
-def report(record: dict, epochs: int) -> None:
-    print(f"epoch {record['epoch']}/{epochs}: train loss {record['train_loss']:.4f}, valid loss "
-          f"{record['valid_loss']:.4f}, mean AUROC {metrics.format_auroc(record['mean_auroc'])} "
-          f"({record['seconds']:.0f} s)")
-    for name, value in record["auroc"].items():
-        print(f"  AUROC {name:<13} {metrics.format_auroc(value)}")
-
-
-def score(record: dict) -> float:
-    """Higher is better: mean AUROC, or minus the validation loss when no AUROC is defined."""
-    return record["mean_auroc"] if record["mean_auroc"] is not None else -record["valid_loss"]
-
-
 @dataclass
 class Run:
     """Everything a training run wires together (setup builds it from the arguments)."""
     device: torch.device
-    model: torch.nn.Module
+    model: torch.nn.Module  # the plain model: its state dict is the checkpoints'
+    net: torch.nn.Module  # what the training steps run: DistributedDataParallel(model) or model
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     autocast: Callable
@@ -227,15 +175,37 @@ class Run:
     class_names: tuple[str, ...] = CLASS_NAMES  # meta.json's: the original's 8 or all 14
 
 
-def setup(args) -> Run:
-    """Device, model, optimizer, scaler, autocast, datasets and loss weights."""
+def check_args(args) -> None:
+    """One line for options that cannot run, before any process group forms."""
     if args.batch_size < 2:
         raise InputError(f"--batch-size {args.batch_size}: must be at least 2 "
                          "(BatchNorm needs 2 images)")
     if args.epochs < 1 or args.repeats < 1 or args.warmup_epochs < 0:
         raise InputError(f"--epochs {args.epochs}, --repeats {args.repeats}, --warmup-epochs "
                          f"{args.warmup_epochs}: epochs and repeats at least 1, warm-up at least 0")
-    device = select_device(args.device)
+    world = int(os.environ.get("WORLD_SIZE", "1")) if distributed.under_torchrun() else 1
+    if args.batch_size % world:
+        raise InputError(f"--batch-size {args.batch_size} does not divide among {world} "
+                         f"processes: give a multiple of {world}")
+    if args.sync_bn and select_device(args.device).type != "cuda":
+        raise InputError("--sync-bn: PyTorch has SyncBatchNorm on CUDA only; drop it on the CPU")
+
+
+def wrap(model: torch.nn.Module, device: torch.device, sync_bn: bool) -> torch.nn.Module:
+    """The module the training steps run: DistributedDataParallel under torchrun, else `model`
+    itself. --sync-bn: batch-norm statistics over all ranks (CUDA only in PyTorch)."""
+    if sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if not torch.distributed.is_initialized():
+        return model
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+
+def setup(args) -> Run:
+    """Device (and under torchrun the process group), model, optimizer, scaler, autocast,
+    datasets and loss weights."""
+    check_args(args)
+    device = distributed.init(select_device(args.device))
     torch.manual_seed(args.seed)  # the head's (and, with --weights none, all) initial weights
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -244,17 +214,24 @@ def setup(args) -> Run:
     class_names = tuple(data.meta["class_names"])
     model = build_model(len(class_names), "none" if args.resume else args.weights)
     model = model.to(device, memory_format=torch.channels_last)
+    net = wrap(model, device, args.sync_bn)
+    model = net.module if isinstance(net, DistributedDataParallel) else net
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=ADAM_BETAS)
     autocast, scaler, precision = amp_setup(device, args.amp)
-    print(f"device {device}, precision {precision}, {args.workers} data workers")
+    print(f"device {device}, precision {precision}, {args.workers} data workers"
+          + (f" per process, {distributed.world_size()} processes"
+             if distributed.world_size() > 1 else ""))
     weights = loss_weights(train_set.labels.numpy(), args.loss_weight)
     weights = None if weights is None else tuple(w.to(device) for w in weights)
     loader_kw = loader_options(device.type, args.workers)
-    batches = EpochBatches(len(train_set), args.batch_size, args.seed, args.repeats)
+    batches = EpochBatches(len(train_set), args.batch_size, args.seed, args.repeats,
+                           distributed.rank(), distributed.world_size())
     train_loader = DataLoader(train_set, batch_sampler=batches, **loader_kw)
-    valid_loader = DataLoader(valid_set, batch_size=args.batch_size, shuffle=False, **loader_kw)
-    return Run(device, model, optimizer, scaler, autocast, train_loader, valid_loader, weights,
-               data.resize, class_names)
+    valid_batches = [list(range(s, e)) for s, e in
+                     distributed.batch_shares(len(valid_set), args.batch_size)[distributed.rank()]]
+    valid_loader = DataLoader(valid_set, batch_sampler=valid_batches, **loader_kw)
+    return Run(device, model, net, optimizer, scaler, autocast, train_loader, valid_loader,
+               weights, data.resize, class_names)
 
 
 def run_epoch(run: Run, args, epoch: int) -> tuple[dict, dict]:
@@ -267,46 +244,66 @@ def run_epoch(run: Run, args, epoch: int) -> tuple[dict, dict]:
     def rate(step: int) -> float:
         return learning_rate(args.lr, args.lr_schedule, done + step, args.epochs * steps,
                              round(args.warmup_epochs * steps))
-    train_loss = train_one_epoch(run.model, run.train_loader, run.optimizer, run.scaler,
+    train_loss = train_one_epoch(run.net, run.train_loader, run.optimizer, run.scaler,
                                  run.weights, run.device, run.autocast, epoch, rate)
+    broadcast_buffers(run.model)
     result = validate(run.model, run.valid_loader, run.device, run.class_names)
     record = {"epoch": epoch, "train_loss": train_loss, "valid_loss": result["valid_loss"],
               "auroc": result["auroc"], "mean_auroc": result["mean_auroc"],
-              "seconds": round(time.perf_counter() - start, 3)}
+              "seconds": round(time.perf_counter() - start, 3),
+              "world_size": distributed.world_size()}
     return record, result
 
 
+def save_epoch(run: Run, args, out: Path, records: list[dict], result: dict,
+               best: dict | None) -> dict:
+    """Rank 0's files of an epoch: metrics.jsonl, best.pt and thresholds.npy when it improved,
+    last.pt, the pictures. Returns the best-so-far (every rank computes it alike)."""
+    record, epoch = records[-1], records[-1]["epoch"]
+    improved = best is None or score(record) > best["score"]
+    if improved:
+        best = {"epoch": epoch, "score": score(record)}
+    if not distributed.is_main():
+        return best
+    model_dir.write_metrics_log(out / model_dir.METRICS_LOG, records)
+    report(record, args.epochs)
+    thresholds = None
+    if improved:
+        thresholds = metrics.youden_thresholds(result["labels"], result["probs"])
+        model_dir.save_thresholds(out / model_dir.THRESHOLDS, thresholds)
+        save_checkpoint(out / model_dir.BEST, make_checkpoint(run, args, epoch, record,
+                                                              thresholds, {"optimizer": None}))
+        print(f"  best so far: saved {out / model_dir.BEST} and {out / model_dir.THRESHOLDS}")
+    save_checkpoint(out / model_dir.LAST, make_checkpoint(run, args, epoch, record, None, {
+        "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
+        "best": best, "world_size": distributed.world_size(),
+        "rng": {"torch": torch.get_rng_state()}}))
+    if args.plots:
+        draw_plots(out, (result["labels"], result["probs"], thresholds) if improved else None)
+    return best
+
+
 def main(args) -> None:
-    run = setup(args)
+    distributed.quiet_other_ranks()
     out = Path(args.out)
-    # a killed save leaves ~85 MB temporaries
-    remove_stale_temporaries(out, model_dir.TRAINING_OUTPUTS)
+    if distributed.restarted() and (out / model_dir.LAST).is_file():
+        args.resume = True  # torchrun --max-restarts started the group again: go on from last.pt
+    run = setup(args)
+    if distributed.is_main():  # a killed save leaves ~85 MB temporaries
+        remove_stale_temporaries(out, model_dir.TRAINING_OUTPUTS)
     done, best, records = 0, None, []
     if args.resume:
         done, best, records = resume(out, args, run.model, run.optimizer, run.scaler)
     if done >= args.epochs:
         print(f"{out / model_dir.LAST} has {done} epochs already; raise --epochs to train more")
-        return
+        return distributed.close()
     for epoch in range(done + 1, args.epochs + 1):
         record, result = run_epoch(run, args, epoch)
         records.append(record)
-        model_dir.write_metrics_log(out / model_dir.METRICS_LOG, records)
-        report(record, args.epochs)
-        improved = best is None or score(record) > best["score"]
-        if improved:
-            best = {"epoch": epoch, "score": score(record)}
-            thresholds = metrics.youden_thresholds(result["labels"], result["probs"])
-            model_dir.save_thresholds(out / model_dir.THRESHOLDS, thresholds)
-            save_checkpoint(out / model_dir.BEST, make_checkpoint(run, args, epoch, record,
-                                                                  thresholds, {"optimizer": None}))
-            print(f"  best so far: saved {out / model_dir.BEST} and {out / model_dir.THRESHOLDS}")
-        save_checkpoint(out / model_dir.LAST, make_checkpoint(run, args, epoch, record, None, {
-            "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
-            "best": best,
-            "rng": {"torch": torch.get_rng_state()}}))
-        if args.plots:
-            draw_plots(out, (result["labels"], result["probs"], thresholds) if improved else None)
+        best = save_epoch(run, args, out, records, result, best)
+        distributed.barrier()  # last.pt of this epoch is complete before any rank goes on
     print(f"done: best epoch {best['epoch']} ({out / model_dir.BEST})")
+    distributed.close()
 
 
 if __name__ == "__main__":

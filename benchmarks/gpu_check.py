@@ -12,6 +12,7 @@ Its parts, in this order (--parts picks some):
   localization  localize.iter_localize end to end, images/s after the first batch (the
                 DataLoader's start-up reported apart)
   loader        the workers' part of train.py's data path alone, at 0..N workers
+  torchrun      train.py's epoch plain and under `torchrun --nproc_per_node 1`: within 3%
   training      batch 64, 224 crops: fp32 NCHW strict (TF32 off) and, on CUDA, as `--amp off`
                 runs it (cuDNN's default TF32); train.py's default (mixed precision on CUDA,
                 channels_last), its speed-up judged against both; with --compile the default
@@ -43,6 +44,7 @@ from chexnet.constants import EPOCHS, LOCALIZATION_BATCH_SIZE, REPEATS  # noqa: 
 from chexnet.utils import run_cli, select_device, write_text_atomic  # noqa: E402
 import gpu_chain  # noqa: E402
 import gpu_speed  # noqa: E402
+import torchrun_speed  # noqa: E402
 
 NIH_IMAGES = 112_120  # rows of Data_Entry_2017(_v2020).csv
 NIH_WITH_FINDING = 46_649  # of them with at least one of the 8 findings (counted in the 2020 table)
@@ -54,7 +56,9 @@ SIZES = {
     "tiny": {"batch": 2, "warm": 1, "steps": 1, "cam_batch": 2, "compared": 1, "reps": 1,
              "localized": 3, "loader_batches": 3},
 }
-PARTS = ("chain", "gradcam", "localization", "loader", "training")  # torch.compile comes last
+# torch.compile comes last of training; torchrun (train.py plain vs torchrun --nproc_per_node 1,
+# torchrun_speed.py) runs with --tiny only when --parts names it (two more trainings)
+PARTS = ("chain", "gradcam", "localization", "loader", "training", "torchrun")
 AMP_OFF_TF32 = "NCHW --amp off (cuDNN TF32)"  # fp32 as train.py --amp off runs it on CUDA
 TARGETS = {"mixed_over_fp32": 2.5, "data_path_overhead": 1.05, "gradcam_over_forward": 1.3,
            "map_difference": 1e-3, "projected_minutes": 20.0}
@@ -74,9 +78,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "1 with --tiny)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads of this process (default: torch's own; 1 with --tiny)")
-    p.add_argument("--parts", type=str, nargs="+", default=list(PARTS), choices=PARTS,
-                   help=f"parts to run, in this order (default: {' '.join(PARTS)}; the projection "
-                        "needs gradcam and training)")
+    p.add_argument("--parts", type=str, nargs="+", default=None, choices=PARTS,
+                   help=f"parts to run, in this order (default: {' '.join(PARTS)}, without "
+                        "torchrun under --tiny; the projection needs gradcam and training)")
     p.add_argument("--train-share", type=float, default=0.7,
                    help="training share of the NIH release in the projection (default: 0.7, "
                         "CheXNet's 70/10/20 split)")
@@ -161,6 +165,7 @@ def projection(args, report: dict) -> dict:
 
 def main(args) -> None:
     args.size = "tiny" if args.tiny else "full"
+    args.parts = args.parts or [p for p in PARTS if not (args.tiny and p == "torchrun")]
     args.workers = args.workers if args.workers is not None else (1 if args.tiny else
                                                                   train_data.default_workers())
     args.threads = args.threads or (1 if args.tiny else None)
@@ -191,7 +196,9 @@ def run_parts(args, device, folder: Path, report: dict) -> None:
              "training": lambda: training_part(args, device, folder, report, save),
              "gradcam": lambda: gradcam_part(args, device, report),
              "localization": lambda: localization_part(args, device, report),
-             "loader": lambda: loader_part(args, folder, report)}
+             "loader": lambda: loader_part(args, folder, report),
+             "torchrun": lambda: report.__setitem__("torchrun", torchrun_speed.compare(
+                 folder, str(device), args.tiny, args.workers, args.threads))}
     def save() -> None:
         variants = report.get("training", {}).get("variants", [])
         measured = {v["name"] for v in variants if "error" not in v}
@@ -249,6 +256,10 @@ def targets(report: dict) -> list[dict]:
             f"<= {TARGETS['map_difference']}", lambda v: v <= TARGETS["map_difference"])
     add("original recipe on the NIH release, minutes", report.get("projection", {}).get("minutes"),
         f"< {TARGETS['projected_minutes']}", lambda v: v < TARGETS["projected_minutes"])
+    if "torchrun" in report["args"]["parts"]:  # a row where the part was asked for
+        add("train.py epoch under torchrun --nproc_per_node 1 / plain",
+            report.get("torchrun", {}).get("torchrun_over_plain"), f"<= {torchrun_speed.TARGET}",
+            lambda v: v <= torchrun_speed.TARGET)
     chain = report.get("chain", {})
     add("bundle's box file == denseNet_localization's", chain.get("bundle_equals_localization"),
         "equal", bool)

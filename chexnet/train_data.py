@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import Dataset, Sampler
 
 from chexnet import preprocessed
+from chexnet.distributed import share
 from chexnet.images import center_crop, normalize, random_crop_flip
 from chexnet.utils import InputError, usable_cpus
 
@@ -78,10 +79,15 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int,
 
 class EpochBatches(Sampler):
     """epoch_batches() of the epoch last given to set_epoch(): one DataLoader (and so one set of
-    persistent workers) serves every epoch, with the same batches as a loader made per epoch."""
+    persistent workers) serves every epoch, with the same batches as a loader made per epoch.
 
-    def __init__(self, n: int, batch_size: int, seed: int, repeats: int = 1):
+    Under torchrun, rank `rank` of `world` takes its contiguous part of every global batch
+    (distributed.share): the global batches, their order and crops stay the one-process ones."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, repeats: int = 1, rank: int = 0,
+                 world: int = 1):
         self.n, self.batch_size, self.seed, self.repeats = n, batch_size, seed, repeats
+        self.rank, self.world = rank, world
         self.epoch = 1
 
     def set_epoch(self, epoch: int) -> None:
@@ -91,10 +97,26 @@ class EpochBatches(Sampler):
         return iter(self.batches())
 
     def __len__(self) -> int:
-        return len(self.batches())
+        return len(self.parts())
 
     def batches(self) -> list[list[tuple[int, int, int]]]:
-        return epoch_batches(self.n, self.batch_size, self.seed, self.epoch, self.repeats)
+        return [part for part, _ in self.parts()]
+
+    def loss_scales(self) -> list[float]:
+        """Per step, this part's share of its global batch times world (1.0 in one process):
+        DDP's mean over ranks of the scaled losses' gradients is the global batch's."""
+        return [scale for _, scale in self.parts()]
+
+    def parts(self) -> list[tuple[list[tuple[int, int, int]], float]]:
+        """(this rank's keys, loss scale) per global batch. A part left empty by a short last
+        batch takes the batch's last key with scale 0: every rank steps, it adds nothing."""
+        out = []
+        for batch in epoch_batches(self.n, self.batch_size, self.seed, self.epoch, self.repeats):
+            start, stop = share(len(batch), self.world, self.rank)
+            part = batch[start:stop]
+            out.append((part, len(part) * self.world / len(batch)) if part else
+                       ([batch[-1]], 0.0))
+        return out
 
 
 LR_SCHEDULES = ("constant", "cosine")  # constant: the original's Adam at one rate throughout

@@ -85,7 +85,8 @@ def test_outputs(full_run, data_dir):
     records = [json.loads(line) for line in (full_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
     for r in records:
-        assert set(r) == {"epoch", "train_loss", "valid_loss", "auroc", "mean_auroc", "seconds"}
+        assert set(r) == {"epoch", "train_loss", "valid_loss", "auroc", "mean_auroc", "seconds",
+                          "world_size"} and r["world_size"] == 1
         assert list(r["auroc"]) == list(train.CLASS_NAMES)
         defined = [a for a in r["auroc"].values() if a is not None]
         assert r["mean_auroc"] == (pytest.approx(np.mean(defined)) if defined else None)

@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root: chexnet/, model.py
 
-from chexnet import boxes, localize, model_dir, preprocessed  # noqa: E402
+from chexnet import boxes, distributed, localize, model_dir, preprocessed  # noqa: E402
 from chexnet.calibration import (Choice, Heatmaps, active, compute_heatmaps,  # noqa: E402
                                  full_report, load_heatmaps, save_heatmaps, split_rows, tune,
                                  tuned_table)
@@ -159,14 +159,37 @@ def heatmaps_for(args: argparse.Namespace, checkpoint: dict, data: preprocessed.
     net = model_from_checkpoint(checkpoint, source=args.model)
     index = {n: i for i, n in enumerate(data.valid.names)}
     stored = np.stack([data.valid.images[index[n]] for n in names])
-    hm = compute_heatmaps(net, stored, names, select_device(args.device), args.batch_size,
-                          args.layer, args.cam or DEFAULT_CAM, columns)
+    hm = sharded_heatmaps(net, stored, names, distributed.init(select_device(args.device)), args,
+                          columns)
+    if hm is None:  # another process under torchrun: its maps went to rank 0, which goes on
+        distributed.close()
+        raise SystemExit(0)
     save_heatmaps(out / model_dir.HEATMAPS, hm)
-    print(f"wrote {out / model_dir.HEATMAPS}: {len(names)} images x {len(CLASS_NAMES)} classes")
+    world = distributed.world_size()
+    print(f"wrote {out / model_dir.HEATMAPS}: {len(names)} images x {len(CLASS_NAMES)} classes"
+          + (f" on {world} processes" if world > 1 else ""))
     return hm
 
 
+def sharded_heatmaps(net, stored: np.ndarray, names: list[str], device, args, columns
+                     ) -> Heatmaps | None:
+    """compute_heatmaps; under torchrun the one-process batches are dealt out (batch b to rank
+    b mod N) and gathered on rank 0 in image order (None on the other ranks): the same maps."""
+    shares = distributed.batch_shares(len(names), args.batch_size)
+    rows = [i for s, e in shares[distributed.rank()] for i in range(s, e)]
+    hm = None if not rows else compute_heatmaps(
+        net, stored[rows], [names[i] for i in rows], device, args.batch_size, args.layer,
+        args.cam or DEFAULT_CAM, columns)
+    parts = [p for p in distributed.gather_objects(hm and (hm.probs, hm.maps)) or [] if p]
+    if not distributed.is_main():
+        return None
+    order = np.argsort([i for share in shares for s, e in share for i in range(s, e)])
+    return Heatmaps(list(names), np.concatenate([p for p, _ in parts])[order],
+                    np.concatenate([m for _, m in parts])[order], hm.cam, hm.layer)
+
+
 def main(args: argparse.Namespace) -> dict:
+    distributed.quiet_other_ranks()
     if args.batch_size < 1:
         raise InputError(f"--batch-size {args.batch_size}: must be >= 1")
     data = preprocessed.load_prepared(args.preprocessed)
