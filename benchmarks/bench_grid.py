@@ -38,6 +38,12 @@ CAM_VARIANTS = {
     "layercam@db2+db3+db4": ("layercam", f"{DENSEBLOCK2},{DENSEBLOCK3},{DENSEBLOCK4}"),
 }
 SHOWN_T = ("0.1", "0.25", "0.5")
+SHORT = {"Pneumonia": "Pnia", "Pneumothorax": "Pnth"}  # their first four letters are the same
+
+
+def short(label: str) -> str:
+    """A class's column name in the table: its first four letters (Pneumonia/-thorax apart)."""
+    return SHORT.get(label, label[:4])
 
 
 def heatmap_boxes(saved, rule: str, average: dict[str, np.ndarray], classes
@@ -97,7 +103,7 @@ def cells(seed_result: dict, cam: str, rule: str, classes) -> dict[str, float | 
     g = seed_result["grid"][cam]["rules"][rule]
     ov = scoring.OVERALL
     out = {f"IoU>{t}": g["heat"][ov]["acc_iou"][t] for t in SHOWN_T}
-    out.update({f"{c[:4]}>.25": g["heat"][c]["acc_iou"]["0.25"] for c in classes})
+    out.update({f"{short(c)}>.25": g["heat"][c]["acc_iou"]["0.25"] for c in classes})
     out["mIoU"] = g["heat"][ov]["mean_iou"]
     out.update({f"{k}>.25": g[key][ov]["acc_iou"]["0.25"]
                 for k, key in (("rand", "random"), ("swap", "swapped"), ("noofs", "no_offset"))})

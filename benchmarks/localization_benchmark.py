@@ -3,7 +3,7 @@
     python3 benchmarks/localization_benchmark.py [--work DIR] [--quick] [--seeds 0 1 2] [--cams ...]
 
 1. benchmarks/synthetic.py writes a ChestX-ray14-shaped dataset: real X-ray backgrounds with
-   planted findings (Nodule, Mass, Pneumothorax) whose boxes are known.
+   planted findings of the eight box classes whose boxes are known.
 2. preprocessing.py, then train.py from random weights (image-level labels only) on the CPU.
 3. denseNet_localization.py on test.txt, once per CAM method (--cams; --method peaks, box sizes
    from the validation images' boxes, as calibration would), each saving its heatmaps
