@@ -33,7 +33,7 @@ from chexnet.heatmap_file import SavedHeatmaps, write_heatmaps
 from chexnet.images import RESIZE_METHODS, check_images_exist
 from chexnet.probs import write_probs_csv
 from chexnet.utils import InputError, atomic_folder, run_cli, select_device, usable_cpus
-from gradcam import DEFAULT_CAM, FINAL_FEATURES, METHODS as CAM_METHODS
+from gradcam import DEFAULT_CAM, FINAL_FEATURES, METHODS as CAM_METHODS, TTA as CAM_TTA
 from model import load_checkpoint, model_from_checkpoint
 
 DEFAULT_WORKERS = min(4, usable_cpus())
@@ -115,6 +115,9 @@ def add_cam_options(p: argparse.ArgumentParser) -> None:
                         "(default: the layer box_sizes.json beside --model was calibrated on, "
                         f"else the method's: {DEFAULT_TARGET_LAYER}; {FINAL_FEATURES} for cam, "
                         "its only one)")
+    p.add_argument("--tta", type=str, default="none", choices=list(CAM_TTA),
+                   help="test-time augmentation of the maps: flip averages each map with the "
+                        "flipped-back map of its mirrored crop (one batched pass) (default: none)")
 
 
 def add_picture_options(p: argparse.ArgumentParser) -> None:
@@ -233,7 +236,7 @@ def localize_images(args: argparse.Namespace, plots_dir: Path | None) -> None:
                                      workers=args.workers, method=run.method,
                                      method_params=run.params, resize=run.resize,
                                      cam_method=run.cam, class_names=run.classes,
-                                     average_box=not args.no_average_box)
+                                     average_box=not args.no_average_box, tta=args.tta)
     entries, detections, probs = [], 0, []
     saved = SavedHeatmaps([], [], [], [], run.cam, run.layer)
     for result in tqdm(results, total=len(run.paths), unit="image", file=sys.stderr,
