@@ -316,6 +316,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sheet", type=str, default=None,
                         help="also write a contact sheet PNG: per class 3 examples, the whole "
                              "image with its box and a close-up (default: none)")
+    parser.add_argument("--sheet-cell", type=int, default=200,
+                        help="the contact sheet's cell size in px (default: 200)")
     return parser
 
 
@@ -327,7 +329,7 @@ def main(args: argparse.Namespace) -> list[Record]:
     records = generate(args.out_dir, sizes, args.seed, args.backgrounds)
     print(f"wrote {len(records)} images to {args.out_dir}\n{summary(records)}")
     if args.sheet:
-        contact_sheet(args.out_dir, records, args.sheet)
+        contact_sheet(args.out_dir, records, args.sheet, cell=args.sheet_cell)
         print(f"wrote {args.sheet}")
     return records
 
