@@ -33,7 +33,7 @@ from chexnet.heatmap_file import SavedHeatmaps, write_heatmaps
 from chexnet.images import RESIZE_METHODS, check_images_exist, image_paths
 from chexnet.probs import write_probs_csv
 from chexnet.utils import InputError, atomic_folder, run_cli, select_device, usable_cpus
-from gradcam import DEFAULT_CAM, FINAL_FEATURES, METHODS as CAM_METHODS
+from gradcam import DEFAULT_CAM, FINAL_FEATURES, METHODS as CAM_METHODS, TTA as CAM_TTA
 from model import load_checkpoint, model_from_checkpoint
 
 DEFAULT_WORKERS = min(4, usable_cpus())
@@ -110,11 +110,11 @@ def add_cam_options(p: argparse.ArgumentParser) -> None:
                         "cam (the classifier's weights on the final features) (default: the CAM "
                         f"box_sizes.json beside --model was calibrated on, else {DEFAULT_CAM})")
     p.add_argument("--layer", type=str, default=None,
-                   help="target layer, a name from model.named_modules(), or several joined by "
-                        "commas whose maps are fused (the mean of each one's normalised map) "
-                        "(default: the layer box_sizes.json beside --model was calibrated on, "
-                        f"else the method's: {DEFAULT_TARGET_LAYER}; {FINAL_FEATURES} for cam, "
-                        "its only one)")
+                   help="target layer from model.named_modules(), or several joined by commas "
+                        "whose normalised maps are averaged (default: box_sizes.json's layer, "
+                        f"else {DEFAULT_TARGET_LAYER}; {FINAL_FEATURES} for cam, its only one)")
+    p.add_argument("--tta", type=str, default="none", choices=list(CAM_TTA),
+                   help="flip: each map averaged with its mirrored crop's (default: none)")
 
 
 def add_picture_options(p: argparse.ArgumentParser) -> None:
@@ -233,7 +233,7 @@ def localize_images(args: argparse.Namespace, plots_dir: Path | None) -> None:
             run.net, paths, run.thresholds, run.box_sizes, run.device,
             batch_size=args.batch_size, target_layer=run.layer, workers=args.workers,
             method=run.method, method_params=run.params, resize=run.resize, cam_method=run.cam,
-            class_names=run.classes, average_box=not args.no_average_box),
+            class_names=run.classes, average_box=not args.no_average_box, tta=args.tta),
         run.paths, args.batch_size)
     if results is None:  # another rank: its share went to rank 0, which writes
         return distributed.close()

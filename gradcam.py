@@ -21,6 +21,11 @@ map; a coarse deep layer then says where, a finer one sharpens the outline. For
 Grad-CAM, after min-max normalisation this is the original's map (it used post-sigmoid gradients,
 which only rescale each map by sigmoid'(logit), a positive number), without the underflow of a
 saturated sigmoid.
+
+Test-time flip (`tta="flip"`): the crop and its left-right mirror go through one forward and one
+batched backward as a batch of 2B; each mirror's map is flipped back and averaged with its crop's
+(then min-max again). The logits returned are the crop's own, so probabilities (and the classes
+found active) do not change; only the maps do.
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ from chexnet.constants import DEFAULT_TARGET_LAYER
 from chexnet.utils import InputError
 
 FINAL_FEATURES = "features.norm5"  # DenseNet's last feature map, before the head's ReLU + pool
+TTA = ("none", "flip")  # test-time augmentation of the maps
 
 
 class BaseCAM:
@@ -44,7 +50,12 @@ class BaseCAM:
     default_layer = DEFAULT_TARGET_LAYER
     needs_gradients = True  # False: the map needs no backward pass (classic CAM)
 
-    def __init__(self, model: nn.Module, target_layer: str | None = None, batched: bool = True):
+    def __init__(self, model: nn.Module, target_layer: str | None = None, batched: bool = True,
+                 tta: str = "none"):
+        if tta not in TTA:
+            raise InputError(f"unknown test-time augmentation {tta!r}; choose from "
+                             f"{', '.join(TTA)}")
+        self.tta = tta
         target_layer = self.default_layer if target_layer is None else target_layer
         self.layers = split_layers(target_layer)
         modules = dict(model.named_modules())
@@ -65,6 +76,7 @@ class BaseCAM:
         self._activations: dict[str, torch.Tensor] = {}
         self._logits: torch.Tensor | None = None  # (B, C)
         self._input_size: tuple[int, int] | None = None
+        self._batch = 0  # images of the last forward (without their mirrors)
 
     def __enter__(self) -> "BaseCAM":
         self._was_training = self.model.training
@@ -108,6 +120,9 @@ class BaseCAM:
         if not self._handles:
             raise RuntimeError(f"use {type(self).__name__} inside a `with` block")
         self._activations, self._armed = {}, True
+        self._batch = x.shape[0]
+        if self.tta == "flip":
+            x = torch.cat([x, x.flip(-1)])  # (2B, 3, H, W): crops, then their mirrors
         try:
             with torch.enable_grad():
                 self._logits = self.model(x)
@@ -117,7 +132,7 @@ class BaseCAM:
         if missing:
             raise RuntimeError(f"layer {missing[0]!r} did not run in the forward pass")
         self._input_size = (x.shape[-2], x.shape[-1])
-        return self._logits.detach()
+        return self._logits[:self._batch].detach()
 
     def maps(self, class_indices: Sequence[int]) -> torch.Tensor:
         """Maps of the last forward's images for `class_indices`: float32 (B, K, H, W) in [0, 1]."""
@@ -125,8 +140,7 @@ class BaseCAM:
             raise RuntimeError("call forward(x) before maps()")
         classes = [int(k) for k in class_indices]
         if not classes:
-            batch = self._logits.shape[0]
-            return self._logits.new_zeros((batch, 0) + self._input_size, dtype=torch.float32)
+            return self._logits.new_zeros((self._batch, 0) + self._input_size, dtype=torch.float32)
         # per layer (K, B, ch, h, w), or None for a method that needs no backward
         grads = (self._gradients(classes) if self.needs_gradients
                  else [None] * len(self.layers))
@@ -138,7 +152,11 @@ class BaseCAM:
             cam = F.interpolate(cam, size=self._input_size, mode="bilinear", align_corners=False)
             maps.append(normalize_maps(cam))  # (B, K, H, W), rows y, columns x
         self._activations = {}  # a later layer's copy holds the forward graph: let it go
-        return maps[0] if len(maps) == 1 else normalize_maps(torch.stack(maps).mean(dim=0))
+        out = maps[0] if len(maps) == 1 else normalize_maps(torch.stack(maps).mean(dim=0))
+        if self.tta == "flip":  # each mirror's map flipped back onto its crop's
+            b = self._batch
+            out = normalize_maps((out[:b] + out[b:].flip(-1)) / 2)
+        return out
 
     def combine(self, activation: torch.Tensor, grads: torch.Tensor | None,
                 classes: list[int]) -> torch.Tensor:
@@ -213,7 +231,8 @@ class CAM(BaseCAM):
     default_layer = FINAL_FEATURES
     needs_gradients = False
 
-    def __init__(self, model: nn.Module, target_layer: str | None = None, batched: bool = True):
+    def __init__(self, model: nn.Module, target_layer: str | None = None, batched: bool = True,
+                 tta: str = "none"):
         if target_layer not in (None, FINAL_FEATURES):
             raise InputError(f"the cam method uses the final features ({FINAL_FEATURES}) and "
                              f"the classifier's weights; it takes no other layer (got "
@@ -221,7 +240,7 @@ class CAM(BaseCAM):
         head = getattr(model, "classifier", None)
         if not isinstance(head, nn.Linear):
             raise InputError("the cam method needs a model whose `classifier` is one nn.Linear")
-        super().__init__(model, target_layer, batched)
+        super().__init__(model, target_layer, batched, tta)
         self._head = head
 
     def combine(self, activation, grads, classes):
@@ -235,11 +254,13 @@ METHODS: dict[str, type[BaseCAM]] = {
 DEFAULT_CAM = "gradcam"  # the original's
 
 
-def make_cam(name: str, model: nn.Module, target_layer: str | None = None) -> BaseCAM:
-    """The CAM method `name` of METHODS on `model` (target_layer None: the method's default)."""
+def make_cam(name: str, model: nn.Module, target_layer: str | None = None,
+             tta: str = "none") -> BaseCAM:
+    """The CAM method `name` of METHODS on `model` (target_layer None: the method's default;
+    tta: "none" or "flip", see the module's docstring)."""
     if name not in METHODS:
         raise InputError(f"unknown CAM method {name!r}; choose from {', '.join(METHODS)}")
-    return METHODS[name](model, target_layer)
+    return METHODS[name](model, target_layer, tta=tta)
 
 
 def split_layers(target_layer: str) -> list[str]:

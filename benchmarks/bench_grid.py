@@ -22,22 +22,32 @@ from chexnet.heatmap_file import read_heatmaps
 
 RANDOM_DRAWS = 20  # random placements averaged for the chance control
 
-# The CAM variants the benchmark localizes with: name -> (--cam, --layer; None: the method's own).
-# denseblock2 ends at 28x28 (8 px of the 224 crop), denseblock3 at 14x14, the default layer and
-# denseblock4 at 7x7; '+' fuses layers (LayerCAM's multi-layer maps, gradcam.py).
+# The CAM variants the benchmark localizes with: name -> (--cam, --layer; None: the method's own,
+# --tta). denseblock2 ends at 28x28 (8 px of the 224 crop), denseblock3 at 14x14, the default layer
+# and denseblock4 at 7x7; '+' fuses layers (LayerCAM's multi-layer maps, gradcam.py); '-flip'
+# averages each map with its mirrored crop's, flipped back (--tta flip).
 DENSEBLOCK2, DENSEBLOCK3 = "features.denseblock2", "features.denseblock3"
 DENSEBLOCK4 = "features.denseblock4"
 CAM_VARIANTS = {
-    "gradcam": ("gradcam", None), "gradcam++": ("gradcam++", None),
-    "layercam": ("layercam", None), "cam": ("cam", None),
-    "layercam@db3": ("layercam", DENSEBLOCK3),
-    "layercam@db3+db4": ("layercam", f"{DENSEBLOCK3},{DENSEBLOCK4}"),
-    "gradcam@db3+db4": ("gradcam", f"{DENSEBLOCK3},{DENSEBLOCK4}"),
-    "layercam@db2": ("layercam", DENSEBLOCK2),
-    "layercam@db2+db3": ("layercam", f"{DENSEBLOCK2},{DENSEBLOCK3}"),
-    "layercam@db2+db3+db4": ("layercam", f"{DENSEBLOCK2},{DENSEBLOCK3},{DENSEBLOCK4}"),
+    "gradcam": ("gradcam", None, "none"), "gradcam++": ("gradcam++", None, "none"),
+    "layercam": ("layercam", None, "none"), "cam": ("cam", None, "none"),
+    "layercam@db3": ("layercam", DENSEBLOCK3, "none"),
+    "layercam@db3+db4": ("layercam", f"{DENSEBLOCK3},{DENSEBLOCK4}", "none"),
+    "gradcam@db3+db4": ("gradcam", f"{DENSEBLOCK3},{DENSEBLOCK4}", "none"),
+    "layercam@db2": ("layercam", DENSEBLOCK2, "none"),
+    "layercam@db2+db3": ("layercam", f"{DENSEBLOCK2},{DENSEBLOCK3}", "none"),
+    "layercam@db2+db3+db4": ("layercam", f"{DENSEBLOCK2},{DENSEBLOCK3},{DENSEBLOCK4}", "none"),
+    "gradcam-flip": ("gradcam", None, "flip"),
+    "layercam@db3-flip": ("layercam", DENSEBLOCK3, "flip"),
+    "layercam@db2+db3-flip": ("layercam", f"{DENSEBLOCK2},{DENSEBLOCK3}", "flip"),
 }
 SHOWN_T = ("0.1", "0.25", "0.5")
+SHORT = {"Pneumonia": "Pnia", "Pneumothorax": "Pnth"}  # their first four letters are the same
+
+
+def short(label: str) -> str:
+    """A class's column name in the table: its first four letters (Pneumonia/-thorax apart)."""
+    return SHORT.get(label, label[:4])
 
 
 def heatmap_boxes(saved, rule: str, average: dict[str, np.ndarray], classes
@@ -97,7 +107,7 @@ def cells(seed_result: dict, cam: str, rule: str, classes) -> dict[str, float | 
     g = seed_result["grid"][cam]["rules"][rule]
     ov = scoring.OVERALL
     out = {f"IoU>{t}": g["heat"][ov]["acc_iou"][t] for t in SHOWN_T}
-    out.update({f"{c[:4]}>.25": g["heat"][c]["acc_iou"]["0.25"] for c in classes})
+    out.update({f"{short(c)}>.25": g["heat"][c]["acc_iou"]["0.25"] for c in classes})
     out["mIoU"] = g["heat"][ov]["mean_iou"]
     out.update({f"{k}>.25": g[key][ov]["acc_iou"]["0.25"]
                 for k, key in (("rand", "random"), ("swap", "swapped"), ("noofs", "no_offset"))})

@@ -3,7 +3,7 @@
     python3 benchmarks/localization_benchmark.py [--work DIR] [--quick] [--seeds 0 1 2] [--cams ...]
 
 1. benchmarks/synthetic.py writes a ChestX-ray14-shaped dataset: real X-ray backgrounds with
-   planted findings (Nodule, Mass, Pneumothorax) whose boxes are known.
+   planted findings of the eight box classes whose boxes are known.
 2. preprocessing.py, then train.py from random weights (image-level labels only) on the CPU.
 3. denseNet_localization.py on test.txt, once per CAM method (--cams; --method peaks, box sizes
    from the validation images' boxes, as calibration would), each saving its heatmaps
@@ -127,11 +127,11 @@ def run_pipeline(at: Layout, p: dict, seed: int, device: str, timings: dict[str,
     write_subset(d / "BBox_List_2017.csv", read_image_list(d / "valid.txt"), at.bbox_valid)
     write_subset(d / "BBox_List_2017.csv", read_image_list(d / "test.txt"), at.bbox_test)
     for cam in cams:
-        method, layer = CAM_VARIANTS[cam]
+        method, layer, tta = CAM_VARIANTS[cam]
         cmd = [py, "denseNet_localization.py", str(d / "test.txt"), str(d / "images"),
                "--model", str(at.model / BEST), "--bbox-list", str(at.bbox_valid),
                "--out", str(at.boxes(cam)), "--device", device, "--method", "peaks",
-               "--cam", method, "--save-heatmaps", str(at.heatmaps(cam))]
+               "--cam", method, "--tta", tta, "--save-heatmaps", str(at.heatmaps(cam))]
         cmd += ["--layer", layer] if layer else []
         if cam == DEFAULT_CAM:  # pictures: the contact sheet and a few images, planted boxes in red
             cmd += ["--plots", str(at.work / "plots_peaks"), "--truth", str(at.bbox_test),

@@ -1,19 +1,19 @@
 """A ChestX-ray14-shaped dataset with synthetic findings whose class, size and position are known.
 
     python3 benchmarks/synthetic.py OUT_DIR [--n-train N --n-valid N --n-test N --seed S]
+    python3 benchmarks/synthetic.py OUT_DIR --sheet SHEET.png   # also a contact sheet per class
 
 Real X-rays (sample/images) are the backgrounds, each varied by a random flip, a small
 rotation/scale/shift and a brightness change, so there are many more distinct backgrounds
-than files. Into them we plant findings of PLANTED_CLASSES, far stronger than real ones so
-that a DenseNet-121 trained from scratch on a CPU for minutes can learn them:
+than files. Into them we plant the eight box findings of the NIH release (PLANTED_CLASSES),
+each a box of its class drawn from the release's real box table, in its real place and size
+(mirrored with a flipped background), and rendered as benchmarks/findings.py says: far stronger
+than real findings, so that a DenseNet-121 trained from scratch on a CPU for minutes can learn
+them, but each with the look of its radiology (docs/benchmark_eight_findings.md).
 
-    Nodule        a small bright disc, 60-80 px across (in the 1024 image)
-    Mass          a large soft bright opacity, an ellipse of 250-350 px per axis
-    Pneumothorax  a large dark ellipse, 200-300 px per axis
-
-An image has none ('No Finding'), one, or two different findings, never overlapping, each
-wholly inside the part of the image that the network's 224 centre crop sees (1024 px
-64..960). The recorded box is the finding's exact extent (the ellipse's bounding rectangle).
+An image has none ('No Finding'), one, two or three different findings (MULTIPLICITIES), never
+overlapping, each wholly inside the part of the image that the network's 224 centre crop sees
+(1024 px 64..960). The recorded box is the finding's extent: its weight reaches the box's sides.
 
 OUT_DIR/
   images/90000001_000.png ...  1024x1024 uint8 gray
@@ -44,28 +44,17 @@ if str(ROOT) not in sys.path:  # run as `python3 benchmarks/synthetic.py`: the p
 from chexnet.utils import InputError, atomic_path, run_cli, write_text_atomic  # noqa: E402
 from chexnet.constants import CROP_OFFSET, NO_FINDING, ORIGINAL_SIZE, RESCALE_FACTOR  # noqa: E402
 from chexnet.images import read_xray  # noqa: E402
+from benchmarks import findings  # noqa: E402
 
 
-@dataclass(frozen=True)
-class FindingKind:
-    """How one planted class looks: its shape's size range (px, 1024 frame) and its rendering."""
-    size: tuple[int, int]  # each axis drawn uniformly from [lo, hi]
-    round: bool  # a circle (w == h) rather than an ellipse with independent axes
-    strength: float  # bright: share of the way to white at the centre; dark: share of the pixel removed
-    bright: bool
-    edge: float  # width of the soft rim, as a share of the radius (0 = hard, anti-aliased edge)
+PLANTED_CLASSES = findings.LOOKS  # the 8 box classes, in the box table's order
 
-
-PLANTED_CLASSES = {
-    "Nodule": FindingKind(size=(60, 80), round=True, strength=0.85, bright=True, edge=0.0),
-    "Mass": FindingKind(size=(250, 350), round=False, strength=0.6, bright=True, edge=0.35),
-    "Pneumothorax": FindingKind(size=(200, 300), round=False, strength=0.7, bright=False, edge=0.15),
-}
-
-# The finding combinations, in a cycle that every split walks through in its own shuffled
-# order: a quarter 'No Finding', 3/8 one finding, 3/8 two; each class is positive in 3/8.
-COMPOSITIONS = ((), ("Nodule",), ("Mass",), ("Pneumothorax",), ("Mass", "Nodule"),
-                ("Nodule", "Pneumothorax"), ("Mass", "Pneumothorax"), ())
+# Findings per image, in a cycle of 16 that every split walks through in its own shuffled order:
+# 2 'No Finding', 6 with one finding, 6 with two, 2 with three: 24 findings, each class 3 times
+# (positive in 3/16 of the images). The release has 1.12 boxes per box image (984 on 880); we
+# plant more per image so that each class gets enough positives to be learnt in minutes.
+MULTIPLICITIES = (0, 0, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 3, 3)
+PASSES = sum(MULTIPLICITIES) // len(PLANTED_CLASSES)  # shuffled passes over the classes that fill one cycle's 24 slots
 
 # The part of the 1024 image inside the 224 centre crop of the 256 stored image: 64..960.
 FIELD = (CROP_OFFSET * RESCALE_FACTOR, ORIGINAL_SIZE - CROP_OFFSET * RESCALE_FACTOR)
@@ -109,77 +98,99 @@ def load_backgrounds(folder: str | Path) -> list[np.ndarray]:
     return images
 
 
-def vary_background(base: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A new background from a real one: flip, rotate +-5 deg, scale 0.95-1.1, shift +-40 px, gain/offset."""
-    image = base[:, ::-1] if rng.random() < 0.5 else base
+def vary_background(base: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
+    """A new background from a real one: flip, rotate +-5 deg, scale 0.95-1.1, shift +-40 px,
+    gain/offset; and whether it was flipped left-right (the boxes follow)."""
+    flipped = bool(rng.random() < 0.5)
+    image = base[:, ::-1] if flipped else base
     centre = (ORIGINAL_SIZE / 2, ORIGINAL_SIZE / 2)
     matrix = cv2.getRotationMatrix2D(centre, rng.uniform(-5, 5), rng.uniform(0.95, 1.1))
     matrix[:, 2] += rng.uniform(-40, 40, size=2)
     warped = cv2.warpAffine(np.ascontiguousarray(image), matrix, (ORIGINAL_SIZE, ORIGINAL_SIZE),
                             flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     gain, offset = rng.uniform(0.85, 1.15), rng.uniform(-15, 15)
-    return np.clip(warped.astype(np.float32) * gain + offset, 0, 255).astype(np.uint8)
+    return np.clip(warped.astype(np.float32) * gain + offset, 0, 255).astype(np.uint8), flipped
 
 
-def shape_mask(w: int, h: int, edge: float) -> np.ndarray:
-    """float32 (h, w) weight in [0, 1] of the ellipse that fills a w x h box.
-
-    1 inside, falling to 0 at the ellipse over the outer `edge` share of the radius (a cosine
-    ramp); edge 0 is a hard edge, anti-aliased over one pixel.
-    """
-    ys = (np.arange(h, dtype=np.float32) + 0.5 - h / 2) / (h / 2)  # pixel centres, -1..1 across the box
-    xs = (np.arange(w, dtype=np.float32) + 0.5 - w / 2) / (w / 2)
-    r = np.sqrt(ys[:, None] ** 2 + xs[None, :] ** 2)  # (h, w), 1 on the ellipse
-    if edge <= 0:
-        return np.clip((1 - r) * min(w, h) / 2 + 0.5, 0, 1)  # ~distance to the rim in pixels, +-0.5
-    ramp = np.clip((1 - r) / edge, 0, 1)
-    return (0.5 - 0.5 * np.cos(np.pi * ramp)).astype(np.float32)
-
-
-def plant(image: np.ndarray, finding: Planted) -> None:
+def plant(image: np.ndarray, finding: Planted, rng: np.random.Generator) -> None:
     """Render one finding into the uint8 (1024, 1024) image, in place, inside its (integer) box."""
-    kind = PLANTED_CLASSES[finding.label]
+    look = PLANTED_CLASSES[finding.label]
     x, y, w, h = finding.x, finding.y, finding.w, finding.h
-    weight = shape_mask(w, h, kind.edge) * kind.strength  # (h, w)
+    lateral_left = x + w / 2 < findings.MIDLINE  # its chest wall is on the image's left
+    weight = look.draw(w, h, lateral_left, rng) * look.strength  # (h, w)
     patch = image[y:y + h, x:x + w].astype(np.float32)
-    if kind.bright:
+    if look.flatten:  # markings gone: the patch's own blur where the weight is
+        smooth = cv2.GaussianBlur(patch, (0, 0), 12.0, borderType=cv2.BORDER_REFLECT)
+        keep = np.clip(weight / look.strength, 0, 1)
+        patch = patch * (1 - keep) + smooth * keep
+    if look.bright:
         patch += weight * (255 - patch)  # a share of the way to white: brighter than any background
-    else:
+    else:  # a negative weight (a pleural line) brightens
         patch *= 1 - weight
     image[y:y + h, x:x + w] = np.clip(np.rint(patch), 0, 255).astype(np.uint8)
 
 
 # ---------------------------------------------------------------- sampling
 
-def place_findings(labels: tuple[str, ...], rng: np.random.Generator, tries: int = 1000) -> tuple[Planted, ...]:
-    """Draw each label's size and a position wholly inside FIELD, apart from the ones already placed."""
-    placed: list[Planted] = []
-    for label in labels:
-        kind = PLANTED_CLASSES[label]
-        for _ in range(tries):
-            w = int(rng.integers(kind.size[0], kind.size[1] + 1))
-            h = w if kind.round else int(rng.integers(kind.size[0], kind.size[1] + 1))
-            x = int(rng.integers(FIELD[0], FIELD[1] - w + 1))
-            y = int(rng.integers(FIELD[0], FIELD[1] - h + 1))
-            candidate = Planted(label, x, y, w, h)
-            if not any(_overlap(candidate, other) for other in placed):
-                placed.append(candidate)
+def draw_box(label: str, rng: np.random.Generator, flipped: bool = False) -> Planted:
+    """A real box of the class (its size and place), mirrored if the background was, jittered,
+    then moved (not resized, unless larger than the field) wholly inside FIELD."""
+    table = findings.real_boxes()[label]
+    x, y, w, h = table[int(rng.integers(len(table)))]
+    if flipped:
+        x = ORIGINAL_SIZE - x - w
+    span = FIELD[1] - FIELD[0]
+    w, h = min(int(round(w)), span), min(int(round(h)), span)
+    x = int(round(x + rng.uniform(-findings.JITTER, findings.JITTER)))
+    y = int(round(y + rng.uniform(-findings.JITTER, findings.JITTER)))
+    x, y = min(max(x, FIELD[0]), FIELD[1] - w), min(max(y, FIELD[0]), FIELD[1] - h)
+    return Planted(label, x, y, w, h)
+
+
+def place_findings(labels: tuple[str, ...], rng: np.random.Generator, flipped: bool = False,
+                   tries: int = 200, restarts: int = 50) -> tuple[Planted, ...]:
+    """Each label's real box (draw_box), redrawn until it stays apart from those already placed;
+    when one cannot be placed (a wide heart box leaves no room), all are drawn again."""
+    for _ in range(restarts):
+        placed: list[Planted] = []
+        for label in labels:
+            for _ in range(tries):
+                candidate = draw_box(label, rng, flipped)
+                if not any(_overlap(candidate, other) for other in placed):
+                    placed.append(candidate)
+                    break
+            else:
                 break
-        else:
-            raise RuntimeError(f"cannot place {labels} apart in {tries} tries")  # not for these sizes
-    return tuple(placed)
+        if len(placed) == len(labels):
+            return tuple(placed)
+    raise RuntimeError(f"cannot place {labels} apart in {restarts} x {tries} tries")
 
 
-def _overlap(a: Planted, b: Planted, margin: int = 16) -> bool:
+def _overlap(a: Planted, b: Planted, margin: int = 8) -> bool:
     return (a.x < b.x + b.w + margin and b.x < a.x + a.w + margin
             and a.y < b.y + b.h + margin and b.y < a.y + a.h + margin)
 
 
+def cycle(rng: np.random.Generator) -> list[tuple[str, ...]]:
+    """One cycle of MULTIPLICITIES, shuffled, its slots filled by PASSES shuffled passes over
+    the classes, redrawn until no image has a class twice."""
+    classes = list(PLANTED_CLASSES)
+    while True:
+        order = [classes[i] for _ in range(PASSES) for i in rng.permutation(len(classes))]
+        sizes = [MULTIPLICITIES[i] for i in rng.permutation(len(MULTIPLICITIES))]
+        groups, start = [], 0
+        for n in sizes:
+            groups.append(tuple(sorted(order[start:start + n])))
+            start += n
+        if all(len(set(g)) == len(g) for g in groups):
+            return groups
+
+
 def split_compositions(n: int, rng: np.random.Generator) -> list[tuple[str, ...]]:
-    """n finding combinations: COMPOSITIONS repeated, each repetition in a shuffled order."""
+    """n finding combinations: cycle() repeated."""
     out: list[tuple[str, ...]] = []
     while len(out) < n:
-        out.extend(COMPOSITIONS[i] for i in rng.permutation(len(COMPOSITIONS)))
+        out.extend(cycle(rng))
     return out[:n]
 
 
@@ -187,17 +198,18 @@ def image_name(index: int) -> str:
     return f"{FIRST_PATIENT + index}_000.png"
 
 
-def make_image(index: int, labels: tuple[str, ...], seed: int,
-               backgrounds: list[np.ndarray]) -> tuple[tuple[Planted, ...], np.ndarray, np.random.Generator]:
-    """Image `index`: its findings, its uint8 (1024, 1024) pixels, and its generator (for the table's extras)."""
+def make_image(index: int, labels: tuple[str, ...], seed: int, backgrounds: list[np.ndarray]
+               ) -> tuple[tuple[Planted, ...], np.ndarray, np.random.Generator]:
+    """Image `index`: its findings, its uint8 (1024, 1024) pixels, and its generator (for the
+    table's extras)."""
     rng = np.random.default_rng([seed, index])
     # The background first, with a fixed number of draws: the same index gives the same background
     # whatever its labels (the tests compare an image with its finding-free twin).
-    image = vary_background(backgrounds[int(rng.integers(len(backgrounds)))], rng)
-    findings = place_findings(labels, rng)
-    for finding in findings:
-        plant(image, finding)
-    return findings, image, rng
+    image, flipped = vary_background(backgrounds[int(rng.integers(len(backgrounds)))], rng)
+    placed = place_findings(labels, rng, flipped)
+    for finding in placed:
+        plant(image, finding, rng)
+    return placed, image, rng
 
 
 # ---------------------------------------------------------------- writing
@@ -259,6 +271,36 @@ def summary(records: list[Record]) -> str:
     return "\n".join(lines)
 
 
+def contact_sheet(out_dir: str | Path, records: list[Record], path: str | Path,
+                  per_class: int = 3, cell: int = 200) -> np.ndarray:
+    """One row per class: `per_class` examples, each the whole image (the planted box in red)
+    and a close-up of the box with a quarter of its size around it (no outline), written to
+    `path` as PNG; returns the uint8 (rows, cols, 3) sheet."""
+    rows = []
+    for label in PLANTED_CLASSES:
+        found = [(r.name, f) for r in records for f in r.findings if f.label == label][:per_class]
+        cells = []
+        for name, f in found:
+            image = read_xray(Path(out_dir) / "images" / name)
+            whole = cv2.cvtColor(cv2.resize(image, (cell, cell), interpolation=cv2.INTER_AREA),
+                                 cv2.COLOR_GRAY2BGR)
+            k = cell / ORIGINAL_SIZE
+            cv2.rectangle(whole, (int(f.x * k), int(f.y * k)),
+                          (int((f.x + f.w) * k), int((f.y + f.h) * k)), (0, 0, 255), 1)
+            m = max(f.w, f.h) // 4
+            crop = image[max(f.y - m, 0):f.y + f.h + m, max(f.x - m, 0):f.x + f.w + m]
+            zoom = cv2.resize(crop, (cell, cell), interpolation=cv2.INTER_AREA)
+            cells += [whole, cv2.cvtColor(zoom, cv2.COLOR_GRAY2BGR)]
+        cells += [np.zeros((cell, cell, 3), np.uint8)] * (2 * per_class - len(cells))
+        row = np.concatenate(cells, axis=1)
+        cv2.putText(row, label, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 255, 255), 1,
+                    cv2.LINE_AA)
+        rows.append(row)
+    sheet = np.concatenate(rows, axis=0)
+    write_png(Path(path), sheet)
+    return sheet
+
+
 # ---------------------------------------------------------------- command line
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -271,6 +313,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of everything drawn (default: 0)")
     parser.add_argument("--backgrounds", type=str, default=str(ROOT / "sample" / "images"),
                         help="folder of real 1024x1024 X-ray PNGs (default: the project's sample/images)")
+    parser.add_argument("--sheet", type=str, default=None,
+                        help="also write a contact sheet PNG: per class 3 examples, the whole "
+                             "image with its box and a close-up (default: none)")
+    parser.add_argument("--sheet-cell", type=int, default=200,
+                        help="the contact sheet's cell size in px (default: 200)")
     return parser
 
 
@@ -281,6 +328,9 @@ def main(args: argparse.Namespace) -> list[Record]:
             raise InputError(f"--n-{split} {n}: need at least 1 image")
     records = generate(args.out_dir, sizes, args.seed, args.backgrounds)
     print(f"wrote {len(records)} images to {args.out_dir}\n{summary(records)}")
+    if args.sheet:
+        contact_sheet(args.out_dir, records, args.sheet, cell=args.sheet_cell)
+        print(f"wrote {args.sheet}")
     return records
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -207,3 +208,36 @@ def split_rows(n: int, holdout: float, seed: int) -> tuple[list[int], list[int]]
         raise InputError(f"--holdout {holdout}: {n} images cannot be split into two non-empty "
                          "parts")
     return sorted(order[cut:].tolist()), sorted(order[:cut].tolist())
+
+
+# ---------------------------------------------------------------- --cam auto
+
+# The variants --cam auto tries, as (CAM method, layer; None: the method's own), the original's
+# first so that a tie keeps it; the known-truth benchmark's leaders (benchmarks/bench_grid.py).
+AUTO_CANDIDATES = (
+    ("gradcam", None), ("gradcam++", None), ("layercam", "features.denseblock3"),
+    ("layercam", "features.denseblock2,features.denseblock3"),
+    ("gradcam", "features.denseblock3,features.denseblock4"),
+)
+
+
+def pick_cam(make_maps: Callable[[str, str | None], Heatmaps], candidates, rows: list[int],
+             thresholds: np.ndarray, truth: dict, method: str) -> tuple[Heatmaps, list[dict]]:
+    """The candidate whose maps, once their box sizes and parameters are tuned on the images
+    `rows` (tune), score best there: the original's score over all classes, then the mean IoU;
+    the earlier candidate wins a tie. make_maps(cam, layer) -> its Heatmaps. Returns the winner's
+    Heatmaps and, per candidate in order, {"cam", "layer", "score", "mean_iou"}."""
+    tried, best, best_key = [], None, None
+    for cam, layer in candidates:
+        hm = make_maps(cam, layer)
+        act = active(hm, thresholds)
+        choices = tune(hm, rows, act, truth, method)
+        params = np.array([c.param for c in choices])
+        report = full_report(hm, rows, act, truth, tuned_table(choices), method, params)
+        fig = report["classes"][scoring.OVERALL]["original"]
+        tried.append({"cam": cam, "layer": hm.layer, "score": fig["score"],
+                      "mean_iou": fig["mean_iou"]})
+        key = (fig["score"] or 0.0, fig["mean_iou"] or 0.0)
+        if best_key is None or key > best_key:
+            best, best_key = hm, key
+    return best, tried

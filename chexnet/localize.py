@@ -70,8 +70,8 @@ def iter_localize(model: torch.nn.Module, image_paths: Sequence[str], thresholds
                   target_layer: str | None = None, workers: int = 0,
                   method: str = "peaks", method_params: np.ndarray | None = None,
                   resize: str = images.DEFAULT_RESIZE, cam_method: str = DEFAULT_CAM,
-                  class_names: Sequence[str] | None = None, average_box: bool = True
-                  ) -> Iterator[ImageResult]:
+                  class_names: Sequence[str] | None = None, average_box: bool = True,
+                  tta: str = "none") -> Iterator[ImageResult]:
     """Yield one ImageResult per path, in input order. The model is moved to `device`.
 
     thresholds: (C,) probabilities, one per model output; class_names: (C,) the model's classes,
@@ -81,7 +81,8 @@ def iter_localize(model: torch.nn.Module, image_paths: Sequence[str], thresholds
     resolve_box_params); resize: how each image becomes 256x256, as the model's training images did
     (images.resize_stored); cam_method: a name of gradcam.METHODS, hooked at target_layer (None: the
     method's default); average_box False: heatmap boxes only, no class opening with its average
-    box. ImageResult.heatmaps is keyed by model column. While the generator is open the model
+    box. tta: "flip" averages each map with its mirror's (gradcam.py).
+    ImageResult.heatmaps is keyed by model column. While the generator is open the model
     carries the CAM hook.
     """
     thresholds = np.asarray(thresholds, dtype=np.float32)
@@ -98,7 +99,7 @@ def iter_localize(model: torch.nn.Module, image_paths: Sequence[str], thresholds
                         num_workers=workers, pin_memory=device.type == "cuda")
     model.to(device)
     start, pending = 0, None
-    with make_cam(cam_method, model, target_layer) as cam, \
+    with make_cam(cam_method, model, target_layer, tta) as cam, \
             ThreadPoolExecutor(max_workers=1) as pool:
         for crops, sizes, errors in loader:
             for message in errors:

@@ -1,5 +1,6 @@
 """The known-truth benchmark's dataset: consistent tables, findings drawn where their boxes say,
 and an evaluation that a wrong geometry (swapped axes, a dropped crop offset) cannot pass."""
+import itertools
 import json
 import os
 from pathlib import Path
@@ -9,7 +10,7 @@ import pytest
 
 import evaluate
 from benchmarks import localization_benchmark as bench
-from benchmarks import synthetic
+from benchmarks import findings, synthetic
 from chexnet.boxfile import Box, ImageBoxes, read_box_file, write_box_file
 from chexnet.constants import CROP_OFFSET, RESCALE_FACTOR
 from chexnet.images import read_xray
@@ -17,7 +18,7 @@ from chexnet.nih import read_bbox_list, read_data_entry, read_image_list
 from chexnet import boxes, nih, scoring
 from benchmarks.bench_grid import CAM_VARIANTS
 
-SIZES = {"train": 8, "valid": 8, "test": 8}
+SIZES = {"train": 16, "valid": 4, "test": 4}
 SEED = 5
 
 
@@ -41,31 +42,68 @@ def test_tables_and_lists_agree(dataset):
         box_labels = sorted(b.label for b in boxes if b.image == name)
         assert sorted(row.labels) == box_labels  # a box for every label and a label for every box
         assert row.patient_id == name.split("_")[0]
-    # 8 images per split walk COMPOSITIONS once: 2 'No Finding', each class positive 3 times.
-    for names in lists.values():
-        assert sum(1 for n in names if not entries[n].labels) == 2
-        for label in synthetic.PLANTED_CLASSES:
-            assert sum(1 for n in names if label in entries[n].labels) == 3
+    # 16 images walk one cycle: 2 'No Finding', each of the 8 classes positive 3 times.
+    train = lists["train"]
+    assert sum(1 for n in train if not entries[n].labels) == 2
+    assert len(synthetic.PLANTED_CLASSES) == 8
+    for label in synthetic.PLANTED_CLASSES:
+        assert sum(1 for n in train if label in entries[n].labels) == 3
+    multiplicities = sorted(len(entries[n].labels) for n in train)
+    assert multiplicities == sorted(synthetic.MULTIPLICITIES)
 
 
-def test_boxes_inside_the_crop_apart_and_of_their_class_size(dataset):
+def test_boxes_inside_the_crop_apart_and_of_a_real_size(dataset):
     _, records = dataset
     lo, hi = synthetic.FIELD
     assert (lo, hi) == (CROP_OFFSET * RESCALE_FACTOR, 1024 - CROP_OFFSET * RESCALE_FACTOR) == (64, 960)
+    real = findings.real_boxes()
     for r in records:
-        assert len({f.label for f in r.findings}) == len(r.findings) <= 2
+        assert len({f.label for f in r.findings}) == len(r.findings) <= 3
         for f in r.findings:
-            kind = synthetic.PLANTED_CLASSES[f.label]
             assert lo <= f.x and f.x + f.w <= hi and lo <= f.y and f.y + f.h <= hi
-            assert kind.size[0] <= f.w <= kind.size[1] and kind.size[0] <= f.h <= kind.size[1]
-            assert f.w == f.h or not kind.round
-        if len(r.findings) == 2:
-            assert not synthetic._overlap(*r.findings, margin=0)
+            # the size is one of the release's boxes of the class, rounded
+            sizes = np.round(real[f.label][:, 2:])
+            assert ((sizes[:, 0] == f.w) & (sizes[:, 1] == f.h)).any(), f
+        for a, b in itertools.combinations(r.findings, 2):
+            assert not synthetic._overlap(a, b, margin=0)
+
+
+def test_the_real_box_table_and_where_classes_live():
+    """sample/BBox_List_2017.csv is the release's whole table; drawn boxes keep its anatomy: the
+    heart box central, effusions low, pneumothoraces high, and they mirror with the background."""
+    real = findings.real_boxes()
+    assert sum(len(v) for v in real.values()) == 984 and set(real) == set(synthetic.PLANTED_CLASSES)
+    rng = np.random.default_rng(0)
+    centre = {c: np.array([[b.x + b.w / 2, b.y + b.h / 2]
+                           for b in (synthetic.draw_box(c, rng) for _ in range(300))])
+              for c in ("Cardiomegaly", "Effusion", "Pneumothorax")}
+    assert 480 < np.median(centre["Cardiomegaly"][:, 0]) < 680
+    assert np.median(centre["Effusion"][:, 1]) > np.median(centre["Pneumothorax"][:, 1]) + 150
+    heart = [synthetic.draw_box("Cardiomegaly", np.random.default_rng(i), True) for i in range(50)]
+    assert np.median([b.x + b.w / 2 for b in heart]) < 512  # mirrored with the background
+
+
+def test_each_look_fills_its_box_and_reaches_its_sides():
+    rng = np.random.default_rng(3)
+    for label, look in synthetic.PLANTED_CLASSES.items():
+        for lateral_left in (False, True):
+            weight = look.draw(160, 120, lateral_left, rng)
+            assert weight.shape == (120, 160) and weight.dtype == np.float32, label
+            assert weight.max() <= 1 + 1e-6 and weight.max() > 0.8, label
+            # the finding spans the box: its soft rims reach within 5 % of each side
+            for axis in (0, 1):
+                seen = np.flatnonzero((weight > 0.05).any(axis=axis))
+                size = weight.shape[1 - axis]
+                assert seen[0] <= 0.05 * size and seen[-1] >= 0.95 * size - 1, (label, axis)
+    # Effusion: fluid climbs the chest wall: the lateral column's top is higher than the medial
+    weight = synthetic.PLANTED_CLASSES["Effusion"].draw(160, 200, False, rng)  # lateral right
+    first = lambda col: int(np.argmax(col > 0.3))
+    assert first(weight[:, -10]) < first(weight[:, 10]) - 60
 
 
 def test_findings_are_drawn_exactly_inside_their_boxes(dataset):
     """Each file equals its finding-free twin (same index, no labels) outside the boxes, and
-    differs inside them in the class's direction: brighter for Nodule/Mass, darker for Pneumothorax."""
+    differs inside them in the class's direction: darker for Pneumothorax, else brighter."""
     out, records = dataset
     backgrounds = synthetic.load_backgrounds(synthetic.ROOT / "sample" / "images")
     for index, r in enumerate(records[:SIZES["train"]]):
@@ -74,12 +112,14 @@ def test_findings_are_drawn_exactly_inside_their_boxes(dataset):
         _, background, _ = synthetic.make_image(index, (), SEED, backgrounds)
         inside = np.zeros(image.shape, bool)
         for f in r.findings:
-            inside[f.y:f.y + f.h, f.x:f.x + f.w] = True
-            # The middle third of the box lies within the full-strength core of every kind.
-            core = np.s_[f.y + f.h // 3:f.y + 2 * f.h // 3, f.x + f.w // 3:f.x + 2 * f.w // 3]
-            kind, bg = synthetic.PLANTED_CLASSES[f.label], background[core].astype(float)
-            want = bg + kind.strength * (255 - bg) if kind.bright else bg * (1 - kind.strength)
-            assert np.abs(image[core] - want).max() <= 0.5 + 1e-6, (r.name, f)
+            box = np.s_[f.y:f.y + f.h, f.x:f.x + f.w]
+            inside[box] = True
+            bg = background[box].astype(float)
+            change = image[box] - bg
+            look = synthetic.PLANTED_CLASSES[f.label]
+            # a share of the room there is: towards white (bright), towards black (dark)
+            sign, room = (1, 255 - bg) if look.bright else (-1, bg)
+            assert sign * change.mean() > 0.15 * look.strength * room.mean(), (r.name, f)
         assert (image[~inside] == background[~inside]).all(), r.name
 
 
@@ -141,10 +181,14 @@ def test_perfect_prediction_scores_one_and_a_wrong_geometry_collapses(tmp_path):
     assert swapped[scoring.OVERALL]["acc_iou"]["0.5"] < 0.2
     assert swapped[scoring.OVERALL]["mean_iou"] < 0.2
     # Dropping the crop offset ((x224 + 16) * 4 computed as x224 * 4) shifts every box by -64 px
-    # on both axes: no box keeps IoU > 0.5, and no nodule overlaps its truth at all.
+    # on both axes: few boxes keep IoU > 0.5, and few nodules overlap their truth.
+    # A heart box is large (~480 x 380 px) and central: shifted by 64 px it keeps IoU > 0.5, and
+    # even at random places it often overlaps (its chance row is high; the benchmark shows it).
     shifted = bench.score(_through_box_file(tmp_path, bench.each_box(perfect, bench.drop_crop_offset)), truth)
-    assert shifted[scoring.OVERALL]["acc_iou"]["0.5"] < 0.01
-    assert shifted["Nodule"]["acc_iou"]["0.1"] == 0.0
+    assert shifted[scoring.OVERALL]["acc_iou"]["0.5"] < 0.2
+    assert all(shifted[c]["acc_iou"]["0.5"] < 0.1 for c in synthetic.PLANTED_CLASSES
+               if c != "Cardiomegaly")
+    assert shifted["Nodule"]["acc_iou"]["0.1"] < 0.1
     # The chance row: the right boxes at random places are about as bad as the swapped ones.
     rng = np.random.default_rng(0)
     chance = bench.score(bench.random_positions(perfect, rng), truth)
@@ -178,10 +222,14 @@ def test_controls_change_only_what_they_claim():
 def test_quick_benchmark_runs_the_real_scripts_end_to_end(tmp_path):
     """--quick: synthetic data, preprocessing.py, train.py, denseNet_localization.py, evaluate.py.
     The model is far too small to localize; what must hold is the plumbing and the bookkeeping."""
-    result = bench.main(bench.get_args_parser().parse_args(["--quick", "--work", str(tmp_path)]))
+    # three of CAM_VARIANTS' 13 (each one localizes once): the original's, a fused one, a flip
+    chosen = ["gradcam", "layercam@db2+db3", "layercam@db2+db3-flip"]
+    assert set(chosen) <= set(CAM_VARIANTS)
+    result = bench.main(bench.get_args_parser().parse_args(["--quick", "--work", str(tmp_path),
+                                                            "--cams", *chosen]))
     assert result == json.loads((tmp_path / "benchmark.json").read_text())
     rows, cams = result["rows"], result["cams"]
-    assert cams == list(CAM_VARIANTS) and len(result["training"]) == 1
+    assert cams == chosen and len(result["training"]) == 1
     truth = read_bbox_list(tmp_path / "bbox_test.csv")
     assert {b.image for b in truth} <= set(read_image_list(tmp_path / "data" / "test.txt"))
     oracle = rows["planted boxes (oracle)"]

@@ -30,6 +30,7 @@ same images, with evaluate.py's full scoring (all classes together, first 10 box
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -38,9 +39,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root: chexnet/, model.py
 
 from chexnet import boxes, distributed, localize, model_dir, preprocessed  # noqa: E402
-from chexnet.calibration import (Choice, Heatmaps, active, compute_heatmaps,  # noqa: E402
-                                 full_report, load_heatmaps, save_heatmaps, split_rows, tune,
-                                 tuned_table)
+from chexnet.calibration import (AUTO_CANDIDATES, Choice, Heatmaps, active,  # noqa: E402
+                                 compute_heatmaps, full_report, load_heatmaps, pick_cam,
+                                 save_heatmaps, split_rows, tune, tuned_table)
 from chexnet.constants import (AVERAGE_BOXES, CLASS_NAMES, DEFAULT_TARGET_LAYER,  # noqa: E402
                                ORIGINAL_SIZE)
 from chexnet.nih import TruthBox, boxes_by_image  # noqa: E402
@@ -82,9 +83,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="images per forward pass (default: 16)")
     p.add_argument("--device", type=str, default="auto",
                    help="auto, cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--cam", type=str, default=None, choices=list(CAM_METHODS),
+    p.add_argument("--cam", type=str, default=None, choices=list(CAM_METHODS) + ["auto"],
                    help="class activation map: gradcam (the original's), gradcam++, layercam "
-                        "or cam (default: the one --heatmaps recorded, else gradcam)")
+                        "or cam; auto: tune each of calibration.AUTO_CANDIDATES on the tuning "
+                        "images and keep the best (default: the one --heatmaps recorded, else "
+                        "gradcam)")
     p.add_argument("--layer", type=str, default=None,
                    help=f"target layer, or several joined by commas (fused maps) (default: "
                         f"the method's: {DEFAULT_TARGET_LAYER}; {FINAL_FEATURES} for cam)")
@@ -188,6 +191,28 @@ def sharded_heatmaps(net, stored: np.ndarray, names: list[str], device, args, co
                     np.concatenate([m for _, m in parts])[order], hm.cam, hm.layer)
 
 
+def auto_cam(args, checkpoint, data, names, out, columns, rows, thresholds, truth
+             ) -> tuple[Heatmaps, list[dict]]:
+    """--cam auto: the winner of calibration.pick_cam, its maps saved; args.cam/layer set to it."""
+    if args.heatmaps is not None or args.layer is not None:
+        raise InputError("--cam auto computes its own maps at each candidate's layer: drop "
+                         "--heatmaps and --layer")
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+        raise InputError("--cam auto runs in one process: run it without torchrun, or name --cam")
+
+    def make_maps(cam: str, layer: str | None) -> Heatmaps:
+        args.cam, args.layer = cam, layer
+        return heatmaps_for(args, checkpoint, data, names, out, columns)
+    hm, tried = pick_cam(make_maps, AUTO_CANDIDATES, rows, thresholds, truth, args.method)
+    for t in tried:
+        print(f"--cam auto: {t['cam']} at {t['layer']}: score {t['score']}, "
+              f"mean IoU {t['mean_iou']}", file=sys.stderr)
+    save_heatmaps(out / model_dir.HEATMAPS, hm)  # the winner's, as a plain run leaves its own
+    args.cam, args.layer = hm.cam, hm.layer
+    print(f"--cam auto: chose {hm.cam} at {hm.layer}", file=sys.stderr)
+    return hm, tried
+
+
 def main(args: argparse.Namespace) -> dict:
     distributed.quiet_other_ranks()
     if args.batch_size < 1:
@@ -208,9 +233,14 @@ def main(args: argparse.Namespace) -> dict:
     thresholds, thresholds_from = model_dir.resolve_thresholds(args.thresholds, args.model,
                                                                checkpoint)
     columns = box_class_columns(checkpoint, args.model)
-    hm = heatmaps_for(args, checkpoint, data, names, out, columns)
-    args.cam = args.cam or DEFAULT_CAM
     thresholds = thresholds[columns]  # the 8 box classes', in CLASS_NAMES order
+    tried = None
+    if args.cam == "auto":
+        hm, tried = auto_cam(args, checkpoint, data, names, out, columns, tune_rows, thresholds,
+                             truth)
+    else:
+        hm = heatmaps_for(args, checkpoint, data, names, out, columns)
+    args.cam = args.cam or DEFAULT_CAM
     print(f"{len(names)} validation images with true boxes ({len(tune_rows)} tuning, "
           f"{len(hold_rows)} held out); "
           f"thresholds from {thresholds_from}; method {args.method}, maps {args.cam}",
@@ -225,6 +255,8 @@ def main(args: argparse.Namespace) -> dict:
     record = {"method": args.method, "cam": args.cam,
               "layer": args.layer or CAM_METHODS[args.cam].default_layer, "images": len(names),
               "tuned_on": len(tune_rows), "held_out": len(hold_rows)}
+    if tried is not None:
+        record["auto"] = tried  # every candidate's tuned score; the winner is "cam"/"layer"
     for part, rows in (("tuning", tune_rows), ("holdout", hold_rows)):
         if not rows:
             continue
