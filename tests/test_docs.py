@@ -151,7 +151,8 @@ def options() -> dict[str, list[str]]:
 
 
 def test_every_page_holds_what_the_code_has(options):
-    assert problems(PAGES, options) == []
+    found = problems(PAGES, options)
+    assert not found, "the pages and the code disagree:\n" + "\n".join(found)
 
 
 def test_the_pages_name_the_stages_their_options_and_targets():
