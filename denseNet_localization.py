@@ -134,9 +134,8 @@ def add_picture_options(p: argparse.ArgumentParser) -> None:
                         "(default: 256)")
 
 
-def make_plotter(args: argparse.Namespace, thresholds, class_names, plots_dir: Path | None):
-    """LocalizationPlots drawing into plots_dir (None without --plots), with --truth's (or
-    --bbox-list's) boxes."""
+def make_plotter(args: argparse.Namespace, run: "Setup", plots_dir: Path | None):
+    """LocalizationPlots into plots_dir (None without --plots), with --truth's/--bbox-list's."""
     if args.plots is None or plots_dir is None:  # no pictures, or not rank 0 under torchrun
         return None
     if args.plot_images < 0 or args.sheet_cell < 32:
@@ -146,9 +145,10 @@ def make_plotter(args: argparse.Namespace, thresholds, class_names, plots_dir: P
 
     truth_path = args.truth or args.bbox_list
     truth = None if truth_path is None else nih.read_truth_by_image(truth_path)
-    return localization_figures.LocalizationPlots(plots_dir, thresholds, truth,
+    return localization_figures.LocalizationPlots(plots_dir, run.thresholds, truth,
                                                   max_images=args.plot_images,
-                                                  class_names=class_names)
+                                                  class_names=run.classes, cam=run.cam,
+                                                  layer=run.layer)
 
 
 def resolve_resize(requested: str | None, checkpoint: dict, model_path: str) -> str:
@@ -226,7 +226,7 @@ def main(args: argparse.Namespace) -> None:
 
 def localize_images(args: argparse.Namespace, plots_dir: Path | None) -> None:
     run = resolve(args)
-    plotter, plot_seconds = make_plotter(args, run.thresholds, run.classes, plots_dir), 0.0
+    plotter, plot_seconds = make_plotter(args, run, plots_dir), 0.0
     start = time.perf_counter()
     results = distributed.gathered(  # under torchrun rank 0 gets every rank's, in list order
         lambda paths: localize.iter_localize(

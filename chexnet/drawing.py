@@ -42,6 +42,10 @@ CROP_START = CROP_OFFSET * RESCALE_FACTOR
 CROP_END = (CROP_OFFSET + CROP_SIZE) * RESCALE_FACTOR
 SQUARE = (ORIGINAL_SIZE, ORIGINAL_SIZE)  # the NIH frame, (width, height)
 COLORBAR_PX = 90  # width of the strip right of a heatmap that holds its colour bar
+# What a picture calls each --cam method (gradcam.CAM_METHODS' keys); another name is shown as is.
+CAM_TITLES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "layercam": "LayerCAM",
+              "cam": "CAM"}
+LABEL_SHIFTS = 8  # at most this many label heights up (or down) to clear the labels drawn before
 
 
 def save_figure(fig, out_path: str | os.PathLike) -> None:
@@ -91,18 +95,27 @@ def show_heatmap(ax, heatmap: np.ndarray, frame: tuple[int, int] = SQUARE):
                      extent=(CROP_START * sx, CROP_END * sx, CROP_END * sy, CROP_START * sy))
 
 
-def colorbar(fig, rect: tuple[float, float, float, float], labelsize: float) -> None:
-    """The heatmap scale at full opacity (the overlay's alpha would wash the colours out)."""
+def cam_title(cam: str) -> str:
+    """'LayerCAM' for 'layercam': the name a picture gives the method that made its map."""
+    return CAM_TITLES.get(cam, cam)
+
+
+def colorbar(fig, rect: tuple[float, float, float, float], labelsize: float,
+             label: str = CAM_TITLES["gradcam"]) -> None:
+    """The heatmap scale at full opacity (the overlay's alpha would wash the colours out), named
+    after the method that made the map."""
     mappable = ScalarMappable(norm=Normalize(0.0, 1.0), cmap="jet")
     bar = fig.colorbar(mappable, cax=fig.add_axes(rect))
     bar.ax.tick_params(labelsize=labelsize)
-    bar.set_label("Grad-CAM", fontsize=labelsize)
+    bar.set_label(label, fontsize=labelsize)
 
 
 def draw_boxes(ax, predicted: Sequence[Box], truth: Sequence[TruthBox] | None,
-                probs: dict[str, float] | None, fontsize: float, labels: bool = True) -> None:
-    """Truth first (red), predicted on top (blue); labels sit just above each box's top-left
-    corner."""
+                probs: dict[str, float] | None, fontsize: float, labels: bool = True) -> list:
+    """Truth first (red), predicted on top (blue); a predicted box's label sits just above its
+    top-left corner, a truth box's below its bottom edge, each moved clear of the labels drawn
+    before it (keep_apart). Returns the labels' Text artists."""
+    placed, texts = [], []
     for boxes, edge, text_color, is_pred in ((truth or (), TRUTH_COLOR, TRUTH_TEXT, False),
                                              (predicted, PRED_COLOR, PRED_TEXT, True)):
         for box in boxes:
@@ -116,9 +129,35 @@ def draw_boxes(ax, predicted: Sequence[Box], truth: Sequence[TruthBox] | None,
             # Truth labels go below the box's bottom edge so that a truth and a predicted box at
             # the same corner keep readable labels.
             y, va = (box.y - 6, "bottom") if is_pred else (box.y + box.h + 6, "top")
-            ax.text(box.x, y, text, color=text_color, fontsize=fontsize, va=va, ha="left",
-                    clip_on=True,
-                    bbox=dict(facecolor="black", alpha=0.6, edgecolor="none", pad=1.5))
+            texts.append(ax.text(box.x, y, text, color=text_color, fontsize=fontsize, va=va,
+                                 ha="left", clip_on=True,
+                                 bbox=dict(facecolor="black", alpha=0.6, edgecolor="none",
+                                           pad=1.5)))
+            keep_apart(ax, texts[-1], placed, up=is_pred)
+    return texts
+
+
+def keep_apart(ax, label, placed: list, up: bool) -> None:
+    """Move the label by its own height, away from its box's edge (up: predicted, above the box;
+    else down), until it covers none of the placed labels' extents and lies inside the picture,
+    then add its own to placed; failing that, the other way; after LABEL_SHIFTS steps each way it
+    stays where it started."""
+    renderer = ax.figure.canvas.get_renderer()
+    start = label.get_position()
+    extent = label.get_window_extent(renderer).padded(3)  # the dark band's pad, about 2 px
+    step = abs(ax.transData.inverted().transform((0, 0))[1]
+               - ax.transData.inverted().transform((0, extent.height))[1])  # data units
+    for sign in ((-1, 1) if up else (1, -1)):  # the y axis points down: -1 moves it up
+        for k in range(LABEL_SHIFTS + 1):
+            label.set_y(start[1] + sign * k * step)
+            extent = label.get_window_extent(renderer).padded(3)
+            if extent.y0 < ax.bbox.y0 or extent.y1 > ax.bbox.y1:
+                continue  # above or below the picture: clipped away, no place for it
+            if not any(extent.overlaps(other) for other in placed):
+                placed.append(extent)
+                return
+    label.set_y(start[1])
+    placed.append(label.get_window_extent(renderer).padded(3))
 
 
 def caption(ax, text: str, fontsize: float) -> None:

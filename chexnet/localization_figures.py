@@ -35,11 +35,22 @@ def boxes_figure(image: np.ndarray, predicted: Sequence[Box], truth: Sequence[Tr
     drawing.save_figure(fig, out_path)
 
 
+def map_name(cam: str = "gradcam", layer: str | None = None) -> str:
+    """'LayerCAM at denseblock2+denseblock3': the method (and the layers) that made a map, as the
+    pictures name it; layer: one module name or several joined by commas, None: not named."""
+    if not layer:
+        return drawing.cam_title(cam)
+    layers = "+".join(name.removeprefix("features.") for name in layer.split(","))
+    return f"{drawing.cam_title(cam)} at {layers}"
+
+
 def heatmap_overlay(image: np.ndarray, heatmap: np.ndarray, label: str, out_path: str | os.PathLike,
                     predicted: Sequence[Box] = (), truth: Sequence[TruthBox] | None = None,
                     prob: float | None = None, size: int = ORIGINAL_SIZE, title: str = "",
-                    frame: tuple[int, int] = drawing.SQUARE) -> None:
-    """Grad-CAM map (224, 224) in jet over the X-ray's centre crop, with a colour bar on the right.
+                    frame: tuple[int, int] = drawing.SQUARE, cam: str = "gradcam",
+                    layer: str | None = None) -> None:
+    """The map (224, 224) of the method cam (at layer) in jet over the X-ray's centre crop, with a
+    colour bar on the right; caption and colour bar name the method.
 
     The PNG is (size + drawing.COLORBAR_PX) wide and picture_height(size, frame) high; the X-ray
     fills the left part.
@@ -51,11 +62,11 @@ def heatmap_overlay(image: np.ndarray, heatmap: np.ndarray, label: str, out_path
     drawing.show_xray(ax, image, frame)
     drawing.show_heatmap(ax, heatmap, frame)
     drawing.draw_boxes(ax, predicted, truth, None, drawing.fontsize(size))
-    head = f"{label} heatmap" + (f"  p={prob:.2f}" if prob is not None else "")
+    head = f"{label}: {map_name(cam, layer)}" + (f"  p={prob:.2f}" if prob is not None else "")
     drawing.caption(ax, f"{title}\n{head}" if title else head, drawing.fontsize(size))
     width = size + drawing.COLORBAR_PX
     drawing.colorbar(fig, ((size + 12) / width, 0.1, 18 / width, 0.8),
-                     max(7.0, drawing.fontsize(size) * 0.8))
+                     max(7.0, drawing.fontsize(size) * 0.8), drawing.cam_title(cam))
     drawing.save_figure(fig, out_path)
 
 
@@ -104,8 +115,9 @@ SHEET_GAP_PX = 3  # white line between neighbouring cells, so captions and edges
 
 
 def contact_sheet(rows: Sequence[tuple[str, Sequence[SheetCell]]], out_path: str | os.PathLike,
-                  cell: int = 256) -> None:
-    """One row per class, its cells side by side: heatmap overlay, truth red, predicted blue.
+                  cell: int = 256, cam: str = "gradcam") -> None:
+    """One row per class, its cells side by side: heatmap overlay (the colour bar names the
+    method cam), truth red, predicted blue.
 
     PNG size: (SHEET_LABEL_PX + columns * cell + drawing.COLORBAR_PX) x (len(rows) * cell).
     """
@@ -131,7 +143,8 @@ def contact_sheet(rows: Sequence[tuple[str, Sequence[SheetCell]]], out_path: str
             if item.caption:
                 drawing.caption(ax, item.caption, 7)
     if any(item.heatmap is not None for _, cells in rows for item in cells):
-        drawing.colorbar(fig, ((width - drawing.COLORBAR_PX + 12) / width, 0.1, 18 / width, 0.8), 8)
+        drawing.colorbar(fig, ((width - drawing.COLORBAR_PX + 12) / width, 0.1, 18 / width, 0.8),
+                         8, drawing.cam_title(cam))
     drawing.save_figure(fig, out_path)
 
 
@@ -139,8 +152,10 @@ def image_figures(out_dir: str | os.PathLike, image_name: str, image: np.ndarray
                   thresholds: np.ndarray, heatmaps: dict[int, np.ndarray], predicted: Sequence[Box],
                   truth: Sequence[TruthBox] | None = None, size: int = 512,
                   frame: tuple[int, int] = drawing.SQUARE,
-                  class_names: Sequence[str] | None = None) -> list[Path]:
-    """All pictures of one localized image: boxes, the probability chart, one heatmap per class.
+                  class_names: Sequence[str] | None = None, cam: str = "gradcam",
+                  layer: str | None = None) -> list[Path]:
+    """All pictures of one localized image: boxes, the probability chart, one heatmap per class
+    (made by the method cam at layer, as their captions say).
 
     Writes <stem>_boxes.png, <stem>_probs.png and <stem>_heatmap_<Class>.png (for each model
     column in heatmaps) into out_dir; returns their paths. class_names: the model's, one per
@@ -161,7 +176,8 @@ def image_figures(out_dir: str | os.PathLike, image_name: str, image: np.ndarray
                         predicted=[b for b in predicted if b.label == name],
                         truth=([b for b in truth or () if b.label == name] if truth is not None
                                else None),
-                        prob=prob_of[name], size=size, title=image_name, frame=frame)
+                        prob=prob_of[name], size=size, title=image_name, frame=frame, cam=cam,
+                        layer=layer)
     return paths
 
 
@@ -173,11 +189,14 @@ class LocalizationPlots:
     detected class). The contact sheet keeps at most `per_class` cells per class, images with a
     true box of the class first, then images where it was detected; a cell holds the (256, 256)
     image and one (224, 224) heatmap, so memory stays bounded however many images stream past.
+    cam and layer: the method and layer(s) that made the maps, named on every picture.
     """
 
     def __init__(self, out_dir: str | os.PathLike, thresholds: np.ndarray,
                  truth: dict[str, list[TruthBox]] | None, max_images: int = 20, per_class: int = 4,
-                 size: int = 512, class_names: Sequence[str] | None = None):
+                 size: int = 512, class_names: Sequence[str] | None = None,
+                 cam: str = "gradcam", layer: str | None = None):
+        self.cam, self.layer = cam, layer
         self.out, self.thresholds, self.truth = Path(out_dir), np.asarray(thresholds, float), truth
         self.max_images, self.per_class, self.size = max_images, per_class, size
         # the model's classes, one per probability; each box class's model column, by name
@@ -215,7 +234,8 @@ class LocalizationPlots:
         if self.seen < self.max_images:
             paths = image_figures(self.out, name, image, probs, self.thresholds, heatmaps,
                                   predicted, truth, size=self.size, frame=frame,
-                                  class_names=self.class_names)
+                                  class_names=self.class_names, cam=self.cam,
+                                  layer=self.layer)
         self.seen += 1
         # one (256, 256) copy shared by this image's cells
         small = resize_stored(image) if wanted else None
@@ -239,5 +259,5 @@ class LocalizationPlots:
         if not rows:
             return None
         path = self.out / "contact_sheet.png"
-        contact_sheet(rows, path, cell=cell)
+        contact_sheet(rows, path, cell=cell, cam=self.cam)
         return path

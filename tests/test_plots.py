@@ -193,3 +193,54 @@ def test_evaluation_figures_from_an_evaluator_report(tmp_path):
     assert [p.name for p in paths] == ["localization_iobb.png", "localization_iou.png"]
     for path in paths:
         assert read_rgb(path).shape == (5 * 260, 1200, 3)
+
+
+def figure_texts(monkeypatch, draw) -> list[str]:
+    """Every text of the figure that draw() saves (drawing.save_figure is intercepted)."""
+    import matplotlib.text
+    seen = []
+    monkeypatch.setattr(drawing, "save_figure",
+                        lambda fig, path: seen.extend(t.get_text() for t in fig.findobj(matplotlib.text.Text)))
+    draw()
+    return seen
+
+
+@pytest.mark.parametrize("cam, layer, name", [
+    ("gradcam", None, "Grad-CAM"), ("layercam", "features.denseblock2,features.denseblock3", "LayerCAM"),
+    ("gradcam++", None, "Grad-CAM++"), ("cam", "features.norm5", "CAM")])
+def test_the_pictures_name_the_cam_that_made_the_map(tmp_path, monkeypatch, cam, layer, name):
+    heatmap = np.zeros((224, 224), np.float32)
+    texts = figure_texts(monkeypatch, lambda: localization_figures.heatmap_overlay(
+        np.zeros((256, 256), np.uint8), heatmap, "Mass", tmp_path / "h.png", size=256, cam=cam, layer=layer))
+    assert name in texts  # the colour bar's label
+    caption = next(t for t in texts if t.startswith("Mass: "))
+    assert caption.startswith(f"Mass: {name}")
+    assert ("denseblock2+denseblock3" in caption) == (layer is not None and "denseblock2" in layer)
+    assert cam == "gradcam" or "Grad-CAM" not in texts  # the colour bar said so for every --cam
+    cell = localization_figures.SheetCell(np.zeros((256, 256), np.uint8), heatmap, [], [])
+    sheet = figure_texts(monkeypatch, lambda: localization_figures.contact_sheet(
+        [("Mass", [cell])], tmp_path / "s.png", cell=64, cam=cam))
+    assert name in sheet and (cam == "gradcam" or "Grad-CAM" not in sheet)
+
+
+def test_labels_of_nearby_boxes_do_not_print_over_each_other():
+    """The demo's case: a Nodule box and a Cardiomegaly box whose top-left corners are 20 px apart
+    printed 'Nodule 0.50iiomegaly 0.48'; each label now clears the ones drawn before it."""
+    fig = drawing.plt.figure(figsize=(5.12, 5.12), dpi=drawing.DPI)
+    ax = drawing.image_axes(fig, 0, 0, 512)
+    predicted = [Box("Cardiomegaly", 300, 400, 400, 300), Box("Nodule", 330, 410, 70, 70),
+                 Box("Nodule", 310, 420, 70, 70), Box("Mass", 120, 4, 300, 200)]
+    truth = [TruthBox("a.png", "Nodule", 320, 330, 60, 60)]  # its label below: onto the others'
+    texts = drawing.draw_boxes(ax, predicted, truth, {"Cardiomegaly": 0.48, "Nodule": 0.5}, 11.0)
+    renderer = fig.canvas.get_renderer()
+    extents = [t.get_window_extent(renderer) for t in texts]
+    drawing.plt.close(fig)
+    assert len(extents) == 5
+    for i, a in enumerate(extents):
+        assert not any(a.overlaps(b) for b in extents[i + 1:]), [t.get_text() for t in texts]
+        assert ax.bbox.y0 <= a.y0 and a.y1 <= ax.bbox.y1  # inside the picture, none clipped away
+    # each stays beside its own box: within a few label heights of the edge it names
+    for text, box in zip(texts, truth + predicted):
+        edge = box.y + box.h if isinstance(box, TruthBox) else box.y
+        height = 2 * 20  # a label at 11 pt is under 20 px high, 2 units of the 1024 frame a px
+        assert abs(text.get_position()[1] - edge) < (drawing.LABEL_SHIFTS + 1) * height, text.get_text()
