@@ -111,11 +111,14 @@ def colorbar(fig, rect: tuple[float, float, float, float], labelsize: float,
 
 
 def draw_boxes(ax, predicted: Sequence[Box], truth: Sequence[TruthBox] | None,
-                probs: dict[str, float] | None, fontsize: float, labels: bool = True) -> list:
+                probs: dict[str, float] | None, fontsize: float, labels: bool = True,
+                avoid: Sequence = ()) -> list:
     """Truth first (red), predicted on top (blue); a predicted box's label sits just above its
     top-left corner, a truth box's below its bottom edge, each moved clear of the labels drawn
-    before it (keep_apart). Returns the labels' Text artists."""
-    placed, texts = [], []
+    before it (keep_apart) and of the texts in avoid (the caption). Returns the labels' Text
+    artists."""
+    renderer = ax.figure.canvas.get_renderer()
+    placed, texts = [t.get_window_extent(renderer).padded(4) for t in avoid], []
     for boxes, edge, text_color, is_pred in ((truth or (), TRUTH_COLOR, TRUTH_TEXT, False),
                                              (predicted, PRED_COLOR, PRED_TEXT, True)):
         for box in boxes:
@@ -160,9 +163,10 @@ def keep_apart(ax, label, placed: list, up: bool) -> None:
     placed.append(label.get_window_extent(renderer).padded(3))
 
 
-def caption(ax, text: str, fontsize: float) -> None:
-    """White text on a dark band at the top-left, inside the image (the figure has no margins)."""
-    ax.text(12, 12, text, color="white", fontsize=fontsize, va="top", ha="left",
+def caption(ax, text: str, fontsize: float):
+    """White text on a dark band at the top-left, inside the image (the figure has no margins);
+    returns the Text."""
+    return ax.text(12, 12, text, color="white", fontsize=fontsize, va="top", ha="left",
             bbox=dict(facecolor="black", alpha=0.6, edgecolor="none", pad=3))
 
 

@@ -29,9 +29,9 @@ def boxes_figure(image: np.ndarray, predicted: Sequence[Box], truth: Sequence[Tr
     fig = plt.figure(figsize=(size / drawing.DPI, tall / drawing.DPI), dpi=drawing.DPI)
     ax = drawing.image_axes(fig, 0, 0, size, frame, tall)
     drawing.show_xray(ax, image, frame)
-    drawing.draw_boxes(ax, predicted, truth, probs, drawing.fontsize(size), labels)
     legend = "blue: predicted" + ("   red: truth" if truth is not None else "")
-    drawing.caption(ax, f"{title}\n{legend}" if title else legend, drawing.fontsize(size))
+    text = drawing.caption(ax, f"{title}\n{legend}" if title else legend, drawing.fontsize(size))
+    drawing.draw_boxes(ax, predicted, truth, probs, drawing.fontsize(size), labels, avoid=[text])
     drawing.save_figure(fig, out_path)
 
 
@@ -61,9 +61,9 @@ def heatmap_overlay(image: np.ndarray, heatmap: np.ndarray, label: str, out_path
     ax = drawing.image_axes(fig, 0, 0, size, frame, tall)
     drawing.show_xray(ax, image, frame)
     drawing.show_heatmap(ax, heatmap, frame)
-    drawing.draw_boxes(ax, predicted, truth, None, drawing.fontsize(size))
     head = f"{label}: {map_name(cam, layer)}" + (f"  p={prob:.2f}" if prob is not None else "")
-    drawing.caption(ax, f"{title}\n{head}" if title else head, drawing.fontsize(size))
+    text = drawing.caption(ax, f"{title}\n{head}" if title else head, drawing.fontsize(size))
+    drawing.draw_boxes(ax, predicted, truth, None, drawing.fontsize(size), avoid=[text])
     width = size + drawing.COLORBAR_PX
     drawing.colorbar(fig, ((size + 12) / width, 0.1, 18 / width, 0.8),
                      max(7.0, drawing.fontsize(size) * 0.8), drawing.cam_title(cam))
