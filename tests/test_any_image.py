@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from model import ARCH, FORMAT, VERSION, build_model, save_checkpoint
+from model import build_model
 from chexnet import boxes, localize, preprocessed
 from chexnet.boxfile import Box, read_box_file
 from chexnet.constants import AVERAGE_BOXES, CLASS_NAMES
@@ -36,14 +36,10 @@ def net():
 
 
 @pytest.fixture(scope="module")
-def checkpoint(net, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("run") / "model"
-    save_checkpoint(folder / "best.pt", {
-        "format": FORMAT, "version": VERSION, "arch": ARCH,
-        "model": net.state_dict(), "class_names": list(CLASS_NAMES), "input_size": 224, "epoch": 1,
-        "optimizer": None, "metrics": {}, "args": {}, "thresholds": [0.5] * 8})
-    np.save(folder / "thresholds.npy", np.zeros(8, dtype=np.float32))  # every class active
-    return folder / "best.pt"
+def checkpoint(tmp_path_factory, random_checkpoint) -> Path:
+    """net's weights; thresholds.npy 0 beside it: every class active."""
+    return random_checkpoint(tmp_path_factory.mktemp("run") / "model", epoch=1,
+                             thresholds=[0.5] * 8, resize="area")
 
 
 SAMPLE = ROOT / "sample"

@@ -12,7 +12,8 @@ from sklearn.metrics import roc_auc_score
 
 import auroc
 import denseNet_localization
-from model import build_model, new_checkpoint, save_checkpoint
+from conftest import random_state
+from model import build_model
 from chexnet import bootstrap, localize
 from chexnet.constants import ALL_FINDINGS, CLASS_NAMES
 from chexnet.probs import read_probs_csv, write_probs_csv
@@ -96,14 +97,10 @@ def test_auroc_tool_on_a_known_case(tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def checkpoint_14(tmp_path_factory):
+def checkpoint_14(tmp_path_factory, random_checkpoint):
     """A 14-class checkpoint (random weights) carrying thresholds of 0.3, alone in its folder."""
-    folder = tmp_path_factory.mktemp("ckpt")
-    torch.manual_seed(0)
-    net = build_model(len(ALL_FINDINGS), weights="none")
-    save_checkpoint(folder / "best.pt", new_checkpoint(
-        net.state_dict(), thresholds=np.full(14, 0.3), class_names=ALL_FINDINGS))
-    return folder / "best.pt"
+    return random_checkpoint(tmp_path_factory.mktemp("ckpt"), ALL_FINDINGS, thresholds_npy=None,
+                             thresholds=np.full(14, 0.3))
 
 
 def test_model_gives_the_thresholds_localization_uses(tmp_path, checkpoint_14, capsys):
@@ -198,11 +195,10 @@ def test_side_by_side_table_shows_the_originals_per_class_figures(tmp_path, caps
     assert rows["mean"].split()[-1] == "0.824"
 
 
-def test_localization_probs_are_the_forward_pass(tmp_path, sample_dir):
-    torch.manual_seed(0)
+def test_localization_probs_are_the_forward_pass(tmp_path, sample_dir, random_checkpoint):
+    random_checkpoint(tmp_path, thresholds_npy=0.5)
     net = build_model(len(CLASS_NAMES), weights="none").eval()
-    save_checkpoint(tmp_path / "best.pt", new_checkpoint(net.state_dict()))
-    np.save(tmp_path / "thresholds.npy", np.full(8, 0.5, dtype=np.float32))
+    net.load_state_dict(random_state(len(CLASS_NAMES)))
     (tmp_path / "test.txt").write_text("\n".join(NAMES) + "\n")
     args = denseNet_localization.get_args_parser().parse_args(
         [str(tmp_path / "test.txt"), str(sample_dir / "images"),

@@ -8,13 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from chexnet import boxes
 import calibrate
 import evaluate
 from chexnet import localize
-from model import ARCH, FORMAT, VERSION, build_model, save_checkpoint
 from chexnet.boxfile import read_box_file
 from chexnet.utils import InputError
 from chexnet.constants import AVERAGE_BOXES, CLASS_NAMES, DEFAULT_TARGET_LAYER
@@ -115,7 +113,7 @@ def test_holdout_split():
 # ---------------------------------------------------------------- end to end on the real sample
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
+def run_dir(tmp_path_factory, random_checkpoint) -> Path:
     """preprocessing.py on sample/, and a random-init model/best.pt with zero thresholds (all
     active)."""
     root = tmp_path_factory.mktemp("calibrate")
@@ -125,13 +123,7 @@ def run_dir(tmp_path_factory) -> Path:
                            "--workers", "1", "--quiet"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    torch.manual_seed(0)
-    net = build_model(len(CLASS_NAMES), weights="none")
-    save_checkpoint(root / "model" / "best.pt", {
-        "format": FORMAT, "version": VERSION, "arch": ARCH,
-        "model": net.state_dict(), "class_names": list(CLASS_NAMES), "input_size": 224, "epoch": 1,
-        "optimizer": None, "metrics": {}, "args": {}, "thresholds": None})
-    np.save(root / "model" / "thresholds.npy", np.zeros(8, dtype=np.float32))
+    random_checkpoint(root / "model", epoch=1, resize="area")
     return root
 
 

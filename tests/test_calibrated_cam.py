@@ -4,13 +4,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import denseNet_localization
-from model import build_model, new_checkpoint, save_checkpoint
 from chexnet import model_dir
 from chexnet.boxfile import read_box_file
-from chexnet.constants import AVERAGE_BOXES, CLASS_NAMES, DEFAULT_TARGET_LAYER
+from chexnet.constants import AVERAGE_BOXES, DEFAULT_TARGET_LAYER
 from chexnet.heatmap_file import read_heatmaps
 from chexnet.utils import InputError
 from gradcam import FINAL_FEATURES
@@ -19,13 +17,8 @@ FINER = "features.denseblock3"  # 14 x 14: a layer a calibration might pick for 
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("calcam")
-    torch.manual_seed(0)
-    net = build_model(len(CLASS_NAMES), weights="none")
-    save_checkpoint(folder / "best.pt", new_checkpoint(net.state_dict()))
-    np.save(folder / "thresholds.npy", np.zeros(8, dtype=np.float32))  # every class active
-    return folder / "best.pt"
+def model_path(tmp_path_factory, random_checkpoint) -> Path:
+    return random_checkpoint(tmp_path_factory.mktemp("calcam"))  # thresholds 0: every class active
 
 
 def _calibrated(folder: Path, record: dict | None) -> None:

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import denseNet_localization
-from model import build_model, load_checkpoint, new_checkpoint, save_checkpoint
+from conftest import random_state
+from model import load_checkpoint
 from chexnet import localize
 from chexnet.boxfile import read_box_file
 from chexnet.constants import ALL_FINDINGS, CLASS_NAMES
@@ -23,23 +23,19 @@ ALPHABETICAL = sorted(ALL_FINDINGS)  # Atelectasis, Cardiomegaly, Consolidation,
 ACTIVE = {"Atelectasis", "Effusion", "Mass", "Pneumothorax", "Edema"}
 
 
-def _save(folder: Path, state: dict, class_names: list[str]) -> Path:
-    folder.mkdir()
-    save_checkpoint(folder / "best.pt", new_checkpoint(state, class_names=class_names))
-    thresholds = [0.0 if name in ACTIVE else 1.0 for name in class_names]
-    np.save(folder / "thresholds.npy", np.array(thresholds, dtype=np.float32))
-    return folder / "best.pt"
+def active(class_names) -> list[float]:
+    return [0.0 if name in ACTIVE else 1.0 for name in class_names]
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
+def checkpoints(tmp_path_factory, random_checkpoint):
     """(usual order, alphabetical): one random-init network, its head's rows reordered with the names."""
     root = tmp_path_factory.mktemp("order")
-    torch.manual_seed(0)
-    state = build_model(len(ALL_FINDINGS), weights="none").state_dict()
+    state = random_state(len(ALL_FINDINGS))
     rows = [ALL_FINDINGS.index(name) for name in ALPHABETICAL]
     permuted = dict(state, **{key: state[key][rows] for key in ("classifier.weight", "classifier.bias")})
-    return _save(root / "usual", state, list(ALL_FINDINGS)), _save(root / "alpha", permuted, ALPHABETICAL)
+    return (random_checkpoint(root / "usual", ALL_FINDINGS, active(ALL_FINDINGS)),
+            random_checkpoint(root / "alpha", ALPHABETICAL, active(ALPHABETICAL), permuted))
 
 
 def _localize(model: Path, images: Path, out: Path, capsys, *extra) -> list[str]:

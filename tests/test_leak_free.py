@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import evaluate
 from chexnet import model_dir, nih
@@ -13,7 +12,6 @@ from chexnet.boxfile import Box, ImageBoxes, write_box_file
 from chexnet.boxfile import read_box_file
 from chexnet.constants import AVERAGE_BOXES, CLASS_NAMES
 from chexnet.utils import InputError
-from model import build_model, new_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,14 +64,9 @@ def test_size_images_needs_a_box_table(sample_dir, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory) -> Path:
+def model_path(tmp_path_factory, random_checkpoint) -> Path:
     """A random-init 8-class checkpoint with thresholds 0: every class active, every class boxed."""
-    folder = tmp_path_factory.mktemp("leak")
-    torch.manual_seed(0)
-    net = build_model(len(CLASS_NAMES), weights="none")
-    save_checkpoint(folder / "best.pt", new_checkpoint(net.state_dict()))
-    np.save(folder / "thresholds.npy", np.zeros(8, dtype=np.float32))
-    return folder / "best.pt"
+    return random_checkpoint(tmp_path_factory.mktemp("leak"))
 
 
 def test_lists_without_boxes_of_a_class_are_an_error_not_a_silent_fallback(sample_dir, tmp_path,

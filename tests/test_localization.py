@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from chexnet import localize
-from model import ARCH, FORMAT, VERSION, build_model, save_checkpoint
+from model import build_model
 from chexnet.boxfile import read_box_file
 from chexnet.utils import InputError
 from chexnet.constants import AVERAGE_BOXES, CLASS_NAMES
@@ -30,15 +30,11 @@ def net():
 
 
 @pytest.fixture(scope="module")
-def checkpoint_dir(net, tmp_path_factory) -> Path:
-    """model/best.pt + model/thresholds.npy, the layout train.py writes."""
-    folder = tmp_path_factory.mktemp("run") / "model"
-    save_checkpoint(folder / "best.pt", {
-        "format": FORMAT, "version": VERSION, "arch": ARCH,
-        "model": net.state_dict(), "class_names": list(CLASS_NAMES), "input_size": 224, "epoch": 1,
-        "optimizer": None, "metrics": {}, "args": {}, "thresholds": [0.5] * 8})
-    np.save(folder / "thresholds.npy", np.zeros(8, dtype=np.float32))  # every class active
-    return folder
+def checkpoint_dir(tmp_path_factory, random_checkpoint) -> Path:
+    """model/best.pt (net's weights) + model/thresholds.npy (0: every class active), the layout
+    train.py writes."""
+    return random_checkpoint(tmp_path_factory.mktemp("run") / "model", epoch=1,
+                             thresholds=[0.5] * 8, resize="area").parent
 
 
 def _paths(sample_dir, names=NAMES):

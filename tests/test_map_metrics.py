@@ -2,13 +2,10 @@
 import cv2
 import numpy as np
 import pytest
-import torch
 
 import evaluate
-from model import ARCH, FORMAT, VERSION, build_model, save_checkpoint
 from chexnet import scoring
 from chexnet.boxfile import read_box_file
-from chexnet.constants import CLASS_NAMES
 from chexnet.images import load_stored_sized, read_xray
 from chexnet.heatmap_file import SavedHeatmaps, read_heatmaps, write_heatmaps
 from chexnet.nih import TruthBox
@@ -100,18 +97,14 @@ def test_evaluate_scores_heatmaps(tmp_path):
     assert maps["overall"]["pairs"] == 2
 
 
-def test_heatmaps_of_a_non_1024_image_score_in_its_own_pixels(sample_dir, tmp_path):
+def test_heatmaps_of_a_non_1024_image_score_in_its_own_pixels(sample_dir, tmp_path,
+                                                              random_checkpoint):
     """A 2048x2500 PNG and a 1024 one with the same 256 stored pixels give the same maps; with the
     same true boxes, each in its own image's pixels, evaluate --heatmaps scores them alike."""
     import denseNet_localization
-    torch.manual_seed(0)
-    net = build_model(len(CLASS_NAMES), weights="none")
     folder, images = tmp_path / "model", tmp_path / "images"
-    save_checkpoint(folder / "best.pt", {
-        "format": FORMAT, "version": VERSION, "arch": ARCH,
-        "model": net.state_dict(), "class_names": list(CLASS_NAMES), "input_size": 224,
-        "epoch": 1, "optimizer": None, "metrics": {}, "args": {}, "thresholds": [0.0] * 8,
-        "resize": "area"})
+    random_checkpoint(folder, None, thresholds_npy=None, epoch=1, thresholds=[0.0] * 8,
+                      resize="area")
     images.mkdir()
     big = cv2.resize(read_xray(sample_dir / "images" / "00008386_000.png"), (2048, 2500),
                      interpolation=cv2.INTER_CUBIC)
