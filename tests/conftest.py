@@ -1,5 +1,6 @@
-"""Shared fixtures: the bundled real sample, ../shared/nih where present, and random-weight
-checkpoints written as train.py writes them."""
+"""Shared fixtures: the bundled real sample, ../shared/nih where present, random-weight
+checkpoints written as train.py writes them, and a random torchvision DenseNet-121 with tiny
+inputs for the CAM tests."""
 import functools
 import sys
 from pathlib import Path
@@ -62,3 +63,21 @@ def write_checkpoint(folder: Path, class_names=None, thresholds_npy=0.0, state=N
 def random_checkpoint():
     """write_checkpoint, for tests and fixtures of any scope; each passes its own folder."""
     return write_checkpoint
+
+
+@pytest.fixture(scope="module")
+def densenet():
+    """torchvision's DenseNet-121 (its module names) with 8 outputs, random weights from seed 0,
+    in eval mode; one per test module: a test that changes its mode puts it back."""
+    import torch
+    import torchvision
+    torch.manual_seed(0)
+    return torchvision.models.densenet121(num_classes=8).eval()
+
+
+@pytest.fixture(scope="module")
+def random_crops():
+    """(2, 3, 96, 96) noise from seed 1: tiny, as DenseNet is convolutional up to its
+    pooling (3x3 final features); the tests read the size from the tensor."""
+    import torch
+    return torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(1))

@@ -4,28 +4,15 @@ import cv2
 import numpy as np
 import pytest
 import torch
-import torchvision
 
 from chexnet.utils import InputError
 from gradcam import CAM, FINAL_FEATURES, METHODS, make_cam
 
-SIZE = 96  # a tiny input: DenseNet is convolutional up to its pooling (3x3 final features)
 CLASSES = [1, 5, 6]
 
 
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return torchvision.models.densenet121(num_classes=8).eval()
-
-
-@pytest.fixture(scope="module")
-def x():
-    return torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
-
-
-def _finish(cam: np.ndarray) -> np.ndarray:
-    cam = cv2.resize(cam, (SIZE, SIZE), interpolation=cv2.INTER_LINEAR)
+def _finish(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    cam = cv2.resize(cam, size[::-1], interpolation=cv2.INTER_LINEAR)  # cv2 takes (W, H)
     span = cam.max() - cam.min()
     return (cam - cam.min()) / span if span > 0 else np.zeros_like(cam)
 
@@ -65,7 +52,7 @@ def _reference(model, x, name):
         out.register_hook(lambda grad: store.__setitem__("g", grad.detach()))
 
     handle = module.register_forward_hook(keep)
-    out = np.zeros((x.shape[0], len(CLASSES), SIZE, SIZE))
+    out = np.zeros((x.shape[0], len(CLASSES), *x.shape[-2:]))
     try:
         for j, k in enumerate(CLASSES):
             model.zero_grad()
@@ -73,71 +60,72 @@ def _reference(model, x, name):
             w = model.classifier.weight[k].detach().double().numpy()
             for b in range(x.shape[0]):
                 a, g = store["a"][b].double().numpy(), store["g"][b].double().numpy()
-                out[b, j] = _finish(FORMULAS[name](a, g, w))
+                out[b, j] = _finish(FORMULAS[name](a, g, w), tuple(x.shape[-2:]))
     finally:
         handle.remove()
     return out
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_batched_maps_equal_the_papers_formula(model, x, name):
+def test_batched_maps_equal_the_papers_formula(densenet, random_crops, name):
     assert set(FORMULAS) == set(METHODS)
-    with make_cam(name, model) as cam:
-        logits, maps = cam.compute(x, CLASSES)
-    assert maps.shape == (2, len(CLASSES), SIZE, SIZE) and maps.dtype == torch.float32
-    np.testing.assert_allclose(maps.numpy(), _reference(model, x, name), atol=2e-5)
-    np.testing.assert_allclose(logits.numpy(), model(x).detach().numpy(), atol=1e-5)
+    with make_cam(name, densenet) as cam:
+        logits, maps = cam.compute(random_crops, CLASSES)
+    assert maps.shape == (2, len(CLASSES), *random_crops.shape[-2:])
+    assert maps.dtype == torch.float32
+    np.testing.assert_allclose(maps.numpy(), _reference(densenet, random_crops, name), atol=2e-5)
+    np.testing.assert_allclose(logits.numpy(), densenet(random_crops).detach().numpy(), atol=1e-5)
 
 
-def test_cam_is_exact_for_pool_and_linear_head(model, x):
+def test_cam_is_exact_for_pool_and_linear_head(densenet, random_crops):
     """The raw CAM's mean over positions is the logit minus the bias (global pool + linear head)."""
     store = {}
-    with CAM(model) as cam:
+    with CAM(densenet) as cam:
         original = cam.combine
         cam.combine = lambda a, g, k: store.setdefault("raw", original(a, g, k))
-        logits = cam.forward(x)
+        logits = cam.forward(random_crops)
         cam.maps(list(range(8)))
-    recovered = store["raw"].mean(dim=(-2, -1)) + model.classifier.bias.detach()
+    recovered = store["raw"].mean(dim=(-2, -1)) + densenet.classifier.bias.detach()
     np.testing.assert_allclose(recovered.numpy(), logits.numpy(), atol=1e-4)
 
 
-def test_cam_rejects_another_layer_and_unknown_method(model):
+def test_cam_rejects_another_layer_and_unknown_method(densenet):
     with pytest.raises(InputError, match="final features"):
-        make_cam("cam", model, "features.denseblock3")
+        make_cam("cam", densenet, "features.denseblock3")
     with pytest.raises(InputError, match="choose from"):
-        make_cam("scorecam", model)
+        make_cam("scorecam", densenet)
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_model_left_as_found(model, x, name):
-    model.train()
-    flags = [p.requires_grad for p in model.parameters()]
-    with make_cam(name, model) as cam:
-        cam.compute(x[:1], [0])
-    assert model.training and [p.requires_grad for p in model.parameters()] == flags
-    model.eval()
+def test_model_left_as_found(densenet, random_crops, name):
+    densenet.train()
+    flags = [p.requires_grad for p in densenet.parameters()]
+    with make_cam(name, densenet) as cam:
+        cam.compute(random_crops[:1], [0])
+    assert densenet.training and [p.requires_grad for p in densenet.parameters()] == flags
+    densenet.eval()
 
 
 FUSED = "features.denseblock3,features.denseblock4.denselayer16.conv2"
 
 
 @pytest.mark.parametrize("name", ["layercam", "gradcam"])
-def test_fused_layers_are_the_mean_of_each_layers_map(model, x, name):
+def test_fused_layers_are_the_mean_of_each_layers_map(densenet, random_crops, name):
     """Two layers in one forward and one backward: the normalised mean of each layer's own map."""
     singles = []
     for layer in FUSED.split(","):
-        with make_cam(name, model, layer) as cam:
-            singles.append(cam.compute(x, CLASSES)[1])
+        with make_cam(name, densenet, layer) as cam:
+            singles.append(cam.compute(random_crops, CLASSES)[1])
     assert singles[0].shape == singles[1].shape  # both resized to the input
     mean = (singles[0] + singles[1]) / 2
     low = mean.flatten(2).min(dim=2).values[..., None, None]
     high = mean.flatten(2).max(dim=2).values[..., None, None]
-    with make_cam(name, model, FUSED) as cam:
+    with make_cam(name, densenet, FUSED) as cam:
         calls = []
         grad = torch.autograd.grad
         torch.autograd.grad = lambda *a, **k: calls.append(1) or grad(*a, **k)
         try:
-            logits, fused = cam.compute(x, CLASSES)
+            logits, fused = cam.compute(random_crops, CLASSES)
         finally:
             torch.autograd.grad = grad
         assert cam.target_layer == FUSED and cam.layers == FUSED.split(",")
@@ -147,8 +135,8 @@ def test_fused_layers_are_the_mean_of_each_layers_map(model, x, name):
     assert not torch.allclose(fused, singles[0], atol=1e-2)  # the finer layer changed the map
 
 
-def test_layer_lists_are_checked(model):
+def test_layer_lists_are_checked(densenet):
     with pytest.raises(InputError, match="names a layer twice"):
-        make_cam("layercam", model, "features.denseblock3,features.denseblock3")
+        make_cam("layercam", densenet, "features.denseblock3,features.denseblock3")
     with pytest.raises(InputError, match="unknown Grad-CAM layer 'features.nope'"):
-        make_cam("layercam", model, "features.denseblock3,features.nope")
+        make_cam("layercam", densenet, "features.denseblock3,features.nope")

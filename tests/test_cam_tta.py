@@ -5,26 +5,13 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 from chexnet import boxes
 from chexnet.utils import InputError
 from gradcam import METHODS, make_cam, normalize_maps
 
-SIZE = 96
 CLASSES = [1, 5, 6]
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return torchvision.models.densenet121(num_classes=8).eval()
-
-
-@pytest.fixture(scope="module")
-def x():
-    return torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
 
 
 def _counting_grad(calls):
@@ -34,19 +21,20 @@ def _counting_grad(calls):
 
 @pytest.mark.parametrize("name,layer", [("gradcam", None), ("layercam", None), ("cam", None),
                                         ("layercam", "features.denseblock2,features.denseblock3")])
-def test_flip_is_the_mean_of_the_map_and_its_mirrors_in_one_pass(model, x, name, layer):
-    with make_cam(name, model, layer) as cam:
-        logits, plain = cam.compute(x, CLASSES)
-    with make_cam(name, model, layer) as cam:
-        mirrored = cam.compute(x.flip(-1), CLASSES)[1].flip(-1)
+def test_flip_is_the_mean_of_the_map_and_its_mirrors_in_one_pass(densenet, random_crops, name,
+                                                                  layer):
+    with make_cam(name, densenet, layer) as cam:
+        logits, plain = cam.compute(random_crops, CLASSES)
+    with make_cam(name, densenet, layer) as cam:
+        mirrored = cam.compute(random_crops.flip(-1), CLASSES)[1].flip(-1)
     calls, grad = [], torch.autograd.grad
-    with make_cam(name, model, layer, tta="flip") as cam:
+    with make_cam(name, densenet, layer, tta="flip") as cam:
         torch.autograd.grad = _counting_grad(calls)
         try:
-            tta_logits, tta = cam.compute(x, CLASSES)
+            tta_logits, tta = cam.compute(random_crops, CLASSES)
         finally:
             torch.autograd.grad = grad
-    assert tta.shape == plain.shape == (2, len(CLASSES), SIZE, SIZE)
+    assert tta.shape == plain.shape == (2, len(CLASSES), *random_crops.shape[-2:])
     assert len(calls) == (0 if name == "cam" else 1)  # crop and mirror in one batched backward
     np.testing.assert_allclose(tta_logits.numpy(), logits.numpy(), atol=1e-5)
     want = normalize_maps((plain + mirrored) / 2)
@@ -54,11 +42,11 @@ def test_flip_is_the_mean_of_the_map_and_its_mirrors_in_one_pass(model, x, name,
 
 
 @pytest.mark.parametrize("name", ["gradcam", "layercam"])
-def test_a_symmetric_input_gets_a_symmetric_map(model, x, name):
-    symmetric = (x + x.flip(-1)) / 2
-    with make_cam(name, model) as cam:
+def test_a_symmetric_input_gets_a_symmetric_map(densenet, random_crops, name):
+    symmetric = (random_crops + random_crops.flip(-1)) / 2
+    with make_cam(name, densenet) as cam:
         plain = cam.compute(symmetric, CLASSES)[1]
-    with make_cam(name, model, tta="flip") as cam:
+    with make_cam(name, densenet, tta="flip") as cam:
         tta = cam.compute(symmetric, CLASSES)[1]
     assert (plain - plain.flip(-1)).abs().max() > 0.05  # the random network is not symmetric
     np.testing.assert_allclose(tta.numpy(), tta.flip(-1).numpy(), atol=1e-5)
@@ -100,7 +88,7 @@ def test_a_peak_stays_where_it_is_under_flip():
     assert abs(bx + bw / 2 - (col + 16) * 4) <= 4 and abs(by + bh / 2 - (row + 16) * 4) <= 4
 
 
-def test_unknown_tta_is_refused(model):
+def test_unknown_tta_is_refused(densenet):
     assert set(METHODS) >= {"gradcam", "layercam"}
     with pytest.raises(InputError, match="choose from none, flip"):
-        make_cam("gradcam", model, tta="rot90")
+        make_cam("gradcam", densenet, tta="rot90")
