@@ -118,7 +118,8 @@ def draw_boxes(ax, predicted: Sequence[Box], truth: Sequence[TruthBox] | None,
     before it (keep_apart) and of the texts in avoid (the caption). Returns the labels' Text
     artists."""
     renderer = ax.figure.canvas.get_renderer()
-    placed, texts = [t.get_window_extent(renderer).padded(4) for t in avoid], []
+    kept_clear = [t.get_window_extent(renderer).padded(4) for t in avoid]  # its band: 3 pt, 4 px
+    placed, texts = list(kept_clear), []
     for boxes, edge, text_color, is_pred in ((truth or (), TRUTH_COLOR, TRUTH_TEXT, False),
                                              (predicted, PRED_COLOR, PRED_TEXT, True)):
         for box in boxes:
@@ -136,30 +137,34 @@ def draw_boxes(ax, predicted: Sequence[Box], truth: Sequence[TruthBox] | None,
                                  ha="left", clip_on=True,
                                  bbox=dict(facecolor="black", alpha=0.6, edgecolor="none",
                                            pad=1.5)))
-            keep_apart(ax, texts[-1], placed, up=is_pred)
+            keep_apart(ax, texts[-1], placed, up=is_pred, kept_clear=kept_clear)
     return texts
 
 
-def keep_apart(ax, label, placed: list, up: bool) -> None:
+def keep_apart(ax, label, placed: list, up: bool, kept_clear: Sequence = ()) -> None:
     """Move the label by its own height, away from its box's edge (up: predicted, above the box;
     else down), until it covers none of the placed labels' extents and lies inside the picture,
-    then add its own to placed; failing that, the other way; after LABEL_SHIFTS steps each way it
-    stays where it started."""
+    then add its own to placed; failing that, the other way. After LABEL_SHIFTS steps each way it
+    takes the first of those places that at least clears kept_clear (the caption), over another
+    label, or else stays where it started: a box at the top has no room above it, and its start
+    would be clipped away or sit on the caption's title."""
     renderer = ax.figure.canvas.get_renderer()
-    start = label.get_position()
+    start, fallback = label.get_position()[1], None
     extent = label.get_window_extent(renderer).padded(3)  # the dark band's pad, about 2 px
     step = abs(ax.transData.inverted().transform((0, 0))[1]
                - ax.transData.inverted().transform((0, extent.height))[1])  # data units
     for sign in ((-1, 1) if up else (1, -1)):  # the y axis points down: -1 moves it up
         for k in range(LABEL_SHIFTS + 1):
-            label.set_y(start[1] + sign * k * step)
+            label.set_y(start + sign * k * step)
             extent = label.get_window_extent(renderer).padded(3)
             if extent.y0 < ax.bbox.y0 or extent.y1 > ax.bbox.y1:
                 continue  # above or below the picture: clipped away, no place for it
             if not any(extent.overlaps(other) for other in placed):
                 placed.append(extent)
                 return
-    label.set_y(start[1])
+            if fallback is None and not any(extent.overlaps(c) for c in kept_clear):
+                fallback = label.get_position()[1]
+    label.set_y(start if fallback is None else fallback)
     placed.append(label.get_window_extent(renderer).padded(3))
 
 

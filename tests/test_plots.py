@@ -244,3 +244,39 @@ def test_labels_of_nearby_boxes_do_not_print_over_each_other():
         edge = box.y + box.h if isinstance(box, TruthBox) else box.y
         height = 2 * 20  # a label at 11 pt is under 20 px high, 2 units of the 1024 frame a px
         assert abs(text.get_position()[1] - edge) < (drawing.LABEL_SHIFTS + 1) * height, text.get_text()
+
+
+def drawn_texts(monkeypatch, draw) -> tuple:
+    """The picture's extent and (text, extent of its dark band) for each text of the X-ray's axes
+    in the figure that draw() saves (drawn, then closed; nothing is written)."""
+    seen = {}
+
+    def keep(fig, path):
+        fig.canvas.draw()
+        renderer, ax = fig.canvas.get_renderer(), fig.axes[0]
+        seen["picture"] = ax.bbox.frozen()
+        seen["texts"] = [(t.get_text(), t.get_bbox_patch().get_window_extent(renderer))
+                         for t in ax.texts]
+        drawing.plt.close(fig)
+    monkeypatch.setattr(drawing, "save_figure", keep)
+    draw()
+    return seen["picture"], seen["texts"]
+
+
+@pytest.mark.parametrize("top", [0, 30])
+def test_labels_of_boxes_at_the_top_clear_the_title(tmp_path, monkeypatch, top):
+    """A flat truth box and three predicted boxes (the peaks rule finds several) at the top of a
+    heatmap picture, under its two-line caption: no room above them, so each label goes below
+    its box's top, inside the picture and clear of the caption. The last one used to be left where
+    it started: above the picture (clipped away) or, a little lower, on the title."""
+    predicted = [Box("Mass", 20 * i, top, 300, 200) for i in range(3)]
+    truth = [TruthBox("a.png", "Mass", 0, top, 300, 20)]
+    picture, texts = drawn_texts(monkeypatch, lambda: localization_figures.heatmap_overlay(
+        np.full((1024, 1024), 90, np.uint8), np.zeros((224, 224), np.float32), "Mass",
+        tmp_path / "h.png", predicted=predicted, truth=truth, prob=0.7, title="00000001_000.png"))
+    (title, caption), *labels = texts
+    assert title.startswith("00000001_000.png\nMass: ") and len(labels) == 4
+    for text, band in labels:
+        assert not band.overlaps(caption), (text, band.bounds, caption.bounds)
+        assert picture.y0 <= band.y0 and band.y1 <= picture.y1 + 1, (text, band.bounds)  # shown
+        assert picture.y1 - band.y1 >= top - 1  # not above its box's top (1024 px: a unit a px)
