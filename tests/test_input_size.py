@@ -14,14 +14,15 @@ import pytest
 import torch
 from torch import nn
 
+import calibrate
 import preprocessing
 import train
-from chexnet import images, localize, preprocessed
+from chexnet import calibration, images, localize, preprocessed
 from chexnet.boxfile import read_box_file
-from chexnet.constants import AVERAGE_BOXES, CLASS_NAMES, CROP_OFFSET, CROP_SIZE, STORED_SIZE
+from chexnet.constants import AVERAGE_BOXES, CLASS_NAMES, CROP_OFFSET, STORED_SIZE
 from chexnet.geometry import INPUT_SIZES, MAP_SIZE, Geometry, geometry
 from chexnet.utils import InputError
-from model import build_model, load_checkpoint, new_checkpoint, save_checkpoint
+from model import build_model, load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = ["00001933_000.png", "00008386_000.png"]
@@ -144,8 +145,39 @@ def _tiny_folder(sample_dir: Path, tmp_path: Path, size: int) -> Path:
     return out
 
 
-def test_preprocessing_at_448_stores_512_and_train_refuses_another_size(sample_dir, tmp_path):
-    out = _tiny_folder(sample_dir, tmp_path, 448)
+@pytest.fixture(scope="module")
+def folder448(tmp_path_factory) -> Path:
+    return _tiny_folder(ROOT / "sample", tmp_path_factory.mktemp("tiny"), 448)
+
+
+def test_calibration_crops_448_of_512_and_gives_224_maps():
+    """calibration.compute_heatmaps on stored 512 arrays: the bright spot's map peaks where it
+    is, on the 224 map of the 448 crop (stored (x 350, y 150) -> crop (318, 118) -> map (159, 59))."""
+    yy, xx = np.mgrid[:512, :512]
+    stored = (20 + 230 * np.exp(-((xx - 350) ** 2 + (yy - 150) ** 2) / (2 * 12.0 ** 2)))
+    hm = calibration.compute_heatmaps(Brightness(), stored.astype(np.uint8)[None], ["a.png"],
+                                      torch.device("cpu"), 1, "features.pool")
+    assert hm.maps.shape == (1, 8, 224, 224)
+    row, col = np.unravel_index(hm.maps[0, 0].argmax(), (224, 224))
+    assert abs(row - 58.75) <= 1 and abs(col - 158.75) <= 1
+
+
+def test_calibrate_refuses_a_checkpoint_of_another_size(folder448, tmp_path, random_checkpoint):
+    model = random_checkpoint(tmp_path / "model")  # 224
+    with pytest.raises(InputError, match=r"trained at input size 224, but .* holds images for "
+                                         r"448; calibrate on a folder of preprocessing.py "
+                                         r"--input-size 224"):
+        calibrate.main(calibrate.get_args_parser().parse_args(
+            [str(folder448), "--model", str(model), "--device", "cpu"]))
+    assert not (tmp_path / "model" / "box_sizes.json").exists()
+
+
+def test_preprocessing_at_448_stores_512_and_train_refuses_another_size(sample_dir, tmp_path,
+                                                                        folder448):
+    out = tmp_path / "copy"
+    out.mkdir()
+    for f in folder448.iterdir():
+        (out / f.name).write_bytes(f.read_bytes())
     meta = json.loads((out / "meta.json").read_text())
     assert (meta["image_size"], meta["input_size"], meta["resize"]) == (512, 448, "area")
     data = preprocessed.load_prepared(out)
@@ -179,10 +211,11 @@ def test_default_folder_has_no_new_key(sample_dir, tmp_path):
     assert meta["image_size"] == 256 and "input_size" not in meta and meta["resize"] == "original"
 
 
-def test_train_localize_and_bundle_at_448(sample_dir, tmp_path):
-    """train.py at 448 on a tiny folder writes a checkpoint of input_size 448;
-    denseNet_localization.py localizes with it at 448, and so does its bundle, line for line."""
-    data = _tiny_folder(sample_dir, tmp_path, 448)
+def test_train_calibrate_localize_and_bundle_at_448(sample_dir, tmp_path, folder448):
+    """train.py at 448 on a tiny folder writes a checkpoint of input_size 448; calibrate.py makes
+    224 maps with it; denseNet_localization.py localizes with it at 448, and so does its bundle,
+    line for line."""
+    data = folder448
     model = tmp_path / "model"
     train.main(train.get_args_parser().parse_args([
         str(data), "--out", str(model), "--weights", "none", "--epochs", "1", "--repeats", "1",
@@ -190,6 +223,11 @@ def test_train_localize_and_bundle_at_448(sample_dir, tmp_path):
         "--no-plots"]))
     best = load_checkpoint(model / "best.pt")
     assert best["input_size"] == 448 and best["resize"] == "area"
+    calibrate.main(calibrate.get_args_parser().parse_args(
+        [str(data), "--model", str(model / "best.pt"), "--out", str(tmp_path / "cal"),
+         "--device", "cpu", "--thresholds", "0"]))
+    assert calibration.load_heatmaps(tmp_path / "cal" / "heatmaps.npz").maps.shape == (
+        2, 8, 224, 224)
     test_txt = tmp_path / "test.txt"
     test_txt.write_text("".join(n + "\n" for n in NAMES[:1]))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
