@@ -50,6 +50,7 @@ class FileCrops(Dataset):
     def __init__(self, paths: Sequence[str], resize: str, input_size: int = CROP_SIZE):
         self.paths, self.resize = list(paths), resize
         self.geometry = geometry(input_size)
+        images.check_resize(resize, self.geometry.stored_size)  # before any worker decodes
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -152,7 +152,8 @@ def folder448(tmp_path_factory) -> Path:
 
 def test_calibration_crops_448_of_512_and_gives_224_maps():
     """calibration.compute_heatmaps on stored 512 arrays: the bright spot's map peaks where it
-    is, on the 224 map of the 448 crop (stored (x 350, y 150) -> crop (318, 118) -> map (159, 59))."""
+    is, on the 224 map of the 448 crop: stored (x 350, y 150) -> crop (318, 118) -> map
+    (158.75, 58.75), pixel centres."""
     yy, xx = np.mgrid[:512, :512]
     stored = (20 + 230 * np.exp(-((xx - 350) ** 2 + (yy - 150) ** 2) / (2 * 12.0 ** 2)))
     hm = calibration.compute_heatmaps(Brightness(), stored.astype(np.uint8)[None], ["a.png"],
@@ -197,7 +198,8 @@ def test_preprocessing_at_448_stores_512_and_train_refuses_another_size(sample_d
     (out / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(InputError, match="image_size 512 does not fit input_size 224"):
         preprocessed.load_prepared(out)
-    with pytest.raises(InputError, match="--resize original --input-size 448: .*need resize 'area'"):
+    with pytest.raises(InputError,
+                       match="--resize original --input-size 448: .*need resize 'area'"):
         preprocessing.main(preprocessing.get_args_parser().parse_args([
             str(sample_dir / "images"), str(sample_dir / "Data_Entry_2017.csv"),
             str(sample_dir / "BBox_List_2017.csv"), str(tmp_path / "train.txt"),
@@ -250,8 +252,8 @@ def test_train_calibrate_localize_and_bundle_at_448(sample_dir, tmp_path, folder
         zf.extractall(run_dir)
     assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["input_size"] == 448
     ran = subprocess.run([sys.executable, "inference.py", "--test-list", str(test_txt),
-                          "--images", str(sample_dir / "images"), "--out", "out.txt", "--workers", "0",
-                          "--device", "cpu"],
+                          "--images", str(sample_dir / "images"), "--out", "out.txt",
+                          "--workers", "0", "--device", "cpu"],
                          capture_output=True, text=True, cwd=run_dir, env=env, timeout=300)
     assert ran.returncode == 0, ran.stderr
     assert "input 448 px" in ran.stderr
