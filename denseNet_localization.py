@@ -11,7 +11,8 @@ otsu: regions of the map, no size from any table). Writes bounding_box.txt: per 
 `[IMAGES/name] [count]`, then `[disease] [x] [y] [width] [height]` lines, '%.1f', in pixels of the
 image itself (x = (col + 16) * W / 256: a 1024x1024 image gives the original's numbers). Given an
 image or a folder, it also prints one line per image: the classes above threshold, with their
-probabilities.
+probabilities. The input size is the checkpoint's (train.py --input-size; 448: each image resized to
+512, its 448 centre crop); the maps are 224 x 224 on the crop at any size, so the boxes map alike.
 """
 from __future__ import annotations
 
@@ -95,7 +96,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         f"min(4, CPUs) = {DEFAULT_WORKERS})")
     add_cam_options(p)
     p.add_argument("--resize", type=str, default=None, choices=RESIZE_METHODS,
-                   help="how each image becomes 256x256: original or area (see preprocessing.py) "
+                   help="how each image becomes 256x256 (at the checkpoint's input size S, which "
+                        "sets the crop: S * 256 / 224): original or area (see preprocessing.py) "
                         "(default: the checkpoint's, as its training images were resized)")
     p.add_argument("--save-heatmaps", type=str, default=None,
                    help="also write the heatmaps of the active classes to this .npz (float32, no "
@@ -151,16 +153,6 @@ def make_plotter(args: argparse.Namespace, run: "Setup", plots_dir: Path | None)
                                                   layer=run.layer)
 
 
-def resolve_resize(requested: str | None, checkpoint: dict, model_path: str) -> str:
-    """The checkpoint's resize unless --resize says otherwise (then a warning: the model did not
-    see images resized that way in training)."""
-    trained = checkpoint["resize"]
-    if requested is not None and requested != trained:
-        print(f"warning: --resize {requested}, but {model_path} was trained on images resized with "
-              f"{trained!r}", file=sys.stderr)
-    return requested or trained
-
-
 @dataclass
 class Setup:
     """What a run resolved from its options and the model folder (chexnet.model_dir's rules)."""
@@ -176,6 +168,7 @@ class Setup:
     resize: str
     cam: str
     layer: str
+    input_size: int  # the checkpoint's: images resized to input_size * 256 / 224, crops of it
 
 
 def resolve(args: argparse.Namespace) -> Setup:
@@ -199,7 +192,7 @@ def resolve(args: argparse.Namespace) -> Setup:
                                                                checkpoint)
     method = args.method or model_dir.calibrated_method(args.bbox_list, args.model) or "peaks"
     params, params_from = model_dir.resolve_box_params(args.bbox_list, args.model, method)
-    resize = resolve_resize(args.resize, checkpoint, args.model)
+    resize, input_size = localize.resolve_input(args.resize, checkpoint, args.model)
     cam, layer, cam_from, warning = model_dir.resolve_cam(args.cam, args.layer, args.bbox_list,
                                                           args.model)
     if warning is not None:
@@ -209,10 +202,10 @@ def resolve(args: argparse.Namespace) -> Setup:
     print(f"{len(paths)} images, model {args.model} on {device}, "
           f"thresholds from {thresholds_from}, "
           f"box sizes from {sizes_from}, {method} parameters from {params_from}, "
-          f"resize {resize}, maps {cam} at {layer} (from {cam_from})",
+          f"resize {resize}, input {input_size} px, maps {cam} at {layer} (from {cam_from})",
           file=sys.stderr)
     return Setup(paths, per_image, device, net, list(checkpoint["class_names"]), thresholds,
-                 box_sizes, method, params, resize, cam, layer)
+                 box_sizes, method, params, resize, cam, layer, input_size)
 
 
 def main(args: argparse.Namespace) -> None:
@@ -233,7 +226,8 @@ def localize_images(args: argparse.Namespace, plots_dir: Path | None) -> None:
             run.net, paths, run.thresholds, run.box_sizes, run.device,
             batch_size=args.batch_size, target_layer=run.layer, workers=args.workers,
             method=run.method, method_params=run.params, resize=run.resize, cam_method=run.cam,
-            class_names=run.classes, average_box=not args.no_average_box, tta=args.tta),
+            class_names=run.classes, average_box=not args.no_average_box, tta=args.tta,
+            input_size=run.input_size),
         run.paths, args.batch_size)
     if results is None:  # another rank: its share went to rank 0, which writes
         return distributed.close()
@@ -247,7 +241,7 @@ def localize_images(args: argparse.Namespace, plots_dir: Path | None) -> None:
         if args.save_heatmaps is not None:
             keep_heatmaps(saved, result, run.classes)
         if run.per_image:
-            tqdm.write(findings_line(result, run.thresholds, run.classes), file=sys.stdout)
+            tqdm.write(localize.findings_line(result, run.thresholds, run.classes), file=sys.stdout)
         if plotter is not None:
             tick = time.perf_counter()
             plotter.add(result.image_path, result.probs, result.heatmaps, result.boxes)
@@ -294,16 +288,6 @@ def input_paths(source: str, images: str | None) -> tuple[list[str], bool]:
     paths = image_paths(images, names)  # IMAGES/name as the original, else found beneath
     check_images_exist(paths, source)
     return paths, False
-
-
-def findings_line(result: localize.ImageResult, thresholds, class_names) -> str:
-    """`path WxH: Class 0.830, Class 0.610`: the classes above threshold (all of the model's, 8 or
-    14), in the model's class order."""
-    found = [f"{name} {result.probs[k]:.3f}" for k, name in enumerate(class_names)
-             if result.probs[k] > thresholds[k]]
-    width, height = result.size
-    return (f"{result.image_path} {width}x{height}: "
-            + (", ".join(found) if found else "no class above its threshold"))
 
 
 def finish_pictures(plotter, args: argparse.Namespace, plot_seconds: float) -> None:

@@ -26,6 +26,9 @@ Test-time flip (`tta="flip"`): the crop and its left-right mirror go through one
 batched backward as a batch of 2B; each mirror's map is flipped back and averaged with its crop's
 (then min-max again). The logits returned are the crop's own, so probabilities (and the classes
 found active) do not change; only the maps do.
+
+map_size: the maps' side (None: the input's). Localization passes 224 at every --input-size, so a
+448 input's 14 x 14 map is upsampled straight to 224 x 224 on the same crop (chexnet/geometry.py).
 """
 from __future__ import annotations
 
@@ -51,11 +54,11 @@ class BaseCAM:
     needs_gradients = True  # False: the map needs no backward pass (classic CAM)
 
     def __init__(self, model: nn.Module, target_layer: str | None = None, batched: bool = True,
-                 tta: str = "none"):
+                 tta: str = "none", map_size: int | None = None):
         if tta not in TTA:
             raise InputError(f"unknown test-time augmentation {tta!r}; choose from "
                              f"{', '.join(TTA)}")
-        self.tta = tta
+        self.tta, self.map_size = tta, map_size
         target_layer = self.default_layer if target_layer is None else target_layer
         self.layers = split_layers(target_layer)
         modules = dict(model.named_modules())
@@ -75,7 +78,7 @@ class BaseCAM:
         # layer name -> (B, ch, h, w) leaf that requires grad, in self.layers' order
         self._activations: dict[str, torch.Tensor] = {}
         self._logits: torch.Tensor | None = None  # (B, C)
-        self._input_size: tuple[int, int] | None = None
+        self._map_shape: tuple[int, int] | None = None
         self._batch = 0  # images of the last forward (without their mirrors)
 
     def __enter__(self) -> "BaseCAM":
@@ -131,16 +134,18 @@ class BaseCAM:
         missing = [name for name in self.layers if name not in self._activations]
         if missing:
             raise RuntimeError(f"layer {missing[0]!r} did not run in the forward pass")
-        self._input_size = (x.shape[-2], x.shape[-1])
+        side = self.map_size
+        self._map_shape = (x.shape[-2], x.shape[-1]) if side is None else (side, side)
         return self._logits[:self._batch].detach()
 
     def maps(self, class_indices: Sequence[int]) -> torch.Tensor:
-        """Maps of the last forward's images for `class_indices`: float32 (B, K, H, W) in [0, 1]."""
+        """Maps of the last forward's images for `class_indices`: float32 (B, K, H, W) in [0, 1]
+        (H = W = map_size if given)."""
         if self._logits is None:
             raise RuntimeError("call forward(x) before maps()")
         classes = [int(k) for k in class_indices]
         if not classes:
-            return self._logits.new_zeros((self._batch, 0) + self._input_size, dtype=torch.float32)
+            return self._logits.new_zeros((self._batch, 0) + self._map_shape, dtype=torch.float32)
         # per layer (K, B, ch, h, w), or None for a method that needs no backward
         grads = (self._gradients(classes) if self.needs_gradients
                  else [None] * len(self.layers))
@@ -149,7 +154,7 @@ class BaseCAM:
         for name, grad in zip(self.layers, grads):
             activation = self._activations[name].detach().float()
             cam = self.combine(activation, None if grad is None else grad.float(), classes)
-            cam = F.interpolate(cam, size=self._input_size, mode="bilinear", align_corners=False)
+            cam = F.interpolate(cam, size=self._map_shape, mode="bilinear", align_corners=False)
             maps.append(normalize_maps(cam))  # (B, K, H, W), rows y, columns x
         self._activations = {}  # a later layer's copy holds the forward graph: let it go
         out = maps[0] if len(maps) == 1 else normalize_maps(torch.stack(maps).mean(dim=0))
@@ -232,7 +237,7 @@ class CAM(BaseCAM):
     needs_gradients = False
 
     def __init__(self, model: nn.Module, target_layer: str | None = None, batched: bool = True,
-                 tta: str = "none"):
+                 tta: str = "none", map_size: int | None = None):
         if target_layer not in (None, FINAL_FEATURES):
             raise InputError(f"the cam method uses the final features ({FINAL_FEATURES}) and "
                              f"the classifier's weights; it takes no other layer (got "
@@ -240,7 +245,7 @@ class CAM(BaseCAM):
         head = getattr(model, "classifier", None)
         if not isinstance(head, nn.Linear):
             raise InputError("the cam method needs a model whose `classifier` is one nn.Linear")
-        super().__init__(model, target_layer, batched, tta)
+        super().__init__(model, target_layer, batched, tta, map_size)
         self._head = head
 
     def combine(self, activation, grads, classes):
@@ -255,12 +260,12 @@ DEFAULT_CAM = "gradcam"  # the original's
 
 
 def make_cam(name: str, model: nn.Module, target_layer: str | None = None,
-             tta: str = "none") -> BaseCAM:
+             tta: str = "none", map_size: int | None = None) -> BaseCAM:
     """The CAM method `name` of METHODS on `model` (target_layer None: the method's default;
-    tta: "none" or "flip", see the module's docstring)."""
+    tta: "none" or "flip", see the module's docstring; map_size None: maps of the input's size)."""
     if name not in METHODS:
         raise InputError(f"unknown CAM method {name!r}; choose from {', '.join(METHODS)}")
-    return METHODS[name](model, target_layer, tta=tta)
+    return METHODS[name](model, target_layer, tta=tta, map_size=map_size)
 
 
 def split_layers(target_layer: str) -> list[str]:

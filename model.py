@@ -8,6 +8,9 @@ Nothing runs on import. A checkpoint is a dict that rebuilds the model by itself
      "args": {...plain str/int/float/bool/None...}, "thresholds": [N floats] | None,
      "resize": "original" | "area"}   # how the training images went from 1024 to 256
 
+"input_size" is the side of the crops it was trained on (train.py --input-size, 224 by default;
+chexnet/geometry.py): localization resizes and crops as it says. A file without it reads as 224.
+
 train.py adds "scaler", "rng" and "best" for --resume. Files are written atomically and read
 with torch.load(weights_only=True) only. Two layouts that users already have load too: the original
 project's .pkl (a bare state dict of torch.nn.DataParallel(DenseNet121(8)) in PyTorch-0.2 key names)
@@ -116,10 +119,11 @@ def normalize_keys(state: dict) -> dict:
 
 def new_checkpoint(state: dict, *, epoch: int | None = None, optimizer: dict | None = None,
                    metrics: dict | None = None, args: dict | None = None,
-                   thresholds=None, resize: str = "original", class_names=CLASS_NAMES) -> dict:
+                   thresholds=None, resize: str = "original", class_names=CLASS_NAMES,
+                   input_size: int = CROP_SIZE) -> dict:
     """The checkpoint dict of this format (module docstring) for a model of these classes."""
     return {"format": FORMAT, "version": VERSION, "arch": ARCH, "model": state,
-            "class_names": list(class_names), "input_size": CROP_SIZE, "epoch": epoch,
+            "class_names": list(class_names), "input_size": input_size, "epoch": epoch,
             "optimizer": optimizer, "metrics": metrics or {}, "args": args or {},
             "thresholds": None if thresholds is None else [float(t) for t in thresholds],
             "resize": resize}
@@ -145,6 +149,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             raise InputError(f"{path}: format {obj.get('format')!r} v{obj.get('version')}; "
                              f"expected {FORMAT!r} v{VERSION}")
         obj.setdefault("resize", "area")  # written before the choice existed: all used area
+        obj.setdefault("input_size", CROP_SIZE)  # every one so far records it; 224 if not
         return obj
     if isinstance(obj.get("state_dict"), dict):
         return _from_state_dict(path, obj["state_dict"])

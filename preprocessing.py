@@ -10,6 +10,7 @@ does not grow with the number of images. Arrays are written under temporary name
 at the end; meta.json comes last, so a folder with meta.json is complete and a failed run
 leaves no such folder behind. Images of any size (at least 256 px a side) are resized to 256x256;
 meta.json keeps each one's original (width, height), which maps boxes back to its pixels.
+--input-size 448 stores 512x512 images instead, for a network that sees 448 crops (geometry.py).
 """
 from __future__ import annotations
 
@@ -29,8 +30,10 @@ from tqdm import tqdm
 from chexnet import preprocessed
 from chexnet.utils import (InputError, atomic_path, remove_stale_temporaries, run_cli, usable_cpus,
                            write_text_atomic)
-from chexnet.constants import CLASS_SETS, STORED_SIZE
-from chexnet.images import DEFAULT_RESIZE, RESIZE_METHODS, check_images_exist, image_paths
+from chexnet.constants import CLASS_SETS, CROP_SIZE
+from chexnet.geometry import INPUT_SIZES, geometry
+from chexnet.images import (DEFAULT_RESIZE, RESIZE_METHODS, check_images_exist, check_resize,
+                            default_resize, image_paths)
 from chexnet.preprocessed import DEFAULT_CHUNK, store_images
 from chexnet.nih import (LabelRow, TruthBox, label_matrix, read_bbox_list, read_data_entry,
                          read_image_list_lines)
@@ -71,11 +74,16 @@ def get_args_parser() -> argparse.ArgumentParser:
                              f"(default: the usable CPUs, at most 16: {DEFAULT_WORKERS} here)")
     parser.add_argument("--chunk", type=int, default=DEFAULT_CHUNK,
                         help=f"images per task handed to a worker (default: {DEFAULT_CHUNK})")
-    parser.add_argument("--resize", type=str, default=DEFAULT_RESIZE, choices=RESIZE_METHODS,
+    parser.add_argument("--resize", type=str, default=None, choices=RESIZE_METHODS,
                         help="1024 -> 256: original (the original project's pixels: bilinear "
                              "without "
-                             "anti-aliasing, then its truncation) or area (OpenCV's area average, "
-                             f"every pixel counted) (default: {DEFAULT_RESIZE})")
+                             "anti-aliasing, then its truncation; 256 only) or area (OpenCV's "
+                             f"area average, every pixel counted) (default: {DEFAULT_RESIZE}; "
+                             "area with another --input-size)")
+    parser.add_argument("--input-size", type=int, default=CROP_SIZE, choices=INPUT_SIZES,
+                        help="side of the crops the network will see: images are stored at "
+                             "input size * 256 / 224 (512 for 448); train.py and localization "
+                             f"follow the folder (default: {CROP_SIZE}, the original's)")
     parser.add_argument("--quiet", action="store_true", default=False,
                         help="no progress bar and no summary; warnings and errors still show "
                              "(default: off)")
@@ -125,7 +133,7 @@ def write_images(plan: SplitPlan, path: Path, args: argparse.Namespace) -> None:
     with progress:
         plan.sizes = [[0, 0]] * len(plan.paths)
         for done in store_images(plan.paths, path, args.workers, args.chunk, args.resize,
-                                 plan.sizes):
+                                 plan.sizes, geometry(args.input_size).stored_size):
             progress.update(done)
 
 
@@ -170,9 +178,12 @@ def write_folder(out_dir: Path, train: SplitPlan, valid: SplitPlan, boxes: list[
 
 
 def make_meta(train: SplitPlan, valid: SplitPlan, args: argparse.Namespace) -> dict:
+    # input_size only where it is not 224: a default folder stays byte for byte as before the key
+    sizes = {"image_size": geometry(args.input_size).stored_size} | (
+        {"input_size": args.input_size} if args.input_size != CROP_SIZE else {})
     return {"format": preprocessed.FORMAT, "version": preprocessed.VERSION,
             "class_names": list(CLASS_SETS[args.classes]),
-            "image_size": STORED_SIZE, "resize": args.resize, "train_images": train.names,
+            **sizes, "resize": args.resize, "train_images": train.names,
             "valid_images": valid.names,
             "train_sizes": train.sizes, "valid_sizes": valid.sizes,
             "sources": {"images": args.images, "data_entry": args.data_entry,
@@ -204,6 +215,12 @@ def main(args: argparse.Namespace) -> None:
         raise InputError(f"--chunk {args.chunk}: must be at least 1")
     if not os.path.isdir(args.images):
         raise InputError(f"{args.images}: image folder not found")
+    stored = geometry(args.input_size).stored_size
+    args.resize = args.resize or default_resize(stored)
+    try:
+        check_resize(args.resize, stored)
+    except ValueError as err:
+        raise InputError(f"--resize {args.resize} --input-size {args.input_size}: {err}") from None
     table = read_data_entry(args.data_entry)
     boxes = read_bbox_list(args.bbox_list)
     classes = CLASS_SETS[args.classes]

@@ -26,7 +26,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from chexnet import distributed, metrics, model_dir, preprocessed
-from chexnet.constants import ADAM_BETAS, BATCH_SIZE, CLASS_NAMES, EPOCHS, LEARNING_RATE, REPEATS
+from chexnet.constants import (ADAM_BETAS, BATCH_SIZE, CLASS_NAMES, CROP_SIZE, EPOCHS,
+                               LEARNING_RATE, REPEATS)
+from chexnet.geometry import INPUT_SIZES
 from chexnet.train_data import (LR_SCHEDULES, EpochBatches, amp_setup, default_workers,
                                 learning_rate, loader_options, loss_weights, make_datasets,
                                 to_input)  # noqa: F401 (train.to_input: callers' and tests')
@@ -88,6 +90,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--sync-bn", action="store_true",
                    help="under torchrun on GPUs: batch-norm statistics over the global batch "
                         "(SyncBatchNorm; CUDA only) (default: off, each process's own)")
+    p.add_argument("--input-size", type=int, default=None, choices=INPUT_SIZES,
+                   help="side of the crops, recorded in the checkpoints; the folder's own (its "
+                        "preprocessing.py --input-size) or an error (default: the folder's: 224)")
     p.add_argument("--workers", type=int, default=default_workers(),
                    help="data-loading processes, kept between epochs; 0 = in the main process "
                         f"(default: the usable CPUs, at most 16: {default_workers()} here)")
@@ -105,7 +110,7 @@ def make_checkpoint(run: Run, args, epoch: int, record: dict, thresholds, extra:
     """model.py's checkpoint dict, plus `extra` (the optimizer and --resume state for last.pt)."""
     return {**new_checkpoint(run.model.state_dict(), epoch=epoch, metrics=record,
                              args=plain_args(args), thresholds=thresholds, resize=run.resize,
-                             class_names=run.class_names),
+                             class_names=run.class_names, input_size=run.input_size),
             **extra}
 
 
@@ -137,6 +142,9 @@ def resume(out: Path, args, model, optimizer, scaler) -> tuple[int, dict | None,
             print(f"warning: --resume with {key}={getattr(args, key)!r}, the run used "
                   f"{used!r}; results will differ from an uninterrupted run", file=sys.stderr)
     preprocessed.warn_if_resized_otherwise(args.data, ckpt["resize"], path)
+    if ckpt["input_size"] != args.input_size:
+        raise InputError(f"{path}: trained at input size {ckpt['input_size']}, but {args.data} "
+                         f"holds images for {args.input_size}; --resume needs the run's folder")
     load_weights(model, ckpt["model"], str(path))
     optimizer.load_state_dict(ckpt["optimizer"])
     if ckpt.get("scaler"):
@@ -173,6 +181,7 @@ class Run:
     weights: tuple[torch.Tensor, torch.Tensor] | None
     resize: str  # how the preprocessed images were resized (meta.json), recorded in checkpoints
     class_names: tuple[str, ...] = CLASS_NAMES  # meta.json's: the original's 8 or all 14
+    input_size: int = CROP_SIZE  # the crops' side, the folder's (meta.json), in checkpoints
 
 
 def check_args(args) -> None:
@@ -210,6 +219,7 @@ def setup(args) -> Run:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     data = preprocessed.load_prepared(args.data)
+    args.input_size = input_size = data.input_size(args.input_size)  # the folder's: checked
     train_set, valid_set = make_datasets(data, args.keep_no_finding, args.seed)
     class_names = tuple(data.meta["class_names"])
     model = build_model(len(class_names), "none" if args.resume else args.weights)
@@ -231,7 +241,7 @@ def setup(args) -> Run:
                      distributed.batch_shares(len(valid_set), args.batch_size)[distributed.rank()]]
     valid_loader = DataLoader(valid_set, batch_sampler=valid_batches, **loader_kw)
     return Run(device, model, net, optimizer, scaler, autocast, train_loader, valid_loader,
-               weights, data.resize, class_names)
+               weights, data.resize, class_names, input_size)
 
 
 def run_epoch(run: Run, args, epoch: int) -> tuple[dict, dict]:

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from chexnet import boxes, images, scoring
 from chexnet.constants import (AVERAGE_BOXES, CLASS_NAMES, CROP_SIZE, OTSU_SCALE,
                                PEAK_KEEP_FRACTION, REGION_PERCENTILE, THRESHOLD_FRACTION)
+from chexnet.geometry import MAP_SIZE, input_size_of_stored
 from chexnet.localize import class_probabilities
 from chexnet.nih import TruthBox
 from chexnet.utils import InputError, atomic_path
@@ -55,14 +56,17 @@ def compute_heatmaps(net: torch.nn.Module, stored: np.ndarray, names: list[str],
                      cam_method: str = DEFAULT_CAM, columns: list[int] | None = None) -> Heatmaps:
     """uint8 (N, 256, 256) stored images -> probabilities and maps of the 8 box classes on their
     centre crops. columns: the model's output of each box class, in CLASS_NAMES order
-    (localize.box_columns; None: the first 8)."""
+    (localize.box_columns; None: the first 8). Stored images of another side n (a folder made
+    with --input-size) give crops of n * 224 / 256, the maps 224 x 224 as localization's."""
     columns = list(range(len(CLASS_NAMES))) if columns is None else list(columns)
     probs, maps = [], []
     net.to(device)
-    with make_cam(cam_method, net, layer) as cam:
+    side = input_size_of_stored(stored.shape[-1])  # 224 of 256, 448 of 512
+    with make_cam(cam_method, net, layer, map_size=MAP_SIZE) as cam:
         for start in tqdm(range(0, len(names), batch_size), unit="batch", file=sys.stderr,
                           desc="heatmaps"):
-            crops = np.stack([images.center_crop(im) for im in stored[start:start + batch_size]])
+            crops = np.stack([images.center_crop(im, side)
+                              for im in stored[start:start + batch_size]])
             batch = class_probabilities(cam, torch.from_numpy(crops).to(device))
             probs.append(batch[:, columns])  # (B, 8): the box classes, by name
             maps.append(cam.maps(columns).cpu().numpy())

@@ -1,5 +1,5 @@
 """X-ray pixels from file to network: decode -> stored 256x256 uint8 -> 224 crops -> normalised
-tensors.
+tensors (at --input-size S: stored S * 256 / 224, crops S; chexnet/geometry.py).
 
 The crops work on uint8 arrays (cheap, in the data workers); normalisation works on a uint8 batch
 already on the device, so only bytes cross the PCIe bus.
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from chexnet import xray_files
-from chexnet.constants import CROP_OFFSET, CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD, STORED_SIZE
+from chexnet.constants import CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD, STORED_SIZE
 from chexnet.original_resize import resize_original
 from chexnet.utils import InputError
 
@@ -23,18 +23,19 @@ DEFAULT_RESIZE = "original"  # the original's pixels (faithful by default)
 MIN_SIDE = STORED_SIZE  # a smaller image would be upsampled to the network's input
 
 
-def read_xray(path: str | os.PathLike) -> np.ndarray:
+def read_xray(path: str | os.PathLike, min_side: int = MIN_SIDE) -> np.ndarray:
     """Decode an X-ray file (PNG 8/16 bit, JPEG, TIFF, DICOM) to a uint8 (H, W) grayscale array.
 
     RGB and RGBA files (a few in the NIH release) keep their first (red) channel, as the
     original did; 16-bit files are scaled to 8 bits; DICOM goes through xray_files.read_dicom.
-    Any size of at least MIN_SIDE on each side. Errors name the file.
+    Any size of at least min_side (the stored size, 256 by default) on each side. Errors name
+    the file.
     """
     xray_files.check_file(path)
     image = xray_files.read_dicom(path) if xray_files.is_dicom(path) else _read_raster(path)
     height, width = image.shape
-    if min(height, width) < MIN_SIDE:
-        raise InputError(f"{path}: image is {width}x{height} px; need at least {MIN_SIDE} px on "
+    if min(height, width) < min_side:
+        raise InputError(f"{path}: image is {width}x{height} px; need at least {min_side} px on "
                          f"each side (a smaller image would be upsampled)")
     return image
 
@@ -53,28 +54,45 @@ def _read_raster(path: str | os.PathLike) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def resize_stored(image: np.ndarray, method: str = DEFAULT_RESIZE) -> np.ndarray:
-    """uint8 (H, W) -> uint8 (256, 256). "original": the original project's pixels (scikit-image
-    0.13.1's bilinear resize without anti-aliasing, then its float -> uint8 truncation; see
-    original_resize.py); "area": OpenCV's area average, the right filter for a 4x reduction (the
-    mean of each 4x4 block, rounded), which sees every pixel where "original" samples 4 of 16."""
+def resize_stored(image: np.ndarray, method: str = DEFAULT_RESIZE,
+                  size: int = STORED_SIZE) -> np.ndarray:
+    """uint8 (H, W) -> uint8 (size, size), 256 by default. "original": the original project's
+    pixels (scikit-image 0.13.1's bilinear resize without anti-aliasing, then its float -> uint8
+    truncation; see original_resize.py), which exist at 256 only; "area": OpenCV's area average,
+    the right filter for a 4x reduction (the mean of each 4x4 block, rounded), which sees every
+    pixel where "original" samples 4 of 16."""
+    check_resize(method, size)
     if method == "original":
         return resize_original(image)
-    if method == "area":
-        return cv2.resize(image, (STORED_SIZE, STORED_SIZE), interpolation=cv2.INTER_AREA)
-    raise ValueError(f"unknown resize {method!r}; choose from {', '.join(RESIZE_METHODS)}")
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
 
 
-def load_stored(path: str | os.PathLike, resize: str = DEFAULT_RESIZE) -> np.ndarray:
-    """Read one X-ray of any size and return its stored (256, 256) form."""
-    return resize_stored(read_xray(path), resize)
+def check_resize(method: str, size: int = STORED_SIZE) -> None:
+    """ValueError unless `method` can make stored images of `size` (original: 256 only)."""
+    if method not in RESIZE_METHODS:
+        raise ValueError(f"unknown resize {method!r}; choose from {', '.join(RESIZE_METHODS)}")
+    if method == "original" and size != STORED_SIZE:
+        raise ValueError(f"resize 'original' is the original project's {STORED_SIZE} px pixels; "
+                         f"stored images of {size} px need resize 'area'")
 
 
-def load_stored_sized(path: str | os.PathLike, resize: str = DEFAULT_RESIZE
-                      ) -> tuple[np.ndarray, tuple[int, int]]:
-    """The stored (256, 256) form and the original (width, height), which the boxes map back to."""
-    image = read_xray(path)
-    return resize_stored(image, resize), (image.shape[1], image.shape[0])
+def default_resize(stored_size: int) -> str:
+    """--resize's default: the original's pixels at 256, area at any other stored size."""
+    return DEFAULT_RESIZE if stored_size == STORED_SIZE else "area"
+
+
+def load_stored(path: str | os.PathLike, resize: str = DEFAULT_RESIZE,
+                size: int = STORED_SIZE) -> np.ndarray:
+    """Read one X-ray of any size and return its stored (size, size) form, (256, 256) by default."""
+    return resize_stored(read_xray(path, max(MIN_SIDE, size)), resize, size)
+
+
+def load_stored_sized(path: str | os.PathLike, resize: str = DEFAULT_RESIZE,
+                      size: int = STORED_SIZE) -> tuple[np.ndarray, tuple[int, int]]:
+    """The stored (size, size) form and the original (width, height), which the boxes map back
+    to."""
+    image = read_xray(path, max(MIN_SIDE, size))
+    return resize_stored(image, resize, size), (image.shape[1], image.shape[0])
 
 
 def check_images_exist(paths: Sequence[str | os.PathLike], source: str | os.PathLike,
@@ -131,16 +149,19 @@ def image_paths(images: str | os.PathLike, names: Sequence[str]) -> list[str]:
     return flat
 
 
-def center_crop(image: np.ndarray) -> np.ndarray:
-    """(256, 256) -> (224, 224): the crop that localization maps back with CROP_OFFSET."""
-    return image[CROP_OFFSET:CROP_OFFSET + CROP_SIZE, CROP_OFFSET:CROP_OFFSET + CROP_SIZE]
+def center_crop(image: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
+    """(256, 256) -> (224, 224): the crop that localization maps back with CROP_OFFSET; any
+    stored (n, n) -> its centre (size, size), offset (n - size) // 2 (32 for 448 of 512)."""
+    offset = (image.shape[0] - size) // 2
+    return image[offset:offset + size, offset:offset + size]
 
 
-def random_crop_flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The original's training augmentation: a random 224 crop, then a horizontal flip half the
-    time."""
-    top, left = rng.integers(0, image.shape[0] - CROP_SIZE + 1, size=2)
-    crop = image[top:top + CROP_SIZE, left:left + CROP_SIZE]
+def random_crop_flip(image: np.ndarray, rng: np.random.Generator,
+                     size: int = CROP_SIZE) -> np.ndarray:
+    """The original's training augmentation: a random 224 crop (`size`), then a horizontal flip
+    half the time."""
+    top, left = rng.integers(0, image.shape[0] - size + 1, size=2)
+    crop = image[top:top + size, left:left + size]
     return crop[:, ::-1] if rng.random() < 0.5 else crop
 
 

@@ -5,9 +5,14 @@ and pass them in. Per batch: decode + crop in DataLoader workers (overlapping th
 normalise on the device, one forward, the classes with prob > threshold, one batched Grad-CAM
 backward for the classes active anywhere in the batch, then boxes in a background thread while
 the next batch runs through the network.
+
+At the checkpoint's input size S (geometry.py) each image is resized to S * 256 / 224 and its
+centre S crop goes through the network; the maps come back at 224 x 224 on that crop at every S,
+so the boxes follow the same rules and the same mapping to the image's pixels.
 """
 from __future__ import annotations
 
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -21,6 +26,7 @@ from chexnet import images
 from chexnet.boxfile import Box
 from chexnet.utils import InputError
 from chexnet.constants import CLASS_NAMES, CLASS_SETS, CROP_SIZE, ORIGINAL_SIZE
+from chexnet.geometry import MAP_SIZE, geometry
 from gradcam import DEFAULT_CAM, BaseCAM, make_cam
 
 
@@ -38,21 +44,26 @@ class ImageResult:
 class FileCrops(Dataset):
     """Path -> (uint8 (224, 224) centre crop, int64 (2,) original width and height, error or '').
     Errors travel as text: the main process raises them as one-line InputErrors (a worker's
-    exception would carry its traceback)."""
+    exception would carry its traceback). input_size S: the image resized to S * 256 / 224, its
+    (S, S) centre crop."""
 
-    def __init__(self, paths: Sequence[str], resize: str):
+    def __init__(self, paths: Sequence[str], resize: str, input_size: int = CROP_SIZE):
         self.paths, self.resize = list(paths), resize
+        self.geometry = geometry(input_size)
+        images.check_resize(resize, self.geometry.stored_size)  # before any worker decodes
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
         try:
-            stored, size = images.load_stored_sized(self.paths[index], self.resize)
+            stored, size = images.load_stored_sized(self.paths[index], self.resize,
+                                                    self.geometry.stored_size)
         except InputError as err:
-            blank = torch.zeros((CROP_SIZE, CROP_SIZE), dtype=torch.uint8)
+            side = self.geometry.input_size
+            blank = torch.zeros((side, side), dtype=torch.uint8)
             return blank, torch.zeros(2, dtype=torch.int64), str(err)
-        crop = np.ascontiguousarray(images.center_crop(stored))
+        crop = np.ascontiguousarray(images.center_crop(stored, self.geometry.input_size))
         return torch.from_numpy(crop), torch.tensor(size, dtype=torch.int64), ""
 
 
@@ -71,7 +82,7 @@ def iter_localize(model: torch.nn.Module, image_paths: Sequence[str], thresholds
                   method: str = "peaks", method_params: np.ndarray | None = None,
                   resize: str = images.DEFAULT_RESIZE, cam_method: str = DEFAULT_CAM,
                   class_names: Sequence[str] | None = None, average_box: bool = True,
-                  tta: str = "none") -> Iterator[ImageResult]:
+                  tta: str = "none", input_size: int = CROP_SIZE) -> Iterator[ImageResult]:
     """Yield one ImageResult per path, in input order. The model is moved to `device`.
 
     thresholds: (C,) probabilities, one per model output; class_names: (C,) the model's classes,
@@ -81,7 +92,8 @@ def iter_localize(model: torch.nn.Module, image_paths: Sequence[str], thresholds
     resolve_box_params); resize: how each image becomes 256x256, as the model's training images did
     (images.resize_stored); cam_method: a name of gradcam.METHODS, hooked at target_layer (None: the
     method's default); average_box False: heatmap boxes only, no class opening with its average
-    box. tta: "flip" averages each map with its mirror's (gradcam.py).
+    box. tta: "flip" averages each map with its mirror's (gradcam.py). input_size: the crops' side,
+    the checkpoint's (its "input_size"); the maps are 224 x 224 at any.
     ImageResult.heatmaps is keyed by model column. While the generator is open the model
     carries the CAM hook.
     """
@@ -95,11 +107,11 @@ def iter_localize(model: torch.nn.Module, image_paths: Sequence[str], thresholds
         raise InputError(f"{len(class_names)} class names but {len(thresholds)} thresholds")
     columns = box_columns(class_names)
     paths = list(image_paths)
-    loader = DataLoader(FileCrops(paths, resize), batch_size=batch_size, shuffle=False,
+    loader = DataLoader(FileCrops(paths, resize, input_size), batch_size=batch_size, shuffle=False,
                         num_workers=workers, pin_memory=device.type == "cuda")
     model.to(device)
     start, pending = 0, None
-    with make_cam(cam_method, model, target_layer, tta) as cam, \
+    with make_cam(cam_method, model, target_layer, tta, MAP_SIZE) as cam, \
             ThreadPoolExecutor(max_workers=1) as pool:
         for crops, sizes, errors in loader:
             for message in errors:
@@ -123,7 +135,7 @@ def iter_localize(model: torch.nn.Module, image_paths: Sequence[str], thresholds
 def _network(cam: BaseCAM, crops: torch.Tensor, thresholds: np.ndarray,
              columns: list[tuple[int, int]]
              ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
-    """uint8 (B, 224, 224) on the device -> probs (B, C), maps (B, K, 224, 224), and the K (model
+    """uint8 (B, S, S) on the device -> probs (B, C), maps (B, K, 224, 224), and the K (model
     column, box class) pairs of `columns` active on some image of the batch, in that order.
 
     Heatmaps (and so boxes) only for the box classes, found by name (box_columns): a 14-class
@@ -138,7 +150,7 @@ def _network(cam: BaseCAM, crops: torch.Tensor, thresholds: np.ndarray,
 
 
 def class_probabilities(cam: BaseCAM, crops: torch.Tensor) -> np.ndarray:
-    """uint8 (B, 224, 224) crops on the device -> float32 (B, C) sigmoid probabilities, with the
+    """uint8 (B, S, S) crops on the device -> float32 (B, C) sigmoid probabilities, with the
     Grad-CAM graph kept for cam.maps(): normalise, one forward pass, sigmoid in fp32."""
     logits = cam.forward(images.normalize(crops))
     return torch.sigmoid(logits.float()).cpu().numpy()
@@ -171,3 +183,30 @@ def _results(paths: list[str], probs: np.ndarray, maps: np.ndarray,
                 result.boxes += [boxes.to_image(box, size) for box in lines]
         results.append(result)
     return results
+
+
+def resolve_input(requested: str | None, checkpoint: dict, model_path: str) -> tuple[str, int]:
+    """(resize, input size): the checkpoint's resize unless --resize says otherwise (then a
+    warning: the model did not see images resized that way in training), and its input size (224
+    for a checkpoint without one); a resize that cannot make its stored size is an error."""
+    trained = checkpoint["resize"]
+    if requested is not None and requested != trained:
+        print(f"warning: --resize {requested}, but {model_path} was trained on images resized with "
+              f"{trained!r}", file=sys.stderr)
+    resize = requested or trained
+    sizes = geometry(checkpoint.get("input_size"), model_path)
+    try:
+        images.check_resize(resize, sizes.stored_size)
+    except ValueError as err:
+        raise InputError(f"{model_path}: input size {sizes.input_size}: {err}") from None
+    return resize, sizes.input_size
+
+
+def findings_line(result: ImageResult, thresholds, class_names) -> str:
+    """`path WxH: Class 0.830, Class 0.610`: the classes above threshold (all of the model's, 8 or
+    14), in the model's class order."""
+    found = [f"{name} {result.probs[k]:.3f}" for k, name in enumerate(class_names)
+             if result.probs[k] > thresholds[k]]
+    width, height = result.size
+    return (f"{result.image_path} {width}x{height}: "
+            + (", ".join(found) if found else "no class above its threshold"))

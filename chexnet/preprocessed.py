@@ -1,7 +1,8 @@
 """The preprocessed folder: the contract between preprocessing.py and train.py.
 
     OUT_DIR/
-      train_X.npy      uint8 (N, 256, 256)  grayscale images, row-major (row = y, column = x)
+      train_X.npy      uint8 (N, 256, 256)  grayscale images, row-major (row = y, column = x);
+                                            (N, 512, 512) at --input-size 448 (geometry.py)
       train_y.npy      uint8 (N, C)         0/1 labels in meta.json's class_names order (8 or 14)
       valid_X.npy      uint8 (M, 256, 256)
       valid_y.npy      uint8 (M, C)
@@ -10,7 +11,9 @@
                        'Infiltrate' already mapped)
       meta.json        written last, so its presence means the folder is complete:
                        {"format": "chexnet-preprocessed", "version": 1,
-                        "class_names": [...], "image_size": 256,
+                        "class_names": [...], "image_size": 256,   # the arrays' side
+                        "input_size": 448,   # the crop train.py takes: image_size * 224 / 256;
+                                             # written only where it is not 224 (absent: 224)
                         "resize": "original" | "area",   # how 1024 became 256 (images.py);
                                                          # absent in folders made before: "area"
                         "train_images": [...], "valid_images": [...],   # row order of the arrays
@@ -39,6 +42,7 @@ import numpy as np
 
 from chexnet.utils import InputError
 from chexnet.constants import ORIGINAL_SIZE, STORED_SIZE
+from chexnet.geometry import Geometry, geometry
 from chexnet.images import DEFAULT_RESIZE, load_stored_sized
 from chexnet.nih import class_set
 
@@ -56,7 +60,7 @@ def array_names(split: str) -> tuple[str, str]:
 
 @dataclass
 class Split:
-    images: np.ndarray  # uint8 (N, 256, 256), a read-only memory map
+    images: np.ndarray  # uint8 (N, S, S), S the stored size (256), a read-only memory map
     labels: np.ndarray  # uint8 (N, C)
     names: list[str]
     sizes: list[tuple[int, int]]  # each image's original (width, height): the frame of its boxes
@@ -74,6 +78,21 @@ class Prepared:
         """How the stored images were resized; folders written before the choice existed used
         area."""
         return self.meta.get("resize", "area")
+
+    @property
+    def geometry(self) -> Geometry:
+        """The input size the folder was made for (meta.json's input_size; 224 before the key)."""
+        return geometry(self.meta.get("input_size"), str(self.folder / META))
+
+    def input_size(self, requested: int | None = None) -> int:
+        """The folder's input size; `requested` (train.py --input-size, None: the folder's) must
+        be it, else one InputError line saying how to make a folder of that size."""
+        made = self.geometry.input_size
+        if requested not in (None, made):
+            raise InputError(f"{self.folder / META}: the folder was made for input size {made}, "
+                             f"not --input-size {requested}; run preprocessing.py again with "
+                             f"--input-size {requested}")
+        return made
 
 
 def load_prepared(folder: str | Path) -> Prepared:
@@ -94,8 +113,19 @@ def load_prepared(folder: str | Path) -> Prepared:
     if missing:
         raise InputError(f"{meta_path}: missing {', '.join(missing)}; run preprocessing.py again")
     class_set(meta["class_names"], str(meta_path))
-    return Prepared(folder, meta, _load_split(folder, meta, "train"),
-                    _load_split(folder, meta, "valid"))
+    stored = _stored_size(meta_path, meta)
+    return Prepared(folder, meta, _load_split(folder, meta, "train", stored),
+                    _load_split(folder, meta, "valid", stored))
+
+
+def _stored_size(meta_path: Path, meta: dict) -> int:
+    """The arrays' side: input_size's stored size (256 at 224), which image_size must equal."""
+    stored = geometry(meta.get("input_size"), str(meta_path)).stored_size
+    if meta.get("image_size", STORED_SIZE) != stored:
+        raise InputError(f"{meta_path}: image_size {meta.get('image_size')!r} does not fit "
+                         f"input_size {meta.get('input_size', 224)} (stored {stored}); "
+                         f"run preprocessing.py again")
+    return stored
 
 
 def warn_if_resized_otherwise(folder: str | Path, trained: str, model: str | Path) -> None:
@@ -107,10 +137,10 @@ def warn_if_resized_otherwise(folder: str | Path, trained: str, model: str | Pat
               f"resized with {trained!r}", file=sys.stderr)
 
 
-def _load_split(folder: Path, meta: dict, split: str) -> Split:
+def _load_split(folder: Path, meta: dict, split: str, stored: int = STORED_SIZE) -> Split:
     x_name, y_name = array_names(split)
     names = list(meta[f"{split}_images"])
-    images = _load_array(folder / x_name, np.uint8, (len(names), STORED_SIZE, STORED_SIZE))
+    images = _load_array(folder / x_name, np.uint8, (len(names), stored, stored))
     labels = _load_array(folder / y_name, np.uint8, (len(names), len(meta["class_names"])))
     return Split(images, labels, names, _sizes(folder / META, meta, split, len(names)))
 
@@ -173,32 +203,34 @@ def _init_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops the pool, once
 
 
-def _decode(path: str, resize: str) -> tuple[np.ndarray, tuple[int, int]]:
-    """uint8 (256, 256) stored image and the original (width, height); any decoder failure becomes
-    an InputError naming the file."""
+def _decode(path: str, resize: str, size: int = STORED_SIZE
+            ) -> tuple[np.ndarray, tuple[int, int]]:
+    """uint8 (size, size) stored image and the original (width, height); any decoder failure
+    becomes an InputError naming the file."""
     try:
-        return load_stored_sized(path, resize)
+        return load_stored_sized(path, resize, size)
     except cv2.error as err:
         raise InputError(f"{path}: cannot decode ({str(err).strip().splitlines()[-1]})") from None
 
 
-def create_stored_array(path: Path, count: int) -> int:
-    """An empty uint8 (count, 256, 256) .npy at `path`; returns the byte offset of its pixels."""
-    header = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8,
-                                       shape=(count, STORED_SIZE, STORED_SIZE))
+def create_stored_array(path: Path, count: int, size: int = STORED_SIZE) -> int:
+    """An empty uint8 (count, size, size) .npy at `path` (256 by default); returns the byte offset
+    of its pixels."""
+    header = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(count, size, size))
     offset = header.offset
     del header
     return offset
 
 
-def _store_run(task: tuple[str, int, int, list[str], str]) -> tuple[int, list[tuple[int, int]]]:
+def _store_run(task: tuple[str, int, int, list[str], str, int]
+               ) -> tuple[int, list[tuple[int, int]]]:
     """Decode a run of images and write them into their rows of the .npy through one short-lived
     memory-map window. Workers write their own rows, so no pixels travel between processes, and
     unmapping each window keeps memory flat (a long-lived map keeps every page it touched resident).
     Returns the run's first row and its images' original (width, height)."""
-    path, data_offset, first_row, paths, resize = task
-    loaded = [_decode(p, resize) for p in paths]
-    images = np.stack([stored for stored, _ in loaded])  # (n, 256, 256)
+    path, data_offset, first_row, paths, resize, size = task
+    loaded = [_decode(p, resize, size) for p in paths]
+    images = np.stack([stored for stored, _ in loaded])  # (n, size, size)
     window = np.memmap(path, dtype=np.uint8, mode="r+",
                        offset=data_offset + first_row * images[0].nbytes,
                        shape=images.shape)
@@ -208,13 +240,14 @@ def _store_run(task: tuple[str, int, int, list[str], str]) -> tuple[int, list[tu
 
 
 def store_images(paths: list[str], path: Path, workers: int, chunk: int,
-                 resize: str = DEFAULT_RESIZE, sizes: list | None = None) -> Iterator[int]:
+                 resize: str = DEFAULT_RESIZE, sizes: list | None = None,
+                 stored_size: int = STORED_SIZE) -> Iterator[int]:
     """Write the stored form of `paths`, in list order, as the .npy `path`; yields images done so
     far as runs of `chunk` finish (any order: each run owns its rows, so the file is the same for
     any workers). sizes: a list of len(paths) that receives each image's [width, height] in list
-    order."""
-    data_offset = create_stored_array(path, len(paths))
-    tasks = [(str(path), data_offset, first, paths[first:first + chunk], resize)
+    order. stored_size: the side of the stored images (256; geometry.Geometry.stored_size)."""
+    data_offset = create_stored_array(path, len(paths), stored_size)
+    tasks = [(str(path), data_offset, first, paths[first:first + chunk], resize, stored_size)
              for first in range(0, len(paths), chunk)]
     if workers <= 1 or len(tasks) <= 1:
         runs = map(_store_run, tasks)

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import Dataset, Sampler
 
 from chexnet import preprocessed
+from chexnet.constants import CROP_SIZE
 from chexnet.distributed import share
 from chexnet.images import center_crop, normalize, random_crop_flip
 from chexnet.utils import InputError, usable_cpus
@@ -28,7 +29,8 @@ MAX_DEFAULT_WORKERS = 16
 
 
 class TrainingCrops(Dataset):
-    """Rows of a (N, 256, 256) uint8 .npy as uint8 (224, 224) crops + float32 (8,) labels.
+    """Rows of a (N, 256, 256) uint8 .npy as uint8 (224, 224) crops + float32 (8,) labels
+    (crop_size S of a (N, S * 256 / 224, ...) .npy at --input-size S).
 
     Train items are keyed (row, epoch, repeat) and get a random crop/flip seeded by (seed, epoch,
     repeat, row): each of an image's REPEATS passes in an epoch has its own crop; eval items are
@@ -37,8 +39,9 @@ class TrainingCrops(Dataset):
     """
 
     def __init__(self, images_path: Path, labels: np.ndarray, rows: np.ndarray, train: bool,
-                 seed: int):
+                 seed: int, crop_size: int = CROP_SIZE):
         self.images_path, self.rows, self.train, self.seed = images_path, rows, train, seed
+        self.crop_size = crop_size
         self.labels = torch.from_numpy(labels[rows].astype(np.float32))  # (n, 8)
         self._images = None
 
@@ -54,11 +57,11 @@ class TrainingCrops(Dataset):
         if self.train:
             i, epoch, repeat = key
             rng = np.random.default_rng([self.seed, epoch, repeat, i])
-            crop = random_crop_flip(self._images[self.rows[i]], rng)
+            crop = random_crop_flip(self._images[self.rows[i]], rng, self.crop_size)
         else:
             i = key
-            crop = center_crop(self._images[self.rows[i]])
-        # uint8 (224, 224), (8,)
+            crop = center_crop(self._images[self.rows[i]], self.crop_size)
+        # uint8 (224, 224) (crop_size), (8,)
         return torch.from_numpy(np.ascontiguousarray(crop)), self.labels[i]
 
 
@@ -147,7 +150,7 @@ def loader_options(device_type: str, workers: int) -> dict:
 
 
 def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 (B, 224, 224) -> normalised float (B, 3, 224, 224) on the device, channels_last."""
+    """uint8 (B, S, S) -> normalised float (B, 3, S, S) on the device, channels_last (S = 224)."""
     x = normalize(images.to(device, non_blocking=True))
     return x.contiguous(memory_format=torch.channels_last)
 
@@ -191,7 +194,8 @@ def bce_loss(logits: torch.Tensor, targets: torch.Tensor, weights) -> torch.Tens
 
 def make_datasets(data: preprocessed.Prepared, keep_no_finding: bool, seed: int
                   ) -> tuple[TrainingCrops, TrainingCrops]:
-    """Training rows (those with a finding unless --keep-no-finding) and all validation rows."""
+    """Training rows (those with a finding unless --keep-no-finding) and all validation rows,
+    cropped at the folder's input size (meta.json; 224 for a folder made by default)."""
     train_y, valid_y = np.asarray(data.train.labels), np.asarray(data.valid.labels)
     rows = np.arange(len(train_y)) if keep_no_finding else np.flatnonzero(train_y.sum(axis=1) > 0)
     print(f"train: {len(rows)} of {len(train_y)} images"
@@ -206,5 +210,7 @@ def make_datasets(data: preprocessed.Prepared, keep_no_finding: bool, seed: int
         raise InputError(f"{data.folder}: no validation images")
     x_train, _ = preprocessed.array_names("train")
     x_valid, _ = preprocessed.array_names("valid")
-    return (TrainingCrops(data.folder / x_train, train_y, rows, True, seed),
-            TrainingCrops(data.folder / x_valid, valid_y, np.arange(len(valid_y)), False, seed))
+    size = data.geometry.input_size
+    return (TrainingCrops(data.folder / x_train, train_y, rows, True, seed, size),
+            TrainingCrops(data.folder / x_valid, valid_y, np.arange(len(valid_y)), False, seed,
+                          size))

@@ -337,7 +337,7 @@ import preprocessing
 from chexnet import preprocessed
 from chexnet.utils import run_cli
 decode = preprocessed._decode
-preprocessed._decode = lambda path, resize: (time.sleep(0.15), decode(path, resize))[1]
+preprocessed._decode = lambda path, *rest: (time.sleep(0.15), decode(path, *rest))[1]
 run_cli(lambda: preprocessing.main(preprocessing.get_args_parser().parse_args(sys.argv[2:])))
 """
 

@@ -4,8 +4,9 @@
 - inference.py, denseNet_localization.py and the project modules they import when loaded (model.py,
   gradcam.py and chexnet/...), found by walking their module-level import statements, so the list
   never goes stale; imports inside functions load optional parts (pictures) the grader never runs;
-- checkpoint.pt: the checkpoint as localization needs it (weights, class names, epoch, metrics,
-  args, thresholds; no optimizer or resume state), weights_only-loadable;
+- checkpoint.pt: the checkpoint as localization needs it (weights, class names, input size, epoch,
+  metrics, args, thresholds; no optimizer or resume state), weights_only-loadable: a 448
+  checkpoint's bundle localizes at 448;
 - thresholds.npy and box_sizes.json, under the names localization looks for beside a checkpoint (a
   calibrated box_sizes.json travels whole: the bundle's run makes its maps with the CAM and layer
   it was calibrated on, as denseNet_localization.py does beside the same checkpoint);
@@ -38,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the project root: chexnet/, model.py
 
 from chexnet import model_dir  # noqa: E402
+from chexnet.geometry import geometry  # noqa: E402
 from chexnet.utils import InputError, atomic_path, run_cli  # noqa: E402
 from model import (load_checkpoint, model_from_checkpoint, new_checkpoint,  # noqa: E402
                    save_checkpoint)
@@ -134,6 +136,7 @@ def build_bundle(out: str | Path, model_path: str | Path, thresholds_spec: str |
     resolved exactly as denseNet_localization.py resolves them for the same options."""
     checkpoint = load_checkpoint(model_path)
     model_from_checkpoint(checkpoint, source=str(model_path))  # fail here, not on the platform
+    geometry(checkpoint["input_size"], str(model_path))
     thresholds, thresholds_from = model_dir.resolve_thresholds(thresholds_spec, model_path,
                                                                checkpoint)
     if box_sizes_path is None:  # calibrated: sizes, box method and its per-class parameters
@@ -190,7 +193,8 @@ def _inference_checkpoint(checkpoint: dict, thresholds: np.ndarray) -> dict:
     return new_checkpoint(checkpoint["model"], epoch=checkpoint.get("epoch"),
                           metrics=checkpoint.get("metrics"), args=checkpoint.get("args"),
                           thresholds=thresholds, resize=checkpoint["resize"],
-                          class_names=checkpoint["class_names"])
+                          class_names=checkpoint["class_names"],
+                          input_size=checkpoint["input_size"])  # localization crops as trained
 
 
 def _check_stage(stage: Path, thresholds: np.ndarray, sizes: np.ndarray) -> None:

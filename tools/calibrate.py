@@ -5,7 +5,8 @@
 
 1. Heatmaps: for every validation image of valid_boxes.csv, the model's 8 probabilities and the
    maps (--cam, default Grad-CAM) of all 8 classes, from the preprocessed valid_X.npy (the same
-   256 -> 224 centre crop that localization takes from the PNGs; no PNG is decoded again). They
+   256 -> 224 centre crop that localization takes from the PNGs, 512 -> 448 for a checkpoint of
+   train.py --input-size 448, whose folder must be of that size; no PNG is decoded again). They
    are saved as OUT/heatmaps.npz (np.savez, no pickle): key "IMAGE/CLASS" -> float32
    (224, 224), and "IMAGE/probabilities" -> float32 (8,). `--heatmaps OUT/heatmaps.npz` re-runs
    the tuning from that file without the network.
@@ -226,6 +227,11 @@ def main(args: argparse.Namespace) -> dict:
     tune_rows, hold_rows = split_rows(len(names), args.holdout, args.seed)
     out = Path(args.out) if args.out is not None else Path(args.model).parent
     checkpoint = load_checkpoint(args.model)
+    if checkpoint["input_size"] != data.geometry.input_size:  # the crops must be the model's
+        raise InputError(f"{args.model}: trained at input size {checkpoint['input_size']}, but "
+                         f"{args.preprocessed} holds images for {data.geometry.input_size}; "
+                         f"calibrate on a folder of preprocessing.py --input-size "
+                         f"{checkpoint['input_size']}")
     if checkpoint["resize"] != data.resize:  # localization resizes as the checkpoint says
         print(f"warning: {args.preprocessed} holds images resized with {data.resize!r}, but "
               f"{args.model} was trained on {checkpoint['resize']!r}; heatmaps will differ from "
