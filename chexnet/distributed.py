@@ -57,6 +57,8 @@ def init(device: torch.device) -> torch.device:
                              "visible (CUDA_VISIBLE_DEVICES); lower --nproc_per_node")
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
+    if dist.is_initialized():  # joined already (calibrate.py --cam auto: maps per candidate)
+        return device
     # CPU threads: torchrun sets OMP_NUM_THREADS=1 per process unless the user set it
     quiet_other_ranks()
     backend = "nccl" if device.type == "cuda" else "gloo"

@@ -21,7 +21,13 @@ from chexnet.utils import InputError
 # Multiples of 224 only: DenseNet-121's stride of 32 then divides S (each feature cell covers
 # whole input pixels) and S * 256 / 224 and the crop offset are whole pixels. Up to 896, whose
 # stored 1024 is NIH's own size (larger would upsample the X-rays).
-INPUT_SIZES = tuple(CROP_SIZE * k for k in range(1, ORIGINAL_SIZE // STORED_SIZE + 1))
+# And half of 224, 112 (stored 128, crop offset 8: the same [64, 960)), a warm-up size for training
+# from random weights (progressive resizing: a pass costs about a third of 224's on the CPU, and
+# train.py --weights PATH then starts the 224 stage from its features). Its denseblock4 grid is
+# 3 x 3 (112 / 32 floored), too coarse to localize with.
+WARM_UP_SIZE = CROP_SIZE // 2
+INPUT_SIZES = (WARM_UP_SIZE,) + tuple(CROP_SIZE * k
+                                      for k in range(1, ORIGINAL_SIZE // STORED_SIZE + 1))
 MAP_SIZE = CROP_SIZE  # heatmaps are 224 x 224 on the crop at every input size
 
 
@@ -45,7 +51,7 @@ def geometry(input_size: int | None, source: str = "--input-size") -> Geometry:
     size = CROP_SIZE if input_size is None else input_size
     if isinstance(size, bool) or not isinstance(size, int) or size not in INPUT_SIZES:
         raise InputError(f"{source}: input size {size!r} is not supported; choose from "
-                         f"{', '.join(map(str, INPUT_SIZES))} (multiples of 224)")
+                         f"{', '.join(map(str, INPUT_SIZES))} (112 or multiples of 224)")
     return Geometry(size)
 
 

@@ -1,5 +1,7 @@
 """calibrate.py --cam auto (calibration.pick_cam): every candidate's maps are tuned on the
 validation images, the one whose tuned boxes score best wins, and the record names them all."""
+import json
+
 import numpy as np
 import pytest
 
@@ -74,3 +76,41 @@ def test_the_tool_offers_auto_and_refuses_it_with_fixed_maps():
     with pytest.raises(InputError, match="drop --heatmaps and --layer"):
         calibrate.auto_cam(args, None, None, [], None, [], [], None, {})
     assert ("gradcam", None) == calibration.AUTO_CANDIDATES[0]  # the original's first: ties keep it
+
+
+def test_auto_under_torchrun_picks_and_records_what_one_process_does(tmp_path, random_checkpoint):
+    """Every rank computes its share of each candidate's maps in the same order; rank 0 tunes and
+    writes: the same box_sizes.json and heatmaps.npz as one process, printed once."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    sample = root / "sample"
+    env = {**{k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")},
+           "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(root / "preprocessing.py"), sample / "images",
+                           sample / "Data_Entry_2017.csv", sample / "BBox_List_2017.csv",
+                           sample / "train.txt", sample / "valid.txt", tmp_path / "prep",
+                           "--workers", "1", "--quiet"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    model = random_checkpoint(tmp_path / "model", epoch=1, resize="area")
+    runs = {"one": [sys.executable],
+            "two": [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    "--nproc_per_node", "2"]}
+    out = {}
+    for tag, launcher in runs.items():
+        out[tag] = subprocess.run([*launcher, str(root / "tools" / "calibrate.py"),
+                                   str(tmp_path / "prep"), "--model", str(model), "--cam", "auto",
+                                   "--batch-size", "2", "--device", "cpu", "--out",
+                                   str(tmp_path / tag)], capture_output=True, text=True,
+                                  timeout=600, env=env)
+        assert out[tag].returncode == 0, out[tag].stderr[-2000:]
+    record = json.loads((tmp_path / "one" / "box_sizes.json").read_text())
+    assert [(t["cam"]) for t in record["calibration"]["auto"]] == [
+        c for c, _ in calibration.AUTO_CANDIDATES]
+    for name in ("box_sizes.json", "heatmaps.npz"):
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+    assert out["two"].stderr.count("--cam auto: chose") == 1  # rank 0 alone prints
+    assert "on 2 processes" in out["two"].stdout

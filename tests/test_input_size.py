@@ -60,10 +60,10 @@ def test_224_is_the_original_geometry(sample_dir, tmp_path, random_checkpoint):
     assert localize.resolve_input(None, load_checkpoint(path), str(path)) == ("original", 224)
 
 
-@pytest.mark.parametrize("size", [0, 300, 336, 1120, "448"])
+@pytest.mark.parametrize("size", [0, 56, 300, 336, 1120, "448"])
 def test_other_sizes_are_one_line_errors(size):
     with pytest.raises(InputError, match=r"ckpt: input size .* not supported; choose from "
-                                         r"224, 448, 672, 896"):
+                                         r"112, 224, 448, 672, 896"):
         geometry(size, "ckpt")
 
 

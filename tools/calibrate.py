@@ -31,7 +31,6 @@ same images, with evaluate.py's full scoring (all classes together, first 10 box
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -144,8 +143,9 @@ def box_class_columns(checkpoint: dict, source: str) -> list[int]:
 
 
 def heatmaps_for(args: argparse.Namespace, checkpoint: dict, data: preprocessed.Prepared,
-                 names: list[str], out: Path, columns: list[int]) -> Heatmaps:
-    """From --heatmaps, or computed with the model and saved as OUT/heatmaps.npz."""
+                 names: list[str], out: Path, columns: list[int]) -> Heatmaps | None:
+    """From --heatmaps, or computed with the model and saved as OUT/heatmaps.npz. Under
+    torchrun every rank computes its share and rank 0 alone gets them all (None elsewhere)."""
     if args.heatmaps is not None:
         hm = load_heatmaps(args.heatmaps)
         missing = [n for n in names if n not in hm.images]
@@ -166,8 +166,7 @@ def heatmaps_for(args: argparse.Namespace, checkpoint: dict, data: preprocessed.
     hm = sharded_heatmaps(net, stored, names, distributed.init(select_device(args.device)), args,
                           columns)
     if hm is None:  # another process under torchrun: its maps went to rank 0, which goes on
-        distributed.close()
-        raise SystemExit(0)
+        return None
     save_heatmaps(out / model_dir.HEATMAPS, hm)
     world = distributed.world_size()
     print(f"wrote {out / model_dir.HEATMAPS}: {len(names)} images x {len(CLASS_NAMES)} classes"
@@ -193,18 +192,25 @@ def sharded_heatmaps(net, stored: np.ndarray, names: list[str], device, args, co
 
 
 def auto_cam(args, checkpoint, data, names, out, columns, rows, thresholds, truth
-             ) -> tuple[Heatmaps, list[dict]]:
-    """--cam auto: the winner of calibration.pick_cam, its maps saved; args.cam/layer set to it."""
+             ) -> tuple[Heatmaps | None, list[dict] | None]:
+    """--cam auto: the winner of calibration.pick_cam, its maps saved; args.cam/layer set to it.
+    Under torchrun every rank computes its share of each candidate's maps, in the candidates'
+    order; rank 0 tunes and picks, the others get (None, None)."""
     if args.heatmaps is not None or args.layer is not None:
         raise InputError("--cam auto computes its own maps at each candidate's layer: drop "
                          "--heatmaps and --layer")
-    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
-        raise InputError("--cam auto runs in one process: run it without torchrun, or name --cam")
 
-    def make_maps(cam: str, layer: str | None) -> Heatmaps:
+    def make_maps(cam: str, layer: str | None) -> Heatmaps | None:
         args.cam, args.layer = cam, layer
         return heatmaps_for(args, checkpoint, data, names, out, columns)
-    hm, tried = pick_cam(make_maps, AUTO_CANDIDATES, rows, thresholds, truth, args.method)
+    first = make_maps(*AUTO_CANDIDATES[0])  # joins torchrun's group, if any
+    if first is None:  # another rank: its share of every other candidate, then done
+        for cam, layer in AUTO_CANDIDATES[1:]:
+            make_maps(cam, layer)
+        return None, None
+    made = iter([first])
+    hm, tried = pick_cam(lambda cam, layer: next(made, None) or make_maps(cam, layer),
+                         AUTO_CANDIDATES, rows, thresholds, truth, args.method)
     for t in tried:
         print(f"--cam auto: {t['cam']} at {t['layer']}: score {t['score']}, "
               f"mean IoU {t['mean_iou']}", file=sys.stderr)
@@ -246,6 +252,9 @@ def main(args: argparse.Namespace) -> dict:
                              truth)
     else:
         hm = heatmaps_for(args, checkpoint, data, names, out, columns)
+    if hm is None:  # another process under torchrun: rank 0 has every map and goes on
+        distributed.close()
+        raise SystemExit(0)
     args.cam = args.cam or DEFAULT_CAM
     print(f"{len(names)} validation images with true boxes ({len(tune_rows)} tuning, "
           f"{len(hold_rows)} held out); "
