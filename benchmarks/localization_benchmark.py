@@ -4,7 +4,8 @@
 
 1. benchmarks/synthetic.py writes a ChestX-ray14-shaped dataset: real X-ray backgrounds with
    planted findings of the eight box classes whose boxes are known.
-2. preprocessing.py, then train.py from random weights (image-level labels only) on the CPU.
+2. preprocessing.py, then train.py from random weights (image-level labels only) on the CPU:
+   a warm-up at input 112, then 224 from its features (PRESETS says why).
 3. denseNet_localization.py on test.txt, once per CAM method (--cams; --method peaks, box sizes
    from the validation images' boxes, as calibration would), each saving its heatmaps
    (--save-heatmaps); every box rule of boxes.METHODS then runs on those maps in this process
@@ -61,19 +62,22 @@ from chexnet.nih import average_boxes, read_bbox_list, read_image_list  # noqa: 
 # reached 0.74, this recipe 0.97 (the doc's "Training that detects"). warm_epochs 0 trains in one
 # stage at 224, as before.
 PRESETS = {
-    "full": {"n_train": 512, "n_valid": 64, "n_test": 48, "warm_size": 112, "warm_epochs": 16,
-             "warm_lr": 1e-3, "epochs": 4, "repeats": 1, "batch_size": 16, "lr": 5e-4,
-             "lr_schedule": "cosine", "warmup_epochs": 0.5, "loss_weight": "wang",
+    "full": {"n_train": 512, "n_valid": 64, "n_test": 48,
+             "warm_size": 112, "warm_epochs": 16, "warm_lr": 1e-3,
+             "input_size": 224, "epochs": 4, "lr": 5e-4, "warmup_epochs": 0.5,
+             "repeats": 1, "batch_size": 16, "lr_schedule": "cosine", "loss_weight": "wang",
              "resize": "original"},
-    "quick": {"n_train": 8, "n_valid": 8, "n_test": 4, "warm_size": 112, "warm_epochs": 1,
-              "warm_lr": 1e-3, "epochs": 1, "repeats": 1, "batch_size": 4, "lr": 1e-3,
-              "lr_schedule": "cosine", "warmup_epochs": 0.0, "loss_weight": "wang",
+    "quick": {"n_train": 8, "n_valid": 8, "n_test": 4,
+              "warm_size": 112, "warm_epochs": 1, "warm_lr": 1e-3,
+              "input_size": 224, "epochs": 1, "lr": 1e-3, "warmup_epochs": 0.0,
+              "repeats": 1, "batch_size": 4, "lr_schedule": "cosine", "loss_weight": "wang",
               "resize": "original"},
     # for a GPU: the same recipe on thousands of images (our estimate from the CPU's step cost,
     # not a measurement: a few seconds of training per epoch on one H100-class GPU)
-    "gpu": {"n_train": 4096, "n_valid": 512, "n_test": 512, "warm_size": 112, "warm_epochs": 16,
-            "warm_lr": 1e-3, "epochs": 4, "repeats": 1, "batch_size": 64, "lr": 5e-4,
-            "lr_schedule": "cosine", "warmup_epochs": 0.5, "loss_weight": "wang",
+    "gpu": {"n_train": 4096, "n_valid": 512, "n_test": 512,
+            "warm_size": 112, "warm_epochs": 16, "warm_lr": 1e-3,
+            "input_size": 224, "epochs": 4, "lr": 5e-4, "warmup_epochs": 0.5,
+            "repeats": 1, "batch_size": 64, "lr_schedule": "cosine", "loss_weight": "wang",
             "resize": "original"},
 }
 CLASSES = tuple(synthetic.PLANTED_CLASSES)
@@ -154,15 +158,18 @@ def run_pipeline(at: Layout, p: dict, seed: int, device: str, timings: dict[str,
 
 def train_model(at: Layout, p: dict, seed: int, device: str, timings: dict[str, float]) -> None:
     """The planted data set, preprocessing.py and train.py from random weights: with warm_epochs,
-    first at input size warm_size, then at 224 from those weights."""
+    first at input size warm_size, then at input_size (224; 448 for finer maps) from those
+    weights. Localization follows the checkpoint's input size."""
     py, d = sys.executable, at.data
     run_stage("synthetic", [py, "benchmarks/synthetic.py", str(d), "--n-train", str(p["n_train"]),
                             "--n-valid", str(p["n_valid"]), "--n-test", str(p["n_test"]), "--seed", str(seed)],
               at.work, timings)
     tables = [str(d / "images"), str(d / "Data_Entry_2017.csv"), str(d / "BBox_List_2017.csv"),
               str(d / "train.txt"), str(d / "valid.txt")]
+    final = p.get("input_size", 224)  # 'original' pixels exist at 224 (stored 256) only
     run_stage("preprocessing", [py, "preprocessing.py", *tables, str(at.prep), "--quiet",
-                                "--resize", p["resize"]], at.work, timings)
+                                "--resize", p["resize"] if final == 224 else "area",
+                                "--input-size", str(final)], at.work, timings)
     # --keep-no-finding: 'No Finding' images are every class's cleanest negatives.
     common = ["--repeats", str(p["repeats"]), "--batch-size", str(p["batch_size"]),
               "--lr-schedule", p["lr_schedule"], "--loss-weight", p["loss_weight"],
@@ -354,7 +361,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="keep the data and the model that WORK already holds (its "
                              "model/best.pt): localize and score again only (default: off)")
     for key, kind in (("n_train", int), ("n_valid", int), ("n_test", int), ("warm_size", int),
-                      ("warm_epochs", int), ("warm_lr", float), ("epochs", int), ("repeats", int),
+                      ("warm_epochs", int), ("warm_lr", float), ("input_size", int),
+                      ("epochs", int), ("repeats", int),
                       ("batch_size", int), ("lr", float), ("lr_schedule", str),
                       ("warmup_epochs", float), ("loss_weight", str), ("resize", str)):
         parser.add_argument(f"--{key.replace('_', '-')}", type=kind, default=None,
