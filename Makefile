@@ -38,8 +38,8 @@ readme-figures:
 		if [ -f "$$f" ]; then cp "$$f" $(OUT)/README_figures/heatmap.png; break; fi; done
 	cp $(OUT)/plots/contact_sheet.png $(OUT)/model/training_curves.png $(OUT)/README_figures/
 
-# The known-truth localization benchmark over three seeds (about 35 minutes on 2 CPU cores: 7 to
-# train each seed's model, the CAM variants a few more) and README's picture of it.
+# The known-truth localization benchmark over three seeds, all 11 CAM variants (on 2 shared CPU
+# cores 7 variants took 62 minutes: 15-19 to train each seed's model, docs/benchmark_eight_findings.md).
 benchmark: env
 	$(PY) benchmarks/localization_benchmark.py --work $(OUT)/bench --seeds 0 1 7
 	mkdir -p $(OUT)/README_figures
