@@ -8,6 +8,8 @@ crop offset dropped (wrong geometry). The size-taking rule (peaks) sizes its box
 validation images' average box, as calibration would; the others take no size from any table.
 Per cam: the pointing game (and with each map transposed, its wrong-geometry control), the IoU of
 the map above half its maximum, and seconds per image of its localization run.
+The rule PER_CLASS takes, for each class, the rule whose boxes scored best on the validation
+images' maps (pick_rules: chosen without the test images, as calibrate.py --method auto chooses).
 """
 from __future__ import annotations
 
@@ -42,6 +44,8 @@ CAM_VARIANTS = {
     "layercam@db2+db3-flip": ("layercam", f"{DENSEBLOCK2},{DENSEBLOCK3}", "flip"),
 }
 SHOWN_T = ("0.1", "0.25", "0.5")
+PER_CLASS = "per-class"  # the grid's rule that is each class's best rule on the validation maps
+PICK_T = "0.25"  # pick_rules' objective: accuracy at IoU > 0.25 (then the mean IoU)
 SHORT = {"Pneumonia": "Pnia", "Pneumothorax": "Pnth"}  # their first four letters are the same
 
 
@@ -50,18 +54,35 @@ def short(label: str) -> str:
     return SHORT.get(label, label[:4])
 
 
-def heatmap_boxes(saved, rule: str, average: dict[str, np.ndarray], classes
+def heatmap_boxes(saved, rule: str | dict[str, str], average: dict[str, np.ndarray], classes
                   ) -> dict[str, list[Box]]:
     """image name -> the boxes `rule` makes from each saved map of a planted class (no average
-    box)."""
+    box); rule: one of boxes.METHODS, or {class: rule}."""
     preds: dict[str, list[Box]] = {}
     for image, label, heatmap in zip(saved.images, saved.labels, saved.maps):
         preds.setdefault(scoring.image_key(image), [])
         if label in classes:
             size = (float(average[label][2]), float(average[label][3]))
+            method = boxes.METHODS[rule[label] if isinstance(rule, dict) else rule]
             preds[scoring.image_key(image)] += [Box(label, *xywh)
-                                                for xywh in boxes.METHODS[rule](heatmap, size)]
+                                                for xywh in method(heatmap, size)]
     return preds
+
+
+def pick_rules(saved, truth: dict, names: list[str], average: dict, classes, score
+               ) -> dict[str, str]:
+    """{class: rule}: per class, the rule of boxes.METHODS whose heatmap boxes on these (the
+    validation) images reach the highest accuracy at IoU > PICK_T, then the highest mean IoU; a
+    tie, or a class with no box or no map there, keeps peaks (the original's)."""
+    order = ["peaks"] + sorted(set(boxes.METHODS) - {"peaks"})
+    keys = {}
+    for rule in order:
+        heat = heatmap_boxes(saved, rule, average, classes)
+        heat.update({n: [] for n in names if n not in heat})
+        figures = score(heat, {n: truth[n] for n in names if n in truth})
+        keys[rule] = {c: (figures[c]["acc_iou"][PICK_T] or 0.0, figures[c]["mean_iou"] or 0.0)
+                      for c in classes}
+    return {c: max(order, key=lambda r: (keys[r][c], -order.index(r))) for c in classes}
 
 
 def map_figures(saved, truth: dict, names: list[str]) -> dict:
@@ -82,22 +103,32 @@ def seconds_per_image(log: Path, images: int) -> float | None:
 
 
 def score_grid(heatmaps: Path, truth: dict, names: list[str], average: dict, classes, seed: int,
-               controls) -> dict:
-    """{rule: {"heat", "random", "swapped", "no_offset": figures}} and the map figures, one cam."""
+               controls, valid: tuple[Path, dict, list[str]] | None = None) -> dict:
+    """{rule: {"heat", "random", "swapped", "no_offset": figures}} and the map figures, one cam.
+    valid: (the validation images' heatmaps, their truth, their names): then also the rule
+    PER_CLASS, with the rules pick_rules chose there ("per_class_rules")."""
     saved = read_heatmaps(heatmaps)
     score, rng = controls["score"], np.random.default_rng(seed)
+    rules: dict[str, str | dict[str, str]] = {rule: rule for rule in sorted(boxes.METHODS)}
+    picked = None
+    if valid is not None:
+        picked = pick_rules(read_heatmaps(valid[0]), valid[1], valid[2], average, classes, score)
+        rules[PER_CLASS] = picked
     grid = {}
-    for rule in sorted(boxes.METHODS):
+    for name, rule in rules.items():
         heat = heatmap_boxes(saved, rule, average, classes)
         heat.update({n: [] for n in names if n not in heat})  # an image with no active class
-        grid[rule] = {
+        grid[name] = {
             "heat": score(heat, truth),
             "random": controls["mean"]([score(controls["random"](heat, rng), truth)
                                         for _ in range(RANDOM_DRAWS)]),
             "swapped": score(controls["each"](heat, controls["swap"]), truth),
             "no_offset": score(controls["each"](heat, controls["shift"]), truth),
         }
-    return {"rules": grid, "maps": map_figures(saved, truth, names)}
+    result = {"rules": grid, "maps": map_figures(saved, truth, names)}
+    if picked is not None:
+        result["per_class_rules"] = picked
+    return result
 
 
 # ---------------------------------------------------------------- the table, over seeds

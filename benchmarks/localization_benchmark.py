@@ -10,6 +10,8 @@
    from the validation images' boxes, as calibration would), each saving its heatmaps
    (--save-heatmaps); every box rule of boxes.METHODS then runs on those maps in this process
    (bench_grid: the method x rule table with its controls, the pointing game, time per image).
+   The same on valid.txt gives the validation maps on which bench_grid.pick_rules chooses each
+   class's rule: the grid's row "per-class", scored on the test images.
 4. evaluate.py scores each box file (and its heatmaps) against the test images' planted boxes;
    for Grad-CAM + peaks, the original's chain, the same evaluator
    (its functions, in this process) then scores controls built from the same predictions:
@@ -129,6 +131,9 @@ class Layout:
     def heatmaps(self, cam: str) -> Path:
         return self.work / f"heatmaps_{cam}.npz"
 
+    def valid_heatmaps(self, cam: str) -> Path:
+        return self.work / f"heatmaps_valid_{cam}.npz"
+
 
 def run_pipeline(at: Layout, p: dict, seed: int, device: str, timings: dict[str, float],
                  cams: list[str], reuse: bool = False) -> list[str]:
@@ -140,12 +145,7 @@ def run_pipeline(at: Layout, p: dict, seed: int, device: str, timings: dict[str,
     write_subset(d / "BBox_List_2017.csv", read_image_list(d / "valid.txt"), at.bbox_valid)
     write_subset(d / "BBox_List_2017.csv", read_image_list(d / "test.txt"), at.bbox_test)
     for cam in cams:
-        method, layer, tta = CAM_VARIANTS[cam]
-        cmd = [py, "denseNet_localization.py", str(d / "test.txt"), str(d / "images"),
-               "--model", str(at.model / BEST), "--bbox-list", str(at.bbox_valid),
-               "--out", str(at.boxes(cam)), "--device", device, "--method", "peaks",
-               "--cam", method, "--tta", tta, "--save-heatmaps", str(at.heatmaps(cam))]
-        cmd += ["--layer", layer] if layer else []
+        cmd = localize_cmd(at, cam, "test.txt", at.boxes(cam), at.heatmaps(cam), device)
         if cam == DEFAULT_CAM:  # pictures: the contact sheet and a few images, planted boxes in red
             cmd += ["--plots", str(at.work / "plots_peaks"), "--truth", str(at.bbox_test),
                     "--plot-images", "6", "--sheet-cell", "160"]
@@ -153,7 +153,22 @@ def run_pipeline(at: Layout, p: dict, seed: int, device: str, timings: dict[str,
         evaluate = [py, "tools/evaluate.py", str(at.boxes(cam)), str(at.bbox_test),
                     "--out", str(at.evaluation(cam)), "--heatmaps", str(at.heatmaps(cam))]
         run_stage(f"evaluate_{cam}", evaluate, at.work, timings)
+        # the validation images' maps, on which bench_grid.pick_rules chooses the per-class rules
+        run_stage(f"localize_valid_{cam}", localize_cmd(
+            at, cam, "valid.txt", at.work / f"boxes_valid_{cam}.txt", at.valid_heatmaps(cam),
+            device), at.work, timings)
     return cams
+
+
+def localize_cmd(at: Layout, cam: str, image_list: str, out: Path, heatmaps: Path, device: str
+                 ) -> list[str]:
+    """denseNet_localization.py on DATA/image_list with the CAM variant `cam`, saving its maps."""
+    method, layer, tta = CAM_VARIANTS[cam]
+    cmd = [sys.executable, "denseNet_localization.py", str(at.data / image_list),
+           str(at.data / "images"), "--model", str(at.model / BEST), "--bbox-list",
+           str(at.bbox_valid), "--out", str(out), "--device", device, "--method", "peaks",
+           "--cam", method, "--tta", tta, "--save-heatmaps", str(heatmaps)]
+    return cmd + (["--layer", layer] if layer else [])
 
 
 def train_model(at: Layout, p: dict, seed: int, device: str, timings: dict[str, float]) -> None:
@@ -288,8 +303,12 @@ def score_all(at: Layout, cams: list[str], seed: int) -> dict:
             f"{base} + peaks: heatmap boxes only": score(heat, truth),
             "chance: class average box": score(average_only(preds, average), truth),
             "planted boxes (oracle)": score(planted(truth), truth)}
-    grid = {cam: bench_grid.score_grid(at.heatmaps(cam), truth, test_names, average, CLASSES,
-                                       seed, CONTROLS) for cam in cams}
+    valid_truth, valid_names = (nih.read_truth_by_image(at.bbox_valid),
+                                read_image_list(at.data / "valid.txt"))
+    grid = {cam: bench_grid.score_grid(
+        at.heatmaps(cam), truth, test_names, average, CLASSES, seed, CONTROLS,
+        (at.valid_heatmaps(cam), valid_truth, valid_names) if at.valid_heatmaps(cam).is_file()
+        else None) for cam in cams}
     logs = at.work / "logs"
     seconds = {cam: bench_grid.seconds_per_image(logs / f"localize_{cam}.log", len(test_names))
                for cam in cams}
@@ -327,6 +346,10 @@ def format_table(result: dict) -> str:
     for name, fig in rows.items():
         cells = "".join(" ".join(_cell(fig[c]["acc_iou"][t]) for t in SHOWN_T).ljust(19) for c in groups)
         lines.append(name.ljust(name_w) + cells + _cell(fig[scoring.OVERALL]["mean_iou"]))
+    for cam, grid in result.get("grid", {}).items():
+        if "per_class_rules" in grid:
+            lines.append(f"{cam}: rules chosen on the validation maps: " + ", ".join(
+                f"{bench_grid.short(c)} {r}" for c, r in grid["per_class_rules"].items()))
     for epoch in result.get("training", []):
         auroc = ", ".join(f"{c} {_cell(epoch['auroc'].get(c)).strip()}" for c in CLASSES)
         lines.append(f"train {epoch.get('stage', 'final')} epoch {epoch['epoch']}: train loss {epoch['train_loss']:.3f}, "

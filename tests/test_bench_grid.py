@@ -1,0 +1,86 @@
+"""The known-truth benchmark's per-class rule: each class gets the box rule that wins on the
+validation maps, and the grid scores that choice on other images."""
+from __future__ import annotations
+
+import numpy as np
+
+from benchmarks import bench_grid
+from benchmarks import localization_benchmark as bench
+from chexnet.constants import CLASS_NAMES
+from chexnet.heatmap_file import SavedHeatmaps
+from chexnet.nih import TruthBox
+
+ROWS, COLS = np.mgrid[0:224, 0:224]
+
+
+def _nodule_map() -> np.ndarray:
+    """A broad Gaussian centred on crop pixel (150, 160): its one peak sits on the nodule, while
+    the region above half its maximum is some 94 px wide, far larger than the nodule."""
+    return np.exp(-((ROWS - 150) ** 2 + (COLS - 160) ** 2) / (2 * 40.0 ** 2)).astype(np.float32)
+
+
+def _heart_map() -> np.ndarray:
+    """A plateau exactly on crop rows 60-134, columns 40-139: the threshold rule's rectangle is
+    the heart's box."""
+    heatmap = np.zeros((224, 224), np.float32)
+    heatmap[60:135, 40:140] = 1.0
+    return heatmap
+
+
+def _case():
+    """Two images: a nodule on a.png (box of the average size, at the Gaussian's centre) and a
+    heart on b.png (box = the plateau; its average box is far too small for peaks to hit it)."""
+    saved = SavedHeatmaps(["images/a.png", "images/b.png"], ["Nodule", "Cardiomegaly"],
+                          np.ones(2, np.float32), np.stack([_nodule_map(), _heart_map()]),
+                          "gradcam", "features.norm5", [(1024, 1024)] * 2)
+    # crop (row, col) -> 1024 (x, y) = ((col + 16) * 4, (row + 16) * 4)
+    truth = {"a.png": [TruthBox("a.png", "Nodule", 674.0, 634.0, 60.0, 60.0)],
+             "b.png": [TruthBox("b.png", "Cardiomegaly", 224.0, 304.0, 400.0, 300.0)]}
+    average = {c: np.array([0.0, 0.0, 100.0, 100.0]) for c in CLASS_NAMES}
+    average["Nodule"] = np.array([0.0, 0.0, 60.0, 60.0])
+    return saved, truth, average
+
+
+def test_each_class_gets_the_rule_that_hits_its_boxes():
+    saved, truth, average = _case()
+    picked = bench_grid.pick_rules(saved, truth, ["a.png", "b.png"], average, bench.CLASSES,
+                                   bench.score)
+    assert picked["Nodule"] == "peaks"
+    assert picked["Cardiomegaly"] in ("threshold", "percentile", "otsu")
+    # a class with no true box on these images keeps the original's rule
+    assert {picked[c] for c in bench.CLASSES if c not in ("Nodule", "Cardiomegaly")} == {"peaks"}
+    per_class = bench.score(bench_grid.heatmap_boxes(saved, picked, average, bench.CLASSES), truth)
+    for rule in ("peaks", "threshold"):  # the choice beats either rule alone on the two classes
+        alone = bench.score(bench_grid.heatmap_boxes(saved, rule, average, bench.CLASSES), truth)
+        assert (per_class["Nodule"]["acc_iou"]["0.5"] + per_class["Cardiomegaly"]["acc_iou"]["0.5"]
+                > alone["Nodule"]["acc_iou"]["0.5"] + alone["Cardiomegaly"]["acc_iou"]["0.5"])
+    assert per_class["Nodule"]["acc_iou"]["0.5"] == per_class["Cardiomegaly"]["acc_iou"]["0.5"] == 1
+
+
+def test_the_grid_scores_the_rules_chosen_on_the_validation_maps(tmp_path):
+    """score_grid(valid=...) adds the rule PER_CLASS, chosen on the validation file's maps and
+    scored on the test maps. Validation images whose nodules are plateau-shaped and large choose
+    the threshold rule for Nodule, and the test's small nodule is then missed."""
+    from chexnet.heatmap_file import write_heatmaps
+    saved, truth, average = _case()
+    test_file, valid_file = tmp_path / "test.npz", tmp_path / "valid.npz"
+    write_heatmaps(test_file, saved)
+    write_heatmaps(valid_file, SavedHeatmaps(["images/v.png"], ["Nodule"], np.ones(1, np.float32),
+                                             _heart_map()[None], "gradcam", "features.norm5",
+                                             [(1024, 1024)]))
+    big_nodule = {"v.png": [TruthBox("v.png", "Nodule", 224.0, 304.0, 400.0, 300.0)]}
+    names = ["a.png", "b.png"]
+    grid = bench_grid.score_grid(test_file, truth, names, average, bench.CLASSES, 0,
+                                 bench.CONTROLS, (test_file, truth, names))
+    assert grid["per_class_rules"]["Nodule"] == "peaks"
+    assert grid["rules"][bench_grid.PER_CLASS]["heat"]["Nodule"]["acc_iou"]["0.5"] == 1
+    fooled = bench_grid.score_grid(test_file, truth, names, average, bench.CLASSES, 0,
+                                   bench.CONTROLS, (valid_file, big_nodule, ["v.png"]))
+    assert fooled["per_class_rules"]["Nodule"] != "peaks"
+    assert fooled["rules"][bench_grid.PER_CLASS]["heat"]["Nodule"]["acc_iou"]["0.5"] == 0
+    # the other rules' figures do not depend on the validation maps
+    assert {k: v for k, v in grid["rules"].items() if k != bench_grid.PER_CLASS} == {
+        k: v for k, v in fooled["rules"].items() if k != bench_grid.PER_CLASS}
+    plain = bench_grid.score_grid(test_file, truth, names, average, bench.CLASSES, 0,
+                                  bench.CONTROLS)
+    assert "per_class_rules" not in plain and bench_grid.PER_CLASS not in plain["rules"]
