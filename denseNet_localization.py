@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from chexnet import boxes, distributed, localize, model_dir, nih, xray_files
+from chexnet import boxes, calibrated, distributed, localize, model_dir, nih, xray_files
 from chexnet.boxfile import ImageBoxes, write_box_file
-from chexnet.constants import DEFAULT_TARGET_LAYER, LOCALIZATION_BATCH_SIZE
+from chexnet.constants import CLASS_NAMES, DEFAULT_TARGET_LAYER, LOCALIZATION_BATCH_SIZE
 from chexnet.heatmap_file import SavedHeatmaps, write_heatmaps
 from chexnet.images import RESIZE_METHODS, check_images_exist, image_paths
 from chexnet.probs import write_probs_csv
@@ -66,7 +66,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "images) "
                         "(default: None, every box of the table, test images included, as the "
                         "original averaged all 984)")
-    p.add_argument("--size-fallback", type=str, default="none", choices=model_dir.SIZE_FALLBACKS,
+    p.add_argument("--size-fallback", type=str, default="none", choices=calibrated.SIZE_FALLBACKS,
                    help="with --size-images, a class with no box among the lists' images: none "
                         "stops with an error; all takes its mean over every box of --bbox-list, "
                         "test images included (NOT leak-free) (default: none)")
@@ -75,11 +75,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--probs", type=str, default=None,
                    help="also write this CSV: header image,<class names>, one row per image with "
                         "every class's probability, from the same forward pass (default: None)")
-    p.add_argument("--method", type=str, default=None, choices=sorted(boxes.METHODS),
+    p.add_argument("--method", type=str, default=None,
+                   choices=sorted(boxes.METHODS) + [boxes.PER_CLASS],
                    help="how heatmaps become boxes: peaks, the original's heuristic, or the "
                         "rectangles of the map's regions above a fraction of its maximum "
                         "(threshold), a percentile of its values (percentile) or Otsu's "
-                        "threshold (otsu); each "
+                        "threshold (otsu); auto: each class's rule as tools/calibrate.py "
+                        "--method auto chose it (box_sizes.json beside --model); each "
                         "active class opens with its average box (default: the method "
                         "box_sizes.json beside --model was calibrated for, else peaks)")
     p.add_argument("--no-average-box", action="store_true",
@@ -163,8 +165,8 @@ class Setup:
     classes: list[str]  # the checkpoint's class names: one per output, in its order
     thresholds: np.ndarray  # (C,), one per output
     box_sizes: np.ndarray  # (8, 4) average boxes of the box classes, 1024 px
-    method: str
-    params: np.ndarray | None  # (8,) the box method's per-class parameter, None: its default
+    methods: tuple[str, ...]  # (8,) the box rule of each box class (one for all unless per class)
+    params: np.ndarray | None  # (8,) the box rule's per-class parameter, None: its default
     resize: str
     cam: str
     layer: str
@@ -184,28 +186,37 @@ def resolve(args: argparse.Namespace) -> Setup:
     paths, per_image = input_paths(args.test_txt, args.images)
     size_images = None if args.size_images is None else {
         path: set(nih.read_image_list(path)) for path in args.size_images}
-    box_sizes, sizes_from = model_dir.resolve_box_sizes(args.bbox_list, args.model, size_images,
+    box_sizes, sizes_from = calibrated.resolve_box_sizes(args.bbox_list, args.model, size_images,
                                                         args.size_fallback)
     checkpoint = load_checkpoint(args.model)
     net = model_from_checkpoint(checkpoint, source=args.model)
     thresholds, thresholds_from = model_dir.resolve_thresholds(args.thresholds, args.model,
                                                                checkpoint)
-    method = args.method or model_dir.calibrated_method(args.bbox_list, args.model) or "peaks"
-    params, params_from = model_dir.resolve_box_params(args.bbox_list, args.model, method)
+    method = args.method or calibrated.calibrated_method(args.bbox_list, args.model) or "peaks"
+    methods = calibrated.resolve_box_methods(args.bbox_list, args.model, method)
+    params, params_from = calibrated.resolve_box_params(args.bbox_list, args.model, method)
     resize, input_size = localize.resolve_input(args.resize, checkpoint, args.model)
-    cam, layer, cam_from, warning = model_dir.resolve_cam(args.cam, args.layer, args.bbox_list,
+    cam, layer, cam_from, warning = calibrated.resolve_cam(args.cam, args.layer, args.bbox_list,
                                                           args.model)
     if warning is not None:
         print(warning, file=sys.stderr)
-    if args.no_average_box and method in boxes.SIZE_FREE:
+    if args.no_average_box and set(methods) <= set(boxes.SIZE_FREE):
         sizes_from = "none (--no-average-box: heatmap boxes only, each sized by its map)"
     print(f"{len(paths)} images, model {args.model} on {device}, "
           f"thresholds from {thresholds_from}, "
-          f"box sizes from {sizes_from}, {method} parameters from {params_from}, "
+          f"box sizes from {sizes_from}, {rules_line(method, methods)} parameters from "
+          f"{params_from}, "
           f"resize {resize}, input {input_size} px, maps {cam} at {layer} (from {cam_from})",
           file=sys.stderr)
     return Setup(paths, per_image, device, net, list(checkpoint["class_names"]), thresholds,
-                 box_sizes, method, params, resize, cam, layer, input_size)
+                 box_sizes, methods, params, resize, cam, layer, input_size)
+
+
+def rules_line(method: str, methods: tuple[str, ...]) -> str:
+    """'peaks', or for per-class rules 'per-class (Atelectasis threshold, ...)'."""
+    if method != boxes.PER_CLASS:
+        return method
+    return "per-class (" + ", ".join(f"{c} {m}" for c, m in zip(CLASS_NAMES, methods)) + ")"
 
 
 def main(args: argparse.Namespace) -> None:
@@ -225,7 +236,7 @@ def localize_images(args: argparse.Namespace, plots_dir: Path | None) -> None:
         lambda paths: localize.iter_localize(
             run.net, paths, run.thresholds, run.box_sizes, run.device,
             batch_size=args.batch_size, target_layer=run.layer, workers=args.workers,
-            method=run.method, method_params=run.params, resize=run.resize, cam_method=run.cam,
+            method=run.methods, method_params=run.params, resize=run.resize, cam_method=run.cam,
             class_names=run.classes, average_box=not args.no_average_box, tta=args.tta,
             input_size=run.input_size),
         run.paths, args.batch_size)

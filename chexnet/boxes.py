@@ -22,7 +22,7 @@ resized to 256x256, maps a crop pixel to ((col + 16) * W / 256, (row + 16) * H /
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -175,11 +175,13 @@ def place_rects(rects: list[tuple[int, int, int, int]], size_wh: tuple[float, fl
 
 @dataclass(frozen=True)
 class Method:
-    """A box method: its tunable parameter (name, default) and its two stages."""
+    """A box method: its tunable parameter (name, default, range (0, upper]) and its two
+    stages."""
     parameter: str
     default: float
     locate: Callable[[np.ndarray, float], list[Any]]  # (heatmap, param) -> anchors; the slow part
     place: Callable[[list[Any], tuple[float, float]], list[XYWH]]  # (anchors, size_wh) -> boxes
+    upper: float = 1.0  # the largest parameter that makes sense: a fraction, a percentile, ...
 
     def __call__(self, heatmap: np.ndarray, size_wh: tuple[float, float],
                  param: float | None = None) -> list[XYWH]:
@@ -189,11 +191,23 @@ class Method:
 METHODS: dict[str, Method] = {
     "peaks": Method("keep_fraction", PEAK_KEEP_FRACTION, find_peaks, place_peaks),
     "threshold": Method("fraction", THRESHOLD_FRACTION, threshold_rects, place_rects),
-    "percentile": Method("percentile", REGION_PERCENTILE, percentile_rects, place_rects),
-    "otsu": Method("otsu_scale", OTSU_SCALE, otsu_rects, place_rects),
+    "percentile": Method("percentile", REGION_PERCENTILE, percentile_rects, place_rects, 100.0),
+    "otsu": Method("otsu_scale", OTSU_SCALE, otsu_rects, place_rects, np.inf),
 }
 # Rules whose boxes take their size from the map alone (the others from the average box's size).
 SIZE_FREE = ("threshold", "percentile", "otsu")
+# A box rule per class (calibrate.py --method auto chooses them; box_sizes.json names them).
+PER_CLASS = "auto"
+
+
+def per_class(method: str | Sequence[str]) -> tuple[str, ...]:
+    """The rule of each box class, in CLASS_NAMES order: one name for all, or one per class."""
+    methods = (method,) * len(CLASS_NAMES) if isinstance(method, str) else tuple(method)
+    unknown = sorted(set(methods) - set(METHODS))
+    if len(methods) != len(CLASS_NAMES) or unknown:
+        raise ValueError(f"box rules must be one of {', '.join(METHODS)} or one per class "
+                         f"({len(CLASS_NAMES)}), got {list(methods)}")
+    return methods
 
 
 def class_boxes(class_index: int, heatmap: np.ndarray, box_table: np.ndarray,

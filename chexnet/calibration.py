@@ -120,6 +120,7 @@ class Choice:
     score: float | None  # the class's original score on the tuning images (None: no predicted box)
     mean_iou: float | None
     note: str = ""
+    method: str = "peaks"  # the box rule the parameter is of (--method auto: each class's winner)
 
 
 def scaled_row(box: np.ndarray, scale_w: float, scale_h: float) -> np.ndarray:
@@ -152,8 +153,21 @@ def search_class(class_index: int, maps: dict[str, np.ndarray], truth: dict[str,
                     continue
                 key = (figures["score"], figures["mean_iou"])
                 if best_key is None or key > best_key:
-                    best, best_key = Choice(scale_w, scale_h, param, *key), key
+                    best, best_key = Choice(scale_w, scale_h, param, *key, method=method), key
     return best
+
+
+def search_rules(class_index: int, maps: dict[str, np.ndarray], truth: dict[str, list[TruthBox]],
+                 base_box: np.ndarray) -> Choice:
+    """--method auto: search_class for every rule of boxes.METHODS, peaks (the original's) first;
+    the best (score, then mean IoU) wins, an earlier rule a tie."""
+    best = None
+    for method in ["peaks"] + [m for m in boxes.METHODS if m != "peaks"]:
+        found = search_class(class_index, maps, truth, base_box, method)
+        if found.score is not None and (best is None or (found.score, found.mean_iou)
+                                        > (best.score, best.mean_iou)):
+            best = found
+    return best or Choice(1.0, 1.0, boxes.METHODS["peaks"].default, None, None)
 
 
 def active(hm: Heatmaps, thresholds: np.ndarray) -> np.ndarray:
@@ -163,22 +177,26 @@ def active(hm: Heatmaps, thresholds: np.ndarray) -> np.ndarray:
 
 def tune(hm: Heatmaps, rows: list[int], act: np.ndarray, truth: dict[str, list[TruthBox]],
          method: str) -> list[Choice]:
-    """One Choice per class, searched on the images `rows` of hm."""
-    default = boxes.METHODS[method].default
+    """One Choice per class, searched on the images `rows` of hm; method boxes.PER_CLASS
+    ("auto") searches every rule for each class (search_rules)."""
+    auto = method == boxes.PER_CLASS
+    rule = "peaks" if auto else method  # a class without truth or activity keeps its defaults
+    default = boxes.METHODS[rule].default
     choices = []
     for k, label in enumerate(tqdm(CLASS_NAMES, unit="class", file=sys.stderr, desc="search")):
         names = [hm.images[i] for i in rows]
         if not any(t.label == label for n in names for t in truth[n]):
             choices.append(Choice(1.0, 1.0, default, None, None,
-                                  "no true box in the tuning images: defaults kept"))
+                                  "no true box in the tuning images: defaults kept", rule))
             continue
         maps = {hm.images[i]: hm.maps[i, k].astype(np.float32) for i in rows if act[i, k]}
         if not maps:
             choices.append(Choice(1.0, 1.0, default, None, None,
-                                  "not active on any tuning image: defaults kept"))
+                                  "not active on any tuning image: defaults kept", rule))
             continue
-        choices.append(search_class(k, maps, {n: truth[n] for n in names},
-                                    np.array(AVERAGE_BOXES[k]), method))
+        class_truth, base = {n: truth[n] for n in names}, np.array(AVERAGE_BOXES[k])
+        choices.append(search_rules(k, maps, class_truth, base) if auto else
+                       search_class(k, maps, class_truth, base, method))
     return choices
 
 
@@ -190,14 +208,15 @@ def tuned_table(choices: list[Choice]) -> np.ndarray:
 # ---------------------------------------------------------------- before / after
 
 def full_report(hm: Heatmaps, rows: list[int], act: np.ndarray, truth: dict, table: np.ndarray,
-                method: str, params: np.ndarray) -> dict:
-    """scoring.score_boxes of the box lines localization would write for the images `rows`."""
-    preds = {}
+                method: str | list[str], params: np.ndarray) -> dict:
+    """scoring.score_boxes of the box lines localization would write for the images `rows`;
+    method: one rule, or one per class."""
+    methods, preds = boxes.per_class(method), {}
     for i in rows:
         lines = []
         for k in np.flatnonzero(act[i]):
-            lines += boxes.class_boxes(int(k), hm.maps[i, k].astype(np.float32), table, method,
-                                       float(params[k]))
+            lines += boxes.class_boxes(int(k), hm.maps[i, k].astype(np.float32), table,
+                                       methods[k], float(params[k]))
         preds[hm.images[i]] = lines
     return scoring.score_boxes(preds, {hm.images[i]: truth[hm.images[i]] for i in rows})
 
@@ -237,7 +256,8 @@ def pick_cam(make_maps: Callable[[str, str | None], Heatmaps], candidates, rows:
         act = active(hm, thresholds)
         choices = tune(hm, rows, act, truth, method)
         params = np.array([c.param for c in choices])
-        report = full_report(hm, rows, act, truth, tuned_table(choices), method, params)
+        report = full_report(hm, rows, act, truth, tuned_table(choices),
+                             [c.method for c in choices], params)
         fig = report["classes"][scoring.OVERALL]["original"]
         tried.append({"cam": cam, "layer": hm.layer, "score": fig["score"],
                       "mean_iou": fig["mean_iou"]})

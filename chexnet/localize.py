@@ -79,7 +79,8 @@ def box_columns(class_names: Sequence[str]) -> list[tuple[int, int]]:
 def iter_localize(model: torch.nn.Module, image_paths: Sequence[str], thresholds: np.ndarray,
                   box_sizes: np.ndarray, device: torch.device, batch_size: int = 16,
                   target_layer: str | None = None, workers: int = 0,
-                  method: str = "peaks", method_params: np.ndarray | None = None,
+                  method: str | Sequence[str] = "peaks",
+                  method_params: np.ndarray | None = None,
                   resize: str = images.DEFAULT_RESIZE, cam_method: str = DEFAULT_CAM,
                   class_names: Sequence[str] | None = None, average_box: bool = True,
                   tta: str = "none", input_size: int = CROP_SIZE) -> Iterator[ImageResult]:
@@ -88,6 +89,7 @@ def iter_localize(model: torch.nn.Module, image_paths: Sequence[str], thresholds
     thresholds: (C,) probabilities, one per model output; class_names: (C,) the model's classes,
     the checkpoint's (None: the usual order of 8 or 14, constants.CLASS_SETS); box_sizes: (8, 4)
     average boxes (x, y, w, h) in 1024 px per box class whose w, h size the heatmap boxes;
+    method: the box rule (boxes.METHODS), or one per box class (calibrate.py --method auto);
     method_params: (8,) the box method's parameter per box class (None: its default; see
     resolve_box_params); resize: how each image becomes 256x256, as the model's training images did
     (images.resize_stored); cam_method: a name of gradcam.METHODS, hooked at target_layer (None: the
@@ -99,8 +101,7 @@ def iter_localize(model: torch.nn.Module, image_paths: Sequence[str], thresholds
     """
     thresholds = np.asarray(thresholds, dtype=np.float32)
     box_sizes = np.asarray(box_sizes, dtype=np.float64)
-    if method not in boxes.METHODS:
-        raise ValueError(f"unknown box method {method!r}; choose from {', '.join(boxes.METHODS)}")
+    methods = boxes.per_class(method)  # a ValueError names the known rules
     if class_names is None:
         class_names = CLASS_SETS.get(len(thresholds), CLASS_NAMES)
     if len(class_names) != len(thresholds):
@@ -122,7 +123,7 @@ def iter_localize(model: torch.nn.Module, image_paths: Sequence[str], thresholds
             probs, maps, active = _network(cam, crops.to(device, non_blocking=True), thresholds,
                                            columns)
             job = pool.submit(_results, batch_paths, probs, maps, active, thresholds, box_sizes,
-                              method, method_params, [tuple(s) for s in sizes.tolist()],
+                              methods, method_params, [tuple(s) for s in sizes.tolist()],
                               average_box)
             if pending is not None:
                 # boxes of the previous batch, made during this batch's pass
@@ -158,12 +159,12 @@ def class_probabilities(cam: BaseCAM, crops: torch.Tensor) -> np.ndarray:
 
 def _results(paths: list[str], probs: np.ndarray, maps: np.ndarray,
              active: list[tuple[int, int]], thresholds: np.ndarray, box_sizes: np.ndarray,
-             method: str, method_params: np.ndarray | None = None,
+             methods: Sequence[str], method_params: np.ndarray | None = None,
              sizes: list[tuple[int, int]] | None = None,
              average_box: bool = True) -> list[ImageResult]:
     """Per image: the heatmaps of its own active classes (by model column) and their box lines, in
     box-class order, labelled with the class's name, in the image's own pixels (sizes: (width,
-    height) per image; None: 1024x1024)."""
+    height) per image; None: 1024x1024); methods: each box class's rule."""
     results = []
     for b, path in enumerate(paths):
         if not np.isfinite(probs[b]).all():
@@ -176,7 +177,7 @@ def _results(paths: list[str], probs: np.ndarray, maps: np.ndarray,
                 result.heatmaps[j] = maps[b, i].copy()
                 try:
                     param = None if method_params is None else float(method_params[k])
-                    lines = boxes.class_boxes(k, maps[b, i], box_sizes, method, param)
+                    lines = boxes.class_boxes(k, maps[b, i], box_sizes, methods[k], param)
                 except ValueError as err:
                     raise InputError(f"{path}: {CLASS_NAMES[k]}: {err}") from None
                 lines = lines if average_box else lines[1:]

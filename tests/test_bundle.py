@@ -22,7 +22,7 @@ from model import load_checkpoint, new_checkpoint
 from chexnet.boxfile import read_box_file
 from chexnet.utils import InputError
 from chexnet.constants import CLASS_NAMES
-from chexnet import model_dir
+from chexnet import calibrated, model_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample"
@@ -104,8 +104,8 @@ def test_bundled_checkpoint_thresholds_and_sizes(built, tmp_path, sample_dir):
     assert ckpt["epoch"] == 3 and ckpt["thresholds"] == THRESHOLDS.tolist()
     assert all(torch.equal(ckpt["model"][k], v) for k, v in original["model"].items())
     assert np.array_equal(np.load(folder / "thresholds.npy", allow_pickle=False), THRESHOLDS)
-    sizes, _ = model_dir.resolve_box_sizes(sample_dir / "BBox_List_2017.csv", None)
-    assert np.array_equal(model_dir.read_box_sizes(folder / "box_sizes.json"), sizes)  # not rounded
+    sizes, _ = calibrated.resolve_box_sizes(sample_dir / "BBox_List_2017.csv", None)
+    assert np.array_equal(calibrated.read_box_sizes(folder / "box_sizes.json"), sizes)  # not rounded
 
 
 def test_unzipped_bundle_without_arguments_equals_the_local_run(built, tmp_path, sample_dir,
@@ -273,14 +273,14 @@ def test_a_calibrated_box_file_travels_whole_and_picks_its_method(built, tmp_pat
     _, model_folder = built
     model = tmp_path / "model"
     shutil.copytree(model_folder, model)
-    sizes = np.array(model_dir.resolve_box_sizes(None, None)[0]) * 1.1
+    sizes = np.array(calibrated.resolve_box_sizes(None, None)[0]) * 1.1
     params = np.linspace(0.3, 0.8, len(CLASS_NAMES))
-    model_dir.write_box_sizes(model / model_dir.BOX_SIZES, sizes, "threshold", params)
-    assert model_dir.calibrated_method(None, model / "best.pt") == "threshold"
-    assert model_dir.calibrated_method(str(SAMPLE / "BBox_List_2017.csv"),
+    calibrated.write_box_sizes(model / model_dir.BOX_SIZES, sizes, "threshold", params)
+    assert calibrated.calibrated_method(None, model / "best.pt") == "threshold"
+    assert calibrated.calibrated_method(str(SAMPLE / "BBox_List_2017.csv"),
                                        model / "best.pt") is None
     # no rounding
-    np.testing.assert_array_equal(model_dir.read_box_sizes(model / model_dir.BOX_SIZES), sizes)
+    np.testing.assert_array_equal(calibrated.read_box_sizes(model / model_dir.BOX_SIZES), sizes)
     out = tmp_path / "calibrated.zip"
     bundle.build_bundle(out, model / "best.pt")
     with zipfile.ZipFile(out) as zf:
@@ -294,8 +294,8 @@ def test_a_bundle_calibrated_on_another_cam_localizes_as_the_project_does(built,
     _, model_folder = built
     model = tmp_path / "model"
     shutil.copytree(model_folder, model)
-    sizes, _ = model_dir.resolve_box_sizes(str(SAMPLE / "BBox_List_2017.csv"), None)
-    model_dir.write_box_sizes(model / model_dir.BOX_SIZES, sizes, "peaks", np.full(len(CLASS_NAMES), 0.9),
+    sizes, _ = calibrated.resolve_box_sizes(str(SAMPLE / "BBox_List_2017.csv"), None)
+    calibrated.write_box_sizes(model / model_dir.BOX_SIZES, sizes, "peaks", np.full(len(CLASS_NAMES), 0.9),
                               calibration={"cam": "layercam", "layer": "features.denseblock3"})
     out = tmp_path / "layercam.zip"
     manifest = bundle.build_bundle(out, model / "best.pt")

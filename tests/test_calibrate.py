@@ -17,7 +17,7 @@ from chexnet.boxfile import read_box_file
 from chexnet.utils import InputError
 from chexnet.constants import AVERAGE_BOXES, CLASS_NAMES, DEFAULT_TARGET_LAYER
 from chexnet.nih import TruthBox
-from chexnet import model_dir
+from chexnet import calibrated, model_dir
 from chexnet import calibration, scoring
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,8 +143,8 @@ def test_end_to_end_box_sizes_json_drives_localization(run_dir):
     assert "Effusion" in done.stdout
     assert "no true box in the tuning images: defaults kept" in done.stdout
     sizes_path = run_dir / "model" / "box_sizes.json"
-    table = model_dir.read_box_sizes(sizes_path)
-    params = model_dir.read_box_params(sizes_path, "peaks")
+    table = calibrated.read_box_sizes(sizes_path)
+    params = calibrated.read_box_params(sizes_path, "peaks")
     record = json.loads(sizes_path.read_text())["calibration"]
     assert record["images"] == 6 and set(record["tuning"]) == set(CLASS_NAMES) | {"overall"}
     assert (record["cam"], record["layer"]) == ("gradcam", DEFAULT_TARGET_LAYER)  # the maps it tuned on
@@ -189,3 +189,47 @@ def test_end_to_end_box_sizes_json_drives_localization(run_dir):
             [str(run_dir / "prep"), "--model", str(model), "--cam", "layercam",
              "--heatmaps", str(run_dir / "model" / "heatmaps.npz"), "--out", str(again)]))
     assert params is not None and params.shape == (8,)
+
+
+def test_end_to_end_per_class_rules_drive_localization(run_dir):
+    """--method auto records a rule per class; localization draws each class with the rule and
+    parameter box_sizes.json gives it (here set by hand to a mix, so that a localization that
+    used one rule for all would write other lines)."""
+    import shutil
+    from chexnet.heatmap_file import read_heatmaps
+    folder = run_dir / "per_class"
+    done = _script("tools/calibrate.py", run_dir / "prep", "--model", run_dir / "model" / "best.pt",
+                   "--device", "cpu", "--method", "auto", "--out", folder, cwd=run_dir)
+    assert "rule, parameter" in done.stdout
+    sizes_path = folder / model_dir.BOX_SIZES
+    record = json.loads(sizes_path.read_text())
+    assert record["method"] == "auto" and len(record["methods"]) == 8
+    assert calibrated.read_box_methods(sizes_path) == tuple(
+        record["calibration"]["choices"][c]["method"] for c in CLASS_NAMES)
+    rules = ["threshold", "peaks", "otsu", "percentile"] * 2
+    params = [0.4, 0.8, 1.2, 97.0, 0.6, 0.9, 1.0, 90.0]
+    table = calibrated.read_box_sizes(sizes_path)
+    calibrated.write_box_sizes(sizes_path, table, method="auto", params=np.array(params),
+                              methods=rules, calibration=record["calibration"])
+    for name in (model_dir.BEST, model_dir.THRESHOLDS):
+        shutil.copyfile(run_dir / "model" / name, folder / name)
+    after = _script("denseNet_localization.py", SAMPLE / "valid.txt", SAMPLE / "images",
+                    "--model", folder / model_dir.BEST, "--out", run_dir / "per_class.txt",
+                    "--workers", "0", "--save-heatmaps", run_dir / "per_class.npz", cwd=run_dir)
+    assert "per-class (Atelectasis threshold, Cardiomegaly peaks" in after.stderr
+    saved = read_heatmaps(run_dir / "per_class.npz")
+    written = {e.image_path: e.boxes for e in read_box_file(run_dir / "per_class.txt")}
+    for image, label, heatmap, size in zip(saved.images, saved.labels, saved.maps, saved.sizes):
+        k = CLASS_NAMES.index(label)
+        expected = [boxes.to_image(b, size)
+                    for b in boxes.class_boxes(k, heatmap, table, rules[k], params[k])]
+        got = [b for b in written[image] if b.label == label]
+        assert len(got) == len(expected)
+        for g, e in zip(got, expected):  # the file writes '%.1f'
+            assert (g.x, g.y, g.w, g.h) == pytest.approx((e.x, e.y, e.w, e.h), abs=0.051)
+    with pytest.raises(subprocess.CalledProcessError):  # a plain model folder has no rules
+        subprocess.run([sys.executable, str(ROOT / "denseNet_localization.py"),
+                        SAMPLE / "valid.txt", SAMPLE / "images", "--model",
+                        run_dir / "model" / "best.pt", "--method", "auto", "--out",
+                        run_dir / "never.txt"], cwd=run_dir, capture_output=True, check=True)
+    assert not (run_dir / "never.txt").exists()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import denseNet_localization
-from chexnet import model_dir
+from chexnet import calibrated, model_dir
 from chexnet.boxfile import read_box_file
 from chexnet.constants import AVERAGE_BOXES, DEFAULT_TARGET_LAYER
 from chexnet.heatmap_file import read_heatmaps
@@ -22,31 +22,31 @@ def model_path(tmp_path_factory, random_checkpoint) -> Path:
 
 
 def _calibrated(folder: Path, record: dict | None) -> None:
-    model_dir.write_box_sizes(folder / model_dir.BOX_SIZES, np.array(AVERAGE_BOXES), "peaks",
+    calibrated.write_box_sizes(folder / model_dir.BOX_SIZES, np.array(AVERAGE_BOXES), "peaks",
                               np.full(8, 0.9), calibration=record)
 
 
 def test_resolve_cam_defaults_warnings_and_a_box_table(tmp_path):
     ckpt = tmp_path / "best.pt"
-    assert model_dir.resolve_cam(None, None, None, ckpt) == ("gradcam", DEFAULT_TARGET_LAYER, "the default", None)
+    assert calibrated.resolve_cam(None, None, None, ckpt) == ("gradcam", DEFAULT_TARGET_LAYER, "the default", None)
     _calibrated(tmp_path, {"cam": "layercam", "layer": FINER})
     sizes = str(tmp_path / model_dir.BOX_SIZES)
-    assert model_dir.resolve_cam(None, None, None, ckpt) == ("layercam", FINER, sizes, None)
-    assert model_dir.resolve_cam("layercam", FINER, None, ckpt)[3] is None  # the same, said explicitly
-    cam, layer, _, warning = model_dir.resolve_cam("gradcam", None, None, ckpt)
+    assert calibrated.resolve_cam(None, None, None, ckpt) == ("layercam", FINER, sizes, None)
+    assert calibrated.resolve_cam("layercam", FINER, None, ckpt)[3] is None  # the same, said explicitly
+    cam, layer, _, warning = calibrated.resolve_cam("gradcam", None, None, ckpt)
     assert (cam, layer) == ("gradcam", DEFAULT_TARGET_LAYER)
     assert warning == (f"warning: maps of gradcam at {DEFAULT_TARGET_LAYER}, but {sizes} was calibrated on "
                        f"layercam at {FINER}: its box sizes and parameters were tuned for another CAM")
-    assert model_dir.resolve_cam("layercam", DEFAULT_TARGET_LAYER, None, ckpt)[3] is not None  # other layer
+    assert calibrated.resolve_cam("layercam", DEFAULT_TARGET_LAYER, None, ckpt)[3] is not None  # other layer
     # A box table replaces box_sizes.json, its parameters and so its CAM: the default again.
-    assert model_dir.resolve_cam(None, None, "BBox_List_2017.csv", ckpt)[:2] == ("gradcam", DEFAULT_TARGET_LAYER)
+    assert calibrated.resolve_cam(None, None, "BBox_List_2017.csv", ckpt)[:2] == ("gradcam", DEFAULT_TARGET_LAYER)
     _calibrated(tmp_path, {"cam": "cam"})  # no layer recorded: the method's own
-    assert model_dir.resolve_cam(None, None, None, ckpt)[:2] == ("cam", FINAL_FEATURES)
+    assert calibrated.resolve_cam(None, None, None, ckpt)[:2] == ("cam", FINAL_FEATURES)
     _calibrated(tmp_path, None)  # sizes and parameters without a calibration record: the default CAM
-    assert model_dir.resolve_cam(None, None, None, ckpt)[:2] == ("gradcam", DEFAULT_TARGET_LAYER)
+    assert calibrated.resolve_cam(None, None, None, ckpt)[:2] == ("gradcam", DEFAULT_TARGET_LAYER)
     _calibrated(tmp_path, {"cam": "scorecam"})
     with pytest.raises(InputError, match="calibrated on an unknown CAM method 'scorecam'"):
-        model_dir.resolve_cam(None, None, None, ckpt)
+        calibrated.resolve_cam(None, None, None, ckpt)
 
 
 def test_localization_takes_the_calibrated_cam_and_warns_on_another(model_path, sample_dir, tmp_path, capsys):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import evaluate
-from chexnet import model_dir, nih
+from chexnet import calibrated, nih
 from chexnet.boxfile import Box, ImageBoxes, write_box_file
 from chexnet.boxfile import read_box_file
 from chexnet.constants import AVERAGE_BOXES, CLASS_NAMES
@@ -21,10 +21,10 @@ def test_sizes_from_listed_images_only(shared_nih):
     truth = nih.read_bbox_list(table_path)
     images = sorted({b.image for b in truth})
     train = set(images[::2])  # half of the 880 box images stand for train + valid
-    everything, said = model_dir.resolve_box_sizes(table_path, None)
+    everything, said = calibrated.resolve_box_sizes(table_path, None)
     assert said.startswith("mean of 984 boxes in ")
     np.testing.assert_allclose(everything, AVERAGE_BOXES, atol=0.05)  # the original's all-984 table
-    sizes, said = model_dir.resolve_box_sizes(table_path, None, {"train.txt": train})
+    sizes, said = calibrated.resolve_box_sizes(table_path, None, {"train.txt": train})
     kept = [b for b in truth if b.image in train]
     assert said.startswith(f"mean of {len(kept)} boxes of the images of train.txt")
     np.testing.assert_allclose(sizes, nih.average_boxes(kept))
@@ -166,14 +166,14 @@ def test_readme_study_box_split_on_the_real_tables(shared_nih, tmp_path):
     labels = nih.read_data_entry(entry)
     no_boxes = {n for n in labels if n not in box_images}  # what official train + valid hold
     with pytest.raises(InputError, match=f"no box of {', '.join(CLASS_NAMES)} in "):
-        model_dir.resolve_box_sizes(table, None, {"train.txt": no_boxes, "valid.txt": set()})
+        calibrated.resolve_box_sizes(table, None, {"train.txt": no_boxes, "valid.txt": set()})
 
     assert split.main(split.get_args_parser().parse_args(
         [str(entry), str(tmp_path), "--valid-fraction", "0", "--test-fraction", "0.5", "--seed", "0"])) == 0
     sizes_half, scored_half = (set(nih.read_image_list(tmp_path / f"{n}.txt")) for n in ("train", "test"))
     assert not {labels[n].patient_id for n in sizes_half} & {labels[n].patient_id for n in scored_half}
     assert len(box_images & sizes_half) + len(box_images & scored_half) == len(box_images) == 880
-    sizes, said = model_dir.resolve_box_sizes(table, None, {"train.txt": sizes_half})  # no error, no fallback
+    sizes, said = calibrated.resolve_box_sizes(table, None, {"train.txt": sizes_half})  # no error, no fallback
     kept = [b for b in truth if b.image in sizes_half]
     np.testing.assert_array_equal(sizes, nih.average_boxes(kept))
     assert "NOT leak-free" not in said and f"({len(box_images & sizes_half)} images)" in said

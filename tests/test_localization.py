@@ -15,7 +15,7 @@ from model import build_model
 from chexnet.boxfile import read_box_file
 from chexnet.utils import InputError
 from chexnet.constants import AVERAGE_BOXES, CLASS_NAMES
-from chexnet import model_dir
+from chexnet import calibrated, model_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = ["00001933_000.png", "00008386_000.png", "00013125_000.png"]
@@ -114,11 +114,11 @@ def test_thresholds_resolution(tmp_path):
 
 def test_box_sizes_resolution(sample_dir, tmp_path):
     ckpt_path = tmp_path / "best.pt"
-    table, source = model_dir.resolve_box_sizes(None, ckpt_path)
+    table, source = calibrated.resolve_box_sizes(None, ckpt_path)
     assert np.array_equal(table, np.array(AVERAGE_BOXES)) and "original" in source
     sizes = np.array(AVERAGE_BOXES) + 1.0
-    model_dir.write_box_sizes(tmp_path / "box_sizes.json", sizes)
-    table, source = model_dir.resolve_box_sizes(None, ckpt_path)
+    calibrated.write_box_sizes(tmp_path / "box_sizes.json", sizes)
+    table, source = calibrated.resolve_box_sizes(None, ckpt_path)
     assert np.allclose(table, sizes) and source.endswith("box_sizes.json")
     # The box table wins over box_sizes.json. The sample's table has one Atelectasis box, one
     # 'Infiltrate' box (= Infiltration), three Cardiomegaly boxes, and no Effusion or Pneumothorax
@@ -128,7 +128,7 @@ def test_box_sizes_resolution(sample_dir, tmp_path):
     partial = tmp_path / "BBox_List_2017.csv"  # the sample images' 12 rows of the complete table
     rows = [r for r in full[1:] if r.split(",")[0] in sample_names]
     partial.write_text("\n".join([full[0]] + rows) + "\n")
-    table, source = model_dir.resolve_box_sizes(partial, ckpt_path)
+    table, source = calibrated.resolve_box_sizes(partial, ckpt_path)
     assert np.allclose(table[0], [731.428571428571, 753.100529100529, 119.195767195767,
                                   93.189417989418])
     assert np.allclose(table[3], [555.885714285714, 235.140740740741, 206.967195767196,
@@ -139,7 +139,7 @@ def test_box_sizes_resolution(sample_dir, tmp_path):
     (tmp_path / "box_sizes.json").write_text(json.dumps({"class_names": ["A"],
                                                          "boxes": [[1, 2, 3, 4]]}))
     with pytest.raises(InputError, match="class_names"):
-        model_dir.resolve_box_sizes(None, ckpt_path)
+        calibrated.resolve_box_sizes(None, ckpt_path)
 
 
 def _cli(args, cwd):

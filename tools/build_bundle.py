@@ -38,7 +38,7 @@ import torchvision
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the project root: chexnet/, model.py
 
-from chexnet import model_dir  # noqa: E402
+from chexnet import calibrated, model_dir  # noqa: E402
 from chexnet.geometry import geometry  # noqa: E402
 from chexnet.utils import InputError, atomic_path, run_cli  # noqa: E402
 from model import (load_checkpoint, model_from_checkpoint, new_checkpoint,  # noqa: E402
@@ -140,11 +140,11 @@ def build_bundle(out: str | Path, model_path: str | Path, thresholds_spec: str |
     thresholds, thresholds_from = model_dir.resolve_thresholds(thresholds_spec, model_path,
                                                                checkpoint)
     if box_sizes_path is None:  # calibrated: sizes, box method and its per-class parameters
-        box_sizes_path = model_dir.calibrated_box_file(bbox_list, model_path)
+        box_sizes_path = calibrated.calibrated_box_file(bbox_list, model_path)
     if box_sizes_path is not None:
-        sizes, sizes_from = model_dir.read_box_sizes(box_sizes_path), str(box_sizes_path)
+        sizes, sizes_from = calibrated.read_box_sizes(box_sizes_path), str(box_sizes_path)
     else:
-        sizes, sizes_from = model_dir.resolve_box_sizes(bbox_list, model_path)
+        sizes, sizes_from = calibrated.resolve_box_sizes(bbox_list, model_path)
     created = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
     modules = project_modules()
     with tempfile.TemporaryDirectory(prefix="chexnet-bundle.") as tmp:
@@ -157,10 +157,10 @@ def build_bundle(out: str | Path, model_path: str | Path, thresholds_spec: str |
         if box_sizes_path is not None:
             shutil.copyfile(box_sizes_path, stage / model_dir.BOX_SIZES)
         else:
-            model_dir.write_box_sizes(stage / model_dir.BOX_SIZES, sizes)
+            calibrated.write_box_sizes(stage / model_dir.BOX_SIZES, sizes)
         _check_stage(stage, thresholds, sizes)
         # the maps the bundle's run will make: box_sizes.json's calibrated CAM, as in the project
-        cam, layer, cam_from, _ = model_dir.resolve_cam(None, None, None, stage / CHECKPOINT)
+        cam, layer, cam_from, _ = calibrated.resolve_cam(None, None, None, stage / CHECKPOINT)
         files = sorted(p.relative_to(stage).as_posix() for p in stage.rglob("*") if p.is_file())
         manifest = {
             "format": "chexnet-bundle", "version": 2, "created": created.isoformat(),
@@ -200,7 +200,7 @@ def _inference_checkpoint(checkpoint: dict, thresholds: np.ndarray) -> dict:
 def _check_stage(stage: Path, thresholds: np.ndarray, sizes: np.ndarray) -> None:
     """What the bundle will read back is what was resolved here, bit for bit."""
     back = model_dir.load_thresholds(stage / model_dir.THRESHOLDS, len(thresholds))
-    read_sizes = model_dir.read_box_sizes(stage / model_dir.BOX_SIZES)
+    read_sizes = calibrated.read_box_sizes(stage / model_dir.BOX_SIZES)
     if (not np.array_equal(back, thresholds)
             or not np.array_equal(read_sizes, np.asarray(sizes, float))):
         raise InputError("bundle: thresholds or box sizes do not read back unchanged (a bug)")

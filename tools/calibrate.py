@@ -20,11 +20,13 @@
    and IoU > 0.5), of the class's own lines (its average box, then its heatmap boxes) on the images
    where it is active; ties go to the higher mean IoU of those boxes, then to the earlier grid
    point (the defaults come first). A class with no true box, or no active image, keeps the
-   defaults.
-3. OUT/box_sizes.json (model_dir.write_box_sizes): the tuned average boxes, the tuned parameter per
-   class for --method, and a record of the calibration (with the --cam and --layer of its maps).
-   denseNet_localization.py reads it from beside its --model when no --bbox-list is given, and
-   then makes its maps with that CAM and layer unless told otherwise.
+   defaults. --method auto runs that search for every box method and gives each class the method
+   that scores best (peaks, the original's, wins a tie; a class kept at its defaults gets peaks).
+3. OUT/box_sizes.json (calibrated.write_box_sizes): the tuned average boxes, the tuned parameter
+   per class for --method (with --method auto, each class's method too), and a record of the
+   calibration (with the --cam and --layer of its maps). denseNet_localization.py reads it from
+   beside its --model when no --bbox-list is given, and then makes its maps with that CAM and
+   layer unless told otherwise.
 The score before (the original's table, the method's default) and after is printed per class on the
 same images, with evaluate.py's full scoring (all classes together, first 10 boxes per image).
 """
@@ -38,7 +40,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project root: chexnet/, model.py
 
-from chexnet import boxes, distributed, localize, model_dir, preprocessed  # noqa: E402
+from chexnet import (boxes, calibrated, distributed, localize, model_dir,  # noqa: E402
+                    preprocessed)
 from chexnet.calibration import (AUTO_CANDIDATES, Choice, Heatmaps, active,  # noqa: E402
                                  compute_heatmaps, full_report, load_heatmaps, pick_cam,
                                  save_heatmaps, split_rows, tune, tuned_table)
@@ -64,8 +67,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="folder for box_sizes.json and heatmaps.npz (default: the folder of "
                         "--model, "
                         "where denseNet_localization.py looks)")
-    p.add_argument("--method", type=str, default="peaks", choices=sorted(boxes.METHODS),
-                   help="box method whose parameter is tuned (default: peaks)")
+    p.add_argument("--method", type=str, default="peaks",
+                   choices=sorted(boxes.METHODS) + [boxes.PER_CLASS],
+                   help="box method whose parameter is tuned; auto: every method for each class, "
+                        "which keeps the best (recorded in box_sizes.json, used by localization) "
+                        "(default: peaks)")
     p.add_argument("--thresholds", type=str, default=None,
                    help="a .npy of 8 probabilities or one number (default: thresholds.npy beside "
                         "--model, "
@@ -95,17 +101,18 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def format_comparison(title: str, before: dict, after: dict, choices: list[Choice],
-                      parameter: str) -> str:
+                      parameter: str, show_rule: bool = False) -> str:
     """Per class: truth boxes, then before -> after of the predicted boxes, the score and their
-    mean IoU."""
+    mean IoU; the tuned sizes and parameter (show_rule: with the rule the class got)."""
     lines = [title, f"{'class':<14}{'truth':>6}{'boxes':>10}{'score':>15}{'mean IoU':>15}"
              f"{'w x':>7}{'h x':>7}"
-             f"{parameter:>15}  note"]
+             f"{parameter:>17}  note"]
     cell = lambda v: "-" if v is None else f"{v:.3f}"
     for name in CLASS_NAMES + (OVERALL,):
         b, a = before["classes"][name]["original"], after["classes"][name]["original"]
         c = choices[CLASS_NAMES.index(name)] if name in CLASS_NAMES else None
-        tuned = (f"{c.scale_w:>7g}{c.scale_h:>7g}{c.param:>15g}  {c.note}" if c else "")
+        value = f"{c.method} {c.param:g}" if c and show_rule else f"{c.param:g}" if c else ""
+        tuned = (f"{c.scale_w:>7g}{c.scale_h:>7g}{value:>17}  {c.note}" if c else "")
         lines.append(f"{name:<14}{before['classes'][name]['truth_boxes']:>6}{b['boxes']:>4} ->"
                      f"{a['boxes']:>4}"
                      f"{cell(b['score']):>6} ->{cell(a['score']):>6}{cell(b['mean_iou']):>6} ->"
@@ -262,8 +269,10 @@ def main(args: argparse.Namespace) -> dict:
           file=sys.stderr)
     act = active(hm, thresholds)
     choices = tune(hm, tune_rows, act, truth, args.method)
-    method = boxes.METHODS[args.method]
+    auto = args.method == boxes.PER_CLASS
+    method = boxes.METHODS["peaks" if auto else args.method]  # auto: before = the original's
     table, params = tuned_table(choices), np.array([c.param for c in choices])
+    rules = [c.method for c in choices]
     base_table, base_params = (np.array(AVERAGE_BOXES, dtype=np.float64),
                                np.full(len(CLASS_NAMES), method.default))
     # the maps the search saw: localization takes its --cam and --layer from here by default
@@ -275,22 +284,27 @@ def main(args: argparse.Namespace) -> dict:
     for part, rows in (("tuning", tune_rows), ("holdout", hold_rows)):
         if not rows:
             continue
-        before = full_report(hm, rows, act, truth, base_table, args.method, base_params)
-        after = full_report(hm, rows, act, truth, table, args.method, params)
+        before = full_report(hm, rows, act, truth, base_table, "peaks" if auto else args.method,
+                             base_params)
+        after = full_report(hm, rows, act, truth, table, rules, params)
         title = (f"original score on the {len(rows)} {part} images (evaluate.py, first "
                  f"{ORIGINAL_TOP_K} boxes per image): before = the original's table and "
-                 f"{method.parameter} {method.default:g}; after = tuned")
-        print(format_comparison(title, before, after, choices, method.parameter))
+                 f"{'peaks ' if auto else ''}{method.parameter} {method.default:g}; after = "
+                 f"tuned{' (the rule of each class too)' if auto else ''}")
+        print(format_comparison(title, before, after, choices,
+                                "rule, parameter" if auto else method.parameter, auto))
         record[part] = {name: {"before": before["classes"][name]["original"]["score"],
                                "after": after["classes"][name]["original"]["score"]}
                         for name in CLASS_NAMES + (OVERALL,)}
     if not hold_rows:
         print(OPTIMISM)
     record["choices"] = {name: {"scale_w": c.scale_w, "scale_h": c.scale_h,
-                                method.parameter: c.param, "note": c.note}
+                                **({"method": c.method} if auto else {}),
+                                boxes.METHODS[c.method].parameter: c.param, "note": c.note}
                          for name, c in zip(CLASS_NAMES, choices)}
     path = out / model_dir.BOX_SIZES
-    model_dir.write_box_sizes(path, table, method=args.method, params=params, calibration=record)
+    calibrated.write_box_sizes(path, table, method=args.method, params=params, calibration=record,
+                              methods=rules if auto else None)
     print(f"wrote {path}")
     return record
 

@@ -1,0 +1,108 @@
+"""calibrate.py --method auto: each class gets the box rule that scores best on its validation
+maps, box_sizes.json records the rules, and localization draws each class with its own."""
+import json
+
+import numpy as np
+import pytest
+
+from chexnet import boxes, calibrated, calibration, model_dir
+from chexnet.constants import AVERAGE_BOXES, CLASS_NAMES
+from chexnet.nih import TruthBox
+from chexnet.utils import InputError
+
+MASS = CLASS_NAMES.index("Mass")
+ROWS, COLS = np.mgrid[0:224, 0:224]
+
+
+def _blob(row: float, col: float, sigma: float) -> np.ndarray:
+    return np.exp(-((ROWS - row) ** 2 + (COLS - col) ** 2) / (2 * sigma ** 2)).astype(np.float32)
+
+
+def _mass(image: str, xywh) -> list[TruthBox]:
+    return [TruthBox(image, "Mass", *xywh)]
+
+
+def test_a_peak_of_the_average_shape_chooses_peaks():
+    """A broad blob, its true box the average box stretched 2 x 0.5 at the blob's centre: peaks
+    places exactly that box, while a round blob's threshold regions are square."""
+    base = np.array(AVERAGE_BOXES[MASS])
+    truth_xywh = boxes.box_at((110, 100), (base[2] * 2.0, base[3] * 0.5))
+    choice = calibration.search_rules(MASS, {"a.png": _blob(110, 100, 30)},
+                                      {"a.png": _mass("a.png", truth_xywh)}, base)
+    assert (choice.method, choice.scale_w, choice.scale_h) == ("peaks", 2.0, 0.5)
+    threshold = calibration.search_class(MASS, {"a.png": _blob(110, 100, 30)},
+                                         {"a.png": _mass("a.png", truth_xywh)}, base, "threshold")
+    assert choice.score > threshold.score
+
+
+def test_two_plateaus_of_two_sizes_choose_a_region_rule():
+    """Two flat regions, a small and a large one, each a true box: a region rule boxes both
+    exactly, while peaks gives both one size."""
+    heatmap = np.zeros((224, 224), np.float32)
+    heatmap[20:45, 20:45] = 1.0  # 100 x 100 px
+    heatmap[80:200, 60:210] = 0.8  # 600 x 480 px
+    truth = [boxes.crop_rect_to_original(20, 20, 45, 45),
+             boxes.crop_rect_to_original(60, 80, 210, 200)]
+    choice = calibration.search_rules(MASS, {"a.png": heatmap},
+                                      {"a.png": [TruthBox("a.png", "Mass", *t) for t in truth]},
+                                      np.array(AVERAGE_BOXES[MASS]))
+    assert choice.method in boxes.SIZE_FREE
+    peaks = calibration.search_class(MASS, {"a.png": heatmap},
+                                     {"a.png": [TruthBox("a.png", "Mass", *t) for t in truth]},
+                                     np.array(AVERAGE_BOXES[MASS]), "peaks")
+    assert choice.score > peaks.score
+
+
+def test_tune_auto_keeps_peaks_where_it_cannot_search():
+    """A class with no truth or no active image keeps the original's rule and parameter."""
+    maps = np.zeros((1, len(CLASS_NAMES), 224, 224), np.float32)
+    maps[0, MASS] = _blob(110, 100, 30)
+    hm = calibration.Heatmaps(["a.png"], np.ones((1, len(CLASS_NAMES)), np.float32), maps)
+    act = np.zeros((1, len(CLASS_NAMES)), bool)
+    act[0, MASS] = True
+    base = AVERAGE_BOXES[MASS]
+    truth = {"a.png": _mass("a.png", boxes.box_at((110, 100), (base[2] * 2.0, base[3] * 0.5)))}
+    choices = calibration.tune(hm, [0], act, truth, boxes.PER_CLASS)
+    assert choices[MASS].method == "peaks" and choices[MASS].score is not None
+    assert all(c.method == "peaks" and c.param == boxes.METHODS["peaks"].default
+               for k, c in enumerate(choices) if k != MASS)
+
+
+def test_box_sizes_json_round_trips_the_rules_and_their_ranges(tmp_path):
+    path = tmp_path / model_dir.BOX_SIZES
+    rules = ["threshold", "peaks", "percentile", "otsu", "peaks", "threshold", "peaks", "peaks"]
+    params = [0.4, 0.9, 97.0, 1.4, 0.8, 0.3, 0.9, 0.9]  # each in its own rule's range
+    calibrated.write_box_sizes(path, np.array(AVERAGE_BOXES), method=boxes.PER_CLASS,
+                              params=np.array(params), methods=rules)
+    data = json.loads(path.read_text())
+    assert data["methods"] == rules and data["parameter"][2] == "percentile"
+    assert calibrated.read_box_methods(path) == tuple(rules)
+    assert calibrated.read_box_params(path, boxes.PER_CLASS).tolist() == params
+    assert calibrated.read_box_params(path, "peaks") is None  # tuned per class, not for peaks
+    # a file of one rule: that rule for all, its parameters read in its own range (the
+    # percentile's are percentages, not fractions)
+    calibrated.write_box_sizes(path, np.array(AVERAGE_BOXES), method="percentile",
+                              params=np.full(8, 95.0))
+    assert calibrated.read_box_methods(path) == ("percentile",) * 8
+    assert calibrated.read_box_params(path, "percentile").tolist() == [95.0] * 8
+    data = json.loads(path.read_text())
+    data["params"][0] = 1.5  # a fraction above 1 for peaks
+    path.write_text(json.dumps({**data, "method": "peaks", "parameter": "keep_fraction"}))
+    with pytest.raises(InputError, match=r"box_sizes.json: 'params' must be 8 numbers.*peaks"):
+        calibrated.read_box_params(path, "peaks")
+    path.write_text(json.dumps({**data, "method": boxes.PER_CLASS, "methods": ["peaks"] * 7}))
+    with pytest.raises(InputError, match="box_sizes.json: box rules must be"):
+        calibrated.read_box_methods(path)
+
+
+def test_localization_asks_for_a_per_class_file(tmp_path):
+    model = tmp_path / "best.pt"
+    with pytest.raises(InputError, match="--method auto: .*there is none beside"):
+        calibrated.resolve_box_methods(None, model, boxes.PER_CLASS)
+    calibrated.write_box_sizes(tmp_path / model_dir.BOX_SIZES, np.array(AVERAGE_BOXES),
+                              method="peaks", params=np.full(8, 0.9))
+    with pytest.raises(InputError, match="was tuned for peaks"):
+        calibrated.resolve_box_methods(None, model, boxes.PER_CLASS)
+    with pytest.raises(InputError, match="--bbox-list replaces it"):
+        calibrated.resolve_box_methods("BBox_List_2017.csv", model, boxes.PER_CLASS)
+    assert calibrated.resolve_box_methods(None, model, "otsu") == ("otsu",) * 8
