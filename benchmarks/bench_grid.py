@@ -8,8 +8,9 @@ crop offset dropped (wrong geometry). The size-taking rule (peaks) sizes its box
 validation images' average box, as calibration would; the others take no size from any table.
 Per cam: the pointing game (and with each map transposed, its wrong-geometry control), the IoU of
 the map above half its maximum, and seconds per image of its localization run.
-The rule PER_CLASS takes, for each class, the rule whose boxes scored best on the validation
-images' maps (pick_rules: chosen without the test images, as calibrate.py --method auto chooses).
+The row PER_CLASS takes, for each class, the rule whose boxes scored best on the validation
+images' maps (pick_rules: chosen without the test images, as calibrate.py --method auto chooses),
+PER_CLASS_TUNED the best rule and parameter there.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import numpy as np
 
 from chexnet import boxes, scoring
 from chexnet.boxfile import Box
+from chexnet.calibration import PARAM_GRIDS
 from chexnet.heatmap_file import read_heatmaps
 
 RANDOM_DRAWS = 20  # random placements averaged for the chance control
@@ -44,7 +46,9 @@ CAM_VARIANTS = {
     "layercam@db2+db3-flip": ("layercam", f"{DENSEBLOCK2},{DENSEBLOCK3}", "flip"),
 }
 SHOWN_T = ("0.1", "0.25", "0.5")
-PER_CLASS = "per-class"  # the grid's rule that is each class's best rule on the validation maps
+# The grid's rows chosen per class on the validation maps: each class's best rule at its default
+# parameter, and its best rule and parameter (calibration.PARAM_GRIDS, calibrate.py's grid).
+PER_CLASS, PER_CLASS_TUNED = "per-class", "per-class-tuned"
 PICK_T = "0.25"  # pick_rules' objective: accuracy at IoU > 0.25 (then the mean IoU)
 SHORT = {"Pneumonia": "Pnia", "Pneumothorax": "Pnth"}  # their first four letters are the same
 
@@ -54,35 +58,40 @@ def short(label: str) -> str:
     return SHORT.get(label, label[:4])
 
 
-def heatmap_boxes(saved, rule: str | dict[str, str], average: dict[str, np.ndarray], classes
-                  ) -> dict[str, list[Box]]:
+def heatmap_boxes(saved, rule: str | dict[str, tuple[str, float | None]],
+                  average: dict[str, np.ndarray], classes) -> dict[str, list[Box]]:
     """image name -> the boxes `rule` makes from each saved map of a planted class (no average
-    box); rule: one of boxes.METHODS, or {class: rule}."""
+    box); rule: one of boxes.METHODS at its default parameter, or {class: (rule, parameter;
+    None: the rule's default)}."""
     preds: dict[str, list[Box]] = {}
     for image, label, heatmap in zip(saved.images, saved.labels, saved.maps):
         preds.setdefault(scoring.image_key(image), [])
         if label in classes:
             size = (float(average[label][2]), float(average[label][3]))
-            method = boxes.METHODS[rule[label] if isinstance(rule, dict) else rule]
-            preds[scoring.image_key(image)] += [Box(label, *xywh)
-                                                for xywh in method(heatmap, size)]
+            method, param = rule[label] if isinstance(rule, dict) else (rule, None)
+            preds[scoring.image_key(image)] += [Box(label, *xywh) for xywh in
+                                                boxes.METHODS[method](heatmap, size, param)]
     return preds
 
 
-def pick_rules(saved, truth: dict, names: list[str], average: dict, classes, score
-               ) -> dict[str, str]:
-    """{class: rule}: per class, the rule of boxes.METHODS whose heatmap boxes on these (the
-    validation) images reach the highest accuracy at IoU > PICK_T, then the highest mean IoU; a
-    tie, or a class with no box or no map there, keeps peaks (the original's)."""
+def pick_rules(saved, truth: dict, names: list[str], average: dict, classes, score,
+               tune: bool = False) -> dict[str, tuple[str, float | None]]:
+    """{class: (rule, parameter)}: per class, the rule of boxes.METHODS (at its default
+    parameter, None; tune: at each parameter of calibration.PARAM_GRIDS too) whose heatmap boxes
+    on these (the validation) images reach the highest accuracy at IoU > PICK_T, then the
+    highest mean IoU; a tie goes to the earlier candidate, peaks (the original's) and the
+    defaults first, and a class with no box or no map there keeps peaks."""
     order = ["peaks"] + sorted(set(boxes.METHODS) - {"peaks"})
-    keys = {}
-    for rule in order:
-        heat = heatmap_boxes(saved, rule, average, classes)
+    candidates = [(r, p) for r in order for p in (PARAM_GRIDS[r] if tune else (None,))]
+    keys = []
+    for rule, param in candidates:
+        heat = heatmap_boxes(saved, dict.fromkeys(classes, (rule, param)), average, classes)
         heat.update({n: [] for n in names if n not in heat})
         figures = score(heat, {n: truth[n] for n in names if n in truth})
-        keys[rule] = {c: (figures[c]["acc_iou"][PICK_T] or 0.0, figures[c]["mean_iou"] or 0.0)
-                      for c in classes}
-    return {c: max(order, key=lambda r: (keys[r][c], -order.index(r))) for c in classes}
+        keys.append({c: (figures[c]["acc_iou"][PICK_T] or 0.0, figures[c]["mean_iou"] or 0.0)
+                     for c in classes})
+    best = {c: max(range(len(candidates)), key=lambda i: (keys[i][c], -i)) for c in classes}
+    return {c: candidates[i] for c, i in best.items()}
 
 
 def map_figures(saved, truth: dict, names: list[str]) -> dict:
@@ -105,15 +114,17 @@ def seconds_per_image(log: Path, images: int) -> float | None:
 def score_grid(heatmaps: Path, truth: dict, names: list[str], average: dict, classes, seed: int,
                controls, valid: tuple[Path, dict, list[str]] | None = None) -> dict:
     """{rule: {"heat", "random", "swapped", "no_offset": figures}} and the map figures, one cam.
-    valid: (the validation images' heatmaps, their truth, their names): then also the rule
-    PER_CLASS, with the rules pick_rules chose there ("per_class_rules")."""
+    valid: (the validation images' heatmaps, their truth, their names): then also the rows
+    PER_CLASS and PER_CLASS_TUNED, with what pick_rules chose there ("per_class_rules")."""
     saved = read_heatmaps(heatmaps)
     score, rng = controls["score"], np.random.default_rng(seed)
-    rules: dict[str, str | dict[str, str]] = {rule: rule for rule in sorted(boxes.METHODS)}
-    picked = None
+    rules: dict[str, str | dict] = {rule: rule for rule in sorted(boxes.METHODS)}
+    picked = {}
     if valid is not None:
-        picked = pick_rules(read_heatmaps(valid[0]), valid[1], valid[2], average, classes, score)
-        rules[PER_CLASS] = picked
+        shown = read_heatmaps(valid[0])
+        for name, tune in ((PER_CLASS, False), (PER_CLASS_TUNED, True)):
+            picked[name] = pick_rules(shown, valid[1], valid[2], average, classes, score, tune)
+            rules[name] = picked[name]
     grid = {}
     for name, rule in rules.items():
         heat = heatmap_boxes(saved, rule, average, classes)
@@ -126,8 +137,8 @@ def score_grid(heatmaps: Path, truth: dict, names: list[str], average: dict, cla
             "no_offset": score(controls["each"](heat, controls["shift"]), truth),
         }
     result = {"rules": grid, "maps": map_figures(saved, truth, names)}
-    if picked is not None:
-        result["per_class_rules"] = picked
+    if picked:
+        result["per_class_rules"] = picked  # {row: {class: [rule, parameter or None]}}
     return result
 
 

@@ -347,9 +347,10 @@ def format_table(result: dict) -> str:
         cells = "".join(" ".join(_cell(fig[c]["acc_iou"][t]) for t in SHOWN_T).ljust(19) for c in groups)
         lines.append(name.ljust(name_w) + cells + _cell(fig[scoring.OVERALL]["mean_iou"]))
     for cam, grid in result.get("grid", {}).items():
-        if "per_class_rules" in grid:
-            lines.append(f"{cam}: rules chosen on the validation maps: " + ", ".join(
-                f"{bench_grid.short(c)} {r}" for c, r in grid["per_class_rules"].items()))
+        for row, chosen in grid.get("per_class_rules", {}).items():
+            lines.append(f"{cam} / {row}: chosen on the validation maps: " + ", ".join(
+                f"{bench_grid.short(c)} {r}" + ("" if p is None else f" {p:g}")
+                for c, (r, p) in chosen.items()))
     for epoch in result.get("training", []):
         auroc = ", ".join(f"{c} {_cell(epoch['auroc'].get(c)).strip()}" for c in CLASSES)
         lines.append(f"train {epoch.get('stage', 'final')} epoch {epoch['epoch']}: train loss {epoch['train_loss']:.3f}, "

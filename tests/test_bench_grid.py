@@ -6,6 +6,7 @@ import numpy as np
 
 from benchmarks import bench_grid
 from benchmarks import localization_benchmark as bench
+from chexnet import boxes
 from chexnet.constants import CLASS_NAMES
 from chexnet.heatmap_file import SavedHeatmaps
 from chexnet.nih import TruthBox
@@ -45,10 +46,15 @@ def test_each_class_gets_the_rule_that_hits_its_boxes():
     saved, truth, average = _case()
     picked = bench_grid.pick_rules(saved, truth, ["a.png", "b.png"], average, bench.CLASSES,
                                    bench.score)
-    assert picked["Nodule"] == "peaks"
-    assert picked["Cardiomegaly"] in ("threshold", "percentile", "otsu")
+    assert picked["Nodule"] == ("peaks", None)  # at its default parameter
+    assert picked["Cardiomegaly"][0] in ("threshold", "percentile", "otsu")
     # a class with no true box on these images keeps the original's rule
-    assert {picked[c] for c in bench.CLASSES if c not in ("Nodule", "Cardiomegaly")} == {"peaks"}
+    assert {picked[c] for c in bench.CLASSES if c not in ("Nodule", "Cardiomegaly")} == {
+        ("peaks", None)}
+    tuned = bench_grid.pick_rules(saved, truth, ["a.png", "b.png"], average, bench.CLASSES,
+                                  bench.score, tune=True)
+    assert tuned["Nodule"][0] == "peaks" and tuned["Cardiomegaly"][0] in boxes.SIZE_FREE
+    assert tuned["Atelectasis"] == ("peaks", boxes.METHODS["peaks"].default)  # nothing to tune
     per_class = bench.score(bench_grid.heatmap_boxes(saved, picked, average, bench.CLASSES), truth)
     for rule in ("peaks", "threshold"):  # the choice beats either rule alone on the two classes
         alone = bench.score(bench_grid.heatmap_boxes(saved, rule, average, bench.CLASSES), truth)
@@ -72,15 +78,19 @@ def test_the_grid_scores_the_rules_chosen_on_the_validation_maps(tmp_path):
     names = ["a.png", "b.png"]
     grid = bench_grid.score_grid(test_file, truth, names, average, bench.CLASSES, 0,
                                  bench.CONTROLS, (test_file, truth, names))
-    assert grid["per_class_rules"]["Nodule"] == "peaks"
+    assert grid["per_class_rules"][bench_grid.PER_CLASS]["Nodule"] == ("peaks", None)
     assert grid["rules"][bench_grid.PER_CLASS]["heat"]["Nodule"]["acc_iou"]["0.5"] == 1
     fooled = bench_grid.score_grid(test_file, truth, names, average, bench.CLASSES, 0,
                                    bench.CONTROLS, (valid_file, big_nodule, ["v.png"]))
-    assert fooled["per_class_rules"]["Nodule"] != "peaks"
+    for row in (bench_grid.PER_CLASS, bench_grid.PER_CLASS_TUNED):
+        assert fooled["per_class_rules"][row]["Nodule"][0] != "peaks"
+        assert fooled["rules"][row]["heat"]["Nodule"]["acc_iou"]["0.5"] == 0
     assert fooled["rules"][bench_grid.PER_CLASS]["heat"]["Nodule"]["acc_iou"]["0.5"] == 0
     # the other rules' figures do not depend on the validation maps
-    assert {k: v for k, v in grid["rules"].items() if k != bench_grid.PER_CLASS} == {
-        k: v for k, v in fooled["rules"].items() if k != bench_grid.PER_CLASS}
+    chosen = {bench_grid.PER_CLASS, bench_grid.PER_CLASS_TUNED}
+    assert {k: v for k, v in grid["rules"].items() if k not in chosen} == {
+        k: v for k, v in fooled["rules"].items() if k not in chosen}
     plain = bench_grid.score_grid(test_file, truth, names, average, bench.CLASSES, 0,
                                   bench.CONTROLS)
-    assert "per_class_rules" not in plain and bench_grid.PER_CLASS not in plain["rules"]
+    assert "per_class_rules" not in plain
+    assert not {bench_grid.PER_CLASS, bench_grid.PER_CLASS_TUNED} & set(plain["rules"])
