@@ -106,3 +106,23 @@ def test_localization_asks_for_a_per_class_file(tmp_path):
     with pytest.raises(InputError, match="--bbox-list replaces it"):
         calibrated.resolve_box_methods("BBox_List_2017.csv", model, boxes.PER_CLASS)
     assert calibrated.resolve_box_methods(None, model, "otsu") == ("otsu",) * 8
+
+
+def test_cam_auto_with_rules_per_class_keeps_the_maps_that_localize():
+    """--cam auto --method auto: each candidate's maps are tuned with a rule per class, and the
+    maps whose tuned boxes score best win (here the second candidate's, whose blob sits on the
+    truth; the first's sits elsewhere)."""
+    base = AVERAGE_BOXES[MASS]
+    truth = {"a.png": _mass("a.png", boxes.box_at((110, 100), (base[2], base[3])))}
+
+    def maps_at(row, col):
+        maps = np.zeros((1, len(CLASS_NAMES), 224, 224), np.float32)
+        maps[0, MASS] = _blob(row, col, 10)
+        return maps
+    made = {"gradcam": maps_at(30, 200), "layercam": maps_at(110, 100)}
+    hm, tried = calibration.pick_cam(
+        lambda cam, layer: calibration.Heatmaps(["a.png"], np.ones((1, 8), np.float32),
+                                                made[cam], cam, layer),
+        [("gradcam", None), ("layercam", None)], [0], np.full(8, 0.5), truth, boxes.PER_CLASS)
+    assert hm.cam == "layercam" and [t["cam"] for t in tried] == ["gradcam", "layercam"]
+    assert tried[1]["score"] > tried[0]["score"]
