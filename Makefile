@@ -38,10 +38,12 @@ readme-figures:
 		if [ -f "$$f" ]; then cp "$$f" $(OUT)/README_figures/heatmap.png; break; fi; done
 	cp $(OUT)/plots/contact_sheet.png $(OUT)/model/training_curves.png $(OUT)/README_figures/
 
-# The known-truth localization benchmark over three seeds, all 11 CAM variants (on 2 shared CPU
-# cores 7 variants took 62 minutes: 15-19 to train each seed's model, docs/benchmark_eight_findings.md).
+# The known-truth localization benchmark over three seeds, the CAM variants of README's table (on
+# 2 shared CPU cores about 50 minutes, 13-14 of them to train each seed's model; every variant:
+# --cams with all of bench_grid.CAM_VARIANTS; docs/benchmark_eight_findings.md).
 benchmark: env
-	$(PY) benchmarks/localization_benchmark.py --work $(OUT)/bench --seeds 0 1 7
+	$(PY) benchmarks/localization_benchmark.py --work $(OUT)/bench --seeds 0 1 7 \
+		--cams gradcam layercam@db3 layercam@db2+db3
 	mkdir -p $(OUT)/README_figures
 	cp $(OUT)/bench/seed_0/plots_peaks/contact_sheet.png $(OUT)/README_figures/synthetic_contact_sheet.png
 
