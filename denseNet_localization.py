@@ -87,8 +87,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-average-box", action="store_true",
                    help="heatmap boxes only: no class opens with its average box, whose size "
                         "comes from a box table; with --method threshold, percentile or otsu no "
-                        "box then takes any size from the truth (default: off, the original's "
-                        "lines)")
+                        "box then takes any size from the truth (with auto, the classes whose "
+                        "rule is peaks still do) (default: off, the original's lines)")
     p.add_argument("--batch-size", type=int, default=LOCALIZATION_BATCH_SIZE,
                    help=f"images per forward pass (default: {LOCALIZATION_BATCH_SIZE})")
     p.add_argument("--device", type=str, default="auto",
@@ -157,7 +157,8 @@ def make_plotter(args: argparse.Namespace, run: "Setup", plots_dir: Path | None)
 
 @dataclass
 class Setup:
-    """What a run resolved from its options and the model folder (chexnet.model_dir's rules)."""
+    """What a run resolved from its options and the model folder (the rules of chexnet.model_dir
+    and chexnet.calibrated)."""
     paths: list[str]
     per_image: bool  # an image or a folder: print a findings line per image
     device: torch.device

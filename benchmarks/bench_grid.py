@@ -81,7 +81,7 @@ def pick_rules(saved, truth: dict, names: list[str], average: dict, classes, sco
     on these (the validation) images reach the highest accuracy at IoU > PICK_T, then the
     highest mean IoU; a tie goes to the earlier candidate, peaks (the original's) and the
     defaults first, and a class with no box or no map there keeps peaks."""
-    order = ["peaks"] + sorted(set(boxes.METHODS) - {"peaks"})
+    order = list(boxes.METHODS)  # peaks, the original's, first
     candidates = [(r, p) for r in order for p in (PARAM_GRIDS[r] if tune else (None,))]
     keys = []
     for rule, param in candidates:
@@ -164,7 +164,9 @@ def summarize(per_seed: list[dict], classes) -> dict:
     table = {}
     first = per_seed[0]
     for cam in first["grid"]:
-        for rule in first["grid"][cam]["rules"]:
+        # the rows of every seed (a seed scored before the validation maps has no per-class rows)
+        shared = set.intersection(*(set(r["grid"][cam]["rules"]) for r in per_seed))
+        for rule in [r for r in first["grid"][cam]["rules"] if r in shared]:
             runs = [cells(r, cam, rule, classes) for r in per_seed]
             table[f"{cam} / {rule}"] = {
                 k: (None if any(r[k] is None for r in runs) else

@@ -119,10 +119,21 @@ def read_box_methods(path: str | os.PathLike) -> tuple[str, ...] | None:
     method = data.get("method")
     if method is None:
         return None
+    rules = data.get("methods") if method == boxes.PER_CLASS else method
+    if method == boxes.PER_CLASS and not isinstance(rules, list):
+        raise InputError(f"{path}: \"method\": \"{boxes.PER_CLASS}\" needs \"methods\", a list of "
+                         f"{len(CLASS_NAMES)} box rules, one per class (got {rules!r})")
     try:
-        return boxes.per_class(data.get("methods") if method == boxes.PER_CLASS else method)
+        return boxes.per_class(rules)
     except (ValueError, TypeError) as err:
         raise InputError(f"{path}: {err}") from None
+
+
+def check_box_rules(path: str | os.PathLike) -> None:
+    """The box rules and parameters of box_sizes.json, read as localization will read them (a
+    bad one is an InputError naming the file): the bundle checks them before it ships them."""
+    if read_box_methods(path) is not None:
+        read_box_params(path, _read_box_json(path)["method"])
 
 
 def read_box_params(path: str | os.PathLike, method: str) -> np.ndarray | None:

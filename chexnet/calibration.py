@@ -140,7 +140,7 @@ def search_class(class_index: int, maps: dict[str, np.ndarray], truth: dict[str,
     m = boxes.METHODS[method]
     params = PARAM_GRIDS[method] if params is None else params
     label = CLASS_NAMES[class_index]
-    best, best_key = Choice(1.0, 1.0, m.default, None, None), None
+    best, best_key = Choice(1.0, 1.0, m.default, None, None, method=method), None
     for param in params:
         anchors = {name: m.locate(heatmap, param) for name, heatmap in maps.items()}
         for scale_w in scales:
@@ -162,7 +162,7 @@ def search_rules(class_index: int, maps: dict[str, np.ndarray], truth: dict[str,
     """--method auto: search_class for every rule of boxes.METHODS, peaks (the original's) first;
     the best (score, then mean IoU) wins, an earlier rule a tie."""
     best = None
-    for method in ["peaks"] + [m for m in boxes.METHODS if m != "peaks"]:
+    for method in boxes.METHODS:  # peaks, the original's, first
         found = search_class(class_index, maps, truth, base_box, method)
         if found.score is not None and (best is None or (found.score, found.mean_iou)
                                         > (best.score, best.mean_iou)):

@@ -1,10 +1,10 @@
 """The localization engine of denseNet_localization.py (and so of the bundle) and calibrate.py.
 
-It loads nothing by itself: callers resolve the model, thresholds and box sizes (chexnet.model_dir)
-and pass them in. Per batch: decode + crop in DataLoader workers (overlapping the network),
-normalise on the device, one forward, the classes with prob > threshold, one batched Grad-CAM
-backward for the classes active anywhere in the batch, then boxes in a background thread while
-the next batch runs through the network.
+It loads nothing by itself: callers resolve the model, thresholds and box sizes
+(chexnet.model_dir, chexnet.calibrated) and pass them in. Per batch: decode + crop in DataLoader
+workers (overlapping the network), normalise on the device, one forward, the classes with
+prob > threshold, one batched Grad-CAM backward for the classes active anywhere in the batch,
+then boxes in a background thread while the next batch runs through the network.
 
 At the checkpoint's input size S (geometry.py) each image is resized to S * 256 / 224 and its
 centre S crop goes through the network; the maps come back at 224 x 224 on that crop at every S,
@@ -91,7 +91,8 @@ def iter_localize(model: torch.nn.Module, image_paths: Sequence[str], thresholds
     average boxes (x, y, w, h) in 1024 px per box class whose w, h size the heatmap boxes;
     method: the box rule (boxes.METHODS), or one per box class (calibrate.py --method auto);
     method_params: (8,) the box method's parameter per box class (None: its default; see
-    resolve_box_params); resize: how each image becomes 256x256, as the model's training images did
+    calibrated.resolve_box_params); resize: how each image becomes 256x256, as the model's
+    training images did
     (images.resize_stored); cam_method: a name of gradcam.METHODS, hooked at target_layer (None: the
     method's default); average_box False: heatmap boxes only, no class opening with its average
     box. tta: "flip" averages each map with its mirror's (gradcam.py). input_size: the crops' side,

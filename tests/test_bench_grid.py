@@ -94,3 +94,21 @@ def test_the_grid_scores_the_rules_chosen_on_the_validation_maps(tmp_path):
                                   bench.CONTROLS)
     assert "per_class_rules" not in plain
     assert not {bench_grid.PER_CLASS, bench_grid.PER_CLASS_TUNED} & set(plain["rules"])
+
+
+def test_the_summary_keeps_the_rows_every_seed_has():
+    """A seed scored before the validation maps existed has no per-class rows: the table over
+    seeds then leaves them out instead of failing (or dropping them only when it is first)."""
+    def seed(rules):
+        cell = {"acc_iou": {t: 0.5 for t in bench_grid.SHOWN_T}, "mean_iou": 0.4}
+        figures = {c: cell for c in (*bench.CLASSES, "overall")}
+        maps = {"overall": {"pointing": 0.8, "pointing_transposed": 0.3, "map_iou": 0.3}}
+        return {"grid": {"gradcam": {"rules": {r: {k: figures for k in ("heat", "random",
+                                                                        "swapped", "no_offset")}
+                                               for r in rules}, "maps": maps}},
+                "seconds_per_image": {"gradcam": 0.1}}
+    full, old = seed(["peaks", bench_grid.PER_CLASS]), seed(["peaks"])
+    for order in ([full, old], [old, full]):
+        assert list(bench_grid.summarize(order, bench.CLASSES)) == ["gradcam / peaks"]
+    assert list(bench_grid.summarize([full, full], bench.CLASSES)) == [
+        "gradcam / peaks", f"gradcam / {bench_grid.PER_CLASS}"]

@@ -285,6 +285,19 @@ def test_a_calibrated_box_file_travels_whole_and_picks_its_method(built, tmp_pat
     bundle.build_bundle(out, model / "best.pt")
     with zipfile.ZipFile(out) as zf:
         assert zf.read(model_dir.BOX_SIZES) == (model / model_dir.BOX_SIZES).read_bytes()
+    # a rule per class travels the same way; a parameter outside its rule's range stops the
+    # build here, not on the grading platform
+    rules = ["threshold", "peaks", "percentile", "otsu"] * 2
+    calibrated.write_box_sizes(model / model_dir.BOX_SIZES, sizes, "auto",
+                               np.array([0.5, 0.9, 95.0, 1.2] * 2), methods=rules)
+    bundle.build_bundle(out, model / "best.pt")
+    with zipfile.ZipFile(out) as zf:
+        assert zf.read(model_dir.BOX_SIZES) == (model / model_dir.BOX_SIZES).read_bytes()
+    calibrated.write_box_sizes(model / model_dir.BOX_SIZES, sizes, "auto",
+                               np.array([0.5, 0.9, 95.0, 1.2] * 2)[::-1], methods=rules)
+    with pytest.raises(InputError, match="'params' must be 8 numbers"):
+        bundle.build_bundle(tmp_path / "refused.zip", model / "best.pt")
+    assert not (tmp_path / "refused.zip").exists()
 
 
 def test_a_bundle_calibrated_on_another_cam_localizes_as_the_project_does(built, tmp_path, sample_dir,

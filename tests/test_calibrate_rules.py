@@ -93,6 +93,10 @@ def test_box_sizes_json_round_trips_the_rules_and_their_ranges(tmp_path):
     path.write_text(json.dumps({**data, "method": boxes.PER_CLASS, "methods": ["peaks"] * 7}))
     with pytest.raises(InputError, match="box_sizes.json: box rules must be"):
         calibrated.read_box_methods(path)
+    for methods in (None, "peaks"):  # missing, or one name where a list of 8 belongs
+        path.write_text(json.dumps({**data, "method": boxes.PER_CLASS, "methods": methods}))
+        with pytest.raises(InputError, match='needs "methods", a list of 8 box rules'):
+            calibrated.check_box_rules(path)
 
 
 def test_localization_asks_for_a_per_class_file(tmp_path):

@@ -143,6 +143,7 @@ def build_bundle(out: str | Path, model_path: str | Path, thresholds_spec: str |
         box_sizes_path = calibrated.calibrated_box_file(bbox_list, model_path)
     if box_sizes_path is not None:
         sizes, sizes_from = calibrated.read_box_sizes(box_sizes_path), str(box_sizes_path)
+        calibrated.check_box_rules(box_sizes_path)  # fail here, not on the platform
     else:
         sizes, sizes_from = calibrated.resolve_box_sizes(bbox_list, model_path)
     created = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
