@@ -138,7 +138,9 @@ def score_grid(heatmaps: Path, truth: dict, names: list[str], average: dict, cla
         }
     result = {"rules": grid, "maps": map_figures(saved, truth, names)}
     if picked:
-        result["per_class_rules"] = picked  # {row: {class: [rule, parameter or None]}}
+        # {row: {class: [rule, parameter or None]}}, as benchmark.json holds it
+        result["per_class_rules"] = {row: {c: list(rule) for c, rule in chosen.items()}
+                                     for row, chosen in picked.items()}
     return result
 
 

@@ -78,7 +78,7 @@ def test_the_grid_scores_the_rules_chosen_on_the_validation_maps(tmp_path):
     names = ["a.png", "b.png"]
     grid = bench_grid.score_grid(test_file, truth, names, average, bench.CLASSES, 0,
                                  bench.CONTROLS, (test_file, truth, names))
-    assert grid["per_class_rules"][bench_grid.PER_CLASS]["Nodule"] == ("peaks", None)
+    assert grid["per_class_rules"][bench_grid.PER_CLASS]["Nodule"] == ["peaks", None]
     assert grid["rules"][bench_grid.PER_CLASS]["heat"]["Nodule"]["acc_iou"]["0.5"] == 1
     fooled = bench_grid.score_grid(test_file, truth, names, average, bench.CLASSES, 0,
                                    bench.CONTROLS, (valid_file, big_nodule, ["v.png"]))

@@ -229,7 +229,8 @@ def test_quick_benchmark_runs_the_real_scripts_end_to_end(tmp_path):
                                                             "--cams", *chosen]))
     assert result == json.loads((tmp_path / "benchmark.json").read_text())
     rows, cams = result["rows"], result["cams"]
-    assert cams == chosen and len(result["training"]) == 1
+    # one epoch of the warm-up at 112, then one at 224 from its weights (the quick preset)
+    assert cams == chosen and [e["stage"] for e in result["training"]] == ["warm", "final"]
     truth = read_bbox_list(tmp_path / "bbox_test.csv")
     assert {b.image for b in truth} <= set(read_image_list(tmp_path / "data" / "test.txt"))
     oracle = rows["planted boxes (oracle)"]
