@@ -138,16 +138,18 @@ class BaseCAM:
         self._map_shape = (x.shape[-2], x.shape[-1]) if side is None else (side, side)
         return self._logits[:self._batch].detach()
 
-    def maps(self, class_indices: Sequence[int]) -> torch.Tensor:
+    def maps(self, class_indices: Sequence[int], wanted=None) -> torch.Tensor:
         """Maps of the last forward's images for `class_indices`: float32 (B, K, H, W) in [0, 1]
-        (H = W = map_size if given)."""
+        (H = W = map_size if given). wanted: bool (B, K), the (image, class) pairs whose maps are
+        needed (None: all); the others are zero maps, and the backward pass is shorter when each
+        image wants fewer classes than K (_gradients)."""
         if self._logits is None:
             raise RuntimeError("call forward(x) before maps()")
         classes = [int(k) for k in class_indices]
         if not classes:
             return self._logits.new_zeros((self._batch, 0) + self._map_shape, dtype=torch.float32)
         # per layer (K, B, ch, h, w), or None for a method that needs no backward
-        grads = (self._gradients(classes) if self.needs_gradients
+        grads = (self._gradients(classes, wanted) if self.needs_gradients
                  else [None] * len(self.layers))
         self._logits = None  # the graph is spent
         maps = []
@@ -176,15 +178,46 @@ class BaseCAM:
         classes = range(logits.shape[1]) if class_indices is None else class_indices
         return logits, self.maps(classes)
 
-    def _gradients(self, classes: list[int]) -> tuple[torch.Tensor, ...]:
+    def _gradients(self, classes: list[int], wanted=None) -> tuple[torch.Tensor, ...]:
         """d logit[b, k] / d activation[b] for every wanted class k, one (K, B, ch, h, w) per
-        layer."""
+        layer. wanted (B, K) bool: only those pairs (the others stay zero), in rounds: round r
+        takes each image's r-th wanted class (in eval mode no image's logit depends on another
+        image), so as many rounds as an image wants classes at most; else round k is class k."""
         logits = self._logits
         act = tuple(self._activations[name] for name in self.layers)
-        eye = torch.zeros((len(classes),) + tuple(logits.shape), dtype=logits.dtype,
+        rows = logits.shape[0]  # B, or 2B with the mirrors of tta flip
+        picks = [[k] * rows for k in range(len(classes))]  # round -> class index per image
+        if wanted is not None:
+            mask = torch.as_tensor(wanted, dtype=torch.bool).cpu()
+            mask = torch.cat([mask, mask]) if rows == 2 * mask.shape[0] else mask
+            per_image = [m.nonzero().flatten().tolist() for m in mask]
+            rounds = max((len(p) for p in per_image), default=0)
+            if rounds == 0:
+                return tuple(a.new_zeros((len(classes),) + tuple(a.shape)) for a in act)
+            picks = [[p[r] if r < len(p) else -1 for p in per_image] for r in range(rounds)]
+        eye = torch.zeros((len(picks),) + tuple(logits.shape), dtype=logits.dtype,
                           device=logits.device)
-        for i, k in enumerate(classes):
-            eye[i, :, k] = 1.0  # row i selects class k of every image: (K, B, C)
+        for r, pick in enumerate(picks):
+            for b, k in enumerate(pick):
+                if k >= 0:
+                    eye[r, b, classes[k]] = 1.0  # round r selects class k of image b: (R, B, C)
+        grads = self._backward(logits, act, eye)
+        if wanted is None:
+            return grads
+        spread = []
+        for g in grads:  # (R, B, ...) -> (K, B, ...), each pair's gradient in its class's row
+            full = g.new_zeros((len(classes),) + tuple(g.shape[1:]))
+            for r, pick in enumerate(picks):
+                for b, k in enumerate(pick):
+                    if k >= 0:
+                        full[k, b] = g[r, b]
+            spread.append(full)
+        return tuple(spread)
+
+    def _backward(self, logits: torch.Tensor, act: tuple[torch.Tensor, ...], eye: torch.Tensor
+                  ) -> tuple[torch.Tensor, ...]:
+        """The gradients of each row of eye (R, B, C) . logits at every layer: (R, B, ch, h, w)
+        per layer, in one batched backward (or one backward per row where that fails)."""
         if self.batched:
             try:
                 return torch.autograd.grad(logits, act, grad_outputs=eye, is_grads_batched=True,
@@ -195,7 +228,7 @@ class BaseCAM:
                               f"falling back to one backward per class")
                 self.batched = False
         grads = [torch.autograd.grad(logits, act, grad_outputs=g, retain_graph=True)
-                 for g in eye]  # K tuples of one gradient per layer
+                 for g in eye]  # R tuples of one gradient per layer
         return tuple(torch.stack(per_layer) for per_layer in zip(*grads))
 
 

@@ -140,3 +140,28 @@ def test_layer_lists_are_checked(densenet):
         make_cam("layercam", densenet, "features.denseblock3,features.denseblock3")
     with pytest.raises(InputError, match="unknown Grad-CAM layer 'features.nope'"):
         make_cam("layercam", densenet, "features.denseblock3,features.nope")
+
+
+@pytest.mark.parametrize("name, layer, tta", [
+    ("gradcam", None, "none"),
+    ("layercam", "features.denseblock2,features.denseblock3", "none"),
+    ("gradcam++", "features.denseblock3", "flip")])
+def test_maps_of_the_wanted_pairs_only_take_fewer_rounds_and_equal_all_maps(
+        densenet, name, layer, tta, monkeypatch):
+    """maps(classes, wanted): each image's wanted classes bit for bit as with every map made,
+    zero maps elsewhere, and a backward of as many rounds as an image wants classes at most."""
+    crops = torch.randn(4, 3, 96, 96, generator=torch.Generator().manual_seed(2))
+    wanted = torch.tensor([[1, 0, 0, 1, 0, 0, 0, 1], [0, 1, 0, 0, 0, 0, 0, 0],
+                           [0, 0, 0, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    with make_cam(name, densenet, layer, tta=tta) as cam:
+        cam.forward(crops)
+        every = cam.maps(range(8))
+        rounds = []
+        backward = cam._backward
+        monkeypatch.setattr(cam, "_backward", lambda *a: rounds.append(len(a[2])) or backward(*a))
+        cam.forward(crops)
+        some = cam.maps(range(8), wanted.numpy())
+    assert rounds == [3]  # image 0 wants three classes; not 8
+    assert torch.equal(some[wanted], every[wanted])
+    assert every[wanted].amax(dim=(1, 2)).min() > 0  # real maps were compared
+    assert not some[~wanted].any()
