@@ -121,9 +121,10 @@ def score_grid(heatmaps: Path, truth: dict, names: list[str], average: dict, cla
     rules: dict[str, str | dict] = {rule: rule for rule in sorted(boxes.METHODS)}
     picked = {}
     if valid is not None:
-        shown = read_heatmaps(valid[0])
+        valid_maps = read_heatmaps(valid[0])
         for name, tune in ((PER_CLASS, False), (PER_CLASS_TUNED, True)):
-            picked[name] = pick_rules(shown, valid[1], valid[2], average, classes, score, tune)
+            picked[name] = pick_rules(valid_maps, valid[1], valid[2], average, classes, score,
+                                      tune)
             rules[name] = picked[name]
     grid = {}
     for name, rule in rules.items():

@@ -239,8 +239,10 @@ def resolve_box_params(bbox_list: str | os.PathLike | None, model_path: str | os
     resolve_box_methods)."""
     path = calibrated_box_file(bbox_list, model_path)
     if method == boxes.PER_CLASS:
-        resolve_box_methods(bbox_list, model_path, method)  # the file must be per class
-        return read_box_params(path, method), str(path)
+        params = None if path is None else read_box_params(path, method)
+        if params is None:  # no per-class file: resolve_box_methods' error says why
+            resolve_box_methods(bbox_list, model_path, method)
+        return params, str(path)
     default = f"{boxes.METHODS[method].parameter} {boxes.METHODS[method].default:g} (the default)"
     params = None if path is None else read_box_params(path, method)
     if params is None:

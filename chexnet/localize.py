@@ -147,9 +147,10 @@ def _network(cam: BaseCAM, crops: torch.Tensor, thresholds: np.ndarray,
         raise InputError(f"the model has {probs.shape[1]} outputs but there are {len(thresholds)} "
                          f"thresholds")
     active = [(j, k) for j, k in columns if (probs[:, j] > thresholds[j]).any()]
-    wanted = probs[:, [j for j, _ in active]] > thresholds[[j for j, _ in active]]  # (B, K)
+    wanted_columns = [j for j, _ in active]
+    wanted = probs[:, wanted_columns] > thresholds[wanted_columns]  # (B, K)
     # only each image's own active classes: a shorter backward; the other maps are never read
-    maps = cam.maps([j for j, _ in active], wanted).cpu().numpy()
+    maps = cam.maps(wanted_columns, wanted).cpu().numpy()
     return probs, maps, active
 
 

@@ -111,8 +111,10 @@ def format_comparison(title: str, before: dict, after: dict, choices: list[Choic
     for name in CLASS_NAMES + (OVERALL,):
         b, a = before["classes"][name]["original"], after["classes"][name]["original"]
         c = choices[CLASS_NAMES.index(name)] if name in CLASS_NAMES else None
-        value = f"{c.method} {c.param:g}" if c and show_rule else f"{c.param:g}" if c else ""
-        tuned = (f"{c.scale_w:>7g}{c.scale_h:>7g}{value:>17}  {c.note}" if c else "")
+        tuned = ""
+        if c is not None:
+            value = f"{c.method} {c.param:g}" if show_rule else f"{c.param:g}"
+            tuned = f"{c.scale_w:>7g}{c.scale_h:>7g}{value:>17}  {c.note}"
         lines.append(f"{name:<14}{before['classes'][name]['truth_boxes']:>6}{b['boxes']:>4} ->"
                      f"{a['boxes']:>4}"
                      f"{cell(b['score']):>6} ->{cell(a['score']):>6}{cell(b['mean_iou']):>6} ->"
