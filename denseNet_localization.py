@@ -168,6 +168,7 @@ class Setup:
     box_sizes: np.ndarray  # (8, 4) average boxes of the box classes, 1024 px
     methods: tuple[str, ...]  # (8,) the box rule of each box class (one for all unless per class)
     params: np.ndarray | None  # (8,) the box rule's per-class parameter, None: its default
+    rect_scales: np.ndarray | None  # (8,) size-free rectangles' scale per class, None: all 1
     resize: str
     cam: str
     layer: str
@@ -196,6 +197,7 @@ def resolve(args: argparse.Namespace) -> Setup:
     method = args.method or calibrated.calibrated_method(args.bbox_list, args.model) or "peaks"
     methods = calibrated.resolve_box_methods(args.bbox_list, args.model, method)
     params, params_from = calibrated.resolve_box_params(args.bbox_list, args.model, method)
+    rect_scales = calibrated.resolve_rect_scales(args.bbox_list, args.model, method)
     resize, input_size = localize.resolve_input(args.resize, checkpoint, args.model)
     cam, layer, cam_from, warning = calibrated.resolve_cam(args.cam, args.layer, args.bbox_list,
                                                           args.model)
@@ -206,11 +208,11 @@ def resolve(args: argparse.Namespace) -> Setup:
     print(f"{len(paths)} images, model {args.model} on {device}, "
           f"thresholds from {thresholds_from}, "
           f"box sizes from {sizes_from}, {rules_line(method, methods)} parameters from "
-          f"{params_from}, "
+          f"{params_from}{'' if rect_scales is None else ' (with rectangle scales)'}, "
           f"resize {resize}, input {input_size} px, maps {cam} at {layer} (from {cam_from})",
           file=sys.stderr)
     return Setup(paths, per_image, device, net, list(checkpoint["class_names"]), thresholds,
-                 box_sizes, methods, params, resize, cam, layer, input_size)
+                 box_sizes, methods, params, rect_scales, resize, cam, layer, input_size)
 
 
 def rules_line(method: str, methods: tuple[str, ...]) -> str:
@@ -237,7 +239,8 @@ def localize_images(args: argparse.Namespace, plots_dir: Path | None) -> None:
         lambda paths: localize.iter_localize(
             run.net, paths, run.thresholds, run.box_sizes, run.device,
             batch_size=args.batch_size, target_layer=run.layer, workers=args.workers,
-            method=run.methods, method_params=run.params, resize=run.resize, cam_method=run.cam,
+            method=run.methods, method_params=run.params, rect_scales=run.rect_scales,
+            resize=run.resize, cam_method=run.cam,
             class_names=run.classes, average_box=not args.no_average_box, tta=args.tta,
             input_size=run.input_size),
         run.paths, args.batch_size)

@@ -10,7 +10,8 @@ Per cam: the pointing game (and with each map transposed, its wrong-geometry con
 the map above half its maximum, and seconds per image of its localization run.
 The row PER_CLASS takes, for each class, the rule whose boxes scored best on the validation
 images' maps (pick_rules: chosen without the test images, as calibrate.py --method auto chooses),
-PER_CLASS_TUNED the best rule and parameter there.
+PER_CLASS_TUNED the best rule and parameter there, PER_CLASS_SCALED the best rule, parameter and
+rectangle scale (calibration.RECT_SCALES, as calibrate.py searches it).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import numpy as np
 
 from chexnet import boxes, scoring
 from chexnet.boxfile import Box
-from chexnet.calibration import PARAM_GRIDS
+from chexnet.calibration import PARAM_GRIDS, RECT_SCALES
 from chexnet.heatmap_file import read_heatmaps
 
 RANDOM_DRAWS = 20  # random placements averaged for the chance control
@@ -47,8 +48,11 @@ CAM_VARIANTS = {
 }
 SHOWN_T = ("0.1", "0.25", "0.5")
 # The grid's rows chosen per class on the validation maps: each class's best rule at its default
-# parameter, and its best rule and parameter (calibration.PARAM_GRIDS, calibrate.py's grid).
-PER_CLASS, PER_CLASS_TUNED = "per-class", "per-class-tuned"
+# parameter, its best rule and parameter (calibration.PARAM_GRIDS, calibrate.py's grid), and its
+# best rule, parameter and rectangle scale.
+PER_CLASS, PER_CLASS_TUNED, PER_CLASS_SCALED = "per-class", "per-class-tuned", "per-class-scaled"
+PICKED_ROWS = ((PER_CLASS, False, False), (PER_CLASS_TUNED, True, False),
+               (PER_CLASS_SCALED, True, True))  # (row, tune the parameter, scale the rectangles)
 PICK_T = "0.25"  # pick_rules' objective: accuracy at IoU > 0.25 (then the mean IoU)
 SHORT = {"Pneumonia": "Pnia", "Pneumothorax": "Pnth"}  # their first four letters are the same
 
@@ -58,34 +62,44 @@ def short(label: str) -> str:
     return SHORT.get(label, label[:4])
 
 
-def heatmap_boxes(saved, rule: str | dict[str, tuple[str, float | None]],
-                  average: dict[str, np.ndarray], classes) -> dict[str, list[Box]]:
+def heatmap_boxes(saved, rule: str | dict[str, tuple], average: dict[str, np.ndarray], classes,
+                  located: dict | None = None) -> dict[str, list[Box]]:
     """image name -> the boxes `rule` makes from each saved map of a planted class (no average
     box); rule: one of boxes.METHODS at its default parameter, or {class: (rule, parameter;
-    None: the rule's default)}."""
+    None: the rule's default[, rectangle scale])}. located: a cache of each map's anchors by
+    (map, rule, parameter), kept by the caller across calls (the scales share them)."""
     preds: dict[str, list[Box]] = {}
-    for image, label, heatmap in zip(saved.images, saved.labels, saved.maps):
+    located = {} if located is None else located
+    for i, (image, label, heatmap) in enumerate(zip(saved.images, saved.labels, saved.maps)):
         preds.setdefault(scoring.image_key(image), [])
         if label in classes:
             size = (float(average[label][2]), float(average[label][3]))
-            method, param = rule[label] if isinstance(rule, dict) else (rule, None)
-            preds[scoring.image_key(image)] += [Box(label, *xywh) for xywh in
-                                                boxes.METHODS[method](heatmap, size, param)]
+            method, param, *scale = rule[label] if isinstance(rule, dict) else (rule, None)
+            m = boxes.METHODS[method]
+            if (i, method, param) not in located:
+                located[i, method, param] = m.locate(heatmap, m.default if param is None else param)
+            anchors = located[i, method, param]
+            preds[scoring.image_key(image)] += [
+                Box(label, *xywh) for xywh in boxes.heatmap_boxes(method, anchors, size, *scale)]
     return preds
 
 
 def pick_rules(saved, truth: dict, names: list[str], average: dict, classes, score,
-               tune: bool = False) -> dict[str, tuple[str, float | None]]:
-    """{class: (rule, parameter)}: per class, the rule of boxes.METHODS (at its default
-    parameter, None; tune: at each parameter of calibration.PARAM_GRIDS too) whose heatmap boxes
-    on these (the validation) images reach the highest accuracy at IoU > PICK_T, then the
-    highest mean IoU; a tie goes to the earlier candidate, peaks (the original's) and the
-    defaults first, and a class with no box or no map there keeps peaks."""
+               tune: bool = False, scale: bool = False) -> dict[str, tuple]:
+    """{class: (rule, parameter[, rectangle scale])}: per class, the rule of boxes.METHODS (at
+    its default parameter, None; tune: at each parameter of calibration.PARAM_GRIDS too; scale:
+    and for a size-free rule at each of calibration.RECT_SCALES) whose heatmap boxes on these (the
+    validation) images reach the highest accuracy at IoU > PICK_T, then the highest mean IoU; a
+    tie goes to the earlier candidate, peaks (the original's) and the defaults first, and a class
+    with no box or no map there keeps peaks."""
     order = list(boxes.METHODS)  # peaks, the original's, first
     candidates = [(r, p) for r in order for p in (PARAM_GRIDS[r] if tune else (None,))]
-    keys = []
-    for rule, param in candidates:
-        heat = heatmap_boxes(saved, dict.fromkeys(classes, (rule, param)), average, classes)
+    if scale:
+        candidates = [(r, p, s) for r, p in candidates
+                      for s in (RECT_SCALES if r in boxes.SIZE_FREE else (1.0,))]
+    keys, located = [], {}
+    for candidate in candidates:
+        heat = heatmap_boxes(saved, dict.fromkeys(classes, candidate), average, classes, located)
         heat.update({n: [] for n in names if n not in heat})
         figures = score(heat, {n: truth[n] for n in names if n in truth})
         keys.append({c: (figures[c]["acc_iou"][PICK_T] or 0.0, figures[c]["mean_iou"] or 0.0)
@@ -114,17 +128,17 @@ def seconds_per_image(log: Path, images: int) -> float | None:
 def score_grid(heatmaps: Path, truth: dict, names: list[str], average: dict, classes, seed: int,
                controls, valid: tuple[Path, dict, list[str]] | None = None) -> dict:
     """{rule: {"heat", "random", "swapped", "no_offset": figures}} and the map figures, one cam.
-    valid: (the validation images' heatmaps, their truth, their names): then also the rows
-    PER_CLASS and PER_CLASS_TUNED, with what pick_rules chose there ("per_class_rules")."""
+    valid: (the validation images' heatmaps, their truth, their names): then also the rows of
+    PICKED_ROWS, with what pick_rules chose there ("per_class_rules")."""
     saved = read_heatmaps(heatmaps)
     score, rng = controls["score"], np.random.default_rng(seed)
     rules: dict[str, str | dict] = {rule: rule for rule in sorted(boxes.METHODS)}
     picked = {}
     if valid is not None:
         valid_maps = read_heatmaps(valid[0])
-        for name, tune in ((PER_CLASS, False), (PER_CLASS_TUNED, True)):
+        for name, tune, scale in PICKED_ROWS:
             picked[name] = pick_rules(valid_maps, valid[1], valid[2], average, classes, score,
-                                      tune)
+                                      tune, scale)
             rules[name] = picked[name]
     grid = {}
     for name, rule in rules.items():
@@ -139,7 +153,7 @@ def score_grid(heatmaps: Path, truth: dict, names: list[str], average: dict, cla
         }
     result = {"rules": grid, "maps": map_figures(saved, truth, names)}
     if picked:
-        # {row: {class: [rule, parameter or None]}}, as benchmark.json holds it
+        # {row: {class: [rule, parameter or None(, rectangle scale)]}}, as benchmark.json holds it
         result["per_class_rules"] = {row: {c: list(rule) for c, rule in chosen.items()}
                                      for row, chosen in picked.items()}
     return result

@@ -10,10 +10,12 @@ percentile of the map's values or above Otsu's threshold: those three take no si
 table. Each is called as
 `method(heatmap, size_wh, param=None) -> [(x, y, w, h), ...]` in the 1024 frame, and is split in
 two so that calibrate.py can search sizes without recomputing the slow part: `locate(heatmap,
-param)` (size-free anchors) and `place(anchors, size_wh)`. Crop pixels become 1024 pixels in one
-place only, crop_rect_to_original. For both methods, localization writes the class's average box
-first (class_boxes): the file reads the same whichever method made it, and the evaluator's
-difference between the methods is their heatmap boxes alone.
+param)` (size-free anchors) and `place(anchors, size_wh)`; heatmap_boxes places them, with a
+size-free rule's rectangles scaled about their centres when calibrate.py tuned a scale for the
+class (scale_rect). Crop pixels become 1024 pixels in one place only, crop_rect_to_original. For
+both methods, localization writes the class's average box first (class_boxes): the file reads the
+same whichever method made it, and the evaluator's difference between the methods is their heatmap
+boxes alone.
 
 Boxes are made in the 1024 frame (the NIH release's, in which the average boxes and box_sizes.json
 are given) and then scaled into the image's own pixels by to_image: an image of any size W x H,
@@ -173,6 +175,21 @@ def place_rects(rects: list[tuple[int, int, int, int]], size_wh: tuple[float, fl
     return [crop_rect_to_original(*rect) for rect in rects]
 
 
+def scale_rect(rect: tuple[float, float, float, float], scale: float
+               ) -> tuple[float, float, float, float]:
+    """A crop rectangle (left, top, right, bottom) with its width and height times `scale`, about
+    its centre, clipped to the crop; scale 1 returns it unchanged."""
+    if not (0.0 < scale < np.inf):
+        raise ValueError(f"a rectangle scale must be a positive number, got {scale}")
+    if scale == 1.0:
+        return rect
+    left, top, right, bottom = rect
+    half_w, half_h = (right - left) * scale / 2, (bottom - top) * scale / 2
+    cx, cy = (left + right) / 2, (top + bottom) / 2
+    return (max(cx - half_w, 0.0), max(cy - half_h, 0.0),
+            min(cx + half_w, float(CROP_SIZE)), min(cy + half_h, float(CROP_SIZE)))
+
+
 @dataclass(frozen=True)
 class Method:
     """A box method: its tunable parameter (name, default, range (0, upper]) and its two
@@ -211,21 +228,34 @@ def per_class(method: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def class_boxes(class_index: int, heatmap: np.ndarray, box_table: np.ndarray,
-                method: str = "peaks", param: float | None = None) -> list[Box]:
+                method: str = "peaks", param: float | None = None,
+                rect_scale: float = 1.0) -> list[Box]:
     """All lines of one active class, in the original's order: its average box, then its heatmap
     boxes. class_index: the BOX class, CLASS_NAMES[class_index] and row class_index of box_table
     (not a model's output column: localize.box_columns maps those by name); param: the method's
-    parameter for this class (None: its default)."""
+    parameter for this class (None: its default); rect_scale: see heatmap_boxes."""
     if method not in METHODS:
         raise ValueError(f"unknown box method {method!r}; choose from {', '.join(METHODS)}")
     m = METHODS[method]
     anchors = m.locate(heatmap, m.default if param is None else param)
-    return class_lines(CLASS_NAMES[class_index], box_table[class_index], anchors, method)
+    return class_lines(CLASS_NAMES[class_index], box_table[class_index], anchors, method,
+                       rect_scale)
 
 
-def class_lines(label: str, average: np.ndarray, anchors: list[Any], method: str) -> list[Box]:
+def heatmap_boxes(method: str, anchors: list[Any], size_wh: tuple[float, float],
+                  rect_scale: float = 1.0) -> list[XYWH]:
+    """The boxes `method` places at `anchors` (its locate step's), in the 1024 frame. rect_scale
+    widens or narrows a size-free rule's rectangles about their centres (scale_rect; calibrate.py
+    tunes it per class); peaks' boxes take size_wh, the average box's, and ignore it."""
+    if method in SIZE_FREE and rect_scale != 1.0:
+        anchors = [scale_rect(rect, rect_scale) for rect in anchors]
+    return METHODS[method].place(anchors, size_wh)
+
+
+def class_lines(label: str, average: np.ndarray, anchors: list[Any], method: str,
+                rect_scale: float = 1.0) -> list[Box]:
     """The average box (x, y, w, h, 1024 px) first, then the boxes the method places at `anchors`
     (found by its locate step) with the average box's size: one class's lines in the box file."""
     x, y, w, h = (float(v) for v in average)
-    return [Box(label, x, y, w, h)] + [Box(label, *xywh)
-                                       for xywh in METHODS[method].place(anchors, (w, h))]
+    return [Box(label, x, y, w, h)] + [Box(label, *xywh) for xywh in
+                                       heatmap_boxes(method, anchors, (w, h), rect_scale)]

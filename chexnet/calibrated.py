@@ -3,11 +3,13 @@ localization resolves its box sizes, box rules, their parameters and its CAM fro
 that file or the defaults.
 
     {"class_names": [...], "boxes": [[x, y, w, h], ...] (1024 px), "method": ..., "parameter": ...,
-     "params": [C], "calibration": {"cam": ..., "layer": ..., ...}}
+     "params": [C], "rect_scales": [C], "calibration": {"cam": ..., "layer": ..., ...}}
 
 "method" and its per-class "params" only when tuned for a box rule; "method": "auto" (tuned per
-class) adds "methods", each class's rule, and "parameter" is then a list. A box table given to
-localization (--bbox-list) replaces the file: its mean boxes, the rules' default parameters.
+class) adds "methods", each class's rule, and "parameter" is then a list. "rect_scales" (absent:
+all 1) widens or narrows each class's size-free rectangles (boxes.scale_rect), with the params.
+A box table given to localization (--bbox-list) replaces the file: its mean boxes, the rules'
+default parameters.
 """
 from __future__ import annotations
 
@@ -89,11 +91,13 @@ def read_box_sizes(path: str | os.PathLike) -> np.ndarray:
 
 def write_box_sizes(path: str | os.PathLike, table: np.ndarray, method: str | None = None,
                     params: np.ndarray | None = None, calibration: dict | None = None,
-                    methods: list[str] | None = None) -> None:
+                    methods: list[str] | None = None,
+                    rect_scales: np.ndarray | None = None) -> None:
     """The inverse of read_box_sizes (and read_box_params, read_box_methods), written atomically;
     "method", "parameter" and "params" only when tuned for a method, "calibration" when
     calibrate.py wrote it. method boxes.PER_CLASS ("auto"): `methods` names each class's rule,
-    written as "methods", and "parameter" is then a list too (the parameter of each)."""
+    written as "methods", and "parameter" is then a list too (the parameter of each);
+    rect_scales written only when one differs from 1."""
     table = np.asarray(table, dtype=np.float64)
     # Full precision (JSON floats round-trip exactly): a bundle or a re-read sizes boxes bit for
     # bit.
@@ -107,6 +111,8 @@ def write_box_sizes(path: str | os.PathLike, table: np.ndarray, method: str | No
         else:
             data.update(method=method, parameter=boxes.METHODS[method].parameter)
         data["params"] = values.tolist()
+        if rect_scales is not None and (np.asarray(rect_scales) != 1.0).any():
+            data["rect_scales"] = np.asarray(rect_scales, dtype=np.float64).tolist()
     if calibration is not None:
         data["calibration"] = calibration
     write_text_atomic(path, json.dumps(data, indent=1) + "\n")
@@ -134,6 +140,7 @@ def check_box_rules(path: str | os.PathLike) -> None:
     bad one is an InputError naming the file): the bundle checks them before it ships them."""
     if read_box_methods(path) is not None:
         read_box_params(path, _read_box_json(path)["method"])
+        read_rect_scales(path, _read_box_json(path)["method"])
 
 
 def read_box_params(path: str | os.PathLike, method: str) -> np.ndarray | None:
@@ -152,6 +159,22 @@ def read_box_params(path: str | os.PathLike, method: str) -> np.ndarray | None:
         ranges = ", ".join(f"{m} (0, {boxes.METHODS[m].upper:g}]" for m in dict.fromkeys(rules))
         raise InputError(f"{path}: 'params' must be {len(CLASS_NAMES)} numbers, each in its "
                          f"rule's range ({ranges}), got {data.get('params')}")
+    return values
+
+
+def read_rect_scales(path: str | os.PathLike, method: str) -> np.ndarray | None:
+    """The per-class rectangle scales (C,) box_sizes.json holds with its params for `method`;
+    None if it was not tuned for `method` or scales none. Each must be a positive number."""
+    data = _read_box_json(path)
+    if data.get("method") != method or "rect_scales" not in data:
+        return None
+    try:
+        values = np.asarray(data["rect_scales"], dtype=np.float64)
+    except (ValueError, TypeError):
+        values = np.array([])
+    if values.shape != (len(CLASS_NAMES),) or not ((values > 0) & (values < np.inf)).all():
+        raise InputError(f"{path}: 'rect_scales' must be {len(CLASS_NAMES)} positive numbers, "
+                         f"got {data['rect_scales']!r}")
     return values
 
 
@@ -248,3 +271,10 @@ def resolve_box_params(bbox_list: str | os.PathLike | None, model_path: str | os
     if params is None:
         return None, default if path is None else f"{default}; {path} has none for {method}"
     return params, str(path)
+
+
+def resolve_rect_scales(bbox_list: str | os.PathLike | None,
+                        model_path: str | os.PathLike | None, method: str) -> np.ndarray | None:
+    """The rectangle scales (C,) that go with resolve_box_params' parameters (None: all 1)."""
+    path = calibrated_box_file(bbox_list, model_path)
+    return None if path is None else read_rect_scales(path, method)

@@ -7,6 +7,7 @@ ties that change the peak test (a pixel equal to its neighbourhood's maximum).
 """
 from __future__ import annotations
 
+import itertools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,10 @@ PROBS_KEY = "probabilities"  # heatmaps.npz: "IMAGE/probabilities" beside "IMAGE
 # Multipliers of the average box's width and height, searched independently (9 x 9). 1.0 first: a
 # tie keeps the table's size.
 SCALES = (1.0, 0.5, 0.625, 0.75, 0.875, 1.25, 1.5, 1.75, 2.0)
+# Multipliers of a size-free rule's rectangles (boxes.scale_rect), searched with its parameter;
+# 1.0 first: a tie keeps the rectangles as the map draws them. peaks has none (its size is the
+# average box's, SCALES).
+RECT_SCALES = (1.0, 0.6, 0.7, 0.8, 0.9, 1.1, 1.25, 1.4)
 # The method parameter's grid, its default first: a tie keeps the default.
 PARAM_GRIDS = {
     "peaks": (PEAK_KEEP_FRACTION, 0.5, 0.6, 0.7, 0.8, 0.95),
@@ -121,6 +126,7 @@ class Choice:
     mean_iou: float | None
     note: str = ""
     method: str = "peaks"  # the box rule the parameter is of (--method auto: each class's winner)
+    rect_scale: float = 1.0  # a size-free rule's rectangles times this (boxes.scale_rect)
 
 
 def scaled_row(box: np.ndarray, scale_w: float, scale_h: float) -> np.ndarray:
@@ -133,27 +139,30 @@ def scaled_row(box: np.ndarray, scale_w: float, scale_h: float) -> np.ndarray:
 
 
 def search_class(class_index: int, maps: dict[str, np.ndarray], truth: dict[str, list[TruthBox]],
-                 base_box: np.ndarray, method: str, scales=SCALES, params=None) -> Choice:
-    """Best (scale_w, scale_h, param) for one class. maps: image -> its (224, 224) heatmap on the
-    images where the class is active; truth: those images' true boxes. Lines as localization writes
-    them (boxes.class_lines)."""
+                 base_box: np.ndarray, method: str, scales=SCALES, params=None,
+                 rect_scales=RECT_SCALES) -> Choice:
+    """Best (scale_w, scale_h, param, rect_scale) for one class. maps: image -> its (224, 224)
+    heatmap on the images where the class is active; truth: those images' true boxes. Lines as
+    localization writes them (boxes.class_lines). rect_scales: searched for a size-free rule
+    only."""
     m = boxes.METHODS[method]
     params = PARAM_GRIDS[method] if params is None else params
+    rect_scales = rect_scales if method in boxes.SIZE_FREE else (1.0,)
     label = CLASS_NAMES[class_index]
     best, best_key = Choice(1.0, 1.0, m.default, None, None, method=method), None
     for param in params:
         anchors = {name: m.locate(heatmap, param) for name, heatmap in maps.items()}
-        for scale_w in scales:
-            for scale_h in scales:
-                average = scaled_row(base_box, scale_w, scale_h)
-                preds = {name: boxes.class_lines(label, average, a, method)
-                         for name, a in anchors.items()}
-                figures = scoring.score_boxes(preds, truth)["classes"][label]["original"]
-                if figures["score"] is None:
-                    continue
-                key = (figures["score"], figures["mean_iou"])
-                if best_key is None or key > best_key:
-                    best, best_key = Choice(scale_w, scale_h, param, *key, method=method), key
+        for rect_scale, scale_w, scale_h in itertools.product(rect_scales, scales, scales):
+            average = scaled_row(base_box, scale_w, scale_h)
+            preds = {name: boxes.class_lines(label, average, a, method, rect_scale)
+                     for name, a in anchors.items()}
+            figures = scoring.score_boxes(preds, truth)["classes"][label]["original"]
+            if figures["score"] is None:
+                continue
+            key = (figures["score"], figures["mean_iou"])
+            if best_key is None or key > best_key:
+                best = Choice(scale_w, scale_h, param, *key, method=method, rect_scale=rect_scale)
+                best_key = key
     return best
 
 
@@ -208,15 +217,17 @@ def tuned_table(choices: list[Choice]) -> np.ndarray:
 # ---------------------------------------------------------------- before / after
 
 def full_report(hm: Heatmaps, rows: list[int], act: np.ndarray, truth: dict, table: np.ndarray,
-                method: str | list[str], params: np.ndarray) -> dict:
+                method: str | list[str], params: np.ndarray,
+                rect_scales: np.ndarray | None = None) -> dict:
     """scoring.score_boxes of the box lines localization would write for the images `rows`;
-    method: one rule, or one per class."""
+    method: one rule, or one per class; rect_scales: (C,) (None: all 1)."""
     methods, preds = boxes.per_class(method), {}
+    rects = np.ones(len(CLASS_NAMES)) if rect_scales is None else rect_scales
     for i in rows:
         lines = []
         for k in np.flatnonzero(act[i]):
             lines += boxes.class_boxes(int(k), hm.maps[i, k].astype(np.float32), table,
-                                       methods[k], float(params[k]))
+                                       methods[k], float(params[k]), float(rects[k]))
         preds[hm.images[i]] = lines
     return scoring.score_boxes(preds, {hm.images[i]: truth[hm.images[i]] for i in rows})
 
@@ -257,7 +268,8 @@ def pick_cam(make_maps: Callable[[str, str | None], Heatmaps], candidates, rows:
         choices = tune(hm, rows, act, truth, method)
         params = np.array([c.param for c in choices])
         report = full_report(hm, rows, act, truth, tuned_table(choices),
-                             [c.method for c in choices], params)
+                             [c.method for c in choices], params,
+                             np.array([c.rect_scale for c in choices]))
         fig = report["classes"][scoring.OVERALL]["original"]
         tried.append({"cam": cam, "layer": hm.layer, "score": fig["score"],
                       "mean_iou": fig["mean_iou"]})

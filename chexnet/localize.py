@@ -80,7 +80,7 @@ def iter_localize(model: torch.nn.Module, image_paths: Sequence[str], thresholds
                   box_sizes: np.ndarray, device: torch.device, batch_size: int = 16,
                   target_layer: str | None = None, workers: int = 0,
                   method: str | Sequence[str] = "peaks",
-                  method_params: np.ndarray | None = None,
+                  method_params: np.ndarray | None = None, rect_scales: np.ndarray | None = None,
                   resize: str = images.DEFAULT_RESIZE, cam_method: str = DEFAULT_CAM,
                   class_names: Sequence[str] | None = None, average_box: bool = True,
                   tta: str = "none", input_size: int = CROP_SIZE) -> Iterator[ImageResult]:
@@ -91,12 +91,13 @@ def iter_localize(model: torch.nn.Module, image_paths: Sequence[str], thresholds
     average boxes (x, y, w, h) in 1024 px per box class whose w, h size the heatmap boxes;
     method: the box rule (boxes.METHODS), or one per box class (calibrate.py --method auto);
     method_params: (8,) the box method's parameter per box class (None: its default; see
-    calibrated.resolve_box_params); resize: how each image becomes 256x256, as the model's
-    training images did
-    (images.resize_stored); cam_method: a name of gradcam.METHODS, hooked at target_layer (None: the
-    method's default); average_box False: heatmap boxes only, no class opening with its average
-    box. tta: "flip" averages each map with its mirror's (gradcam.py). input_size: the crops' side,
-    the checkpoint's (its "input_size"); the maps are 224 x 224 at any.
+    calibrated.resolve_box_params); rect_scales: (8,) each box class's rectangle scale
+    (boxes.heatmap_boxes; None: all 1); resize: how each image becomes 256x256, as the model's
+    training images did (images.resize_stored); cam_method: a name of gradcam.METHODS, hooked at
+    target_layer (None: the method's default); average_box False: heatmap boxes only, no class
+    opening with its average box. tta: "flip" averages each map with its mirror's (gradcam.py).
+    input_size: the crops' side, the checkpoint's (its "input_size"); the maps are 224 x 224 at
+    any.
     ImageResult.heatmaps is keyed by model column. While the generator is open the model
     carries the CAM hook.
     """
@@ -125,7 +126,7 @@ def iter_localize(model: torch.nn.Module, image_paths: Sequence[str], thresholds
                                            columns)
             job = pool.submit(_results, batch_paths, probs, maps, active, thresholds, box_sizes,
                               methods, method_params, [tuple(s) for s in sizes.tolist()],
-                              average_box)
+                              average_box, rect_scales)
             if pending is not None:
                 # boxes of the previous batch, made during this batch's pass
                 yield from pending.result()
@@ -165,7 +166,8 @@ def _results(paths: list[str], probs: np.ndarray, maps: np.ndarray,
              active: list[tuple[int, int]], thresholds: np.ndarray, box_sizes: np.ndarray,
              methods: Sequence[str], method_params: np.ndarray | None = None,
              sizes: list[tuple[int, int]] | None = None,
-             average_box: bool = True) -> list[ImageResult]:
+             average_box: bool = True, rect_scales: np.ndarray | None = None
+             ) -> list[ImageResult]:
     """Per image: the heatmaps of its own active classes (by model column) and their box lines, in
     box-class order, labelled with the class's name, in the image's own pixels (sizes: (width,
     height) per image; None: 1024x1024); methods: each box class's rule."""
@@ -181,7 +183,8 @@ def _results(paths: list[str], probs: np.ndarray, maps: np.ndarray,
                 result.heatmaps[j] = maps[b, i].copy()
                 try:
                     param = None if method_params is None else float(method_params[k])
-                    lines = boxes.class_boxes(k, maps[b, i], box_sizes, methods[k], param)
+                    scale = 1.0 if rect_scales is None else float(rect_scales[k])
+                    lines = boxes.class_boxes(k, maps[b, i], box_sizes, methods[k], param, scale)
                 except ValueError as err:
                     raise InputError(f"{path}: {CLASS_NAMES[k]}: {err}") from None
                 lines = lines if average_box else lines[1:]

@@ -66,7 +66,7 @@ def test_search_scores_the_lines_localization_writes():
         default = calibration.Choice(1, 1, 0.5, None, None)
         table = calibration.tuned_table([choice if k == MASS else default
                                          for k in range(len(CLASS_NAMES))])
-        preds = {n: boxes.class_boxes(MASS, m, table, method, choice.param)
+        preds = {n: boxes.class_boxes(MASS, m, table, method, choice.param, choice.rect_scale)
                  for n, m in heatmaps.items()}
         got = scoring.score_boxes(preds, truth)["classes"]["Mass"]["original"]
         assert (got["score"], got["mean_iou"]) == pytest.approx((choice.score, choice.mean_iou))
@@ -193,8 +193,9 @@ def test_end_to_end_box_sizes_json_drives_localization(run_dir):
 
 def test_end_to_end_per_class_rules_drive_localization(run_dir):
     """--method auto records a rule per class; localization draws each class with the rule and
-    parameter box_sizes.json gives it (here set by hand to a mix, so that a localization that
-    used one rule for all would write other lines)."""
+    parameter box_sizes.json gives it, and scales the size-free rectangles by its "rect_scales"
+    (here set by hand to a mix, so that a localization that used one rule for all, or ignored the
+    scales, would write other lines)."""
     import shutil
     from chexnet.heatmap_file import read_heatmaps
     folder = run_dir / "per_class"
@@ -208,25 +209,33 @@ def test_end_to_end_per_class_rules_drive_localization(run_dir):
         record["calibration"]["choices"][c]["method"] for c in CLASS_NAMES)
     rules = ["threshold", "peaks", "otsu", "percentile"] * 2
     params = [0.4, 0.8, 1.2, 97.0, 0.6, 0.9, 1.0, 90.0]
+    rect_scales = [0.7, 1.0, 1.25, 0.8, 1.4, 1.0, 0.6, 1.1]
     table = calibrated.read_box_sizes(sizes_path)
     calibrated.write_box_sizes(sizes_path, table, method="auto", params=np.array(params),
-                              methods=rules, calibration=record["calibration"])
+                              methods=rules, calibration=record["calibration"],
+                              rect_scales=np.array(rect_scales))
     for name in (model_dir.BEST, model_dir.THRESHOLDS):
         shutil.copyfile(run_dir / "model" / name, folder / name)
     after = _script("denseNet_localization.py", SAMPLE / "valid.txt", SAMPLE / "images",
                     "--model", folder / model_dir.BEST, "--out", run_dir / "per_class.txt",
                     "--workers", "0", "--save-heatmaps", run_dir / "per_class.npz", cwd=run_dir)
     assert "per-class (Atelectasis threshold, Cardiomegaly peaks" in after.stderr
+    assert "(with rectangle scales)" in after.stderr
     saved = read_heatmaps(run_dir / "per_class.npz")
     written = {e.image_path: e.boxes for e in read_box_file(run_dir / "per_class.txt")}
+    scaled = 0  # classes whose lines the scales changed: the check below can tell
     for image, label, heatmap, size in zip(saved.images, saved.labels, saved.maps, saved.sizes):
         k = CLASS_NAMES.index(label)
         expected = [boxes.to_image(b, size)
-                    for b in boxes.class_boxes(k, heatmap, table, rules[k], params[k])]
+                    for b in boxes.class_boxes(k, heatmap, table, rules[k], params[k],
+                                               rect_scales[k])]
+        scaled += expected != [boxes.to_image(b, size) for b in
+                               boxes.class_boxes(k, heatmap, table, rules[k], params[k])]
         got = [b for b in written[image] if b.label == label]
         assert len(got) == len(expected)
         for g, e in zip(got, expected):  # the file writes '%.1f'
             assert (g.x, g.y, g.w, g.h) == pytest.approx((e.x, e.y, e.w, e.h), abs=0.051)
+    assert scaled > 0
     with pytest.raises(subprocess.CalledProcessError):  # a plain model folder has no rules
         subprocess.run([sys.executable, str(ROOT / "denseNet_localization.py"),
                         SAMPLE / "valid.txt", SAMPLE / "images", "--model",

@@ -130,3 +130,44 @@ def test_cam_auto_with_rules_per_class_keeps_the_maps_that_localize():
         [("gradcam", None), ("layercam", None)], [0], np.full(8, 0.5), truth, boxes.PER_CLASS)
     assert hm.cam == "layercam" and [t["cam"] for t in tried] == ["gradcam", "layercam"]
     assert tried[1]["score"] > tried[0]["score"]
+
+
+def test_a_region_larger_than_its_box_is_scaled_down_to_it():
+    """A flat region 100 x 75 crop px whose true box is its central 60 x 45: every threshold draws
+    the whole region (IoU 0.36); the search's rectangle scale 0.6 draws the box itself."""
+    heatmap = np.zeros((224, 224), np.float32)
+    heatmap[60:135, 40:140] = 1.0
+    truth = {"a.png": _mass("a.png", boxes.crop_rect_to_original(60, 75, 120, 120))}
+    base = np.array(AVERAGE_BOXES[MASS])
+    found = calibration.search_class(MASS, {"a.png": heatmap}, truth, base, "threshold")
+    assert found.rect_scale == 0.6  # the score counts the average box's line too: below 1
+    heatmap_box = boxes.class_boxes(MASS, heatmap, base[None].repeat(8, 0), "threshold",
+                                    found.param, found.rect_scale)[1]
+    assert (heatmap_box.x, heatmap_box.y, heatmap_box.w, heatmap_box.h) == tuple(
+        (t.x, t.y, t.w, t.h) for t in truth["a.png"])[0]
+    unscaled = calibration.search_class(MASS, {"a.png": heatmap}, truth, base, "threshold",
+                                        rect_scales=(1.0,))
+    assert unscaled.rect_scale == 1.0 and unscaled.score < found.score
+    # peaks searches no rectangle scale: its sizes are the average box's (scale_w, scale_h)
+    assert calibration.search_class(MASS, {"a.png": heatmap}, truth, base,
+                                    "peaks").rect_scale == 1.0
+
+
+def test_box_sizes_json_round_trips_the_rectangle_scales(tmp_path):
+    path = tmp_path / model_dir.BOX_SIZES
+    scales = [1.0, 0.6, 1.25, 1.0, 0.8, 1.4, 1.0, 0.9]
+    calibrated.write_box_sizes(path, np.array(AVERAGE_BOXES), method="threshold",
+                              params=np.full(8, 0.5), rect_scales=np.array(scales))
+    assert calibrated.read_rect_scales(path, "threshold").tolist() == scales
+    assert calibrated.read_rect_scales(path, "otsu") is None  # tuned for another rule
+    calibrated.check_box_rules(path)
+    # all 1: nothing written, and localization reads None (the rectangles as the map draws them)
+    calibrated.write_box_sizes(path, np.array(AVERAGE_BOXES), method="threshold",
+                              params=np.full(8, 0.5), rect_scales=np.ones(8))
+    assert "rect_scales" not in json.loads(path.read_text())
+    assert calibrated.read_rect_scales(path, "threshold") is None
+    data = json.loads(path.read_text())
+    for bad in ([1.0] * 7, [0.0] + [1.0] * 7, ["wide"] * 8, 1.0):
+        path.write_text(json.dumps({**data, "rect_scales": bad}))
+        with pytest.raises(InputError, match="box_sizes.json: 'rect_scales' must be 8 positive"):
+            calibrated.check_box_rules(path)

@@ -83,3 +83,32 @@ def test_peaks_keep_fraction_is_its_parameter():
     assert len(boxes.METHODS["peaks"](heatmap, (80.0, 80.0), 0.7)) == 2
     assert boxes.METHODS["peaks"].parameter == "keep_fraction"
     assert boxes.METHODS["threshold"].parameter == "fraction"
+
+
+def test_a_scaled_rectangle_keeps_its_centre_and_stays_in_the_crop():
+    rect = (40, 60, 140, 135)  # 100 x 75 crop px, centre (90, 97.5)
+    assert boxes.scale_rect(rect, 1.0) is rect  # exactly the map's rectangle
+    assert boxes.scale_rect(rect, 0.6) == (60.0, 75.0, 120.0, 120.0)
+    left, top, right, bottom = boxes.scale_rect(rect, 1.4)
+    assert (right - left, bottom - top) == pytest.approx((140.0, 105.0))
+    assert ((left + right) / 2, (top + bottom) / 2) == pytest.approx((90.0, 97.5))
+    # at the crop's edge the rectangle is clipped, never outside what the network saw
+    assert boxes.scale_rect((0, 200, 50, 224), 2.0) == (0.0, 188.0, 75.0, 224.0)
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="rectangle scale"):
+            boxes.scale_rect(rect, bad)
+
+
+def test_the_rectangle_scale_sizes_the_heatmap_boxes_of_size_free_rules_only():
+    heatmap = np.zeros((224, 224))
+    heatmap[60:135, 40:140] = 1.0
+    table = np.array(AVERAGE_BOXES)
+    mass = CLASS_NAMES.index("Mass")
+    plain = boxes.class_boxes(mass, heatmap, table, "threshold")
+    scaled = boxes.class_boxes(mass, heatmap, table, "threshold", rect_scale=0.6)
+    assert scaled[0] == plain[0]  # the average box line is the table's either way
+    assert (scaled[1].x, scaled[1].y, scaled[1].w, scaled[1].h) == (304.0, 364.0, 240.0, 180.0)
+    assert (plain[1].w, plain[1].h) == (400.0, 300.0)
+    # peaks' boxes take the average box's size: the rectangle scale does not apply
+    assert boxes.class_boxes(mass, blob(100, 100), table, "peaks", rect_scale=0.6) == \
+        boxes.class_boxes(mass, blob(100, 100), table, "peaks")

@@ -15,7 +15,9 @@
    height multipliers of the class's average box (SCALES; each scaled about the box's centre, width
    on x = columns, height on y = rows) and the method's parameter (PARAM_GRIDS: the peaks method's
    keep fraction, the threshold method's fraction of the map's maximum, the percentile method's
-   percentile, the otsu method's multiple of Otsu's threshold). The objective is the
+   percentile, the otsu method's multiple of Otsu's threshold), and for the three size-free
+   methods a multiplier of their rectangles (RECT_SCALES, about each rectangle's centre, clipped to
+   the crop; peaks' boxes take the average box's size). The objective is the
    original project's score from evaluate.py (mean of the shares of predicted boxes with IoU > 0.25
    and IoU > 0.5), of the class's own lines (its average box, then its heatmap boxes) on the images
    where it is active; ties go to the higher mean IoU of those boxes, then to the earlier grid
@@ -103,10 +105,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 def format_comparison(title: str, before: dict, after: dict, choices: list[Choice],
                       parameter: str, show_rule: bool = False) -> str:
     """Per class: truth boxes, then before -> after of the predicted boxes, the score and their
-    mean IoU; the tuned sizes and parameter (show_rule: with the rule the class got)."""
+    mean IoU; the tuned sizes, parameter (show_rule: with the rule the class got) and rectangle
+    scale."""
     lines = [title, f"{'class':<14}{'truth':>6}{'boxes':>10}{'score':>15}{'mean IoU':>15}"
-             f"{'w x':>7}{'h x':>7}"
-             f"{parameter:>17}  note"]
+             f"{'w x':>7}{'h x':>7}{parameter:>17}{'rect x':>7}  note"]
     cell = lambda v: "-" if v is None else f"{v:.3f}"
     for name in CLASS_NAMES + (OVERALL,):
         b, a = before["classes"][name]["original"], after["classes"][name]["original"]
@@ -114,7 +116,7 @@ def format_comparison(title: str, before: dict, after: dict, choices: list[Choic
         tuned = ""
         if c is not None:
             value = f"{c.method} {c.param:g}" if show_rule else f"{c.param:g}"
-            tuned = f"{c.scale_w:>7g}{c.scale_h:>7g}{value:>17}  {c.note}"
+            tuned = f"{c.scale_w:>7g}{c.scale_h:>7g}{value:>17}{c.rect_scale:>7g}  {c.note}"
         lines.append(f"{name:<14}{before['classes'][name]['truth_boxes']:>6}{b['boxes']:>4} ->"
                      f"{a['boxes']:>4}"
                      f"{cell(b['score']):>6} ->{cell(a['score']):>6}{cell(b['mean_iou']):>6} ->"
@@ -274,7 +276,7 @@ def main(args: argparse.Namespace) -> dict:
     auto = args.method == boxes.PER_CLASS
     method = boxes.METHODS["peaks" if auto else args.method]  # auto: before = the original's
     table, params = tuned_table(choices), np.array([c.param for c in choices])
-    rules = [c.method for c in choices]
+    rules, rect_scales = [c.method for c in choices], np.array([c.rect_scale for c in choices])
     base_table, base_params = (np.array(AVERAGE_BOXES, dtype=np.float64),
                                np.full(len(CLASS_NAMES), method.default))
     # the maps the search saw: localization takes its --cam and --layer from here by default
@@ -288,7 +290,7 @@ def main(args: argparse.Namespace) -> dict:
             continue
         before = full_report(hm, rows, act, truth, base_table, "peaks" if auto else args.method,
                              base_params)
-        after = full_report(hm, rows, act, truth, table, rules, params)
+        after = full_report(hm, rows, act, truth, table, rules, params, rect_scales)
         title = (f"original score on the {len(rows)} {part} images (evaluate.py, first "
                  f"{ORIGINAL_TOP_K} boxes per image): before = the original's table and "
                  f"{'peaks ' if auto else ''}{method.parameter} {method.default:g}; after = "
@@ -302,11 +304,13 @@ def main(args: argparse.Namespace) -> dict:
         print(OPTIMISM)
     record["choices"] = {name: {"scale_w": c.scale_w, "scale_h": c.scale_h,
                                 **({"method": c.method} if auto else {}),
-                                boxes.METHODS[c.method].parameter: c.param, "note": c.note}
+                                boxes.METHODS[c.method].parameter: c.param, "note": c.note,
+                                **({"rect_scale": c.rect_scale} if c.method in boxes.SIZE_FREE
+                                   else {})}
                          for name, c in zip(CLASS_NAMES, choices)}
     path = out / model_dir.BOX_SIZES
     calibrated.write_box_sizes(path, table, method=args.method, params=params, calibration=record,
-                              methods=rules if auto else None)
+                              methods=rules if auto else None, rect_scales=rect_scales)
     print(f"wrote {path}")
     return record
 
