@@ -51,13 +51,18 @@ _LEGACY_HEAD = re.compile(r"^classifier\.0\.")
 _CLASSES_BY_WIDTH = {len(CLASS_NAMES): CLASS_NAMES, len(ALL_FINDINGS): ALL_FINDINGS}
 
 
-def build_model(num_classes: int = len(CLASS_NAMES), weights: str = "imagenet") -> nn.Module:
+def build_model(num_classes: int = len(CLASS_NAMES), weights: str = "imagenet",
+                keep_head: bool = False) -> nn.Module:
     """torchvision DenseNet-121 whose classifier is Linear(1024, num_classes); it returns logits.
 
     weights: "imagenet" (torchvision's IMAGENET1K_V1 features; random init with one warning when
     they cannot be loaded), "none" (random init), or a PATH to a DenseNet-121 state dict or a
-    checkpoint of ours, whose `features.*` tensors are loaded (the head stays random).
+    checkpoint of ours, whose `features.*` tensors are loaded (the head stays random; keep_head:
+    the whole state, head included, which must then be of num_classes outputs).
     """
+    if keep_head and weights in ("imagenet", "none"):
+        raise InputError(f"--keep-head needs --weights PATH (a model of these classes), not "
+                         f"{weights!r}")
     model = densenet121(weights=None)
     model.classifier = nn.Linear(FEATURES, num_classes)
     if weights == "imagenet":
@@ -70,7 +75,10 @@ def build_model(num_classes: int = len(CLASS_NAMES), weights: str = "imagenet") 
             state = state["model"]
         elif isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]  # arnoweng/CheXNet's model.pth.tar
-        _load_features(model, state, str(weights))
+        if keep_head:
+            load_weights(model, normalize_keys(state), str(weights))
+        else:
+            _load_features(model, state, str(weights))
     return model
 
 

@@ -74,6 +74,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="initial weights: imagenet (torchvision; random init with a warning when "
                         "they cannot be loaded), none (random), or PATH to a DenseNet-121 state "
                         "dict (default: imagenet)")
+    p.add_argument("--keep-head", action="store_true",
+                   help="with --weights PATH of the same classes: its classifier too, a fine-tune "
+                        "(e.g. at a larger --input-size) (default: the head starts afresh)")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/last.pt: model, optimizer, epoch, RNG "
                         "(default: start afresh)")
@@ -87,9 +90,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", dest="plots", action="store_false",
                    help="do not draw training_curves.png and roc_curves.png into --out "
                         "(default: draw them after each epoch, outside the timed part)")
-    p.add_argument("--sync-bn", action="store_true",
-                   help="under torchrun on GPUs: batch-norm statistics over the global batch "
-                        "(SyncBatchNorm; CUDA only) (default: off, each process's own)")
+    p.add_argument("--sync-bn", action="store_true", help="under torchrun on GPUs: batch-norm "
+                   "statistics over the global batch (SyncBatchNorm; CUDA only) (default: off)")
     p.add_argument("--input-size", type=int, default=None, choices=INPUT_SIZES,
                    help="side of the crops, recorded in the checkpoints; the folder's own (its "
                         "preprocessing.py --input-size) or an error (default: the folder's: 224)")
@@ -100,8 +102,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def plain_args(args) -> dict:
-    """argparse values as str/int/float/bool/None only, so the checkpoint loads with
-    weights_only."""
+    """argparse values as str/int/float/bool/None only: the checkpoint loads with weights_only."""
     return {k: v if v is None or isinstance(v, (str, int, float, bool)) else str(v)
             for k, v in vars(args).items()}
 
@@ -115,8 +116,7 @@ def make_checkpoint(run: Run, args, epoch: int, record: dict, thresholds, extra:
 
 
 def read_metrics(path: Path, upto: int) -> list[dict]:
-    """Records of epochs 1..upto: lines of epochs after the last checkpoint are dropped on
-    resume."""
+    """Records of epochs 1..upto: on resume, lines of epochs after the last checkpoint go."""
     if not path.is_file():
         return []
     return [r for r in model_dir.read_metrics_log(path) if r["epoch"] <= upto]
@@ -222,7 +222,7 @@ def setup(args) -> Run:
     args.input_size = input_size = data.input_size(args.input_size)  # the folder's: checked
     train_set, valid_set = make_datasets(data, args.keep_no_finding, args.seed)
     class_names = tuple(data.meta["class_names"])
-    model = build_model(len(class_names), "none" if args.resume else args.weights)
+    model = build_model(len(class_names), "none" if args.resume else args.weights, args.keep_head)
     model = model.to(device, memory_format=torch.channels_last)
     net = wrap(model, device, args.sync_bn)
     model = net.module if isinstance(net, DistributedDataParallel) else net

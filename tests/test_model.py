@@ -150,6 +150,24 @@ def test_weights_path_loads_features(net, tmp_path):
                        net.features.denseblock4.denselayer16.conv2.weight)
 
 
+def test_keep_head_loads_the_classifier_of_a_checkpoint_of_the_same_classes(net, tmp_path):
+    """train.py --keep-head (a fine-tune, e.g. 224 -> 448): the whole model, head included;
+    without it the head starts afresh; a checkpoint of other classes or no PATH is refused."""
+    path = tmp_path / "best.pt"
+    M.save_checkpoint(path, _ckpt(net))
+    torch.manual_seed(5)  # a head drawn afresh differs from the checkpoint's
+    assert not torch.equal(M.build_model(weights=str(path)).classifier.weight,
+                           net.classifier.weight)
+    kept = M.build_model(weights=str(path), keep_head=True)
+    assert all(torch.equal(a, b) for a, b in zip(kept.state_dict().values(),
+                                                 net.state_dict().values()))
+    with pytest.raises(InputError, match="best.pt: weights do not fit DenseNet-121 with 14"):
+        M.build_model(14, weights=str(path), keep_head=True)
+    for name in ("imagenet", "none"):
+        with pytest.raises(InputError, match="--keep-head needs --weights PATH"):
+            M.build_model(weights=name, keep_head=True)
+
+
 def test_imagenet_unavailable_warns_once_and_continues(monkeypatch, capsys):
     def offline(self, *args, **kwargs):
         raise OSError("no network")
