@@ -62,25 +62,27 @@ from chexnet.nih import average_boxes, read_bbox_list, read_image_list  # noqa: 
 # in 3/16 of the images). The one-stage recipe of before, 10 epochs of 256 images at 224, left Mass
 # at valid AUROC 0.31 on seed 0; 8 epochs of 512 at 224 (about the same time as this recipe)
 # reached 0.74, this recipe 0.97 (the doc's "Training that detects"). warm_epochs 0 trains in one
-# stage at 224, as before.
+# stage at 224, as before. fine_size (0: none) adds a last stage, fine_epochs at that input size
+# (448: 56x56 maps at denseblock2) from the final model, its head kept (train.py --keep-head).
+FINE = {"fine_size": 0, "fine_epochs": 1, "fine_lr": 1e-4}
 PRESETS = {
     "full": {"n_train": 512, "n_valid": 64, "n_test": 48,
              "warm_size": 112, "warm_epochs": 16, "warm_lr": 1e-3,
              "input_size": 224, "epochs": 4, "lr": 5e-4, "warmup_epochs": 0.5,
              "repeats": 1, "batch_size": 16, "lr_schedule": "cosine", "loss_weight": "wang",
-             "resize": "original"},
+             "resize": "original", **FINE},
     "quick": {"n_train": 8, "n_valid": 8, "n_test": 4,
               "warm_size": 112, "warm_epochs": 1, "warm_lr": 1e-3,
               "input_size": 224, "epochs": 1, "lr": 1e-3, "warmup_epochs": 0.0,
               "repeats": 1, "batch_size": 4, "lr_schedule": "cosine", "loss_weight": "wang",
-              "resize": "original"},
+              "resize": "original", **FINE},
     # for a GPU: the same recipe on thousands of images (our estimate from the CPU's step cost,
     # not a measurement: a few seconds of training per epoch on one H100-class GPU)
     "gpu": {"n_train": 4096, "n_valid": 512, "n_test": 512,
             "warm_size": 112, "warm_epochs": 16, "warm_lr": 1e-3,
             "input_size": 224, "epochs": 4, "lr": 5e-4, "warmup_epochs": 0.5,
             "repeats": 1, "batch_size": 64, "lr_schedule": "cosine", "loss_weight": "wang",
-            "resize": "original"},
+            "resize": "original", **FINE},
 }
 CLASSES = tuple(synthetic.PLANTED_CLASSES)
 SHOWN_T = ("0.1", "0.25", "0.5")  # Wang et al.'s IoU thresholds shown in the table
@@ -120,6 +122,7 @@ class Layout:
     def __post_init__(self):
         self.data, self.prep, self.model = self.work / "data", self.work / "preprocessed", self.work / "model"
         self.warm_prep, self.warm_model = self.work / "preprocessed_warm", self.work / "model_warm"
+        self.fine_prep, self.fine_model = self.work / "preprocessed_fine", self.work / "model_fine"
         self.bbox_valid, self.bbox_test = self.work / "bbox_valid.csv", self.work / "bbox_test.csv"
 
     def boxes(self, cam: str) -> Path:
@@ -142,10 +145,13 @@ def run_pipeline(at: Layout, p: dict, seed: int, device: str, timings: dict[str,
     py, d = sys.executable, at.data
     if not (reuse and (at.model / BEST).is_file()):
         train_model(at, p, seed, device, timings)
+    model = at.fine_model if p.get("fine_size") else at.model  # the last stage's
+    if p.get("fine_size") and not (reuse and (model / BEST).is_file()):
+        fine_tune(at, p, seed, device, timings)
     write_subset(d / "BBox_List_2017.csv", read_image_list(d / "valid.txt"), at.bbox_valid)
     write_subset(d / "BBox_List_2017.csv", read_image_list(d / "test.txt"), at.bbox_test)
     for cam in cams:
-        cmd = localize_cmd(at, cam, "test.txt", at.boxes(cam), at.heatmaps(cam), device)
+        cmd = localize_cmd(at, model, cam, "test.txt", at.boxes(cam), at.heatmaps(cam), device)
         if cam == DEFAULT_CAM:  # pictures: the contact sheet and a few images, planted boxes in red
             cmd += ["--plots", str(at.work / "plots_peaks"), "--truth", str(at.bbox_test),
                     "--plot-images", "6", "--sheet-cell", "160"]
@@ -155,17 +161,18 @@ def run_pipeline(at: Layout, p: dict, seed: int, device: str, timings: dict[str,
         run_stage(f"evaluate_{cam}", evaluate, at.work, timings)
         # the validation images' maps, on which bench_grid.pick_rules chooses the per-class rules
         run_stage(f"localize_valid_{cam}", localize_cmd(
-            at, cam, "valid.txt", at.work / f"boxes_valid_{cam}.txt", at.valid_heatmaps(cam),
+            at, model, cam, "valid.txt", at.work / f"boxes_valid_{cam}.txt", at.valid_heatmaps(cam),
             device), at.work, timings)
     return cams
 
 
-def localize_cmd(at: Layout, cam: str, image_list: str, out: Path, heatmaps: Path, device: str
-                 ) -> list[str]:
-    """denseNet_localization.py on DATA/image_list with the CAM variant `cam`, saving its maps."""
+def localize_cmd(at: Layout, model: Path, cam: str, image_list: str, out: Path, heatmaps: Path,
+                 device: str) -> list[str]:
+    """denseNet_localization.py on DATA/image_list with the model folder's best.pt and the CAM
+    variant `cam`, saving its maps."""
     method, layer, tta = CAM_VARIANTS[cam]
     cmd = [sys.executable, "denseNet_localization.py", str(at.data / image_list),
-           str(at.data / "images"), "--model", str(at.model / BEST), "--bbox-list",
+           str(at.data / "images"), "--model", str(model / BEST), "--bbox-list",
            str(at.bbox_valid), "--out", str(out), "--device", device, "--method", "peaks",
            "--cam", method, "--tta", tta, "--save-heatmaps", str(heatmaps)]
     return cmd + (["--layer", layer] if layer else [])
@@ -179,16 +186,12 @@ def train_model(at: Layout, p: dict, seed: int, device: str, timings: dict[str, 
     run_stage("synthetic", [py, "benchmarks/synthetic.py", str(d), "--n-train", str(p["n_train"]),
                             "--n-valid", str(p["n_valid"]), "--n-test", str(p["n_test"]), "--seed", str(seed)],
               at.work, timings)
-    tables = [str(d / "images"), str(d / "Data_Entry_2017.csv"), str(d / "BBox_List_2017.csv"),
-              str(d / "train.txt"), str(d / "valid.txt")]
+    tables = preprocessing_inputs(at)
     final = p.get("input_size", 224)  # 'original' pixels exist at 224 (stored 256) only
     run_stage("preprocessing", [py, "preprocessing.py", *tables, str(at.prep), "--quiet",
                                 "--resize", p["resize"] if final == 224 else "area",
                                 "--input-size", str(final)], at.work, timings)
-    # --keep-no-finding: 'No Finding' images are every class's cleanest negatives.
-    common = ["--repeats", str(p["repeats"]), "--batch-size", str(p["batch_size"]),
-              "--lr-schedule", p["lr_schedule"], "--loss-weight", p["loss_weight"],
-              "--seed", str(seed), "--device", device, "--keep-no-finding"]
+    common = training_options(p, seed, device)
     weights = "none"
     if p["warm_epochs"]:  # the smaller input has no 'original' pixels (256 only): area
         run_stage("preprocessing_warm", [py, "preprocessing.py", *tables, str(at.warm_prep),
@@ -202,6 +205,33 @@ def train_model(at: Layout, p: dict, seed: int, device: str, timings: dict[str, 
     run_stage("train", [py, "train.py", str(at.prep), "--out", str(at.model), "--weights", weights,
                         "--epochs", str(p["epochs"]), "--lr", str(p["lr"]),
                         "--warmup-epochs", str(p["warmup_epochs"]), *common], at.work, timings)
+
+
+def preprocessing_inputs(at: Layout) -> list[str]:
+    """preprocessing.py's five positional inputs for the planted data set."""
+    d = at.data
+    return [str(d / "images"), str(d / "Data_Entry_2017.csv"), str(d / "BBox_List_2017.csv"),
+            str(d / "train.txt"), str(d / "valid.txt")]
+
+
+def training_options(p: dict, seed: int, device: str) -> list[str]:
+    """train.py's options every stage shares. --keep-no-finding: 'No Finding' images are every
+    class's cleanest negatives."""
+    return ["--repeats", str(p["repeats"]), "--batch-size", str(p["batch_size"]),
+            "--lr-schedule", p["lr_schedule"], "--loss-weight", p["loss_weight"],
+            "--seed", str(seed), "--device", device, "--keep-no-finding"]
+
+
+def fine_tune(at: Layout, p: dict, seed: int, device: str, timings: dict[str, float]) -> None:
+    """The last stage: fine_epochs at input fine_size from the final model, its head kept."""
+    py = sys.executable
+    run_stage("preprocessing_fine", [py, "preprocessing.py", *preprocessing_inputs(at),
+                                     str(at.fine_prep), "--quiet", "--resize", "area",
+                                     "--input-size", str(p["fine_size"])], at.work, timings)
+    run_stage("train_fine", [py, "train.py", str(at.fine_prep), "--out", str(at.fine_model),
+                             "--weights", str(at.model / BEST), "--keep-head",
+                             "--epochs", str(p["fine_epochs"]), "--lr", str(p["fine_lr"]),
+                             *training_options(p, seed, device)], at.work, timings)
 
 
 # ---------------------------------------------------------------- controls built from the predictions
@@ -322,7 +352,7 @@ def training_log(at: Layout) -> list[dict]:
     """train.py's metrics.jsonl, one dict per epoch: the warm-up stage's first (stage "warm"),
     then the final model's (stage "final")."""
     epochs = []
-    for stage, folder in (("warm", at.warm_model), ("final", at.model)):
+    for stage, folder in (("warm", at.warm_model), ("final", at.model), ("fine", at.fine_model)):
         path = folder / METRICS_LOG
         epochs += [{**e, "stage": stage} for e in (read_metrics_log(path) if path.is_file() else [])]
     return epochs
@@ -350,7 +380,8 @@ def format_table(result: dict) -> str:
         for row, chosen in grid.get("per_class_rules", {}).items():
             lines.append(f"{cam} / {row}: chosen on the validation maps: " + ", ".join(
                 f"{bench_grid.short(c)} {r}" + ("" if p is None else f" {p:g}")
-                for c, (r, p) in chosen.items()))
+                + ("" if not scale or scale[0] == 1.0 else f" x{scale[0]:g}")
+                for c, (r, p, *scale) in chosen.items()))
     for epoch in result.get("training", []):
         auroc = ", ".join(f"{c} {_cell(epoch['auroc'].get(c)).strip()}" for c in CLASSES)
         lines.append(f"train {epoch.get('stage', 'final')} epoch {epoch['epoch']}: train loss {epoch['train_loss']:.3f}, "
@@ -383,12 +414,15 @@ def get_args_parser() -> argparse.ArgumentParser:
                              f"{' '.join(CAM_VARIANTS)})")
     parser.add_argument("--reuse-model", action="store_true",
                         help="keep the data and the model that WORK already holds (its "
-                             "model/best.pt): localize and score again only (default: off)")
+                             "model/best.pt; with --fine-size also model_fine/best.pt, else that "
+                             "stage runs on the kept model): localize and score again (default: "
+                             "off)")
     for key, kind in (("n_train", int), ("n_valid", int), ("n_test", int), ("warm_size", int),
                       ("warm_epochs", int), ("warm_lr", float), ("input_size", int),
                       ("epochs", int), ("repeats", int),
                       ("batch_size", int), ("lr", float), ("lr_schedule", str),
-                      ("warmup_epochs", float), ("loss_weight", str), ("resize", str)):
+                      ("warmup_epochs", float), ("loss_weight", str), ("resize", str),
+                      ("fine_size", int), ("fine_epochs", int), ("fine_lr", float)):
         parser.add_argument(f"--{key.replace('_', '-')}", type=kind, default=None,
                             help=f"override the preset's {key} (default: the preset's)")
     parser.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
@@ -411,8 +445,9 @@ def run_seed(work: Path, settings: dict, seed: int, args: argparse.Namespace) ->
             settings, timings = old["settings"], old["timings"]
     else:
         reuse = args.reuse_model and (at.model / BEST).is_file()
-        if reuse and old:  # the model's settings and the stages that made it
-            settings, timings = old["settings"], dict(old["timings"])
+        if reuse and old:  # the model's settings and the stages that made it; this run's fine
+            settings = {**old["settings"], **{k: settings[k] for k in FINE}}  # stage
+            timings = dict(old["timings"])
         run_pipeline(at, settings, seed, args.device, timings, list(args.cams), reuse)
         # reusing the model: also the variants whose maps earlier runs made with it
         cams = [c for c in CAM_VARIANTS
