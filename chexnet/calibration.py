@@ -7,7 +7,6 @@ ties that change the peak test (a pixel equal to its neighbourhood's maximum).
 """
 from __future__ import annotations
 
-import itertools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,25 +143,38 @@ def search_class(class_index: int, maps: dict[str, np.ndarray], truth: dict[str,
     """Best (scale_w, scale_h, param, rect_scale) for one class. maps: image -> its (224, 224)
     heatmap on the images where the class is active; truth: those images' true boxes. Lines as
     localization writes them (boxes.class_lines). rect_scales: searched for a size-free rule
-    only."""
+    only, after the average box's size: the original score and the mean IoU are sums over boxes,
+    and a size-free rule's boxes do not depend on that size, so the two parts are independent and
+    the two passes find what the whole grid would (ties too: earlier grid points first)."""
     m = boxes.METHODS[method]
     params = PARAM_GRIDS[method] if params is None else params
     rect_scales = rect_scales if method in boxes.SIZE_FREE else (1.0,)
     label = CLASS_NAMES[class_index]
-    best, best_key = Choice(1.0, 1.0, m.default, None, None, method=method), None
-    for param in params:
-        anchors = {name: m.locate(heatmap, param) for name, heatmap in maps.items()}
-        for rect_scale, scale_w, scale_h in itertools.product(rect_scales, scales, scales):
+
+    def first_best(anchors, points):
+        """(key, (scale_w, scale_h, rect_scale)) of the first of `points` with the best key."""
+        found = None
+        for scale_w, scale_h, rect_scale in points:
             average = scaled_row(base_box, scale_w, scale_h)
             preds = {name: boxes.class_lines(label, average, a, method, rect_scale)
                      for name, a in anchors.items()}
             figures = scoring.score_boxes(preds, truth)["classes"][label]["original"]
-            if figures["score"] is None:
-                continue
             key = (figures["score"], figures["mean_iou"])
-            if best_key is None or key > best_key:
-                best = Choice(scale_w, scale_h, param, *key, method=method, rect_scale=rect_scale)
-                best_key = key
+            if figures["score"] is not None and (found is None or key > found[0]):
+                found = (key, (scale_w, scale_h, rect_scale))
+        return found
+
+    best, best_key = Choice(1.0, 1.0, m.default, None, None, method=method), None
+    for param in params:
+        anchors = {name: m.locate(heatmap, param) for name, heatmap in maps.items()}
+        sized = first_best(anchors, [(w, h, rect_scales[0]) for w in scales for h in scales])
+        if sized is None:
+            continue
+        scale_w, scale_h, _ = sized[1]
+        key, (_, _, rect_scale) = first_best(anchors, [(scale_w, scale_h, r) for r in rect_scales])
+        if best_key is None or key > best_key:
+            best = Choice(scale_w, scale_h, param, *key, method=method, rect_scale=rect_scale)
+            best_key = key
     return best
 
 
