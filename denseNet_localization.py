@@ -34,7 +34,8 @@ from chexnet.heatmap_file import SavedHeatmaps, write_heatmaps
 from chexnet.images import RESIZE_METHODS, check_images_exist, image_paths
 from chexnet.probs import write_probs_csv
 from chexnet.utils import InputError, atomic_folder, run_cli, select_device, usable_cpus
-from gradcam import DEFAULT_CAM, FINAL_FEATURES, METHODS as CAM_METHODS, TTA as CAM_TTA
+from chexnet.cam_base import TTA as CAM_TTA
+from gradcam import DEFAULT_CAM, FINAL_FEATURES, METHODS as CAM_METHODS
 from model import load_checkpoint, model_from_checkpoint
 
 DEFAULT_WORKERS = min(4, usable_cpus())

@@ -26,7 +26,8 @@ import torch  # noqa: E402
 from chexnet import images  # noqa: E402
 from chexnet.utils import run_cli  # noqa: E402
 from bench_grid import CAM_VARIANTS  # noqa: E402
-from gradcam import METHODS, make_cam, normalize_maps  # noqa: E402
+from chexnet.cam_base import normalize_maps  # noqa: E402
+from gradcam import METHODS, make_cam  # noqa: E402
 
 PACKAGE = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "layercam": "LayerCAM"}
 

@@ -30,7 +30,8 @@ import torch.nn.functional as F  # noqa: E402
 from chexnet import images  # noqa: E402
 from chexnet.utils import run_cli  # noqa: E402
 from chexnet.constants import DEFAULT_TARGET_LAYER  # noqa: E402
-from gradcam import GradCAM, normalize_maps  # noqa: E402
+from chexnet.cam_base import normalize_maps  # noqa: E402
+from gradcam import GradCAM  # noqa: E402
 from original_way import OriginalGradCAM  # noqa: E402
 
 FAST = ("forward", "ours")

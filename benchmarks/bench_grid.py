@@ -30,7 +30,8 @@ RANDOM_DRAWS = 20  # random placements averaged for the chance control
 # The CAM variants the benchmark localizes with: name -> (--cam, --layer; None: the method's own,
 # --tta). denseblock2 ends at 28x28 (8 px of the 224 crop), denseblock3 at 14x14, the default layer
 # and denseblock4 at 7x7; '+' fuses layers (LayerCAM's multi-layer maps, gradcam.py); '-flip'
-# averages each map with its mirrored crop's, flipped back (--tta flip).
+# averages each map with its mirrored crop's, flipped back (--tta flip); layercam-shortcut fuses
+# db2 + db3 with db2's gradient along the dense block's identity shortcut (gradcam.py).
 DENSEBLOCK2, DENSEBLOCK3 = "features.denseblock2", "features.denseblock3"
 DENSEBLOCK4 = "features.denseblock4"
 CAM_VARIANTS = {
@@ -42,6 +43,7 @@ CAM_VARIANTS = {
     "layercam@db2": ("layercam", DENSEBLOCK2, "none"),
     "layercam@db2+db3": ("layercam", f"{DENSEBLOCK2},{DENSEBLOCK3}", "none"),
     "layercam@db2+db3+db4": ("layercam", f"{DENSEBLOCK2},{DENSEBLOCK3},{DENSEBLOCK4}", "none"),
+    "layercam-shortcut": ("layercam-shortcut", None, "none"),  # db2 + db3 along the shortcut
     "gradcam-flip": ("gradcam", None, "flip"),
     "layercam@db3-flip": ("layercam", DENSEBLOCK3, "flip"),
     "layercam@db2+db3-flip": ("layercam", f"{DENSEBLOCK2},{DENSEBLOCK3}", "flip"),

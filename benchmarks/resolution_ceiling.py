@@ -30,7 +30,7 @@ from chexnet import boxes, scoring  # noqa: E402
 from chexnet.boxfile import Box  # noqa: E402
 from chexnet.constants import CROP_OFFSET, CROP_SIZE, RESCALE_FACTOR  # noqa: E402
 from chexnet.utils import run_cli  # noqa: E402
-from gradcam import normalize_maps  # noqa: E402
+from chexnet.cam_base import normalize_maps  # noqa: E402
 
 CUTS = (0.1, 0.25, 0.5)
 

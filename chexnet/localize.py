@@ -27,7 +27,8 @@ from chexnet.boxfile import Box
 from chexnet.utils import InputError
 from chexnet.constants import CLASS_NAMES, CLASS_SETS, CROP_SIZE, ORIGINAL_SIZE
 from chexnet.geometry import MAP_SIZE, geometry
-from gradcam import DEFAULT_CAM, BaseCAM, make_cam
+from chexnet.cam_base import BaseCAM
+from gradcam import DEFAULT_CAM, make_cam
 
 
 @dataclass

@@ -9,7 +9,8 @@ from torch import nn
 
 from chexnet import boxes
 from chexnet.utils import InputError
-from gradcam import METHODS, make_cam, normalize_maps
+from chexnet.cam_base import normalize_maps
+from gradcam import METHODS, make_cam
 
 CLASSES = [1, 5, 6]
 
@@ -20,7 +21,8 @@ def _counting_grad(calls):
 
 
 @pytest.mark.parametrize("name,layer", [("gradcam", None), ("layercam", None), ("cam", None),
-                                        ("layercam", "features.denseblock2,features.denseblock3")])
+                                        ("layercam", "features.denseblock2,features.denseblock3"),
+                                        ("layercam-shortcut", None)])
 def test_flip_is_the_mean_of_the_map_and_its_mirrors_in_one_pass(densenet, random_crops, name,
                                                                   layer):
     with make_cam(name, densenet, layer) as cam:
@@ -35,7 +37,8 @@ def test_flip_is_the_mean_of_the_map_and_its_mirrors_in_one_pass(densenet, rando
         finally:
             torch.autograd.grad = grad
     assert tta.shape == plain.shape == (2, len(CLASSES), *random_crops.shape[-2:])
-    assert len(calls) == (0 if name == "cam" else 1)  # crop and mirror in one batched backward
+    # crop and mirror in one batched backward (the shortcut's: one per fused layer)
+    assert len(calls) == {"cam": 0, "layercam-shortcut": 2}.get(name, 1)
     np.testing.assert_allclose(tta_logits.numpy(), logits.numpy(), atol=1e-5)
     want = normalize_maps((plain + mirrored) / 2)
     np.testing.assert_allclose(tta.numpy(), want.numpy(), atol=1e-5)

@@ -9,7 +9,8 @@ import torchvision
 from chexnet import images
 from chexnet.constants import DEFAULT_TARGET_LAYER
 from chexnet.utils import InputError
-from gradcam import GradCAM, normalize_maps
+from chexnet.cam_base import normalize_maps
+from gradcam import GradCAM
 
 BLOCK3_LAYER = "features.denseblock3.denselayer24.conv2"
 

@@ -52,7 +52,8 @@ from chexnet.constants import (AVERAGE_BOXES, CLASS_NAMES, DEFAULT_TARGET_LAYER,
 from chexnet.nih import TruthBox, boxes_by_image  # noqa: E402
 from chexnet.scoring import ORIGINAL_TOP_K, OVERALL  # noqa: E402
 from chexnet.utils import InputError, run_cli, select_device  # noqa: E402
-from gradcam import DEFAULT_CAM, FINAL_FEATURES, METHODS as CAM_METHODS, split_layers  # noqa: E402
+from chexnet.cam_base import split_layers  # noqa: E402
+from gradcam import DEFAULT_CAM, FINAL_FEATURES, METHODS as CAM_METHODS  # noqa: E402
 from model import load_checkpoint, model_from_checkpoint  # noqa: E402
 
 OPTIMISM = ("note: the parameters were tuned on these same images, so 'after' is optimistic; "
