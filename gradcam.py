@@ -118,7 +118,11 @@ class ShortcutLayerCAM(LayerCAM):
         for i in reversed(range(len(act) - 1)):  # down the shortcuts, one transition each
             block_input = self._block_inputs[i]
             shortcut = grads[0][:, :, :block_input.shape[1]]  # (R, B, its channels, h, w)
-            grads.insert(0, super()._backward(block_input, act[i:i + 1], shortcut)[0])
+            # One short backward per round: batching these four ops with vmap costs more than it
+            # saves (benchmarks/bench_cam_methods.py --profile).
+            grads.insert(0, torch.stack([
+                torch.autograd.grad(block_input, act[i], g, retain_graph=True)[0]
+                for g in shortcut]))
         return tuple(grads)
 
 

@@ -63,7 +63,8 @@ def stages(variant: str, model, x) -> dict[str, float]:
         tick = time.perf_counter()
         cam.forward(x)
         out["forward"], tick = time.perf_counter() - tick, time.perf_counter()
-        grads = (cam._gradients(classes) if cam.needs_gradients else [None] * len(cam.layers))
+        grads = (cam._gradients(classes)[0] if cam.needs_gradients  # round k: class k
+                 else [None] * len(cam.layers))
         out["backward"], tick = time.perf_counter() - tick, time.perf_counter()
         raw = [cam.combine(cam._activations[name].detach().float(),
                            None if g is None else g.float(), classes)

@@ -118,14 +118,16 @@ class BaseCAM:
         classes = [int(k) for k in class_indices]
         if not classes:
             return self._logits.new_zeros((self._batch, 0) + self._map_shape, dtype=torch.float32)
-        # per layer (K, B, ch, h, w), or None for a method that needs no backward
-        grads = (self._gradients(classes, wanted) if self.needs_gradients
-                 else [None] * len(self.layers))
+        if self.needs_gradients:  # per layer (R, B, ch, h, w): round r of image b is picks[r][b]
+            grads, picks = self._gradients(classes, wanted)
+        else:
+            grads, picks = [None] * len(self.layers), None
         self._logits = None  # the graph is spent
         maps = []
         for name, grad in zip(self.layers, grads):
             activation = self._activations[name].detach().float()
             cam = self.combine(activation, None if grad is None else grad.float(), classes)
+            cam = cam if picks is None else spread_rounds(cam, picks, len(classes))
             cam = F.interpolate(cam, size=self._map_shape, mode="bilinear", align_corners=False)
             maps.append(normalize_maps(cam))  # (B, K, H, W), rows y, columns x
         self._activations = {}  # a later layer's copy holds the forward graph: let it go
@@ -137,7 +139,10 @@ class BaseCAM:
 
     def combine(self, activation: torch.Tensor, grads: torch.Tensor | None,
                 classes: list[int]) -> torch.Tensor:
-        """activation (B, ch, h, w), grads (K, B, ch, h, w) float32 -> raw maps (B, K, h, w)."""
+        """activation (B, ch, h, w), grads (R, B, ch, h, w) float32 -> raw maps (B, R, h, w).
+        A method with gradients combines one backward round per row of grads (which class each
+        image's round is, the base sorts out): it must not read `classes`. A method without
+        (needs_gradients False) gets grads None and makes the maps of `classes`, (B, K, h, w)."""
         raise NotImplementedError
 
     def compute(self, x: torch.Tensor, class_indices: Sequence[int] | None = None
@@ -148,41 +153,32 @@ class BaseCAM:
         classes = range(logits.shape[1]) if class_indices is None else class_indices
         return logits, self.maps(classes)
 
-    def _gradients(self, classes: list[int], wanted=None) -> tuple[torch.Tensor, ...]:
-        """d logit[b, k] / d activation[b] for every wanted class k, one (K, B, ch, h, w) per
-        layer. wanted (B, K) bool: only those pairs (the others stay zero), in rounds: round r
-        takes each image's r-th wanted class (in eval mode no image's logit depends on another
-        image), so as many rounds as an image wants classes at most; else round k is class k."""
+    def _gradients(self, classes: list[int], wanted=None
+                   ) -> tuple[tuple[torch.Tensor, ...], list[list[int]]]:
+        """d logit[b, k] / d activation[b] for every wanted class k, in rounds: one (R, B, ch, h,
+        w) per layer, and picks: round -> the index into `classes` of each image's class in that
+        round (-1: none; its gradient is zero). wanted (B, K) bool: round r takes each image's
+        r-th wanted class (in eval mode no image's logit depends on another image), so as many
+        rounds as an image wants classes at most; None: round k is class k for every image."""
         logits = self._logits
         act = tuple(self._activations[name] for name in self.layers)
         rows = logits.shape[0]  # B, or 2B with the mirrors of tta flip
-        picks = [[k] * rows for k in range(len(classes))]  # round -> class index per image
+        picks = [[k] * rows for k in range(len(classes))]
         if wanted is not None:
             mask = torch.as_tensor(wanted, dtype=torch.bool).cpu()
             mask = torch.cat([mask, mask]) if rows == 2 * mask.shape[0] else mask
             per_image = [m.nonzero().flatten().tolist() for m in mask]
             rounds = max((len(p) for p in per_image), default=0)
-            if rounds == 0:
-                return tuple(a.new_zeros((len(classes),) + tuple(a.shape)) for a in act)
             picks = [[p[r] if r < len(p) else -1 for p in per_image] for r in range(rounds)]
+        if not picks:
+            return tuple(a.new_zeros((0,) + tuple(a.shape)) for a in act), picks
         eye = torch.zeros((len(picks),) + tuple(logits.shape), dtype=logits.dtype,
                           device=logits.device)
         for r, pick in enumerate(picks):
             for b, k in enumerate(pick):
                 if k >= 0:
                     eye[r, b, classes[k]] = 1.0  # round r selects class k of image b: (R, B, C)
-        grads = self._backward(logits, act, eye)
-        if wanted is None:
-            return grads
-        spread = []
-        for g in grads:  # (R, B, ...) -> (K, B, ...), each pair's gradient in its class's row
-            full = g.new_zeros((len(classes),) + tuple(g.shape[1:]))
-            for r, pick in enumerate(picks):
-                for b, k in enumerate(pick):
-                    if k >= 0:
-                        full[k, b] = g[r, b]
-            spread.append(full)
-        return tuple(spread)
+        return self._backward(logits, act, eye), picks
 
     def _backward(self, logits: torch.Tensor, act: tuple[torch.Tensor, ...], eye: torch.Tensor
                   ) -> tuple[torch.Tensor, ...]:
@@ -208,6 +204,17 @@ def split_layers(target_layer: str) -> list[str]:
     if len(set(layers)) != len(layers):
         raise InputError(f"layer list {target_layer!r} names a layer twice")
     return layers
+
+
+def spread_rounds(cam: torch.Tensor, picks: list[list[int]], k: int) -> torch.Tensor:
+    """Raw maps of backward rounds (B, R, h, w) -> each in its class's column, (B, K, h, w);
+    the (image, class) pairs no round made are zero."""
+    full = cam.new_zeros((cam.shape[0], k) + tuple(cam.shape[2:]))
+    pairs = [(b, r, c) for r, pick in enumerate(picks) for b, c in enumerate(pick) if c >= 0]
+    if pairs:
+        b, r, c = (torch.tensor(column, device=cam.device) for column in zip(*pairs))
+        full[b, c] = cam[b, r]
+    return full
 
 
 def normalize_maps(cam: torch.Tensor) -> torch.Tensor:

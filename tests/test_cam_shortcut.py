@@ -37,10 +37,11 @@ def test_gradients_follow_the_identity_shortcut_only(densenet, random_crops):
     with make_cam("layercam-shortcut", densenet) as cam:
         assert cam.layers == [f"features.{FINER}", f"features.{DEEPER}"]
         cam.forward(random_crops)
-        shortcut = cam._gradients(CLASSES)
+        shortcut, picks = cam._gradients(CLASSES)
+        assert picks == [[k] * len(random_crops) for k in range(len(CLASSES))]  # round k: class k
     with make_cam("layercam", densenet, ",".join(cam.layers)) as full_cam:
         full_cam.forward(random_crops)
-        full = full_cam._gradients(CLASSES)
+        full = full_cam._gradients(CLASSES)[0]
     for got, want in zip(shortcut, _shortcut_reference(densenet, random_crops)):
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-7)
     torch.testing.assert_close(shortcut[1], full[1])  # the deepest block's gradient is exact
