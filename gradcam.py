@@ -34,9 +34,8 @@ map_size: the maps' side (None: the input's). Localization passes 224 at every -
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from chexnet.cam_base import BaseCAM
@@ -70,7 +69,9 @@ class LayerCAM(BaseCAM):
     """Jiang et al. 2021: each position weighted by its own positive gradient; ReLU of the sum."""
 
     def combine(self, activation, grads, classes):
-        return torch.relu(torch.einsum("kbchw,bchw->bkhw", torch.relu(grads), activation))
+        # a round at a time: one round's ReLU'd copy alive, not all (R, B, ch, h, w) of them
+        return torch.relu(torch.stack(
+            [torch.einsum("bchw,bchw->bhw", torch.relu(g), activation) for g in grads], 1))
 
 
 class ShortcutLayerCAM(LayerCAM):
@@ -79,7 +80,12 @@ class ShortcutLayerCAM(LayerCAM):
     gradient is taken along that identity shortcut alone: the next block's output gradient on its
     input channels, back through the transition between them. Only the deepest block's gradient
     crosses the later layers; the finer blocks' skip the next block's own layers. An approximation
-    of LayerCAM's gradient, measured on the benchmark (docs/benchmark_eight_findings.md)."""
+    of LayerCAM's gradient, measured on the benchmark (docs/benchmark_eight_findings.md).
+
+    The transition (batch norm, ReLU, 1x1 conv, 2x2 average pool; in eval mode) is linear in the
+    gradient once its ReLU's mask is known, so its backward is written out: no graph is kept from
+    the finer blocks on, and the conv's transpose runs at the pooled size (it commutes with the
+    pool's backward), a quarter of the positions."""
 
     default_layer = "features.denseblock2,features.denseblock3"
 
@@ -92,38 +98,59 @@ class ShortcutLayerCAM(LayerCAM):
             raise InputError(f"layercam-shortcut fuses consecutive dense blocks, finest first "
                              f"(e.g. {self.default_layer}); got {self.target_layer!r}")
         modules = dict(model.named_modules())
-        self._next_blocks = [modules[name] for name in self.layers[1:]]
-        self._block_inputs: dict[int, torch.Tensor] = {}  # finer layer -> next block's input
+        self._transitions = [modules.get(f"features.transition{n}") for n in numbers[:-1]]
+        if not all(map(_is_transition, self._transitions)):
+            raise InputError("layercam-shortcut needs torchvision's DenseNet transitions (norm, "
+                             "relu, 1x1 conv, 2x2 average pool) between the blocks it fuses")
 
-    def __enter__(self) -> "ShortcutLayerCAM":
-        super().__enter__()
-        self._handles += [block.register_forward_pre_hook(self._input_hook_of(i))
-                          for i, block in enumerate(self._next_blocks)]
-        return self
+    def _hook_of(self, name: str):
+        if name == self.layers[-1]:
+            return super()._hook_of(name)  # the deepest block: a leaf for the backward
 
-    def _input_hook_of(self, i: int):
-        def hook(module: nn.Module, inputs) -> None:
-            if self._armed:
-                self._block_inputs[i] = inputs[0]  # the transition's output, on the graph
+        def hook(module: nn.Module, inputs, output: torch.Tensor) -> None:
+            if self._armed:  # a finer block: its output only, off the graph
+                self._activations[name] = output.detach().clone()
         return hook
-
-    def maps(self, class_indices: Sequence[int], wanted=None) -> torch.Tensor:
-        try:
-            return super().maps(class_indices, wanted)
-        finally:
-            self._block_inputs = {}  # they hold the forward graph
 
     def _backward(self, logits, act, eye):
         grads = list(super()._backward(logits, act[-1:], eye))  # the deepest block's, (R, B, ...)
         for i in reversed(range(len(act) - 1)):  # down the shortcuts, one transition each
-            block_input = self._block_inputs[i]
-            shortcut = grads[0][:, :, :block_input.shape[1]]  # (R, B, its channels, h, w)
-            # One short backward per round: batching these four ops with vmap costs more than it
-            # saves (benchmarks/bench_cam_methods.py --profile).
-            grads.insert(0, torch.stack([
-                torch.autograd.grad(block_input, act[i], g, retain_graph=True)[0]
-                for g in shortcut]))
+            transition = self._transitions[i]
+            shortcut = grads[0][:, :, :transition.conv.out_channels]  # on the next block's input
+            grads.insert(0, _transition_backward(transition, act[i], shortcut))
         return tuple(grads)
+
+
+def _is_transition(module: nn.Module | None) -> bool:
+    conv, pool = getattr(module, "conv", None), getattr(module, "pool", None)
+    return (isinstance(getattr(module, "norm", None), nn.BatchNorm2d)
+            and isinstance(getattr(module, "relu", None), nn.ReLU)
+            and isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.bias is None
+            and conv.stride == (1, 1) and isinstance(pool, nn.AvgPool2d)
+            and pool.kernel_size == 2 and pool.stride == 2 and pool.padding == 0
+            and not pool.ceil_mode)
+
+
+def _transition_backward(transition: nn.Module, x: torch.Tensor, grad: torch.Tensor
+                         ) -> torch.Tensor:
+    """d/dx of sum(grad * transition(x)) in eval mode: x (B, ch, H, W), grad (R, B, out, H/2,
+    W/2) -> (R, B, ch, H, W). The pool spreads each gradient over its 2x2 cell (a quarter each;
+    the odd last row or column it drops gets none), the 1x1 conv's transpose maps it back to the
+    input channels, the ReLU passes it where its input was positive, the norm scales it."""
+    norm, weight = transition.norm, transition.conv.weight.float()  # (out, ch, 1, 1)
+    scale = (norm.weight / torch.sqrt(norm.running_var + norm.eps)).float()[:, None, None]
+    shift = norm.bias.float()[:, None, None] - norm.running_mean.float()[:, None, None] * scale
+    factor = (x.float() * scale + shift > 0) * scale  # (B, ch, H, W): the ReLU's mask, the norm
+    rounds, batch = grad.shape[:2]
+    back = F.conv2d(grad.float().flatten(0, 1), weight.transpose(0, 1).contiguous() / 4)
+    h, w = back.shape[-2:]
+    if x.shape[-2:] == (2 * h, 2 * w):  # each cell's gradient over its 2x2 positions, broadcast
+        cells = factor.view(batch, -1, h, 2, w, 2)
+        back = back.unflatten(0, (rounds, batch))[..., None, :, None] * cells
+        return back.view(rounds, batch, -1, 2 * h, 2 * w)
+    back = F.interpolate(back, scale_factor=2, mode="nearest")  # (R B, ch, 2 h, 2 w)
+    back = F.pad(back, (0, x.shape[-1] - 2 * w, 0, x.shape[-2] - 2 * h))
+    return back.unflatten(0, (rounds, batch)) * factor
 
 
 class CAM(BaseCAM):

@@ -126,7 +126,10 @@ class BaseCAM:
         maps = []
         for name, grad in zip(self.layers, grads):
             activation = self._activations[name].detach().float()
-            cam = self.combine(activation, None if grad is None else grad.float(), classes)
+            if grad is not None and not len(grad):  # no image wants a map: no backward rounds
+                cam = activation.new_zeros((activation.shape[0], 0) + tuple(activation.shape[2:]))
+            else:
+                cam = self.combine(activation, None if grad is None else grad.float(), classes)
             cam = cam if picks is None else spread_rounds(cam, picks, len(classes))
             cam = F.interpolate(cam, size=self._map_shape, mode="bilinear", align_corners=False)
             maps.append(normalize_maps(cam))  # (B, K, H, W), rows y, columns x

@@ -164,6 +164,9 @@ def test_maps_of_the_wanted_pairs_only_take_fewer_rounds_and_equal_all_maps(
         cam.forward(crops)
         some = cam.maps(range(8), wanted.numpy())
     assert rounds == [3]  # image 0 wants three classes; not 8
+    with make_cam(name, densenet, layer, tta=tta) as cam:
+        cam.forward(crops)
+        assert not cam.maps(range(8), np.zeros((4, 8), dtype=bool)).any()  # none wanted
     torch.testing.assert_close(some[wanted], every[wanted], rtol=0, atol=1e-5)
     assert every[wanted].amax(dim=(1, 2)).min() > 0  # real maps were compared
     assert not some[~wanted].any()

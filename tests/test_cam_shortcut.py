@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from chexnet.utils import InputError
-from gradcam import make_cam
+from gradcam import _transition_backward, make_cam
 
 CLASSES = [1, 5, 6]
 FINER, DEEPER = "denseblock2", "denseblock3"
@@ -77,6 +77,42 @@ def test_three_blocks_and_the_model_left_as_found(densenet, random_crops):
     layers = "features.denseblock2,features.denseblock3,features.denseblock4"
     with make_cam("layercam-shortcut", densenet, layers) as cam:
         maps = cam.compute(random_crops, CLASSES)[1]
-        assert cam._block_inputs == {} and cam._activations == {}  # the graph let go
+        assert cam._activations == {}  # the graph let go
     assert maps.shape == (2, len(CLASSES), *random_crops.shape[-2:])
     assert all(not m._forward_pre_hooks and not m._forward_hooks for m in densenet.modules())
+
+
+@pytest.mark.parametrize("size", [(12, 10), (13, 11)])
+def test_the_written_out_transition_backward_is_autograds(densenet, size):
+    """Batch norm statistics of their own, an even size and an odd one (the pool drops the last
+    row and column): the written-out backward equals autograd's, round by round."""
+    transition = densenet.features.transition2
+    torch.manual_seed(3)
+    saved = {k: v.clone() for k, v in transition.state_dict().items()}
+    try:
+        norm = transition.norm
+        norm.running_mean.normal_(0, 0.5), norm.running_var.uniform_(0.5, 2)
+        norm.weight.data.normal_(0, 1), norm.bias.data.normal_(0, 0.5)  # some scales negative
+        x = torch.randn(2, norm.num_features, *size, requires_grad=True)
+        out = transition(x)
+        assert out.shape[-2:] == (6, 5)
+        grad = torch.randn(3, *out.shape)
+        want = torch.stack([torch.autograd.grad(out, x, g, retain_graph=True)[0] for g in grad])
+        got = _transition_backward(transition, x.detach(), grad)
+    finally:
+        transition.load_state_dict(saved)
+    if size == (13, 11):
+        assert not got[..., -1, :].any() and not got[..., -1].any()  # the dropped row, column
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_a_model_without_densenets_transitions_is_refused(densenet):
+    class Odd(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = torch.nn.Sequential()
+            for name in ("denseblock2", "transition2", "denseblock3"):
+                self.features.add_module(name, torch.nn.Identity())
+
+    with pytest.raises(InputError, match="needs torchvision's DenseNet transitions"):
+        make_cam("layercam-shortcut", Odd())
