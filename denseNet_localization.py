@@ -111,8 +111,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def add_cam_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cam", type=str, default=None, choices=list(CAM_METHODS),
-                   help="class activation map: gradcam (the original's), gradcam++, layercam, or "
-                        "cam (the classifier's weights on the final features) (default: the CAM "
+                   help="class activation map: gradcam (the original's), gradcam++, layercam, "
+                        "layercam-shortcut or cam, see docs/localization.md (default: the CAM "
                         f"box_sizes.json beside --model was calibrated on, else {DEFAULT_CAM})")
     p.add_argument("--layer", type=str, default=None,
                    help="target layer from model.named_modules(), or several joined by commas "

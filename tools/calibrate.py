@@ -93,10 +93,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=str, default="auto",
                    help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--cam", type=str, default=None, choices=list(CAM_METHODS) + ["auto"],
-                   help="class activation map: gradcam (the original's), gradcam++, layercam "
-                        "or cam; auto: tune each of calibration.AUTO_CANDIDATES on the tuning "
-                        "images and keep the best (default: the one --heatmaps recorded, else "
-                        "gradcam)")
+                   help="class activation map: gradcam (the original's), gradcam++, layercam, "
+                        "layercam-shortcut or cam; auto: tune each of calibration.AUTO_CANDIDATES"
+                        " on the tuning images and keep the best (default: the one --heatmaps "
+                        "recorded, else gradcam)")
     p.add_argument("--layer", type=str, default=None,
                    help=f"target layer, or several joined by commas (fused maps) (default: "
                         f"the method's: {DEFAULT_TARGET_LAYER}; {FINAL_FEATURES} for cam)")
