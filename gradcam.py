@@ -145,7 +145,7 @@ def _transition_backward(transition: nn.Module, x: torch.Tensor, grad: torch.Ten
     back = F.conv2d(grad.float().flatten(0, 1), weight.transpose(0, 1).contiguous() / 4)
     h, w = back.shape[-2:]
     if x.shape[-2:] == (2 * h, 2 * w):  # each cell's gradient over its 2x2 positions, broadcast
-        cells = factor.view(batch, -1, h, 2, w, 2)
+        cells = factor.reshape(batch, -1, h, 2, w, 2)
         back = back.unflatten(0, (rounds, batch))[..., None, :, None] * cells
         return back.view(rounds, batch, -1, 2 * h, 2 * w)
     back = F.interpolate(back, scale_factor=2, mode="nearest")  # (R B, ch, 2 h, 2 w)
