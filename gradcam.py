@@ -122,11 +122,13 @@ class ShortcutLayerCAM(LayerCAM):
 
 
 def _is_transition(module: nn.Module | None) -> bool:
-    conv, pool = getattr(module, "conv", None), getattr(module, "pool", None)
-    return (isinstance(getattr(module, "norm", None), nn.BatchNorm2d)
+    conv, pool, norm = (getattr(module, name, None) for name in ("conv", "pool", "norm"))
+    return (isinstance(norm, nn.BatchNorm2d) and norm.affine and norm.track_running_stats
             and isinstance(getattr(module, "relu", None), nn.ReLU)
             and isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.bias is None
-            and conv.stride == (1, 1) and isinstance(pool, nn.AvgPool2d)
+            and conv.stride == (1, 1) and conv.padding == (0, 0) and conv.groups == 1
+            and conv.dilation == (1, 1) and isinstance(pool, nn.AvgPool2d)
+            and pool.divisor_override is None
             and pool.kernel_size == 2 and pool.stride == 2 and pool.padding == 0
             and not pool.ceil_mode)
 

@@ -116,3 +116,10 @@ def test_a_model_without_densenets_transitions_is_refused(densenet):
 
     with pytest.raises(InputError, match="needs torchvision's DenseNet transitions"):
         make_cam("layercam-shortcut", Odd())
+    saved = densenet.features.transition2.norm
+    densenet.features.transition2.norm = torch.nn.BatchNorm2d(saved.num_features, affine=False)
+    try:  # no scale to write the backward with: refused when built, not inside maps()
+        with pytest.raises(InputError, match="needs torchvision's DenseNet transitions"):
+            make_cam("layercam-shortcut", densenet)
+    finally:
+        densenet.features.transition2.norm = saved
