@@ -103,14 +103,8 @@ class ShortcutLayerCAM(LayerCAM):
             raise InputError("layercam-shortcut needs torchvision's DenseNet transitions (norm, "
                              "relu, 1x1 conv, 2x2 average pool) between the blocks it fuses")
 
-    def _hook_of(self, name: str):
-        if name == self.layers[-1]:
-            return super()._hook_of(name)  # the deepest block: a leaf for the backward
-
-        def hook(module: nn.Module, inputs, output: torch.Tensor) -> None:
-            if self._armed:  # a finer block: its output only, off the graph
-                self._activations[name] = output.detach().clone()
-        return hook
+    def _is_leaf(self, name: str) -> bool:
+        return name == self.layers[-1]  # the deepest block; the finer ones' outputs off the graph
 
     def _backward(self, logits, act, eye):
         grads = list(super()._backward(logits, act[-1:], eye))  # the deepest block's, (R, B, ...)

@@ -72,13 +72,23 @@ class BaseCAM:
         self.model.train(self._was_training)
         self._activations, self._logits = {}, None
 
+    def _is_leaf(self, name: str) -> bool:
+        """Whether the backward starts at this layer's output (False: it is kept off the graph,
+        for a subclass that finds its gradient another way)."""
+        return True
+
     def _hook_of(self, name: str):
+        leaf = self._is_leaf(name)
+
         def hook(module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor | None:
             if not self._armed:
                 return None  # the model called directly inside `with`: leave its output alone
             if name in self._activations:
                 raise RuntimeError(f"layer {name!r} ran twice in one forward pass; "
                                    "hook another layer")
+            if not leaf:
+                self._activations[name] = output.detach().clone()
+                return None
             # The first hooked layer's output becomes a leaf that requires grad (the weights do
             # not); a later one is already on that graph and stays on it, so the gradients of an
             # earlier layer still flow through it. The model continues from a clone: the next op

@@ -123,3 +123,19 @@ def test_a_model_without_densenets_transitions_is_refused(densenet):
             make_cam("layercam-shortcut", densenet)
     finally:
         densenet.features.transition2.norm = saved
+
+
+@pytest.mark.parametrize("block", ["2", "3"])  # a finer block, kept off the graph; the deepest
+def test_a_fused_block_that_runs_twice_in_one_forward_is_refused(densenet, random_crops, block):
+    features = densenet.features
+    rerun, after = getattr(features, f"denseblock{block}"), getattr(features, f"transition{block}")
+    seen = []
+    handles = [rerun.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0])),
+               after.register_forward_hook(lambda module, inputs, output: rerun(seen[0]))]
+    try:
+        with make_cam("layercam-shortcut", densenet) as cam:
+            with pytest.raises(RuntimeError, match=f"denseblock{block}' ran twice"):
+                cam.forward(random_crops)
+    finally:
+        for handle in handles:
+            handle.remove()
