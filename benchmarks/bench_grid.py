@@ -7,7 +7,11 @@ and of three controls built from the same boxes: at random positions (chance), x
 crop offset dropped (wrong geometry). The size-taking rule (peaks) sizes its boxes with the
 validation images' average box, as calibration would; the others take no size from any table.
 Per cam: the pointing game (and with each map transposed, its wrong-geometry control), the IoU of
-the map above half its maximum, and seconds per image of its localization run.
+the map above half its maximum, and seconds per image of its localization run. These count a
+(image, truth class) pair whose class the classifier left inactive as a miss (no map), the end to
+end figure; `mapped` is the share of pairs that have a map, their ceiling. Where the maps of every
+class were also made (localization with --thresholds 0), the pointing game of each truth class's
+own map, the classifier's decision aside: Zhang et al.'s protocol (`pointing_truth_classes`).
 The row PER_CLASS takes, for each class, the rule whose boxes scored best on the validation
 images' maps (pick_rules: chosen without the test images, as calibrate.py --method auto chooses),
 PER_CLASS_TUNED the best rule and parameter there, PER_CLASS_SCALED the best rule, parameter and
@@ -110,14 +114,28 @@ def pick_rules(saved, truth: dict, names: list[str], average: dict, classes, sco
     return {c: candidates[i] for c, i in best.items()}
 
 
-def map_figures(saved, truth: dict, names: list[str]) -> dict:
-    """Pointing game, its transposed-map control and the map IoU, overall and per class."""
-    maps = {(scoring.image_key(i), l): m for i, l, m in zip(saved.images, saved.labels, saved.maps)}
+def map_figures(saved, truth: dict, names: list[str], every=None) -> dict:
+    """Pointing game, its transposed-map control, the map IoU and the share of pairs with a map,
+    overall and per class; with `every` (the maps of every class), also the pointing game of the
+    truth classes' own maps and its transposed control."""
+    def pointing(heatmaps):
+        maps = {(scoring.image_key(i), l): m
+                for i, l, m in zip(heatmaps.images, heatmaps.labels, heatmaps.maps)}
+        plain = scoring.score_maps(maps, scored)["classes"]
+        transposed = scoring.score_maps({k: m.T for k, m in maps.items()}, scored)["classes"]
+        return plain, transposed
     scored = {k: v for k, v in truth.items() if k in names}
-    plain = scoring.score_maps(maps, scored)["classes"]
-    transposed = scoring.score_maps({k: m.T for k, m in maps.items()}, scored)["classes"]
-    return {c: {"pointing": plain[c]["pointing"], "pointing_transposed": transposed[c]["pointing"],
-                "map_iou": plain[c]["map_iou"], "pairs": plain[c]["pairs"]} for c in plain}
+    plain, transposed = pointing(saved)
+    out = {c: {"pointing": plain[c]["pointing"], "pointing_transposed": transposed[c]["pointing"],
+               "map_iou": plain[c]["map_iou"], "pairs": plain[c]["pairs"],
+               "mapped": plain[c]["with_map"] / plain[c]["pairs"] if plain[c]["pairs"] else None}
+           for c in plain}
+    if every is not None:
+        plain, transposed = pointing(every)
+        for c, figures in out.items():
+            figures.update(pointing_truth_classes=plain[c]["pointing"],
+                           pointing_truth_classes_transposed=transposed[c]["pointing"])
+    return out
 
 
 def seconds_per_image(log: Path, images: int) -> float | None:
@@ -128,10 +146,12 @@ def seconds_per_image(log: Path, images: int) -> float | None:
 
 
 def score_grid(heatmaps: Path, truth: dict, names: list[str], average: dict, classes, seed: int,
-               controls, valid: tuple[Path, dict, list[str]] | None = None) -> dict:
+               controls, valid: tuple[Path, dict, list[str]] | None = None,
+               every_class: Path | None = None) -> dict:
     """{rule: {"heat", "random", "swapped", "no_offset": figures}} and the map figures, one cam.
     valid: (the validation images' heatmaps, their truth, their names): then also the rows of
-    PICKED_ROWS, with what pick_rules chose there ("per_class_rules")."""
+    PICKED_ROWS, with what pick_rules chose there ("per_class_rules"). every_class: heatmaps of
+    the same images with every class active, for the truth classes' pointing game."""
     saved = read_heatmaps(heatmaps)
     score, rng = controls["score"], np.random.default_rng(seed)
     rules: dict[str, str | dict] = {rule: rule for rule in sorted(boxes.METHODS)}
@@ -153,7 +173,8 @@ def score_grid(heatmaps: Path, truth: dict, names: list[str], average: dict, cla
             "swapped": score(controls["each"](heat, controls["swap"]), truth),
             "no_offset": score(controls["each"](heat, controls["shift"]), truth),
         }
-    result = {"rules": grid, "maps": map_figures(saved, truth, names)}
+    every = read_heatmaps(every_class) if every_class is not None else None
+    result = {"rules": grid, "maps": map_figures(saved, truth, names, every)}
     if picked:
         # {row: {class: [rule, parameter or None(, rectangle scale)]}}, as benchmark.json holds it
         result["per_class_rules"] = {row: {c: list(rule) for c, rule in chosen.items()}
@@ -174,6 +195,7 @@ def cells(seed_result: dict, cam: str, rule: str, classes) -> dict[str, float | 
                 for k, key in (("rand", "random"), ("swap", "swapped"), ("noofs", "no_offset"))})
     maps = seed_result["grid"][cam]["maps"][ov]
     out.update({"point": maps["pointing"], "pt-T": maps["pointing_transposed"],
+                "mapped": maps.get("mapped"), "pt-truth": maps.get("pointing_truth_classes"),
                 "mapIoU": maps["map_iou"], "s/img": seed_result["seconds_per_image"].get(cam)})
     return out
 
@@ -199,7 +221,8 @@ def format_summary(table: dict, seeds: list[int], markdown: bool = False) -> str
     """One row per cam / rule: means, and [min-max] of the headline columns (all of them are in
     the JSON)."""
     columns = list(next(iter(table.values())))
-    ranged = {"IoU>0.1", "IoU>0.25", "IoU>0.5", "Nodu>.25", "point"} if len(seeds) > 1 else set()
+    ranged = ({"IoU>0.1", "IoU>0.25", "IoU>0.5", "Nodu>.25", "point", "pt-truth"}
+              if len(seeds) > 1 else set())
 
     def fmt(k, v):
         if v is None:

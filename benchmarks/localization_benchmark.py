@@ -11,7 +11,9 @@
    (--save-heatmaps); every box rule of boxes.METHODS then runs on those maps in this process
    (bench_grid: the method x rule table with its controls, the pointing game, time per image).
    The same on valid.txt gives the validation maps on which bench_grid.pick_rules chooses each
-   class's rule: the grid's row "per-class", scored on the test images.
+   class's rule: the grid's row "per-class", scored on the test images. --truth-class-cams
+   localize test.txt once more with every class active (--thresholds 0), for the pointing game of
+   each truth class's own map whatever the classifier decided (Zhang et al.'s protocol).
 4. evaluate.py scores each box file (and its heatmaps) against the test images' planted boxes;
    for Grad-CAM + peaks, the original's chain, the same evaluator
    (its functions, in this process) then scores controls built from the same predictions:
@@ -85,6 +87,9 @@ PRESETS = {
             "resize": "original", **FINE},
 }
 CLASSES = tuple(synthetic.PLANTED_CLASSES)
+# The variants whose maps of every class are also made (a localization run more each): the
+# original's and the recommended (docs/localization.md).
+TRUTH_CLASS_CAMS = (DEFAULT_CAM, "layercam-shortcut")
 SHOWN_T = ("0.1", "0.25", "0.5")  # Wang et al.'s IoU thresholds shown in the table
 AVERAGE_TOLERANCE = 0.051  # the box file writes '%.1f': a box within this of the average box is it
 SHIFT = CROP_OFFSET * RESCALE_FACTOR  # 64 px: the crop offset in the 1024 image
@@ -137,11 +142,17 @@ class Layout:
     def valid_heatmaps(self, cam: str) -> Path:
         return self.work / f"heatmaps_valid_{cam}.npz"
 
+    def every_class_heatmaps(self, cam: str) -> Path:
+        return self.work / f"heatmaps_every_class_{cam}.npz"
+
 
 def run_pipeline(at: Layout, p: dict, seed: int, device: str, timings: dict[str, float],
-                 cams: list[str], reuse: bool = False) -> list[str]:
+                 cams: list[str], reuse: bool = False,
+                 truth_class_cams: tuple[str, ...] = ()) -> list[str]:
     """Every stage, each a real script in a subprocess; returns the CAM variants that ran.
-    reuse: keep WORK's data, preprocessed folder and model when its best.pt exists."""
+    reuse: keep WORK's data, preprocessed folder and model when its best.pt exists.
+    truth_class_cams: these also localize the test images with every class active (--thresholds
+    0), for the pointing game of each truth class's own map."""
     py, d = sys.executable, at.data
     if not (reuse and (at.model / BEST).is_file()):
         train_model(at, p, seed, device, timings)
@@ -163,6 +174,10 @@ def run_pipeline(at: Layout, p: dict, seed: int, device: str, timings: dict[str,
         run_stage(f"localize_valid_{cam}", localize_cmd(
             at, model, cam, "valid.txt", at.work / f"boxes_valid_{cam}.txt", at.valid_heatmaps(cam),
             device), at.work, timings)
+        if cam in truth_class_cams:  # every class's map: the pointing game of the truth classes
+            run_stage(f"localize_every_class_{cam}", localize_cmd(
+                at, model, cam, "test.txt", at.work / f"boxes_every_class_{cam}.txt",
+                at.every_class_heatmaps(cam), device) + ["--thresholds", "0"], at.work, timings)
     return cams
 
 
@@ -338,6 +353,7 @@ def score_all(at: Layout, cams: list[str], seed: int) -> dict:
     grid = {cam: bench_grid.score_grid(
         at.heatmaps(cam), truth, test_names, average, CLASSES, seed, CONTROLS,
         (at.valid_heatmaps(cam), valid_truth, valid_names) if at.valid_heatmaps(cam).is_file()
+        else None, at.every_class_heatmaps(cam) if at.every_class_heatmaps(cam).is_file()
         else None) for cam in cams}
     logs = at.work / "logs"
     seconds = {cam: bench_grid.seconds_per_image(logs / f"localize_{cam}.log", len(test_names))
@@ -412,6 +428,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="CAM variants, a method at its default layer or at the layers named "
                              f"after @ (bench_grid.CAM_VARIANTS) (default: all: "
                              f"{' '.join(CAM_VARIANTS)})")
+    parser.add_argument("--truth-class-cams", type=str, nargs="*", default=list(TRUTH_CLASS_CAMS),
+                        choices=list(CAM_VARIANTS),
+                        help="of --cams, those that also localize the test images with every "
+                             "class active, for the pointing game of the truth classes' own maps "
+                             f"(Zhang et al.'s protocol) (default: {' '.join(TRUTH_CLASS_CAMS)})")
     parser.add_argument("--reuse-model", action="store_true",
                         help="keep the data and the model that WORK already holds (its "
                              "model/best.pt; with --fine-size also model_fine/best.pt, else that "
@@ -448,7 +469,8 @@ def run_seed(work: Path, settings: dict, seed: int, args: argparse.Namespace) ->
         if reuse and old:  # the model's settings and the stages that made it; this run's fine
             settings = {**old["settings"], **{k: settings[k] for k in FINE}}  # stage
             timings = dict(old["timings"])
-        run_pipeline(at, settings, seed, args.device, timings, list(args.cams), reuse)
+        run_pipeline(at, settings, seed, args.device, timings, list(args.cams), reuse,
+                     tuple(args.truth_class_cams))
         # reusing the model: also the variants whose maps earlier runs made with it
         cams = [c for c in CAM_VARIANTS
                 if c in args.cams or (reuse and at.heatmaps(c).is_file())]

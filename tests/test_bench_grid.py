@@ -96,6 +96,23 @@ def test_the_grid_scores_the_rules_chosen_on_the_validation_maps(tmp_path):
     assert not chosen & set(plain["rules"])
 
 
+def test_the_truth_classes_pointing_game_looks_past_the_classifiers_decision():
+    """The classifier left Cardiomegaly inactive on b.png (no map): the end-to-end pointing game
+    counts that pair a miss, the truth classes' protocol scores the map it would have had."""
+    saved, truth, _ = _case()
+    decided = SavedHeatmaps(saved.images[:1], saved.labels[:1], saved.probs[:1], saved.maps[:1],
+                            saved.cam, saved.layer, saved.sizes[:1])
+    names = ["a.png", "b.png"]
+    end_to_end = bench_grid.map_figures(decided, truth, names)["overall"]
+    assert end_to_end["pointing"] == end_to_end["mapped"] == 0.5
+    assert "pointing_truth_classes" not in end_to_end
+    both = bench_grid.map_figures(decided, truth, names, every=saved)
+    assert both["overall"]["pointing_truth_classes"] == both["Cardiomegaly"][
+        "pointing_truth_classes"] == 1.0
+    assert both["Cardiomegaly"]["pointing"] == both["Cardiomegaly"]["mapped"] == 0.0
+    assert both["Cardiomegaly"]["pointing_truth_classes_transposed"] == 0.0  # the heart mirrored
+
+
 def test_the_summary_keeps_the_rows_every_seed_has():
     """A seed scored before the validation maps existed has no per-class rows: the table over
     seeds then leaves them out instead of failing (or dropping them only when it is first)."""

@@ -228,6 +228,12 @@ def test_quick_benchmark_runs_the_real_scripts_end_to_end(tmp_path):
     result = bench.main(bench.get_args_parser().parse_args(["--quick", "--work", str(tmp_path),
                                                             "--cams", *chosen]))
     assert result == json.loads((tmp_path / "benchmark.json").read_text())
+    # of the default truth-class cams only those that ran: every class's maps, and their figure
+    assert (tmp_path / "heatmaps_every_class_gradcam.npz").is_file()
+    assert not list(tmp_path.glob("heatmaps_every_class_layercam*"))
+    pointing = result["grid"]["gradcam"]["maps"][scoring.OVERALL]["pointing_truth_classes"]
+    assert pointing is None or 0 <= pointing <= 1
+    assert "pointing_truth_classes" not in result["grid"]["layercam@db2+db3"]["maps"]["overall"]
     rows, cams = result["rows"], result["cams"]
     # one epoch of the warm-up at 112, then one at 224 from its weights (the quick preset)
     assert cams == chosen and [e["stage"] for e in result["training"]] == ["warm", "final"]
