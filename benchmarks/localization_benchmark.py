@@ -154,11 +154,16 @@ def run_pipeline(at: Layout, p: dict, seed: int, device: str, timings: dict[str,
     truth_class_cams: these also localize the test images with every class active (--thresholds
     0), for the pointing game of each truth class's own map."""
     py, d = sys.executable, at.data
-    if not (reuse and (at.model / BEST).is_file()):
+    trained = not (reuse and (at.model / BEST).is_file())
+    if trained:
         train_model(at, p, seed, device, timings)
     model = at.fine_model if p.get("fine_size") else at.model  # the last stage's
     if p.get("fine_size") and not (reuse and (model / BEST).is_file()):
         fine_tune(at, p, seed, device, timings)
+        trained = True
+    if trained:  # maps an earlier model made (of variants this run skips) must not be scored
+        for stale in at.work.glob("heatmaps_*.npz"):
+            stale.unlink()
     write_subset(d / "BBox_List_2017.csv", read_image_list(d / "valid.txt"), at.bbox_valid)
     write_subset(d / "BBox_List_2017.csv", read_image_list(d / "test.txt"), at.bbox_test)
     for cam in cams:

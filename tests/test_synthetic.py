@@ -225,10 +225,13 @@ def test_quick_benchmark_runs_the_real_scripts_end_to_end(tmp_path):
     # three of CAM_VARIANTS' 13 (each one localizes once): the original's, a fused one, a flip
     chosen = ["gradcam", "layercam@db2+db3", "layercam@db2+db3-flip"]
     assert set(chosen) <= set(CAM_VARIANTS)
+    stale = tmp_path / "heatmaps_every_class_layercam@db2+db3.npz"  # an earlier model's maps
+    stale.write_bytes(b"not these")
     result = bench.main(bench.get_args_parser().parse_args(["--quick", "--work", str(tmp_path),
                                                             "--cams", *chosen]))
     assert result == json.loads((tmp_path / "benchmark.json").read_text())
-    # of the default truth-class cams only those that ran: every class's maps, and their figure
+    # of the default truth-class cams only those that ran: every class's maps, and their figure;
+    # the stale file is gone, not scored
     assert (tmp_path / "heatmaps_every_class_gradcam.npz").is_file()
     assert not list(tmp_path.glob("heatmaps_every_class_layercam*"))
     pointing = result["grid"]["gradcam"]["maps"][scoring.OVERALL]["pointing_truth_classes"]
