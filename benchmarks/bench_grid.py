@@ -7,10 +7,10 @@ and of three controls built from the same boxes: at random positions (chance), x
 crop offset dropped (wrong geometry). The size-taking rule (peaks) sizes its boxes with the
 validation images' average box, as calibration would; the others take no size from any table.
 Per cam: the pointing game (and with each map transposed, its wrong-geometry control), the IoU of
-the map above half its maximum, and seconds per image of its localization run. These count a
+the map above half its maximum, and seconds per image of its localization run. These count an
 (image, truth class) pair whose class the classifier left inactive as a miss (no map), the end to
 end figure; `mapped` is the share of pairs that have a map, their ceiling. Where the maps of every
-class were also made (localization with --thresholds 0), the pointing game of each truth class's
+class were also made (localization with --thresholds -1), the pointing game of each truth class's
 own map, the classifier's decision aside: Zhang et al.'s protocol (`pointing_truth_classes`).
 The row PER_CLASS takes, for each class, the rule whose boxes scored best on the validation
 images' maps (pick_rules: chosen without the test images, as calibrate.py --method auto chooses),
@@ -118,24 +118,36 @@ def map_figures(saved, truth: dict, names: list[str], every=None) -> dict:
     """Pointing game, its transposed-map control, the map IoU and the share of pairs with a map,
     overall and per class; with `every` (the maps of every class), also the pointing game of the
     truth classes' own maps and its transposed control."""
-    def pointing(heatmaps):
+    def class_figures(heatmaps, scored):
+        """score_maps' per-class figures of the maps, and of the maps transposed."""
         maps = {(scoring.image_key(i), l): m
                 for i, l, m in zip(heatmaps.images, heatmaps.labels, heatmaps.maps)}
         plain = scoring.score_maps(maps, scored)["classes"]
         transposed = scoring.score_maps({k: m.T for k, m in maps.items()}, scored)["classes"]
         return plain, transposed
     scored = {k: v for k, v in truth.items() if k in names}
-    plain, transposed = pointing(saved)
+    plain, transposed = class_figures(saved, scored)
     out = {c: {"pointing": plain[c]["pointing"], "pointing_transposed": transposed[c]["pointing"],
                "map_iou": plain[c]["map_iou"], "pairs": plain[c]["pairs"],
                "mapped": plain[c]["with_map"] / plain[c]["pairs"] if plain[c]["pairs"] else None}
            for c in plain}
     if every is not None:
-        plain, transposed = pointing(every)
+        plain, transposed = class_figures(every, scored)
         for c, figures in out.items():
             figures.update(pointing_truth_classes=plain[c]["pointing"],
                            pointing_truth_classes_transposed=transposed[c]["pointing"])
     return out
+
+
+def check_same_model(saved, every, path: Path) -> None:
+    """Raise unless the every-class maps come from the model and CAM of `saved`: the same cam and
+    layer, and the same probability for each (image, class) pair both hold."""
+    probs = {(i, l): p for i, l, p in zip(every.images, every.labels, every.probs)}
+    mine = [(probs.get((i, l)), p) for i, l, p in zip(saved.images, saved.labels, saved.probs)]
+    if ((every.cam, every.layer) != (saved.cam, saved.layer)
+            or any(q is None or not np.isclose(q, p, atol=1e-5) for q, p in mine)):
+        raise RuntimeError(f"{path}: not the maps of the model and CAM that made the test maps "
+                           f"(an earlier run's?); run the benchmark again")
 
 
 def seconds_per_image(log: Path, images: int) -> float | None:
@@ -174,6 +186,8 @@ def score_grid(heatmaps: Path, truth: dict, names: list[str], average: dict, cla
             "no_offset": score(controls["each"](heat, controls["shift"]), truth),
         }
     every = read_heatmaps(every_class) if every_class is not None else None
+    if every is not None:
+        check_same_model(saved, every, every_class)
     result = {"rules": grid, "maps": map_figures(saved, truth, names, every)}
     if picked:
         # {row: {class: [rule, parameter or None(, rectangle scale)]}}, as benchmark.json holds it

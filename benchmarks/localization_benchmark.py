@@ -12,7 +12,7 @@
    (bench_grid: the method x rule table with its controls, the pointing game, time per image).
    The same on valid.txt gives the validation maps on which bench_grid.pick_rules chooses each
    class's rule: the grid's row "per-class", scored on the test images. --truth-class-cams
-   localize test.txt once more with every class active (--thresholds 0), for the pointing game of
+   localize test.txt once more with every class active (--thresholds -1), for the pointing game of
    each truth class's own map whatever the classifier decided (Zhang et al.'s protocol).
 4. evaluate.py scores each box file (and its heatmaps) against the test images' planted boxes;
    for Grad-CAM + peaks, the original's chain, the same evaluator
@@ -179,10 +179,12 @@ def run_pipeline(at: Layout, p: dict, seed: int, device: str, timings: dict[str,
         run_stage(f"localize_valid_{cam}", localize_cmd(
             at, model, cam, "valid.txt", at.work / f"boxes_valid_{cam}.txt", at.valid_heatmaps(cam),
             device), at.work, timings)
+        every_class = at.every_class_heatmaps(cam)
+        every_class.unlink(missing_ok=True)  # made by an earlier run, perhaps another model
         if cam in truth_class_cams:  # every class's map: the pointing game of the truth classes
             run_stage(f"localize_every_class_{cam}", localize_cmd(
                 at, model, cam, "test.txt", at.work / f"boxes_every_class_{cam}.txt",
-                at.every_class_heatmaps(cam), device) + ["--thresholds", "0"], at.work, timings)
+                every_class, device) + ["--thresholds", "-1"], at.work, timings)
     return cams
 
 
@@ -474,6 +476,10 @@ def run_seed(work: Path, settings: dict, seed: int, args: argparse.Namespace) ->
         if reuse and old:  # the model's settings and the stages that made it; this run's fine
             settings = {**old["settings"], **{k: settings[k] for k in FINE}}  # stage
             timings = dict(old["timings"])
+        skipped = sorted(set(args.truth_class_cams) - set(args.cams))
+        if skipped:
+            print(f"note: --truth-class-cams {' '.join(skipped)} not in --cams: no truth-class "
+                  f"pointing game for them", flush=True)
         run_pipeline(at, settings, seed, args.device, timings, list(args.cams), reuse,
                      tuple(args.truth_class_cams))
         # reusing the model: also the variants whose maps earlier runs made with it

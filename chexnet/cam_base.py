@@ -45,7 +45,8 @@ class BaseCAM:
         self._modules = [modules[name] for name in self.layers]
         self._handles: list = []
         self._armed = False  # capture only inside forward()
-        # layer name -> (B, ch, h, w) leaf that requires grad, in self.layers' order
+        # layer name -> (B, ch, h, w) output, in self.layers' order: on the backward's graph
+        # (the first a leaf that requires grad), or a detached copy where _is_leaf is False
         self._activations: dict[str, torch.Tensor] = {}
         self._logits: torch.Tensor | None = None  # (B, C)
         self._map_shape: tuple[int, int] | None = None
@@ -73,8 +74,9 @@ class BaseCAM:
         self._activations, self._logits = {}, None
 
     def _is_leaf(self, name: str) -> bool:
-        """Whether the backward starts at this layer's output (False: it is kept off the graph,
-        for a subclass that finds its gradient another way)."""
+        """Whether the backward starts at this layer's output. False keeps a detached copy off
+        the graph; a subclass that says so finds that layer's gradient itself (its own
+        _backward: autograd cannot)."""
         return True
 
     def _hook_of(self, name: str):
@@ -89,7 +91,7 @@ class BaseCAM:
             if not leaf:
                 self._activations[name] = output.detach().clone()
                 return None
-            # The first hooked layer's output becomes a leaf that requires grad (the weights do
+            # The first layer on the graph becomes a leaf that requires grad (the weights do
             # not); a later one is already on that graph and stays on it, so the gradients of an
             # earlier layer still flow through it. The model continues from a clone: the next op
             # may be in place (torchvision's ReLU after norm5) and must not touch what we keep.

@@ -151,3 +151,25 @@ def test_the_scaled_row_shrinks_a_region_to_its_box():
         nodule[name] = figures["Nodule"]["acc_iou"]["0.5"]
     assert heart == {"tuned": 0.0, "scaled": 1.0}
     assert nodule == {"tuned": 1.0, "scaled": 1.0}  # (peaks, or a region scaled down to it)
+
+
+def test_every_class_maps_of_another_model_are_refused(tmp_path):
+    """The truth-class pointing game reads a second heatmap file; one whose probabilities differ
+    from the test maps' (another model's) must stop the scoring, not be scored beside them."""
+    from dataclasses import replace
+
+    import pytest
+
+    from chexnet.heatmap_file import write_heatmaps
+    saved, truth, average = _case()
+    test_file, same, other = tmp_path / "test.npz", tmp_path / "same.npz", tmp_path / "other.npz"
+    write_heatmaps(test_file, saved)
+    write_heatmaps(same, saved)
+    write_heatmaps(other, replace(saved, probs=saved.probs * 0.5))
+    names = ["a.png", "b.png"]
+    grid = bench_grid.score_grid(test_file, truth, names, average, bench.CLASSES, 0,
+                                 bench.CONTROLS, every_class=same)
+    assert grid["maps"]["overall"]["pointing_truth_classes"] == 1.0
+    with pytest.raises(RuntimeError, match="other.npz: not the maps of the model"):
+        bench_grid.score_grid(test_file, truth, names, average, bench.CLASSES, 0, bench.CONTROLS,
+                              every_class=other)

@@ -14,6 +14,7 @@ from benchmarks import findings, synthetic
 from chexnet.boxfile import Box, ImageBoxes, read_box_file, write_box_file
 from chexnet.constants import CROP_OFFSET, RESCALE_FACTOR
 from chexnet.images import read_xray
+from chexnet.heatmap_file import read_heatmaps
 from chexnet.nih import read_bbox_list, read_data_entry, read_image_list
 from chexnet import boxes, nih, scoring
 from benchmarks.bench_grid import CAM_VARIANTS, PICKED_ROWS
@@ -234,8 +235,12 @@ def test_quick_benchmark_runs_the_real_scripts_end_to_end(tmp_path):
     # the stale file is gone, not scored
     assert (tmp_path / "heatmaps_every_class_gradcam.npz").is_file()
     assert not list(tmp_path.glob("heatmaps_every_class_layercam*"))
-    pointing = result["grid"]["gradcam"]["maps"][scoring.OVERALL]["pointing_truth_classes"]
-    assert pointing is None or 0 <= pointing <= 1
+    maps = result["grid"]["gradcam"]["maps"][scoring.OVERALL]
+    assert maps["pointing_truth_classes"] >= maps["pointing"]  # a map for each pair, not fewer
+    every = read_heatmaps(tmp_path / "heatmaps_every_class_gradcam.npz")
+    pairs = {(Path(i).name, l) for i, l in zip(every.images, every.labels)}
+    assert pairs >= {(n, c) for n in read_image_list(tmp_path / "data" / "test.txt")
+                     for c in bench.CLASSES}  # every class active on every test image
     assert "pointing_truth_classes" not in result["grid"]["layercam@db2+db3"]["maps"]["overall"]
     rows, cams = result["rows"], result["cams"]
     # one epoch of the warm-up at 112, then one at 224 from its weights (the quick preset)
