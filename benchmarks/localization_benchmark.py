@@ -152,7 +152,7 @@ def run_pipeline(at: Layout, p: dict, seed: int, device: str, timings: dict[str,
     """Every stage, each a real script in a subprocess; returns the CAM variants that ran.
     reuse: keep WORK's data, preprocessed folder and model when its best.pt exists.
     truth_class_cams: these also localize the test images with every class active (--thresholds
-    0), for the pointing game of each truth class's own map."""
+    -1), for the pointing game of each truth class's own map."""
     py, d = sys.executable, at.data
     trained = not (reuse and (at.model / BEST).is_file())
     if trained:
