@@ -28,6 +28,7 @@ from chexnet import boxes, scoring
 from chexnet.boxfile import Box
 from chexnet.calibration import PARAM_GRIDS, RECT_SCALES
 from chexnet.heatmap_file import read_heatmaps
+from chexnet.utils import InputError
 
 RANDOM_DRAWS = 20  # random placements averaged for the chance control
 
@@ -146,8 +147,8 @@ def check_same_model(saved, every, path: Path) -> None:
     mine = [(probs.get((i, l)), p) for i, l, p in zip(saved.images, saved.labels, saved.probs)]
     if ((every.cam, every.layer) != (saved.cam, saved.layer)
             or any(q is None or not np.isclose(q, p, atol=1e-5) for q, p in mine)):
-        raise RuntimeError(f"{path}: not the maps of the model and CAM that made the test maps "
-                           f"(an earlier run's?); run the benchmark again")
+        raise InputError(f"{path}: not the maps of the model and CAM that made the test maps "
+                         f"(an earlier run's?); run the benchmark again")
 
 
 def seconds_per_image(log: Path, images: int) -> float | None:

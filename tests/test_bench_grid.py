@@ -170,6 +170,7 @@ def test_every_class_maps_of_another_model_are_refused(tmp_path):
     grid = bench_grid.score_grid(test_file, truth, names, average, bench.CLASSES, 0,
                                  bench.CONTROLS, every_class=same)
     assert grid["maps"]["overall"]["pointing_truth_classes"] == 1.0
-    with pytest.raises(RuntimeError, match="other.npz: not the maps of the model"):
+    from chexnet.utils import InputError
+    with pytest.raises(InputError, match="other.npz: not the maps of the model"):
         bench_grid.score_grid(test_file, truth, names, average, bench.CLASSES, 0, bench.CONTROLS,
                               every_class=other)
