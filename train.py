@@ -85,8 +85,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=str, default="auto",
                    help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--amp", type=str, default="auto", choices=AMP_MODES,
-                   help="mixed precision on CUDA: auto = bf16 where supported, else fp16 with a "
-                        "gradient scaler; off = fp32. Ignored on the CPU (default: auto)")
+                   help="mixed precision: on CUDA auto = bf16 where supported, else fp16 with a "
+                        "gradient scaler; off = fp32. On the CPU auto = fp32, bf16 = bf16 "
+                        "autocast (default: auto)")
     p.add_argument("--no-plots", dest="plots", action="store_false",
                    help="do not draw training_curves.png and roc_curves.png into --out "
                         "(default: draw them after each epoch, outside the timed part)")

@@ -157,11 +157,16 @@ def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 def amp_setup(device: torch.device, mode: str):
     """(autocast context factory, GradScaler, name): one code path for CPU, CUDA fp32, bf16,
-    fp16."""
+    fp16. On the CPU only an explicit "bf16" turns autocast on ("auto" stays fp32, as the
+    original trained); fp16 there is refused."""
     dtype = None
     if device.type == "cuda" and mode != "off":
         bf16 = mode == "bf16" or (mode == "auto" and torch.cuda.is_bf16_supported())
         dtype = torch.bfloat16 if bf16 else torch.float16
+    elif device.type == "cpu" and mode == "fp16":
+        raise InputError("--amp fp16: needs CUDA; on the CPU use --amp bf16 (or auto/off: fp32)")
+    elif device.type == "cpu" and mode == "bf16":
+        dtype = torch.bfloat16
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     if dtype is None:
         return nullcontext, scaler, "fp32"

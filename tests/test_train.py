@@ -183,6 +183,19 @@ def test_cpu_runs_in_fp32_without_scaler():
         assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32
 
 
+def test_cpu_bf16_only_when_asked_and_fp16_refused():
+    """--amp bf16 on the CPU autocasts a matmul to bf16 (AMX/AVX-512 make it about twice as
+    fast); fp16 has no CPU path in train.py and is a clear error, not a silent fp32 run."""
+    cpu = torch.device("cpu")
+    autocast, scaler, name = train.amp_setup(cpu, "bf16")
+    assert name == "bfloat16" and not scaler.is_enabled()
+    with autocast():
+        assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.bfloat16
+    assert train.amp_setup(cpu, "off")[2] == "fp32"
+    with pytest.raises(InputError, match="--amp fp16: needs CUDA"):
+        train.amp_setup(cpu, "fp16")
+
+
 def test_validation_stays_fp32_inside_a_mixed_precision_context(data_dir):
     """validate() computes AUROC and thresholds from fp32 probabilities even when called under a
     bf16 autocast (as a mixed-precision training step runs): equal to a plain fp32 forward."""
