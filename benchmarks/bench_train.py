@@ -2,6 +2,7 @@
 
     python3 benchmarks/bench_train.py [--steps 3] [--batch-size 16] [--device cpu] [--amp off]
     python3 benchmarks/bench_train.py --device cuda --amp both --batch-size 64 --steps 20
+    python3 benchmarks/bench_train.py --amp both --threads 2 --workers 0 --skip-data-path
 
 A temporary uint8 (N, 256, 256) .npy is made from real PNGs (repeated to fill the steps). Timed:
   data path     train_data.TrainingCrops over the memory map (random crop/flip per image),
@@ -12,8 +13,8 @@ A temporary uint8 (N, 256, 256) .npy is made from real PNGs (repeated to fill th
 Each run starts after the loader's first batch (worker start-up, paid once an epoch, is left out);
 the first step after that is reported apart (its one-off fork cost, once an epoch in train.py) and
 the others are compared with the same steps in memory. Then, in memory: the model and input in
-NCHW against channels_last, and with --amp both on CUDA, fp32 against train_data.amp_setup's mixed
-precision (bf16 where supported), cudnn.benchmark on.
+NCHW against channels_last, and with --amp both fp32 against train_data.amp_setup's mixed
+precision (on CUDA bf16 where supported, cudnn.benchmark on; on the CPU train.py --amp bf16).
 """
 from __future__ import annotations
 
@@ -51,12 +52,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=str, default="cpu",
                    help="cpu, cuda, cuda:N or auto (default: cpu)")
     p.add_argument("--amp", type=str, default="off", choices=["off", "on", "both"],
-                   help="CUDA only: off = fp32, on = train_data.amp_setup('auto'), both = time "
-                        "each (default: off)")
+                   help="off = fp32, on = train.py's mixed precision (CUDA: --amp auto, the "
+                        "CPU: --amp bf16), both = time each (default: off)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch and OpenCV threads; 1 is steadiest on a shared machine (default: 1)")
     p.add_argument("--skip-layout", action="store_true",
                    help="skip NCHW vs channels_last (default: run it)")
+    p.add_argument("--skip-data-path", action="store_true",
+                   help="skip the data path against in-memory tensors (default: run it)")
     return p
 
 
@@ -167,7 +170,8 @@ def main(args: argparse.Namespace) -> None:
         raise SystemExit("--steps must be at least 1")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    amp_modes = {"off": ["off"], "on": ["auto"], "both": ["off", "auto"]}[args.amp]
+    mixed = "auto" if device.type == "cuda" else "bf16"  # train.py's mixed precision there
+    amp_modes = {"off": ["off"], "on": [mixed], "both": ["off", mixed]}[args.amp]
     paths = real_pngs(args.images)
     print(f"machine: {machine()}; device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
@@ -175,25 +179,34 @@ def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as folder:
         npy, labels = make_memmap(Path(folder), paths, (args.steps + 1) * args.batch_size)
         dataset = train_data.TrainingCrops(npy, labels, np.arange(len(labels)), True, 0)
-        t = bench_data_path(args, device, dataset, amp_modes[-1])
-        precision = train_data.amp_setup(device, amp_modes[-1])[2]
-        print(t.table("in memory", "train.py's data path vs in-memory tensors "
-                                   f"({precision}, channels_last)"))
-        for workers in args.workers:
-            over = t.median(f"data path ({workers} workers)") / t.median("in memory")
-            print(ratio_line(f"data path ({workers} workers) time / in memory", over, "<= 1.10",
-                             over <= 1.10))
+        if not args.skip_data_path:
+            data_path_table(args, device, dataset, amp_modes[-1])
         variants = {} if args.skip_layout else {
             "NCHW": (torch.contiguous_format, amp_modes[0]),
             "channels_last": (torch.channels_last, amp_modes[0])}
-        if device.type == "cuda" and args.amp == "both":
-            precision = train_data.amp_setup(device, "auto")[2]
-            variants[f"channels_last + {precision}"] = (torch.channels_last, "auto")
+        if args.amp == "both":  # fp32 beside it, with the same layout
+            variants.setdefault("channels_last", (torch.channels_last, "off"))
+            precision = train_data.amp_setup(device, mixed)[2]
+            variants[f"channels_last + {precision}"] = (torch.channels_last, mixed)
         if variants:
             v = bench_variants(args, device, dataset, variants)
             print(v.table(next(iter(v.samples)), "in-memory step time by layout and precision"))
             for name in v.samples:
                 print(f"  {name}: {args.batch_size / v.median(name):.1f} images/s")
+            if args.amp == "both":
+                speedup = v.median("channels_last") / v.median(f"channels_last + {precision}")
+                print(f"  channels_last fp32 time / channels_last + {precision}: {speedup:.2f}x")
+
+
+def data_path_table(args, device, dataset, amp_mode: str) -> None:
+    t = bench_data_path(args, device, dataset, amp_mode)
+    precision = train_data.amp_setup(device, amp_mode)[2]
+    print(t.table("in memory", "train.py's data path vs in-memory tensors "
+                               f"({precision}, channels_last)"))
+    for workers in args.workers:
+        over = t.median(f"data path ({workers} workers)") / t.median("in memory")
+        print(ratio_line(f"data path ({workers} workers) time / in memory", over, "<= 1.10",
+                         over <= 1.10))
 
 
 if __name__ == "__main__":
