@@ -43,7 +43,7 @@ readme-figures:
 # --cams with all of bench_grid.CAM_VARIANTS; docs/benchmark_eight_findings.md).
 benchmark: env
 	$(PY) benchmarks/localization_benchmark.py --work $(OUT)/bench --seeds 0 1 7 \
-		--cams gradcam layercam@db3 layercam@db2+db3
+		--cams gradcam layercam@db3 layercam@db2+db3 layercam-shortcut
 	mkdir -p $(OUT)/README_figures
 	cp $(OUT)/bench/seed_0/plots_peaks/contact_sheet.png $(OUT)/README_figures/synthetic_contact_sheet.png
 

@@ -215,6 +215,28 @@ def test_controls_change_only_what_they_claim():
         assert lo <= after.x <= hi - after.w and lo <= after.y <= hi - after.h
 
 
+def test_every_training_stage_gets_the_presets_precision(tmp_path, monkeypatch):
+    """The full preset's train.py commands (warm-up, final, fine) carry --amp bf16 and its
+    sizes; the settings of a run made before the preset had 'amp' give train.py's default."""
+    commands = {}
+    monkeypatch.setattr(bench, "run_stage", lambda name, cmd, work, timings:
+                        commands.__setitem__(name, cmd))
+    at, full = bench.Layout(tmp_path), dict(bench.PRESETS["full"], fine_size=448)
+    bench.train_model(at, full, 7, "cpu", {})
+    bench.fine_tune(at, full, 7, "cpu", {})
+    assert list(commands) == ["synthetic", "preprocessing", "preprocessing_warm", "train_warm",
+                              "train", "preprocessing_fine", "train_fine"]
+    assert commands["synthetic"][commands["synthetic"].index("--n-train") + 1] == "1024"
+    for stage in ("train_warm", "train", "train_fine"):
+        cmd = commands[stage]
+        assert cmd[1] == "train.py" and cmd[cmd.index("--amp") + 1] == "bf16", stage
+        assert cmd[cmd.index("--seed") + 1] == "7"
+    assert commands["train"][commands["train"].index("--weights") + 1].endswith("best.pt")
+    old = {k: v for k, v in full.items() if k != "amp"}
+    cmd = bench.training_options(old, 0, "cpu")
+    assert cmd[cmd.index("--amp") + 1] == "auto"
+
+
 # ---------------------------------------------------------------- the whole chain, tiny
 
 @pytest.mark.skipif(os.environ.get("CHEXNET_PIPELINE_TESTS") != "1",
