@@ -39,8 +39,9 @@ readme-figures:
 	cp $(OUT)/plots/contact_sheet.png $(OUT)/model/training_curves.png $(OUT)/README_figures/
 
 # The known-truth localization benchmark over three seeds, the CAM variants of README's table (on
-# 2 shared CPU cores about 50 minutes, 13-14 of them to train each seed's model; every variant:
-# --cams with all of bench_grid.CAM_VARIANTS; docs/benchmark_eight_findings.md).
+# 2 CPU cores with native bf16 about 39 minutes, 10 of them to train each seed's model; without
+# native bf16 about twice the training; every variant: --cams with all of bench_grid.CAM_VARIANTS;
+# docs/benchmark_eight_findings.md).
 benchmark: env
 	$(PY) benchmarks/localization_benchmark.py --work $(OUT)/bench --seeds 0 1 7 \
 		--cams gradcam layercam@db3 layercam@db2+db3 layercam-shortcut

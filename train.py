@@ -29,15 +29,15 @@ from chexnet import distributed, metrics, model_dir, preprocessed
 from chexnet.constants import (ADAM_BETAS, BATCH_SIZE, CLASS_NAMES, CROP_SIZE, EPOCHS,
                                LEARNING_RATE, REPEATS)
 from chexnet.geometry import INPUT_SIZES
-from chexnet.train_data import (LR_SCHEDULES, EpochBatches, amp_setup, default_workers,
-                                learning_rate, loader_options, loss_weights, make_datasets,
+from chexnet.train_data import (AMP_MODES, LR_SCHEDULES, EpochBatches, amp_setup,
+                                default_workers, learning_rate, loader_options, loss_weights,
+                                make_datasets, refuse_cuda_only,
                                 to_input)  # noqa: F401 (train.to_input: callers' and tests')
 from chexnet.train_loop import broadcast_buffers, report, score, train_one_epoch, validate
 from chexnet.utils import InputError, remove_stale_temporaries, run_cli, select_device
 from model import build_model, load_checkpoint, load_weights, new_checkpoint, save_checkpoint
 
 LOSS_WEIGHTS = ("none", "chexnet", "wang")
-AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -85,9 +85,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=str, default="auto",
                    help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--amp", type=str, default="auto", choices=AMP_MODES,
-                   help="mixed precision: on CUDA auto = bf16 where supported, else fp16 with a "
-                        "gradient scaler; off = fp32. On the CPU auto = fp32, bf16 = bf16 "
-                        "autocast (default: auto)")
+                   help="mixed precision. CUDA: auto = bf16 where native, else fp16 with a "
+                        "gradient scaler. CPU: auto and off = fp32, bf16 = bf16 autocast, fp16 is "
+                        "refused. off = fp32 everywhere (default: auto)")
     p.add_argument("--no-plots", dest="plots", action="store_false",
                    help="do not draw training_curves.png and roc_curves.png into --out "
                         "(default: draw them after each epoch, outside the timed part)")
@@ -124,7 +124,7 @@ def read_metrics(path: Path, upto: int) -> list[dict]:
 
 
 RECIPE = ("batch_size", "lr", "loss_weight", "keep_no_finding", "seed", "repeats",
-          "lr_schedule", "warmup_epochs")
+          "lr_schedule", "warmup_epochs", "amp")
 
 
 def resume(out: Path, args, model, optimizer, scaler) -> tuple[int, dict | None, list[dict]]:
@@ -197,8 +197,7 @@ def check_args(args) -> None:
     if args.batch_size % world:
         raise InputError(f"--batch-size {args.batch_size} does not divide among {world} "
                          f"processes: give a multiple of {world}")
-    if args.sync_bn and select_device(args.device).type != "cuda":
-        raise InputError("--sync-bn: PyTorch has SyncBatchNorm on CUDA only; drop it on the CPU")
+    refuse_cuda_only(select_device(args.device).type, args.sync_bn, args.amp)
 
 
 def wrap(model: torch.nn.Module, device: torch.device, sync_bn: bool) -> torch.nn.Module:

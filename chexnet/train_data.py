@@ -22,6 +22,8 @@ from chexnet.distributed import share
 from chexnet.images import center_crop, normalize, random_crop_flip
 from chexnet.utils import InputError, usable_cpus
 
+AMP_MODES = ("auto", "bf16", "fp16", "off")  # train.py --amp (amp_setup says what each does)
+
 # Most loading processes train.py starts by default: one core turns about 5,000 images/s into
 # crops and batches of 64 (benchmarks/README.md), so 16 keep far ahead of one GPU's DenseNet-121
 # steps; beyond that they only cost memory and start-up.
@@ -155,16 +157,26 @@ def to_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
+def refuse_cuda_only(device_type: str, sync_bn: bool, amp: str) -> None:
+    """One line for train.py's options that need CUDA, on another device."""
+    if device_type == "cuda":
+        return
+    if sync_bn:
+        raise InputError("--sync-bn: PyTorch has SyncBatchNorm on CUDA only; drop it on the CPU")
+    if amp == "fp16":
+        raise InputError("--amp fp16: needs CUDA; on the CPU use --amp bf16 (or auto/off: fp32)")
+
+
 def amp_setup(device: torch.device, mode: str):
     """(autocast context factory, GradScaler, name): one code path for CPU, CUDA fp32, bf16,
-    fp16. On the CPU only an explicit "bf16" turns autocast on ("auto" stays fp32, as the
-    original trained); fp16 there is refused."""
+    fp16. On CUDA "auto" is bf16 where the card has it natively, else fp16 with the scaler. On
+    the CPU only an explicit "bf16" turns autocast on ("auto" stays fp32, as the original
+    trained); fp16 there is refused."""
+    refuse_cuda_only(device.type, False, mode)
     dtype = None
     if device.type == "cuda" and mode != "off":
-        bf16 = mode == "bf16" or (mode == "auto" and torch.cuda.is_bf16_supported())
-        dtype = torch.bfloat16 if bf16 else torch.float16
-    elif device.type == "cpu" and mode == "fp16":
-        raise InputError("--amp fp16: needs CUDA; on the CPU use --amp bf16 (or auto/off: fp32)")
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+        dtype = torch.bfloat16 if mode == "bf16" or (mode == "auto" and native) else torch.float16
     elif device.type == "cpu" and mode == "bf16":
         dtype = torch.bfloat16
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)

@@ -237,6 +237,16 @@ def test_every_training_stage_gets_the_presets_precision(tmp_path, monkeypatch):
     assert cmd[cmd.index("--amp") + 1] == "auto"
 
 
+def test_the_presets_bf16_only_where_the_cpu_runs_it_natively(monkeypatch):
+    import torch
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):  # torch's own probes
+        monkeypatch.setattr(torch.cpu, probe, lambda: False)
+    assert bench.preset_precision("bf16", "cpu") == "auto"  # fp32 on such a CPU
+    assert bench.preset_precision("off", "cpu") == "off"  # the user's choice stays
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert bench.preset_precision("bf16", "cpu") == "bf16"
+
+
 # ---------------------------------------------------------------- the whole chain, tiny
 
 @pytest.mark.skipif(os.environ.get("CHEXNET_PIPELINE_TESTS") != "1",

@@ -196,6 +196,23 @@ def test_cpu_bf16_only_when_asked_and_fp16_refused():
         train.amp_setup(cpu, "fp16")
 
 
+def test_cpu_bf16_training_and_resume_notices_a_change_of_precision(full_run, data_dir,
+                                                                     tmp_path, capsys):
+    with pytest.raises(InputError, match="--amp fp16: needs CUDA"):  # before any work
+        train.main(_args(data_dir, tmp_path, "--amp", "fp16"))
+    assert not any(tmp_path.iterdir())
+    train.main(_args(data_dir, tmp_path, "--epochs", "1", "--workers", "0", "--no-plots",
+                     "--amp", "bf16"))
+    assert "precision bfloat16" in capsys.readouterr().out
+    bf16, fp32 = _records(tmp_path)[0], _records(full_run)[0]  # the same run but for --amp
+    assert np.isfinite(bf16["train_loss"]) and bf16["train_loss"] != fp32["train_loss"]
+    train.main(_args(data_dir, tmp_path, "--epochs", "2", "--workers", "0", "--no-plots",
+                     "--resume"))  # --amp auto: fp32 on the CPU
+    warnings = [l for l in capsys.readouterr().err.splitlines() if l.startswith("warning:")]
+    assert warnings == ["warning: --resume with amp='auto', the run used 'bf16'; results will "
+                        "differ from an uninterrupted run"]
+
+
 def test_validation_stays_fp32_inside_a_mixed_precision_context(data_dir):
     """validate() computes AUROC and thresholds from fp32 probabilities even when called under a
     bf16 autocast (as a mixed-precision training step runs): equal to a plain fp32 forward."""
