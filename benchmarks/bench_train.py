@@ -168,6 +168,9 @@ def main(args: argparse.Namespace) -> None:
     device = select_device(args.device)
     if args.steps < 1:
         raise SystemExit("--steps must be at least 1")
+    if args.skip_data_path and args.skip_layout and args.amp != "both":
+        raise SystemExit("nothing to time: --skip-data-path and --skip-layout leave only "
+                         "--amp both's comparison")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     mixed = "auto" if device.type == "cuda" else "bf16"  # train.py's mixed precision there
