@@ -233,12 +233,12 @@ def train_model(at: Layout, p: dict, seed: int, device: str, timings: dict[str, 
                         "--warmup-epochs", str(p["warmup_epochs"]), *common], at.work, timings)
 
 
-def preset_precision(amp: str, device: str) -> str:
+def preset_precision(amp: str, device_type: str) -> str:
     """A preset's "bf16" where the hardware runs it natively: on CUDA train.py's auto (bf16
     where native, else fp16 with a scaler); on a CPU without AVX-512 BF16 or AMX, fp32 (auto)."""
     if amp != "bf16":
         return amp
-    if select_device(device).type == "cuda":
+    if device_type == "cuda":
         return "auto"
     import torch
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own
@@ -516,10 +516,12 @@ def main(args: argparse.Namespace) -> dict:
     settings = dict(PRESETS["quick" if args.quick else args.preset])
     settings.update({k: getattr(args, k) for k in settings if getattr(args, k) is not None})
     if args.amp is None and not args.rescore:
-        preset, settings["amp"] = settings["amp"], preset_precision(settings["amp"], args.device)
-        if preset != settings["amp"] and select_device(args.device).type == "cpu":
+        device_type = select_device(args.device).type
+        amp = preset_precision(settings["amp"], device_type)
+        if amp != settings["amp"] and device_type == "cpu":
             print("note: this CPU has no native bf16 (AVX-512 BF16 or AMX): training in fp32, "
                   "about twice the time of the preset's bf16", flush=True)
+        settings["amp"] = amp
     work = Path(args.work)
     if args.seeds is None:
         result = run_seed(work, settings, args.seed, args)
